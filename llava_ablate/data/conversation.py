@@ -1,0 +1,275 @@
+"""LLaVA conversations -> token ids + label masks, spans taken from the chat template.
+
+LLaVA's original preprocessing found replies by splitting on separator strings and
+counting tokens per piece; when a count disagreed with the real tokenisation it printed
+"tokenization mismatch" and zeroed the sample's labels. Here the template itself says
+where each reply starts and ends (render with and without the reply), the text is
+tokenised once with offsets, and every disagreement raises an error naming the sample.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100
+DEFAULT_IMAGE_TOKEN = "<image>"  # the placeholder LLaVA-format data uses
+_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+_SOURCES = {"user": "human", "assistant": "gpt"}
+
+Span = tuple[int, int]  # [start, end) in characters of the rendered text
+
+
+class MalformedConversation(ValueError):
+    """Invalid LLaVA turns: unknown speaker, empty value, wrong alternation."""
+
+
+class TokenizationMismatch(ValueError):
+    """The template or tokenizer does not split cleanly into prompt and reply tokens."""
+
+
+class SampleTooLong(ValueError):
+    """Too long for max_length (overflow="skip", or the image tokens alone overflow)."""
+
+
+class EmptySupervision(ValueError):
+    """No assistant token would be trained on."""
+
+
+@dataclass
+class TokenizedSample:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX where the model is not trained
+    num_images: int
+
+
+def _image_first(text: str) -> str:
+    """LLaVA's preprocess_multimodal: one placeholder goes first, then a newline.
+
+    Raw LLaVA data has both "<image>\\nQ" and "Q\\n<image>". Several placeholders
+    (interleaved images) stay where the user put them.
+    """
+    tag = DEFAULT_IMAGE_TOKEN
+    if text.count(tag) != 1 or text.startswith(tag + "\n"):
+        return text
+    before, after = text.split(tag)
+    if after.startswith("\n"):
+        after = after[1:]
+    elif before.endswith("\n"):
+        before = before[:-1]
+    return f"{tag}\n{before}{after}" if before + after else tag
+
+
+def llava_to_messages(conversations: list[dict]) -> list[dict]:
+    """LLaVA turns {"from": human|gpt|system, "value"} -> messages {"role", "content"}."""
+    messages: list[dict] = []
+    for i, turn in enumerate(conversations):
+        source, value = turn.get("from"), turn.get("value")
+        role = _ROLES.get(source)
+        if role is None:
+            raise MalformedConversation(
+                f"turn {i}: unknown 'from' {source!r}; expected one of {', '.join(_ROLES)}"
+            )
+        if not isinstance(value, str) or not value.strip():
+            raise MalformedConversation(f"turn {i} ({source}): empty value")
+        if role == "system" and i != 0:
+            raise MalformedConversation(f"turn {i}: a system turn is only allowed first")
+        if role != "system":
+            after_user = bool(messages) and messages[-1]["role"] == "user"
+            expected = "assistant" if after_user else "user"
+            if role != expected:
+                raise MalformedConversation(
+                    f"turn {i}: expected '{_SOURCES[expected]}' but got {source!r} "
+                    "(turns must alternate human/gpt, starting with human)"
+                )
+        if role != "user" and DEFAULT_IMAGE_TOKEN in value:
+            raise MalformedConversation(f"turn {i} ({source}): image outside a human turn")
+        content = _image_first(value) if role == "user" else value
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def _chat_text_and_spans(
+    sample_id: str, messages: list[dict], tokenizer: PreTrainedTokenizerBase
+) -> tuple[str, list[Span]]:
+    """Full render + the span [len(P_i), len(Q_i)) of every assistant turn i.
+
+    P_i renders messages[:i] with the generation prompt (what the model sees before
+    replying), Q_i renders messages[:i+1]; the span is the reply plus whatever
+    end-of-turn text the template emits.
+    """
+
+    def render(msgs: list[dict], generation_prompt: bool = False) -> str:
+        return tokenizer.apply_chat_template(
+            msgs, tokenize=False, add_generation_prompt=generation_prompt
+        )
+
+    full = render(messages)
+    spans: list[Span] = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt, upto = render(messages[:i], True), render(messages[: i + 1])
+        if not (full.startswith(prompt) and full.startswith(upto)):
+            raise TokenizationMismatch(
+                f"sample {sample_id}: the chat template is not prefix-stable at turn {i}: "
+                "the conversation rendered up to this reply is not a prefix of the full "
+                "rendering, so the reply cannot be located; use a template that renders "
+                "earlier turns the same way whatever follows them"
+            )
+        if len(upto) <= len(prompt) or (spans and len(prompt) < spans[-1][1]):
+            raise TokenizationMismatch(
+                f"sample {sample_id}: the chat template renders no reply at turn {i}"
+            )
+        spans.append((len(prompt), len(upto)))
+    return full, spans
+
+
+def _plain_text_and_spans(
+    sample_id: str, messages: list[dict], tokenizer: PreTrainedTokenizerBase, image: str
+) -> tuple[str, list[Span]]:
+    """LLaVA stage-1 "plain": image placeholder(s) + caption + eos; the question is dropped."""
+    if [m["role"] for m in messages] != ["user", "assistant"]:
+        raise MalformedConversation(
+            f"sample {sample_id}: the plain format needs exactly one human and one gpt turn"
+        )
+    # Keep the bos a Llama/Vicuna tokenizer adds by itself (LLaVA's stage 1 has it).
+    adds_bos = tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]
+    bos = tokenizer.bos_token if tokenizer.bos_token and adds_bos else ""
+    prefix = bos + image * messages[0]["content"].count(image)
+    text = prefix + messages[1]["content"] + tokenizer.eos_token
+    return text, [(len(prefix), len(text))]
+
+
+def _labels(
+    sample_id: str, ids: list[int], starts: list[int], ends: list[int], spans: list[Span]
+) -> list[int]:
+    labels = [IGNORE_INDEX] * len(ids)
+    for start, end in spans:
+        first, stop = bisect_left(starts, start), bisect_left(starts, end)
+        # A token that crosses a span edge mixes template and reply text: no honest label.
+        if (first and ends[first - 1] > start) or (stop and ends[stop - 1] > end):
+            raise TokenizationMismatch(
+                f"sample {sample_id}: a token straddles the edge of the reply span "
+                f"[{start}, {end}); the tokenizer merges template text with the reply"
+            )
+        labels[first:stop] = ids[first:stop]
+    return labels
+
+
+def _check_prefixes(
+    sample_id: str,
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    ids: list[int],
+    starts: list[int],
+    spans: list[Span],
+) -> None:
+    """Tokenising up to each span edge must give a prefix of the full tokenisation.
+
+    Offsets alone can hide context effects (e.g. sentencepiece's prefix space); this is
+    also what makes the prompt tokenise the same at generation time.
+    """
+    cuts = sorted({edge for span in spans for edge in span if 0 < edge < len(text)})
+    if not cuts:
+        return
+    encoded = tokenizer([text[:cut] for cut in cuts], add_special_tokens=False)
+    for cut, prefix_ids in zip(cuts, encoded["input_ids"], strict=True):
+        if prefix_ids != ids[: bisect_left(starts, cut)]:
+            raise TokenizationMismatch(
+                f"sample {sample_id}: tokenising the text up to character {cut} is not a "
+                "prefix of the full tokenisation"
+            )
+
+
+def _expand_images(
+    ids: list[int], labels: list[int], image_id: int, n: int
+) -> tuple[list[int], list[int]]:
+    """Repeat each image token n times: LlavaForConditionalGeneration puts one vision
+    feature on each of them."""
+    out_ids: list[int] = []
+    out_labels: list[int] = []
+    for token, label in zip(ids, labels, strict=True):
+        k = n if token == image_id else 1
+        out_ids += [token] * k
+        out_labels += [label] * k
+    return out_ids, out_labels
+
+
+def tokenize_conversation(
+    sample_id: str,
+    conversations: list[dict],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    prompt_format: str = "chat",
+    num_image_tokens: int,
+    max_length: int,
+    overflow: str = "truncate",
+) -> TokenizedSample:
+    """Tokenise one LLaVA-format sample and mask everything but the replies.
+
+    prompt_format: "chat" (the tokenizer's chat template) or "plain" (stage-1 captions).
+    overflow: "truncate" (cut the tail, never the image tokens) or "skip" (raise).
+    Each image placeholder becomes `num_image_tokens` copies of the image token.
+    """
+    if overflow not in ("truncate", "skip"):
+        raise ValueError(f"overflow must be 'truncate' or 'skip', got {overflow!r}")
+    if num_image_tokens < 1 or max_length < 1:
+        raise ValueError(
+            f"need num_image_tokens, max_length >= 1: {num_image_tokens}, {max_length}"
+        )
+    try:
+        messages = llava_to_messages(conversations)
+    except MalformedConversation as err:
+        raise MalformedConversation(f"sample {sample_id}: {err}") from None
+    if not any(m["role"] == "assistant" for m in messages):
+        raise EmptySupervision(f"sample {sample_id}: no gpt turn to train on")
+
+    num_images = sum(m["content"].count(DEFAULT_IMAGE_TOKEN) for m in messages)
+    image = getattr(tokenizer, "image_token", None) or DEFAULT_IMAGE_TOKEN
+    if num_images and getattr(tokenizer, "image_token", None) is None:
+        # A tokenizer problem, not a bad sample: it would hit every sample with an image.
+        raise TokenizationMismatch(
+            f"sample {sample_id} has images but the tokenizer has no image_token; load it "
+            f"with extra_special_tokens={{'image_token': '{DEFAULT_IMAGE_TOKEN}'}}"
+        )
+    if image != DEFAULT_IMAGE_TOKEN:
+        messages = [
+            {**m, "content": m["content"].replace(DEFAULT_IMAGE_TOKEN, image)} for m in messages
+        ]
+
+    if prompt_format == "chat":
+        text, spans = _chat_text_and_spans(sample_id, messages, tokenizer)
+    elif prompt_format == "plain":
+        text, spans = _plain_text_and_spans(sample_id, messages, tokenizer, image)
+    else:
+        raise ValueError(f"prompt_format must be 'chat' or 'plain', got {prompt_format!r}")
+
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    ids = enc["input_ids"]
+    starts, ends = [s for s, _ in enc["offset_mapping"]], [e for _, e in enc["offset_mapping"]]
+    labels = _labels(sample_id, ids, starts, ends, spans)
+    _check_prefixes(sample_id, tokenizer, text, ids, starts, spans)
+
+    if num_images:
+        image_id = tokenizer.image_token_id
+        if ids.count(image_id) != num_images:
+            raise TokenizationMismatch(
+                f"sample {sample_id}: {num_images} image placeholders gave "
+                f"{ids.count(image_id)} image tokens; {image!r} must be one special token"
+            )
+        ids, labels = _expand_images(ids, labels, image_id, num_image_tokens)
+
+    if len(ids) > max_length:
+        image_end = len(ids) - ids[::-1].index(image_id) if num_images else 0
+        if overflow == "skip" or image_end > max_length:
+            why = f"; its image tokens end at {image_end}" if image_end > max_length else ""
+            raise SampleTooLong(
+                f"sample {sample_id}: {len(ids)} tokens > max_length {max_length}{why}"
+            )
+        ids, labels = ids[:max_length], labels[:max_length]
+    if all(label == IGNORE_INDEX for label in labels):
+        raise EmptySupervision(f"sample {sample_id}: no reply token within {max_length}")
+    return TokenizedSample(input_ids=ids, labels=labels, num_images=num_images)

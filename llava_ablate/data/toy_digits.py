@@ -1,0 +1,75 @@
+"""A tiny LLaVA-format dataset generated offline from scikit-learn's handwritten digits.
+
+Real images, real labels, no download: the data behind the CPU smoke run and the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def build_toy_digits(out_dir: Path, n_images: int = 256, size: int = 32) -> Path:
+    """Write `out_dir/{captions,instruct}.json` + images (idempotent).
+
+    captions.json: one caption per image (stage 1, "plain" format); instruct.json: the same
+    images with single- and multi-turn questions plus text-only samples (stage 2).
+    """
+    from sklearn.datasets import load_digits
+
+    out_dir = Path(out_dir)
+    if (out_dir / "instruct.json").exists():
+        return out_dir
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    digits = load_digits()
+    rows, captions = [], []
+    for i in range(min(n_images, len(digits.images))):
+        pixels = (digits.images[i] / 16.0 * 255).astype(np.uint8)
+        name = f"images/{i:05d}.png"
+        Image.fromarray(pixels).resize((size, size), Image.NEAREST).convert("RGB").save(
+            out_dir / name
+        )
+        label = NAMES[int(digits.target[i])]
+        captions.append({
+            "id": f"caption-{i}",
+            "image": name,
+            "conversations": [
+                {"from": "human", "value": "<image>\n"},
+                {"from": "gpt", "value": f"A handwritten digit {label}."},
+            ],
+        })
+        if i % 2 == 0:
+            convo = [
+                {"from": "human", "value": "<image>\nDescribe the image briefly."},
+                {"from": "gpt", "value": f"A handwritten digit {label}."},
+            ]
+        else:
+            convo = [
+                {"from": "human", "value": "What digit is shown?\n<image>"},
+                {"from": "gpt", "value": f"It is a {label}."},
+                {"from": "human", "value": "Is it written by hand?"},
+                {"from": "gpt", "value": "Yes, it is handwritten."},
+            ]
+        rows.append({"id": f"digit-{i}", "image": name, "conversations": convo})
+    for k, (a, b) in enumerate(zip(NAMES, NAMES[1:])):  # text-only samples mix in
+        rows.append({
+            "id": f"text-{k}",
+            "conversations": [
+                {"from": "human", "value": f"Which number comes after {a}?"},
+                {"from": "gpt", "value": f"After {a} comes {b}."},
+            ],
+        })
+    for fname, data in (("captions.json", captions), ("instruct.json", rows)):
+        tmp = out_dir / (fname + ".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, out_dir / fname)  # instruct.json last: its presence means "built"
+    return out_dir
+
+
+BUILTINS = {"toy_digits": build_toy_digits}

@@ -1,0 +1,198 @@
+"""Build a LLaVA variant as transformers' own LlavaForConditionalGeneration.
+
+The vision tower and the LLM are loaded (or random-initialised) on their own, then placed into a
+Llava skeleton built on the meta device: no second copy of a 7B model is ever materialised, and
+the result saves/loads as a stock `llava` checkpoint (vLLM, SGLang, lmms-eval `llava_hf`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerBase,
+    SiglipImageProcessor,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+from llava_ablate.config import LLMCfg, ProjectorCfg, VisionCfg
+from llava_ablate.data.chat_templates import ensure_chat_template
+from llava_ablate.model.sources import resolve_llm_source, resolve_package_dir
+from llava_ablate.model.tiny_tokenizer import build_tiny_tokenizer
+
+log = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+_VISION = {
+    "clip": (CLIPVisionConfig, CLIPVisionModel, CLIPImageProcessor),
+    "siglip": (SiglipVisionConfig, SiglipVisionModel, SiglipImageProcessor),
+}
+_TEXT_ARCH = {"llama": "llama", "qwen2": "qwen2"}
+
+
+@dataclass
+class Variant:
+    model: LlavaForConditionalGeneration
+    processor: LlavaProcessor
+    num_image_tokens: int  # placeholder tokens per image
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.processor.tokenizer
+
+
+def check_attn_implementation(name: str) -> None:
+    if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ImportError(
+            "train.attn_implementation=flash_attention_2 but the flash-attn package is not "
+            "installed: `pip install flash-attn --no-build-isolation` on a CUDA machine, or use "
+            "train.attn_implementation=sdpa"
+        )
+
+
+def build_tokenizer(llm: LLMCfg, cache_dir: str | Path) -> PreTrainedTokenizerBase:
+    if llm.tokenizer == "tiny":
+        if llm.chat_template is None:
+            raise ValueError("llm.tokenizer=tiny needs llm.chat_template (e.g. vicuna_v1, qwen2)")
+        out = Path(cache_dir) / "tokenizers" / f"tiny-{llm.chat_template}"
+        tok = build_tiny_tokenizer(out, llm.chat_template)
+    else:
+        src = llm.tokenizer or llm.pretrained
+        if src is None:
+            raise ValueError(f"llm={llm.name}: set llm.tokenizer (a path, hub id, or 'tiny')")
+        tok = AutoTokenizer.from_pretrained(resolve_llm_source(src, llm.gguf_file, cache_dir))
+    ensure_chat_template(tok, llm.chat_template, force=llm.force_chat_template)
+    if IMAGE_TOKEN not in tok.get_vocab():
+        tok.add_special_tokens({"extra_special_tokens": {"image_token": IMAGE_TOKEN}})
+    if tok.pad_token is None:  # Llama/Vicuna ship none; LLaVA pads with unk
+        tok.pad_token = tok.unk_token or tok.eos_token
+    return tok
+
+
+def build_vision_tower(cfg: VisionCfg, attn: str, dtype: torch.dtype):
+    config_cls, model_cls, processor_cls = _VISION[cfg.arch]
+    # SigLIP's pooling head is never used by Llava, and an unused module breaks DDP-style
+    # reductions; drop it at construction.
+    extra = {"vision_use_head": False} if cfg.arch == "siglip" else {}
+    if cfg.pretrained:
+        src = resolve_package_dir(cfg.pretrained)
+        tower = model_cls.from_pretrained(src, dtype=dtype, attn_implementation=attn, **extra)
+        processor = processor_cls.from_pretrained(src)
+    else:
+        config = config_cls(**{**cfg.config, **extra})
+        config._attn_implementation = attn
+        tower = model_cls(config).to(dtype)
+        size = config.image_size
+        if cfg.arch == "clip":
+            processor = processor_cls(size={"shortest_edge": size}, crop_size=size)
+        else:
+            processor = processor_cls(size={"height": size, "width": size})
+    return tower, processor
+
+
+def build_llm(cfg: LLMCfg, vocab_size: int, attn: str, dtype: torch.dtype, cache_dir):
+    if cfg.pretrained:
+        src = resolve_llm_source(cfg.pretrained, cfg.gguf_file, cache_dir)
+        return AutoModelForCausalLM.from_pretrained(src, dtype=dtype, attn_implementation=attn)
+    config = AutoConfig.for_model(_TEXT_ARCH[cfg.arch], vocab_size=vocab_size, **cfg.config)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
+
+
+def _tokens_per_image(vision_cfg: VisionCfg, tower_config) -> tuple[int, int]:
+    """(placeholder tokens per image, extra non-patch tokens the tower emits)."""
+    extra = 1 if vision_cfg.arch == "clip" else 0  # CLIP's CLS token
+    patches = (tower_config.image_size // tower_config.patch_size) ** 2
+    keep_extra = extra if vision_cfg.select_strategy == "full" else 0
+    return patches + keep_extra, extra
+
+
+def build_variant(
+    vision: VisionCfg,
+    llm: LLMCfg,
+    projector: ProjectorCfg,
+    *,
+    cache_dir: str | Path,
+    attn_implementation: str = "sdpa",
+    dtype: torch.dtype = torch.float32,
+) -> Variant:
+    check_attn_implementation(attn_implementation)
+    tokenizer = build_tokenizer(llm, cache_dir)
+    tower, image_processor = build_vision_tower(vision, attn_implementation, dtype)
+    lm = build_llm(llm, len(tokenizer), attn_implementation, dtype, cache_dir)
+    num_image_tokens, extra_tokens = _tokens_per_image(vision, tower.config)
+
+    text_config = lm.config
+    text_config.__dict__.pop("quantization_config", None)
+    feature_layer = vision.feature_layer
+    if not isinstance(feature_layer, int):
+        feature_layer = list(feature_layer)
+    config = LlavaConfig(
+        vision_config=tower.config,
+        text_config=text_config,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=num_image_tokens,
+        vision_feature_layer=feature_layer,
+        vision_feature_select_strategy=vision.select_strategy,
+        projector_hidden_act="gelu" if projector.type == "mlp2x_gelu" else "linear",
+        tie_word_embeddings=bool(getattr(text_config, "tie_word_embeddings", False)),
+    )
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    model.model.vision_tower = tower
+    model.model.language_model = lm.model
+    model.lm_head = lm.lm_head
+    model.model.multi_modal_projector = build_projector(config, projector).to(dtype)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        # The new <image> row is never read (image features replace it) but must exist.
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    model.config.text_config.vocab_size = model.get_input_embeddings().weight.shape[0]
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.tie_weights()
+    _check_materialised(model)
+
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=tower.config.patch_size,
+        vision_feature_select_strategy=vision.select_strategy,
+        num_additional_image_tokens=extra_tokens,
+        image_token=IMAGE_TOKEN,
+        chat_template=tokenizer.chat_template,
+    )
+    return Variant(model=model, processor=processor, num_image_tokens=num_image_tokens)
+
+
+def build_projector(config: LlavaConfig, projector: ProjectorCfg) -> LlavaMultiModalProjector:
+    proj = LlavaMultiModalProjector(config)
+    if projector.type == "linear":
+        # A single linear map expressed in Llava's 2-layer projector: layer 2 is a frozen
+        # identity, so exported checkpoints stay stock `llava` while training LLaVA-1's projector.
+        with torch.no_grad():
+            proj.linear_2.weight.copy_(torch.eye(proj.linear_2.weight.shape[0]))
+            proj.linear_2.bias.zero_()
+        proj.linear_2.requires_grad_(False)
+        proj.linear_2.frozen_identity = True
+    return proj
+
+
+def _check_materialised(model: torch.nn.Module) -> None:
+    meta = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    meta += [n for n, b in model.named_buffers() if b.device.type == "meta"]
+    if meta:
+        raise RuntimeError(f"parameters left uninitialised after assembly: {meta[:5]}")

@@ -1,0 +1,67 @@
+"""Export a trained engine to a Hugging Face directory that stock transformers loads.
+
+`LlavaForConditionalGeneration.from_pretrained(dir)` + `AutoProcessor.from_pretrained(dir)` is
+all a user (or vLLM / lmms-eval `llava_hf`) needs: weights, config, tokenizer with the image
+token, image processor and chat template. LoRA is merged; ZeRO-3 shards are gathered by
+DeepSpeed's own `save_16bit_model`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from peft import PeftModel
+from transformers import LlavaForConditionalGeneration
+
+from llava_ablate.model.lora import merged
+
+log = logging.getLogger(__name__)
+
+MARKER = "COMPLETE"
+
+
+def is_exported(out_dir: Path) -> bool:
+    return (out_dir / MARKER).exists()
+
+
+def export_engine(engine, processor, out_dir: Path, info: dict) -> Path:
+    """Collective: every rank calls it; rank 0 writes `out_dir`."""
+    out_dir = Path(out_dir)
+    staging = out_dir.parent / (out_dir.name + ".weights")
+    engine.save_16bit_model(str(staging), "consolidated.pt")  # gathers ZeRO-3 partitions
+    dist.barrier()
+    if dist.get_rank() == 0:
+        state = torch.load(staging / "consolidated.pt", map_location="cpu", weights_only=True)
+        model = _skeleton_like(engine.module)
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+        tied = {k for k in missing if k.endswith("lm_head.weight")}
+        if set(missing) - tied or unexpected:
+            raise RuntimeError(f"export: missing {missing[:5]} unexpected {unexpected[:5]}")
+        model.tie_weights()
+        model = merged(model)
+        model.save_pretrained(out_dir)
+        processor.save_pretrained(out_dir)
+        (out_dir / "llava_ablate.json").write_text(json.dumps(info, indent=2, default=str))
+        (staging / "consolidated.pt").unlink()
+        staging.rmdir()
+        (out_dir / MARKER).touch()
+        log.info("exported %s", out_dir)
+    dist.barrier()
+    return out_dir
+
+
+def _skeleton_like(module: torch.nn.Module) -> torch.nn.Module:
+    """An empty (meta) copy of the trained architecture, LoRA wrapper included."""
+    base = module.get_base_model() if isinstance(module, PeftModel) else module
+    with torch.device("meta"):
+        skeleton = LlavaForConditionalGeneration(base.config)
+    if isinstance(module, PeftModel):
+        from peft import get_peft_model
+
+        config = module.peft_config["default"]
+        skeleton = get_peft_model(skeleton, config)
+    return skeleton

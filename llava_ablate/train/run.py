@@ -1,0 +1,201 @@
+"""One training run, start to finish: config -> variant -> DeepSpeed -> loop -> export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from llava_ablate.config import Config, to_object
+from llava_ablate.data.dataset import Collator, LlavaDataset, TokenizeOptions
+from llava_ablate.data.llava_json import load_sources
+from llava_ablate.data.sampler import ResumableDistributedSampler
+from llava_ablate.data.toy_digits import BUILTINS
+from llava_ablate.model.build import build_variant
+from llava_ablate.model.export import export_engine, is_exported
+from llava_ablate.model.freeze import apply_training_plan, format_plan
+from llava_ablate.model.init_from import load_parts
+from llava_ablate.model.lora import apply_lora
+from llava_ablate.model.sources import file_lock
+from llava_ablate.train import checkpoint
+from llava_ablate.train.distributed import (
+    DistInfo,
+    dtype_for,
+    init_distributed,
+    resolve_precision,
+)
+from llava_ablate.train.ds_config import deepspeed_config, plan_batches, total_steps
+from llava_ablate.train.loop import LoopOptions, TrainState, train_loop
+from llava_ablate.train.metrics import MetricsLogger
+
+log = logging.getLogger("llava_ablate.train")
+
+
+def _setup_logging(info: DistInfo) -> None:
+    import transformers
+
+    level = logging.INFO if info.is_main else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", force=True)
+    transformers.logging.set_verbosity_warning()
+    # DeepSpeed still calls torch.distributed APIs that torch 2.13 deprecates, once per step.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+    transformers.logging.disable_progress_bar()
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_builtin_data(cfg: Config) -> None:
+    if not cfg.data.builtin:
+        return
+    if cfg.data.builtin not in BUILTINS:
+        raise ValueError(f"data.builtin={cfg.data.builtin!r}; known: {sorted(BUILTINS)}")
+    out = Path(cfg.data.sources[0].path).parent
+    with file_lock(out.with_suffix(".lock")):  # one rank per node builds, the others wait
+        BUILTINS[cfg.data.builtin](out)
+
+
+def run_training(dcfg: DictConfig) -> Path:
+    """Train the composed variant; returns the export directory. Resumes automatically."""
+    cfg = to_object(dcfg)  # validation errors surface before any distributed start-up
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    info = init_distributed(cfg.train.dist_timeout_s)
+    _setup_logging(info)
+    run_dir = Path(cfg.train.run_dir)
+    export_dir = run_dir / "export"
+    if is_exported(export_dir):
+        log.info("%s already finished (export at %s); nothing to do", run_dir, export_dir)
+        return export_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if info.is_main:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dcfg, resolve=True))
+    precision = resolve_precision(cfg.train.precision)
+    _seed(cfg.train.seed)
+
+    # Data before the model: a missing file fails in seconds, not after loading 7B weights.
+    prepare_builtin_data(cfg)
+    records, unreadable = load_sources(cfg.data.sources, cfg.train.seed)
+    if unreadable:
+        log.warning("unreadable records (skipped, counted): %s", unreadable)
+
+    variant = build_variant(
+        cfg.vision, cfg.llm, cfg.projector,
+        cache_dir=cfg.paths.cache_dir,
+        attn_implementation=cfg.train.attn_implementation,
+        dtype=dtype_for(precision),
+    )
+    model = variant.model
+    recipe = cfg.recipe
+    if recipe.init_from:
+        load_parts(model, recipe.init_from, recipe.init_parts)
+    if recipe.lora is not None:
+        model = apply_lora(model, recipe.lora)
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    param_groups, counts = apply_training_plan(
+        model, recipe.lr, weight_decay=recipe.weight_decay, lora=recipe.lora is not None,
+        vision_feature_layer=cfg.vision.feature_layer,
+    )
+    log.info("trainable parameters per module:\n%s", format_plan(counts))
+
+    plan = plan_batches(recipe, info.world)
+    steps = total_steps(recipe, len(records))
+    ds_config = deepspeed_config(cfg.deepspeed, recipe, plan, steps, precision)
+    log.info(
+        "%d samples, %d steps, global batch %d = %d micro x %d accum x %d ranks, %s, ZeRO-%d",
+        len(records), steps, plan.global_batch, plan.micro_batch, plan.grad_accum, info.world,
+        precision, cfg.deepspeed.zero_stage,
+    )
+    if info.is_main:
+        (run_dir / "deepspeed.json").write_text(json.dumps(ds_config, indent=2))
+
+    import deepspeed
+
+    optimizer = torch.optim.AdamW(param_groups, betas=(0.9, 0.999), eps=1e-8)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+
+    sampler = ResumableDistributedSampler(
+        len(records), rank=info.rank, world=info.world, micro_batch=plan.micro_batch,
+        seed=cfg.train.seed,
+    )
+    dataset = LlavaDataset(
+        records,
+        variant.processor,
+        TokenizeOptions(
+            prompt_format=recipe.prompt_format, num_image_tokens=variant.num_image_tokens,
+            max_length=recipe.max_length, overflow=recipe.overflow,
+            pad_to_square=cfg.vision.image_aspect == "pad",
+        ),
+    )
+    loader_kwargs = dict(
+        batch_size=plan.micro_batch, sampler=sampler, num_workers=cfg.data.num_workers,
+        collate_fn=Collator(variant.tokenizer.pad_token_id), drop_last=True,
+        persistent_workers=False,
+    )
+
+    def make_iter():
+        return iter(DataLoader(dataset, **loader_kwargs))
+
+    state = TrainState()
+    metrics = MetricsLogger(run_dir, enabled=info.is_main)
+    ckpt_dir = run_dir / "checkpoints"
+    latest = checkpoint.latest_complete(ckpt_dir)
+    if latest is not None:
+        client, rank_state = checkpoint.load(engine, latest)
+        state.step, state.nonfinite = client["step"], client["nonfinite"]
+        state.samples = rank_state["samples"]
+        state.skipped.update(rank_state["skipped"])
+        sampler.load_state_dict(rank_state["sampler"])
+        checkpoint.set_rng_state(rank_state["rng"])
+        metrics.truncate_after(state.step)
+        log.info("resumed from %s at step %d", latest, state.step)
+
+    def rank_state_now(s: TrainState) -> dict:
+        return {"samples": s.samples, "skipped": dict(s.skipped), "sampler": sampler.state_dict(),
+                "rng": checkpoint.rng_state()}
+
+    opts = LoopOptions(
+        total_steps=steps, log_every=cfg.train.log_every, save_every=cfg.train.save_every,
+        keep_checkpoints=cfg.train.keep_checkpoints, nan_skip_limit=cfg.train.nan_skip_limit,
+        max_bad_fraction=cfg.data.max_bad_fraction, checkpoint_dir=ckpt_dir,
+        micro_batch=plan.micro_batch,
+    )
+    state = train_loop(engine, make_iter, sampler, state, opts, metrics, rank_state_now)
+    if state.step > (int(latest.name.split("_")[1]) if latest else -1):
+        checkpoint.save(engine, ckpt_dir, state.step, state.client_state(),
+                        rank_state_now(state), cfg.train.keep_checkpoints)
+    skipped = _global_skips(state)
+    if info.is_main:
+        (run_dir / "data_skips.json").write_text(json.dumps(skipped, indent=2))
+        if skipped:
+            log.warning("samples skipped during training, by reason: %s", skipped)
+    if cfg.train.export:
+        export_engine(engine, variant.processor, export_dir, {
+            "variant": {k: OmegaConf.to_container(dcfg[k], resolve=True)
+                        for k in ("vision", "llm", "projector", "data", "recipe")},
+            "steps": state.step, "precision": precision,
+        })
+    return export_dir
+
+
+def _global_skips(state: TrainState) -> dict[str, int]:
+    gathered: list[dict] = [None] * dist.get_world_size()  # type: ignore[list-item]
+    dist.all_gather_object(gathered, dict(state.skipped))
+    total: dict[str, int] = {}
+    for part in gathered:
+        for k, v in part.items():
+            total[k] = total.get(k, 0) + v
+    return total
