@@ -1,8 +1,8 @@
 """Train one LLaVA variant: compose the config with Hydra, then build, train and export.
 
-    torchrun --nproc_per_node=8 train.py llm=qwen2 data=si32m
-    python train.py +experiment=tiny_align          # CPU: launches itself on 1 rank
-    python train.py llm=qwen2 data=si32m --cfg job  # print the composed config
+torchrun --nproc_per_node=8 train.py llm=qwen2 data=si32m
+python train.py +experiment=tiny_align          # CPU: launches itself on 1 rank
+python train.py llm=qwen2 data=si32m --cfg job  # print the composed config
 """
 
 import hydra

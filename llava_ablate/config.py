@@ -73,7 +73,9 @@ class LoraCfg:
     r: int = 128
     alpha: int = 256
     dropout: float = 0.05
-    target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    target_modules: str = (
+        r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    )
 
 
 @dataclass

@@ -29,22 +29,45 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(overrides: list[str], *, cache_dir: Path, nproc: int = 2, timeout: int = 600,
-           background: bool = False):
+def launch(
+    overrides: list[str],
+    *,
+    cache_dir: Path,
+    nproc: int = 2,
+    timeout: int = 600,
+    background: bool = False,
+):
     """Run `torchrun train.py <overrides>` for real; return the CompletedProcess (or Popen)."""
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-        f"--master_port={_free_port()}", str(ROOT / "train.py"), *overrides,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={_free_port()}",
+        str(ROOT / "train.py"),
+        *overrides,
     ]
-    env = {**os.environ, "LLAVA_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "LLAVA_CACHE_DIR": str(cache_dir),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     if background:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        return subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
-                             f"{proc.stderr[-8000:]}")
+        raise AssertionError(
+            f"train.py failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+        )
     return proc
 
 
@@ -70,13 +93,19 @@ def compose_config(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
-def build_tiny(cache_dir: Path, vision: str = "tiny_clip", llm: str = "tiny_llama",
-               projector: str = "mlp2x_gelu", overrides: tuple[str, ...] = ()):
+def build_tiny(
+    cache_dir: Path,
+    vision: str = "tiny_clip",
+    llm: str = "tiny_llama",
+    projector: str = "mlp2x_gelu",
+    overrides: tuple[str, ...] = (),
+):
     from llava_ablate.config import to_object
     from llava_ablate.model.build import build_variant
 
-    cfg = to_object(compose_config([f"vision={vision}", f"llm={llm}", f"projector={projector}",
-                                    *overrides]))
+    cfg = to_object(
+        compose_config([f"vision={vision}", f"llm={llm}", f"projector={projector}", *overrides])
+    )
     return build_variant(cfg.vision, cfg.llm, cfg.projector, cache_dir=cache_dir)
 
 

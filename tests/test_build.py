@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_tiny
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from conftest import build_tiny
 from llava_ablate.config import LearningRates, LoraCfg
 from llava_ablate.model.build import check_attn_implementation
 from llava_ablate.model.freeze import apply_training_plan, format_plan
@@ -55,20 +55,27 @@ def test_export_round_trip_generates(cache_dir, tmp_path):
 def test_training_plans_per_recipe(cache_dir):
     v = build_tiny(cache_dir)
     m = v.model
-    n = {k: sum(p.numel() for name, p in m.named_parameters() if k in name)
-         for k in ("vision_tower", "multi_modal_projector", "language_model")}
+    n = {
+        k: sum(p.numel() for name, p in m.named_parameters() if k in name)
+        for k in ("vision_tower", "multi_modal_projector", "language_model")
+    }
     n["language_model"] += 0 if m.config.tie_word_embeddings else m.lm_head.weight.numel()
 
-    groups, counts = apply_training_plan(m, LearningRates(projector=1e-3), weight_decay=0.0,
-                                         lora=False, vision_feature_layer=-2)
+    groups, counts = apply_training_plan(
+        m, LearningRates(projector=1e-3), weight_decay=0.0, lora=False, vision_feature_layer=-2
+    )
     assert counts["projector"].trainable == n["multi_modal_projector"]
     assert counts["vision"].trainable == counts["llm"].trainable == 0
     assert {g["lr"] for g in groups} == {1e-3}
     assert "frozen" in format_plan(counts)
 
     groups, counts = apply_training_plan(
-        m, LearningRates(vision=2e-6, projector=1e-5, llm=1e-5), weight_decay=0.1, lora=False,
-        vision_feature_layer=-2)
+        m,
+        LearningRates(vision=2e-6, projector=1e-5, llm=1e-5),
+        weight_decay=0.1,
+        lora=False,
+        vision_feature_layer=-2,
+    )
     post_ln = sum(p.numel() for name, p in m.named_parameters() if "post_layernorm" in name)
     assert counts["vision"].trainable == n["vision_tower"] - post_ln  # unused layer stays frozen
     assert counts["llm"].trainable == counts["llm"].total == n["language_model"]
@@ -81,8 +88,13 @@ def test_lora_trains_adapters_and_projector_then_merges(cache_dir):
     v = build_tiny(cache_dir)
     base_q = v.model.model.language_model.layers[0].self_attn.q_proj.weight.detach().clone()
     model = apply_lora(v.model, LoraCfg(r=4, alpha=8, dropout=0.0))
-    _, counts = apply_training_plan(model, LearningRates(projector=1e-4, llm=1e-4),
-                                    weight_decay=0.0, lora=True, vision_feature_layer=-2)
+    _, counts = apply_training_plan(
+        model,
+        LearningRates(projector=1e-4, llm=1e-4),
+        weight_decay=0.0,
+        lora=True,
+        vision_feature_layer=-2,
+    )
     lora = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
     assert lora and all("language_model" in n for n in lora)
     assert 0 < counts["llm"].trainable < counts["llm"].total
@@ -101,9 +113,16 @@ def test_linear_projector_is_one_linear_map(cache_dir):
     proj = v.model.model.multi_modal_projector
     x = torch.randn(3, proj.linear_1.in_features)
     assert torch.allclose(proj(x), proj.linear_1(x), atol=1e-6)
-    _, counts = apply_training_plan(v.model, LearningRates(projector=1e-3), weight_decay=0.0,
-                                    lora=False, vision_feature_layer=-2)
-    assert counts["projector"].trainable == proj.linear_1.weight.numel() + proj.linear_1.bias.numel()
+    _, counts = apply_training_plan(
+        v.model,
+        LearningRates(projector=1e-3),
+        weight_decay=0.0,
+        lora=False,
+        vision_feature_layer=-2,
+    )
+    assert (
+        counts["projector"].trainable == proj.linear_1.weight.numel() + proj.linear_1.bias.numel()
+    )
 
 
 def test_init_from_copies_only_the_projector(cache_dir, tmp_path):
@@ -116,8 +135,11 @@ def test_init_from_copies_only_the_projector(cache_dir, tmp_path):
     before_llm = dst.model.lm_head.weight.detach().clone()
     keys = load_parts(dst.model, tmp_path, ["projector"])
     assert keys and all("multi_modal_projector" in k for k in keys)
-    for a, b in zip(src.model.model.multi_modal_projector.parameters(),
-                    dst.model.model.multi_modal_projector.parameters(), strict=True):
+    for a, b in zip(
+        src.model.model.multi_modal_projector.parameters(),
+        dst.model.model.multi_modal_projector.parameters(),
+        strict=True,
+    ):
         assert torch.equal(a, b)
     assert torch.equal(dst.model.lm_head.weight, before_llm)
 

@@ -24,9 +24,7 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize(
-    "group", ["vision", "llm", "projector", "data", "recipe", "deepspeed"]
-)
+@pytest.mark.parametrize("group", ["vision", "llm", "projector", "data", "recipe", "deepspeed"])
 def test_every_group_option_composes_and_validates(group):
     options = _options(group)
     assert len(options) >= 2, f"{group} should offer alternatives"
@@ -47,11 +45,21 @@ def test_every_experiment_composes(experiment):
 def test_public_recipes_match_the_papers():
     s1 = to_object(_compose(["+experiment=llava15_7b_stage1"]))
     assert (s1.vision.pretrained, s1.llm.pretrained) == (
-        "openai/clip-vit-large-patch14-336", "lmsys/vicuna-7b-v1.5")
-    assert (s1.recipe.lr.projector, s1.recipe.lr.llm, s1.recipe.global_batch_size) == (1e-3, None, 256)
+        "openai/clip-vit-large-patch14-336",
+        "lmsys/vicuna-7b-v1.5",
+    )
+    assert (s1.recipe.lr.projector, s1.recipe.lr.llm, s1.recipe.global_batch_size) == (
+        1e-3,
+        None,
+        256,
+    )
     assert s1.recipe.prompt_format == "plain" and s1.deepspeed.zero_stage == 2
     s2 = to_object(_compose(["+experiment=llava15_7b_stage2"]))
-    assert (s2.recipe.lr.llm, s2.recipe.global_batch_size, s2.deepspeed.zero_stage) == (2e-5, 128, 3)
+    assert (s2.recipe.lr.llm, s2.recipe.global_batch_size, s2.deepspeed.zero_stage) == (
+        2e-5,
+        128,
+        3,
+    )
     assert s2.recipe.init_from.endswith("llava558k-align/export")
     ov = to_object(_compose(["+experiment=onevision_si_7b"]))
     assert ov.llm.pretrained == "Qwen/Qwen2-7B-Instruct" and ov.vision.select_strategy == "full"
@@ -79,8 +87,12 @@ def test_misspelt_key_fails_naming_it():
 
 @pytest.mark.parametrize(
     "override,key",
-    [("vision.arch=vit", "vision.arch"), ("train.precision=fp8", "train.precision"),
-     ("deepspeed.zero_stage=4", "deepspeed.zero_stage"), ("recipe.overflow=drop", "recipe.overflow")],
+    [
+        ("vision.arch=vit", "vision.arch"),
+        ("train.precision=fp8", "train.precision"),
+        ("deepspeed.zero_stage=4", "deepspeed.zero_stage"),
+        ("recipe.overflow=drop", "recipe.overflow"),
+    ],
 )
 def test_bad_values_fail_naming_key_and_choices(override, key):
     cfg = _compose([override])
@@ -100,9 +112,12 @@ def test_cli_prints_composed_config():
 
     out = subprocess.run(
         [sys.executable, str(CONF.parent / "train.py"), "llm=qwen2", "data=si32m", "--cfg", "job"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "pretrained: Qwen/Qwen2-7B-Instruct" in out and "name: si32m" in out
-    bad = subprocess.run([sys.executable, str(CONF.parent / "train.py"), "llm=qwen3"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, str(CONF.parent / "train.py"), "llm=qwen3"], capture_output=True, text=True
+    )
     assert bad.returncode != 0 and "qwen3" in bad.stderr and "vicuna7b" in bad.stderr

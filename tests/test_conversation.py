@@ -349,8 +349,9 @@ _TEXT = st.text(_ALPHABET, min_size=1, max_size=40).map(str.strip).filter(bool)
 def conversations(draw):
     n = draw(st.integers(1, 4))
     pairs = [(draw(_TEXT), draw(_TEXT)) for _ in range(n)]
-    if draw(st.booleans()):
-        pairs[0] = (draw(st.sampled_from(["<image>\n", ""])) + pairs[0][0], pairs[0][1])
+    # Raw LLaVA data puts the image before or after the question; text-only samples have none.
+    before, after = draw(st.sampled_from([("<image>\n", ""), ("", "\n<image>"), ("", "")]))
+    pairs[0] = (before + pairs[0][0] + after, pairs[0][1])
     conv = [{"from": src, "value": v} for q, a in pairs for src, v in (("human", q), ("gpt", a))]
     if draw(st.booleans()):
         conv.insert(0, {"from": "system", "value": draw(_TEXT)})

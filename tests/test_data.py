@@ -26,8 +26,7 @@ def _convo(q="<image>\nWhat is it?", a="A cat."):
 
 @pytest.mark.parametrize(
     "strategy,expected",
-    [("all", list(range(10))), ("first:30%", [0, 1, 2]), ("end:20%", [8, 9]),
-     ("first:5%", [0])],
+    [("all", list(range(10))), ("first:30%", [0, 1, 2]), ("end:20%", [8, 9]), ("first:5%", [0])],
 )
 def test_sampling_strategies(strategy, expected):
     assert apply_sampling(list(range(10)), strategy, seed=0) == expected
@@ -40,12 +39,18 @@ def test_random_sampling_is_seeded():
 
 
 def test_reads_json_and_jsonl_and_counts_malformed(tmp_path):
-    a = _write(tmp_path / "a.json", [{"id": "x", "image": "i.png", "conversations": _convo()},
-                                     {"id": "t", "conversations": _convo("Hi?", "Hello.")},
-                                     {"id": "bad"}])
+    a = _write(
+        tmp_path / "a.json",
+        [
+            {"id": "x", "image": "i.png", "conversations": _convo()},
+            {"id": "t", "conversations": _convo("Hi?", "Hello.")},
+            {"id": "bad"},
+        ],
+    )
     b = _write(tmp_path / "b.jsonl", [{"id": "y", "conversations": _convo("Q?", "A.")}], jsonl=True)
-    recs, bad = load_sources([SourceCfg(path=str(a), image_root=str(tmp_path)),
-                              SourceCfg(path=str(b))], seed=0)
+    recs, bad = load_sources(
+        [SourceCfg(path=str(a), image_root=str(tmp_path)), SourceCfg(path=str(b))], seed=0
+    )
     assert [r.id for r in recs] == ["x", "t", "y"]
     assert recs[0].images == [tmp_path / "i.png"] and recs[1].images == []
     assert bad == {"malformed_record": 1}
@@ -67,7 +72,11 @@ def test_missing_unreleased_and_invalid_sources_fail_clearly(tmp_path):
 def test_pad_to_square_centres_on_the_fill_colour():
     im = Image.new("RGB", (4, 2), (255, 0, 0))
     sq = pad_to_square(im, (1, 2, 3))
-    assert sq.size == (4, 4) and sq.getpixel((0, 0)) == (1, 2, 3) and sq.getpixel((0, 1)) == (255, 0, 0)
+    assert (
+        sq.size == (4, 4)
+        and sq.getpixel((0, 0)) == (1, 2, 3)
+        and sq.getpixel((0, 1)) == (255, 0, 0)
+    )
 
 
 def test_bad_samples_are_skipped_with_their_reason(tmp_path, tiny_variant):
@@ -85,14 +94,23 @@ def test_bad_samples_are_skipped_with_their_reason(tmp_path, tiny_variant):
     ]
     src = _write(tmp_path / "d.json", rows)
     recs, _ = load_sources([SourceCfg(path=str(src), image_root=str(tmp_path))], seed=0)
-    opts = TokenizeOptions(prompt_format="chat", num_image_tokens=tiny_variant.num_image_tokens,
-                           max_length=128, overflow="skip", pad_to_square=True)
+    opts = TokenizeOptions(
+        prompt_format="chat",
+        num_image_tokens=tiny_variant.num_image_tokens,
+        max_length=128,
+        overflow="skip",
+        pad_to_square=True,
+    )
     ds = LlavaDataset(recs, tiny_variant.processor, opts)
     items = [ds[i] for i in range(len(ds))]
     reasons = {x.id: x.reason for x in items if isinstance(x, Skip)}
     assert reasons == {
-        "corrupt": "corrupt_image", "missing": "missing_image", "no_tag": "image_tag_mismatch",
-        "empty": "empty_supervision", "weird_role": "malformed_conversation", "long": "too_long",
+        "corrupt": "corrupt_image",
+        "missing": "missing_image",
+        "no_tag": "image_tag_mismatch",
+        "empty": "empty_supervision",
+        "weird_role": "malformed_conversation",
+        "long": "too_long",
     }
     good = items[0]
     image_id = tiny_variant.model.config.image_token_index
@@ -107,6 +125,7 @@ def test_bad_samples_are_skipped_with_their_reason(tmp_path, tiny_variant):
     assert batch["attention_mask"][1].sum() == n_text
     assert (batch["labels"][1, n_text:] == -100).all()
     # A real forward pass accepts the batch: image features match the placeholder tokens.
-    out = tiny_variant.model(**{k: batch[k] for k in ("input_ids", "labels", "attention_mask",
-                                                      "pixel_values")})
+    out = tiny_variant.model(
+        **{k: batch[k] for k in ("input_ids", "labels", "attention_mask", "pixel_values")}
+    )
     assert torch.isfinite(out.loss)

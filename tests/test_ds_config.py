@@ -30,9 +30,18 @@ def test_steps_from_epochs_or_max_steps():
 def test_ds_json_resolves_every_auto_value():
     recipe = _recipe(global_batch_size=256, micro_batch_size=16, warmup_ratio=0.03, grad_clip=1.0)
     plan = plan_batches(recipe, 8)
-    cfg = deepspeed_config(DeepSpeedCfg(name="z3", zero_stage=3, offload_optimizer=True,
-                                        extra={"zero_optimization": {"reduce_bucket_size": 5}}),
-                           recipe, plan, 2000, "bf16")
+    cfg = deepspeed_config(
+        DeepSpeedCfg(
+            name="z3",
+            zero_stage=3,
+            offload_optimizer=True,
+            extra={"zero_optimization": {"reduce_bucket_size": 5}},
+        ),
+        recipe,
+        plan,
+        2000,
+        "bf16",
+    )
     assert cfg["train_batch_size"] == 256 and cfg["gradient_accumulation_steps"] == 2
     assert cfg["bf16"]["enabled"] and not cfg["fp16"]["enabled"]
     z = cfg["zero_optimization"]

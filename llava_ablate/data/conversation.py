@@ -66,7 +66,9 @@ def llava_to_messages(conversations: list[dict]) -> list[dict]:
     """LLaVA turns {"from": human|gpt|system, "value"} -> messages {"role", "content"}."""
     messages: list[dict] = []
     for i, turn in enumerate(conversations):
-        source, value = turn.get("from"), turn.get("value")
+        source, value = (
+            (turn.get("from"), turn.get("value")) if isinstance(turn, dict) else (turn, None)
+        )
         role = _ROLES.get(source)
         if role is None:
             raise MalformedConversation(
@@ -128,7 +130,7 @@ def _chat_text_and_spans(
 
 
 def _plain_text_and_spans(
-    sample_id: str, messages: list[dict], tokenizer: PreTrainedTokenizerBase, image: str
+    sample_id: str, messages: list[dict], tokenizer: PreTrainedTokenizerBase, images: str
 ) -> tuple[str, list[Span]]:
     """LLaVA stage-1 "plain": image placeholder(s) + caption + eos; the question is dropped."""
     if [m["role"] for m in messages] != ["user", "assistant"]:
@@ -138,7 +140,7 @@ def _plain_text_and_spans(
     # Keep the bos a Llama/Vicuna tokenizer adds by itself (LLaVA's stage 1 has it).
     adds_bos = tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]
     bos = tokenizer.bos_token if tokenizer.bos_token and adds_bos else ""
-    prefix = bos + image * messages[0]["content"].count(image)
+    prefix = bos + images
     text = prefix + messages[1]["content"] + tokenizer.eos_token
     return text, [(len(prefix), len(text))]
 
@@ -187,8 +189,7 @@ def _check_prefixes(
 def _expand_images(
     ids: list[int], labels: list[int], image_id: int, n: int
 ) -> tuple[list[int], list[int]]:
-    """Repeat each image token n times: LlavaForConditionalGeneration puts one vision
-    feature on each of them."""
+    # LlavaForConditionalGeneration puts one vision feature on each image token.
     out_ids: list[int] = []
     out_labels: list[int] = []
     for token, label in zip(ids, labels, strict=True):
@@ -228,14 +229,13 @@ def tokenize_conversation(
         raise EmptySupervision(f"sample {sample_id}: no gpt turn to train on")
 
     num_images = sum(m["content"].count(DEFAULT_IMAGE_TOKEN) for m in messages)
-    image = getattr(tokenizer, "image_token", None) or DEFAULT_IMAGE_TOKEN
-    if num_images and getattr(tokenizer, "image_token", None) is None:
-        # A tokenizer problem, not a bad sample: it would hit every sample with an image.
+    image = getattr(tokenizer, "image_token", None) or ""
+    if num_images and not image:  # a tokenizer problem, not a bad sample: raise, never skip
         raise TokenizationMismatch(
             f"sample {sample_id} has images but the tokenizer has no image_token; load it "
             f"with extra_special_tokens={{'image_token': '{DEFAULT_IMAGE_TOKEN}'}}"
         )
-    if image != DEFAULT_IMAGE_TOKEN:
+    if num_images and image != DEFAULT_IMAGE_TOKEN:
         messages = [
             {**m, "content": m["content"].replace(DEFAULT_IMAGE_TOKEN, image)} for m in messages
         ]
@@ -243,7 +243,7 @@ def tokenize_conversation(
     if prompt_format == "chat":
         text, spans = _chat_text_and_spans(sample_id, messages, tokenizer)
     elif prompt_format == "plain":
-        text, spans = _plain_text_and_spans(sample_id, messages, tokenizer, image)
+        text, spans = _plain_text_and_spans(sample_id, messages, tokenizer, image * num_images)
     else:
         raise ValueError(f"prompt_format must be 'chat' or 'plain', got {prompt_format!r}")
 

@@ -11,7 +11,9 @@ from torch.utils.data import Dataset
 
 from llava_ablate.data.conversation import (
     EmptySupervision,
+    MalformedConversation,
     SampleTooLong,
+    TokenizationMismatch,
     tokenize_conversation,
 )
 from llava_ablate.data.images import load_rgb, mean_colour, pad_to_square
@@ -24,6 +26,7 @@ class Skip:
 
     id: str
     reason: str
+    detail: str = ""
 
 
 @dataclass
@@ -65,18 +68,20 @@ class LlavaDataset(Dataset):
             return Skip(rec.id, "too_long")
         except EmptySupervision:
             return Skip(rec.id, "empty_supervision")
-        except (ValueError, TypeError, KeyError) as e:
-            if type(e).__name__ == "TokenizationMismatch":
-                raise  # a template bug: training on it would silently zero samples
-            return Skip(rec.id, "malformed_conversation")
+        except MalformedConversation as e:
+            return Skip(rec.id, "malformed_conversation", str(e))
+        except TokenizationMismatch as e:
+            # Never trained on with a wrong mask; one odd sample is skipped and counted, a template
+            # that mismatches systematically trips data.max_bad_fraction and stops the run.
+            return Skip(rec.id, "tokenization_mismatch", str(e))
         images = []
         for path in rec.images:
             try:
                 image = load_rgb(path)
             except FileNotFoundError:
-                return Skip(rec.id, "missing_image")
-            except (UnidentifiedImageError, OSError, SyntaxError):
-                return Skip(rec.id, "corrupt_image")
+                return Skip(rec.id, "missing_image", str(path))
+            except (UnidentifiedImageError, OSError, SyntaxError) as e:
+                return Skip(rec.id, "corrupt_image", f"{path}: {e}")
             images.append(pad_to_square(image, self._fill) if opt.pad_to_square else image)
         out = {
             "id": rec.id,
@@ -98,7 +103,11 @@ class Collator:
     def __call__(self, items: list[dict | Skip]) -> dict:
         good = [x for x in items if not isinstance(x, Skip)]
         skipped = Counter(x.reason for x in items if isinstance(x, Skip))
-        batch: dict = {"skipped": dict(skipped), "ids": [x["id"] for x in good]}
+        batch: dict = {
+            "skipped": dict(skipped),
+            "skip_details": [x for x in items if isinstance(x, Skip)],
+            "ids": [x["id"] for x in good],
+        }
         if not good:
             return batch
         width = max(len(x["input_ids"]) for x in good)

@@ -37,8 +37,13 @@ class ResumableDistributedSampler(Sampler[int]):
         return self.per_rank - self.position
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "size": self.size, "world": self.world}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "size": self.size,
+            "world": self.world,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if (state["size"], state["world"]) != (self.size, self.world):

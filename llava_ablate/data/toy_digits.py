@@ -36,14 +36,16 @@ def build_toy_digits(out_dir: Path, n_images: int = 256, size: int = 32) -> Path
             out_dir / name
         )
         label = NAMES[int(digits.target[i])]
-        captions.append({
-            "id": f"caption-{i}",
-            "image": name,
-            "conversations": [
-                {"from": "human", "value": "<image>\n"},
-                {"from": "gpt", "value": f"A handwritten digit {label}."},
-            ],
-        })
+        captions.append(
+            {
+                "id": f"caption-{i}",
+                "image": name,
+                "conversations": [
+                    {"from": "human", "value": "<image>\n"},
+                    {"from": "gpt", "value": f"A handwritten digit {label}."},
+                ],
+            }
+        )
         if i % 2 == 0:
             convo = [
                 {"from": "human", "value": "<image>\nDescribe the image briefly."},
@@ -57,14 +59,16 @@ def build_toy_digits(out_dir: Path, n_images: int = 256, size: int = 32) -> Path
                 {"from": "gpt", "value": "Yes, it is handwritten."},
             ]
         rows.append({"id": f"digit-{i}", "image": name, "conversations": convo})
-    for k, (a, b) in enumerate(zip(NAMES, NAMES[1:])):  # text-only samples mix in
-        rows.append({
-            "id": f"text-{k}",
-            "conversations": [
-                {"from": "human", "value": f"Which number comes after {a}?"},
-                {"from": "gpt", "value": f"After {a} comes {b}."},
-            ],
-        })
+    for k, (a, b) in enumerate(zip(NAMES, NAMES[1:], strict=False)):  # text-only samples mix in
+        rows.append(
+            {
+                "id": f"text-{k}",
+                "conversations": [
+                    {"from": "human", "value": f"Which number comes after {a}?"},
+                    {"from": "gpt", "value": f"After {a} comes {b}."},
+                ],
+            }
+        )
     for fname, data in (("captions.json", captions), ("instruct.json", rows)):
         tmp = out_dir / (fname + ".tmp")
         tmp.write_text(json.dumps(data))

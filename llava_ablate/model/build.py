@@ -17,14 +17,14 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
     CLIPVisionConfig,
     CLIPVisionModel,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
     PreTrainedTokenizerBase,
-    SiglipImageProcessor,
+    SiglipImageProcessorPil,
     SiglipVisionConfig,
     SiglipVisionModel,
 )
@@ -38,9 +38,11 @@ from llava_ablate.model.tiny_tokenizer import build_tiny_tokenizer
 log = logging.getLogger(__name__)
 
 IMAGE_TOKEN = "<image>"
+# The PIL image processors: the torchvision-backed ones would need torchvision, which this
+# project does not install (it breaks beside the CPU torch build).
 _VISION = {
-    "clip": (CLIPVisionConfig, CLIPVisionModel, CLIPImageProcessor),
-    "siglip": (SiglipVisionConfig, SiglipVisionModel, SiglipImageProcessor),
+    "clip": (CLIPVisionConfig, CLIPVisionModel, CLIPImageProcessorPil),
+    "siglip": (SiglipVisionConfig, SiglipVisionModel, SiglipImageProcessorPil),
 }
 _TEXT_ARCH = {"llama": "llama", "qwen2": "qwen2"}
 
@@ -75,10 +77,14 @@ def build_tokenizer(llm: LLMCfg, cache_dir: str | Path) -> PreTrainedTokenizerBa
         src = llm.tokenizer or llm.pretrained
         if src is None:
             raise ValueError(f"llm={llm.name}: set llm.tokenizer (a path, hub id, or 'tiny')")
-        tok = AutoTokenizer.from_pretrained(resolve_llm_source(src, llm.gguf_file, cache_dir))
+        # transformers 5 adds the token to the vocabulary and sets `tokenizer.image_token`.
+        tok = AutoTokenizer.from_pretrained(
+            resolve_llm_source(src, llm.gguf_file, cache_dir),
+            extra_special_tokens={"image_token": IMAGE_TOKEN},
+        )
     ensure_chat_template(tok, llm.chat_template, force=llm.force_chat_template)
     if IMAGE_TOKEN not in tok.get_vocab():
-        tok.add_special_tokens({"extra_special_tokens": {"image_token": IMAGE_TOKEN}})
+        raise RuntimeError(f"could not add {IMAGE_TOKEN} to the tokenizer of llm={llm.name}")
     if tok.pad_token is None:  # Llama/Vicuna ship none; LLaVA pads with unk
         tok.pad_token = tok.unk_token or tok.eos_token
     return tok

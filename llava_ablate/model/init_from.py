@@ -30,6 +30,7 @@ def _module_key(saved: str) -> str:
             return new + saved[len(old) :]
     return saved
 
+
 _PREFIXES = {
     "projector": ("model.multi_modal_projector.",),
     "vision": ("model.vision_tower.",),

@@ -48,6 +48,7 @@ def dequantised_checkpoint(src_dir: str, gguf_file: str, cache_dir: str | Path) 
     copy is what training, export and every later load use (0.4 s).
     """
     import torch
+    from safetensors.torch import save_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     out = Path(cache_dir) / "dequantised" / Path(gguf_file).stem
@@ -64,7 +65,12 @@ def dequantised_checkpoint(src_dir: str, gguf_file: str, cache_dir: str | Path) 
         plain.load_state_dict(gguf_model.state_dict())
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        plain.save_pretrained(tmp)
+        # Not `save_pretrained`: under torch.distributed it writes weights on global rank 0 only,
+        # but every node needs its own copy of this local cache.
+        tmp.mkdir(parents=True)
+        save_model(plain, str(tmp / "model.safetensors"))
+        plain.config.save_pretrained(tmp)
+        plain.generation_config.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf_file).save_pretrained(tmp)
         os.replace(tmp, out)  # atomic: a crash never leaves a half-written directory
         return out

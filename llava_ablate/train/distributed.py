@@ -43,7 +43,9 @@ def init_distributed(timeout_s: int = 1800) -> DistInfo:
 
 
 def device_for(info: DistInfo) -> torch.device:
-    return torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    return (
+        torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    )
 
 
 def resolve_precision(precision: str) -> str:

@@ -49,7 +49,7 @@ def deepspeed_config(
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if ds.offload_param:
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
-    warmup = int(round(recipe.warmup_ratio * steps))
+    warmup = max(1, int(round(recipe.warmup_ratio * steps)))  # DeepSpeed rejects 0
     cos_min = 1.0 if recipe.schedule == "constant" else recipe.min_lr_ratio
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": plan.micro_batch,

@@ -90,13 +90,18 @@ def train_loop(
         window["data_wait_s"] += time.perf_counter() - t0
         sampler.advance(opts.micro_batch)
         state.samples += opts.micro_batch
+        for skip in batch["skip_details"]:
+            if state.skipped[skip.reason] < 3:  # name the first few of each kind, count the rest
+                log.warning("skipped sample %s (%s) %s", skip.id, skip.reason, skip.detail)
         state.skipped.update(batch["skipped"])
         _check_skips(state, opts.max_bad_fraction, device)
 
         empty = "input_ids" not in batch
         if empty:  # every sample of this micro-batch was bad: still join the collectives
             if last_good is None:
-                raise TooManySkipped(f"the first micro-batch was entirely skipped: {batch['skipped']}")
+                raise TooManySkipped(
+                    f"the first micro-batch was entirely skipped: {batch['skipped']}"
+                )
             batch = last_good
         else:
             last_good = batch
@@ -135,8 +140,14 @@ def train_loop(
         if state.step % opts.log_every == 0 or state.step == opts.total_steps:
             elapsed = time.perf_counter() - t_window
             loss_sum, micro, tokens, samples, wait, skipped = _all_sum(
-                [window["loss_sum"], window["micro"], window["tokens"], window["samples"],
-                 window["data_wait_s"], sum(state.skipped.values())],
+                [
+                    window["loss_sum"],
+                    window["micro"],
+                    window["tokens"],
+                    window["samples"],
+                    window["data_wait_s"],
+                    sum(state.skipped.values()),
+                ],
                 device,
             )
             world = dist.get_world_size()
@@ -158,8 +169,12 @@ def train_loop(
             t_window = time.perf_counter()
         if opts.save_every and state.step % opts.save_every == 0 and state.step < opts.total_steps:
             checkpoint.save(
-                engine, opts.checkpoint_dir, state.step, state.client_state(),
-                on_checkpoint(state), opts.keep_checkpoints,
+                engine,
+                opts.checkpoint_dir,
+                state.step,
+                state.client_state(),
+                on_checkpoint(state),
+                opts.keep_checkpoints,
             )
     return state
 

@@ -91,7 +91,9 @@ def run_training(dcfg: DictConfig) -> Path:
         log.warning("unreadable records (skipped, counted): %s", unreadable)
 
     variant = build_variant(
-        cfg.vision, cfg.llm, cfg.projector,
+        cfg.vision,
+        cfg.llm,
+        cfg.projector,
         cache_dir=cfg.paths.cache_dir,
         attn_implementation=cfg.train.attn_implementation,
         dtype=dtype_for(precision),
@@ -106,7 +108,10 @@ def run_training(dcfg: DictConfig) -> Path:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     param_groups, counts = apply_training_plan(
-        model, recipe.lr, weight_decay=recipe.weight_decay, lora=recipe.lora is not None,
+        model,
+        recipe.lr,
+        weight_decay=recipe.weight_decay,
+        lora=recipe.lora is not None,
         vision_feature_layer=cfg.vision.feature_layer,
     )
     log.info("trainable parameters per module:\n%s", format_plan(counts))
@@ -116,8 +121,14 @@ def run_training(dcfg: DictConfig) -> Path:
     ds_config = deepspeed_config(cfg.deepspeed, recipe, plan, steps, precision)
     log.info(
         "%d samples, %d steps, global batch %d = %d micro x %d accum x %d ranks, %s, ZeRO-%d",
-        len(records), steps, plan.global_batch, plan.micro_batch, plan.grad_accum, info.world,
-        precision, cfg.deepspeed.zero_stage,
+        len(records),
+        steps,
+        plan.global_batch,
+        plan.micro_batch,
+        plan.grad_accum,
+        info.world,
+        precision,
+        cfg.deepspeed.zero_stage,
     )
     if info.is_main:
         (run_dir / "deepspeed.json").write_text(json.dumps(ds_config, indent=2))
@@ -128,21 +139,29 @@ def run_training(dcfg: DictConfig) -> Path:
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
 
     sampler = ResumableDistributedSampler(
-        len(records), rank=info.rank, world=info.world, micro_batch=plan.micro_batch,
+        len(records),
+        rank=info.rank,
+        world=info.world,
+        micro_batch=plan.micro_batch,
         seed=cfg.train.seed,
     )
     dataset = LlavaDataset(
         records,
         variant.processor,
         TokenizeOptions(
-            prompt_format=recipe.prompt_format, num_image_tokens=variant.num_image_tokens,
-            max_length=recipe.max_length, overflow=recipe.overflow,
+            prompt_format=recipe.prompt_format,
+            num_image_tokens=variant.num_image_tokens,
+            max_length=recipe.max_length,
+            overflow=recipe.overflow,
             pad_to_square=cfg.vision.image_aspect == "pad",
         ),
     )
     loader_kwargs = dict(
-        batch_size=plan.micro_batch, sampler=sampler, num_workers=cfg.data.num_workers,
-        collate_fn=Collator(variant.tokenizer.pad_token_id), drop_last=True,
+        batch_size=plan.micro_batch,
+        sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        collate_fn=Collator(variant.tokenizer.pad_token_id),
+        drop_last=True,
         persistent_workers=False,
     )
 
@@ -164,30 +183,52 @@ def run_training(dcfg: DictConfig) -> Path:
         log.info("resumed from %s at step %d", latest, state.step)
 
     def rank_state_now(s: TrainState) -> dict:
-        return {"samples": s.samples, "skipped": dict(s.skipped), "sampler": sampler.state_dict(),
-                "rng": checkpoint.rng_state()}
+        return {
+            "samples": s.samples,
+            "skipped": dict(s.skipped),
+            "sampler": sampler.state_dict(),
+            "rng": checkpoint.rng_state(),
+        }
 
     opts = LoopOptions(
-        total_steps=steps, log_every=cfg.train.log_every, save_every=cfg.train.save_every,
-        keep_checkpoints=cfg.train.keep_checkpoints, nan_skip_limit=cfg.train.nan_skip_limit,
-        max_bad_fraction=cfg.data.max_bad_fraction, checkpoint_dir=ckpt_dir,
+        total_steps=steps,
+        log_every=cfg.train.log_every,
+        save_every=cfg.train.save_every,
+        keep_checkpoints=cfg.train.keep_checkpoints,
+        nan_skip_limit=cfg.train.nan_skip_limit,
+        max_bad_fraction=cfg.data.max_bad_fraction,
+        checkpoint_dir=ckpt_dir,
         micro_batch=plan.micro_batch,
     )
     state = train_loop(engine, make_iter, sampler, state, opts, metrics, rank_state_now)
     if state.step > (int(latest.name.split("_")[1]) if latest else -1):
-        checkpoint.save(engine, ckpt_dir, state.step, state.client_state(),
-                        rank_state_now(state), cfg.train.keep_checkpoints)
+        checkpoint.save(
+            engine,
+            ckpt_dir,
+            state.step,
+            state.client_state(),
+            rank_state_now(state),
+            cfg.train.keep_checkpoints,
+        )
     skipped = _global_skips(state)
     if info.is_main:
         (run_dir / "data_skips.json").write_text(json.dumps(skipped, indent=2))
         if skipped:
             log.warning("samples skipped during training, by reason: %s", skipped)
     if cfg.train.export:
-        export_engine(engine, variant.processor, export_dir, {
-            "variant": {k: OmegaConf.to_container(dcfg[k], resolve=True)
-                        for k in ("vision", "llm", "projector", "data", "recipe")},
-            "steps": state.step, "precision": precision,
-        })
+        export_engine(
+            engine,
+            variant.processor,
+            export_dir,
+            {
+                "variant": {
+                    k: OmegaConf.to_container(dcfg[k], resolve=True)
+                    for k in ("vision", "llm", "projector", "data", "recipe")
+                },
+                "steps": state.step,
+                "precision": precision,
+            },
+        )
     return export_dir
 
 

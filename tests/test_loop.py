@@ -1,0 +1,88 @@
+"""The loop's guards, in-process on a world of one with a real DeepSpeed engine."""
+
+from __future__ import annotations
+
+import deepspeed
+import pytest
+import torch
+from conftest import build_tiny
+from torch.utils.data import DataLoader
+
+from llava_ablate.config import DeepSpeedCfg, LearningRates, RecipeCfg, SourceCfg
+from llava_ablate.data.dataset import Collator, LlavaDataset, TokenizeOptions
+from llava_ablate.data.llava_json import load_sources
+from llava_ablate.data.sampler import ResumableDistributedSampler
+from llava_ablate.data.toy_digits import build_toy_digits
+from llava_ablate.model.freeze import apply_training_plan
+from llava_ablate.train.distributed import init_distributed
+from llava_ablate.train.ds_config import deepspeed_config, plan_batches
+from llava_ablate.train.loop import LoopOptions, NonFiniteLoss, TrainState, train_loop
+from llava_ablate.train.metrics import MetricsLogger
+
+
+def _setup(cache_dir, tmp_path, poison_at: int):
+    init_distributed()
+    variant = build_tiny(cache_dir)
+    groups, _ = apply_training_plan(
+        variant.model,
+        LearningRates(projector=1e-3, llm=1e-3),
+        weight_decay=0.0,
+        lora=False,
+        vision_feature_layer=-2,
+    )
+    recipe = RecipeCfg(name="t", global_batch_size=4, micro_batch_size=2, max_steps=4)
+    plan = plan_batches(recipe, 1)
+    engine, *_ = deepspeed.initialize(
+        model=variant.model,
+        optimizer=torch.optim.AdamW(groups),
+        config=deepspeed_config(DeepSpeedCfg(name="z0", zero_stage=0), recipe, plan, 4, "fp32"),
+    )
+    data = build_toy_digits(cache_dir / "toy_digits")
+    records, _ = load_sources(
+        [SourceCfg(path=str(data / "captions.json"), image_root=str(data))], seed=0
+    )
+    dataset = LlavaDataset(
+        records,
+        variant.processor,
+        TokenizeOptions("plain", variant.num_image_tokens, 128, "truncate", True),
+    )
+    sampler = ResumableDistributedSampler(len(dataset), rank=0, world=1, micro_batch=2, seed=0)
+
+    def make_iter():
+        loader = DataLoader(
+            dataset,
+            batch_size=2,
+            sampler=sampler,
+            collate_fn=Collator(variant.tokenizer.pad_token_id),
+        )
+        for i, batch in enumerate(loader):
+            if i == poison_at:  # a real corrupt input: NaN pixels make the loss NaN
+                batch["pixel_values"] = torch.full_like(batch["pixel_values"], float("nan"))
+            yield batch
+
+    def opts(limit):
+        return LoopOptions(
+            total_steps=4,
+            log_every=1,
+            save_every=0,
+            keep_checkpoints=1,
+            nan_skip_limit=limit,
+            max_bad_fraction=0.01,
+            checkpoint_dir=tmp_path / "ckpt",
+            micro_batch=2,
+        )
+
+    return engine, make_iter, sampler, opts, MetricsLogger(tmp_path, enabled=True)
+
+
+def test_nan_loss_stops_the_run_with_a_clear_message(cache_dir, tmp_path):
+    engine, make_iter, sampler, opts, metrics = _setup(cache_dir, tmp_path, poison_at=3)
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 1 .*nan_skip_limit=0"):
+        train_loop(engine, make_iter, sampler, TrainState(), opts(0), metrics, lambda s: {})
+
+
+def test_nan_loss_within_the_skip_limit_is_skipped(cache_dir, tmp_path):
+    engine, make_iter, sampler, opts, metrics = _setup(cache_dir, tmp_path, poison_at=3)
+    state = train_loop(engine, make_iter, sampler, TrainState(), opts(1), metrics, lambda s: {})
+    assert state.step == 4 and state.nonfinite == 1
+    assert all(torch.isfinite(p).all() for p in engine.module.parameters())

