@@ -1,0 +1,25 @@
+"""Evaluate a model on the classification MCQs: compose the config, score, write results.
+
+python evaluate.py model.path=runs/<variant>/export eval/datasets=[imagenet,cub200]
+python evaluate.py model.type=clip model.path=openai/clip-vit-large-patch14-336
+torchrun --nproc_per_node=8 evaluate.py model.path=llava-hf/llava-1.5-7b-hf eval=hard
+python evaluate.py --cfg job   # print the composed config
+"""
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from llava_ablate.eval.config import register_eval_configs
+
+register_eval_configs()
+
+
+@hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from llava_ablate.eval.run import run_evaluation  # heavy imports after composition
+
+    run_evaluation(OmegaConf.to_object(cfg))
+
+
+if __name__ == "__main__":
+    main()

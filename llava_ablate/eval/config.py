@@ -1,0 +1,190 @@
+"""Structured configs of the classification evaluator (`conf/eval/`, `conf/evaluate.yaml`).
+
+`EvalCfg` is the part shared by the standalone `evaluate.py` and the training hook; `EvaluateConfig`
+is `evaluate.py`'s primary config (which model, where results go, plus `eval`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+from llava_ablate.config import ConfigError, PathsCfg
+
+DATASET_KINDS = (
+    "imagenet",
+    "imagenetv2",
+    "objectnet",
+    "caltech101",
+    "cub200",
+    "food101",
+    "gldv2",
+    "flickr_sportlogos10",
+    "flowers102",
+    "stanford_cars",
+    "image_folder",
+    "csv",
+    "jsonl",
+    "parquet",
+)
+DISTRACTORS = ("random", "hard", "file")
+SCORERS = ("likelihood", "generate", "all_classes")  # all_classes: zero-shot baselines only
+HARD_MODES = ("none", "bottom_q", "list", "exposure")
+MODEL_TYPES = ("mllm", "clip", "siglip")
+
+
+@dataclass
+class DatasetCfg:
+    kind: str = MISSING  # one of DATASET_KINDS
+    root: str = MISSING  # the dataset's directory (or the CSV/JSONL/parquet file)
+    split: str = "test"  # test | val | train | all (what the layout offers; ImageNet: val)
+    classnames: str | None = None  # a file overriding the class names (one per line, or TSV)
+    # Generic CSV/JSONL/parquet sources: which columns hold the image and the class name.
+    image_column: str = "image"
+    label_column: str = "label"
+    per_class: int | None = None  # sub-sample: at most N images per class
+    total: int | None = None  # sub-sample: at most N images overall (after per_class)
+
+
+@dataclass
+class QuestionsCfg:
+    num_options: int = 26  # A-Z; fewer when a dataset has fewer classes
+    distractors: str = "random"  # random | hard | file
+    # Text encoder for `hard`: "auto" (CLIP text tower from `hard_encoder_path` if set, else the
+    # labelled lexical fallback), "clip:<hub id or dir>", "siglip:<hub id or dir>", "tfidf".
+    encoder: str = "auto"
+    hard_encoder_path: str | None = None
+    hard_pool: int = 0  # >0: draw the distractors from the N most similar names, not the top k-1
+    options_file: str | None = None  # `file`: JSON {class: [distractors]} or JSONL per sample
+    seed: int = 1234  # VLMClassifier's data seed
+    dir: str | None = None  # frozen question sets live here (None: <out_dir>/questions)
+    question: str = "What is the main object in this image?"
+    instruction: str = "Answer with the option's letter from the given choices directly."
+
+
+@dataclass
+class ScoringCfg:
+    # likelihood, generate (MLLMs); likelihood = best of the options, all_classes (CLIP/SigLIP)
+    scorers: list[str] = field(default_factory=lambda: ["likelihood"])
+    batch_size: int = 8
+    max_new_tokens: int = 16  # generate only
+    cyclic_permutations: int = 0  # >1: also score k rotated option orders; report consistency
+
+
+@dataclass
+class HardCfg:
+    mode: str = "none"  # none | bottom_q | list | exposure
+    q: float = 0.2  # bottom_q / exposure: the fraction of classes called hard
+    # bottom_q: a reference run's per_class.csv (class_name,accuracy); "{dataset}" is substituted
+    reference: str | None = None
+    classes: list[str] = field(default_factory=list)  # list: explicit class names
+    exposure_table: str | None = None  # exposure: CSV `class_name,exposure` (data issue)
+
+
+@dataclass
+class StatsCfg:
+    bootstrap: int = 2000  # resamples for the 95% CIs
+    seed: int = 0
+    compare_to: str | None = None  # another run's results dir: paired bootstrap + McNemar
+
+
+@dataclass
+class HookCfg:
+    every_steps: int = 0  # evaluate during training every N optimizer steps; 0 = never
+    at_end: bool = True
+    max_questions: int | None = 256  # per dataset: the fixed subset the hook scores
+
+
+@dataclass
+class EvalCfg:
+    datasets: dict[str, DatasetCfg] = field(default_factory=dict)  # name -> dataset
+    questions: QuestionsCfg = field(default_factory=QuestionsCfg)
+    scoring: ScoringCfg = field(default_factory=ScoringCfg)
+    hard: HardCfg = field(default_factory=HardCfg)
+    stats: StatsCfg = field(default_factory=StatsCfg)
+    hook: HookCfg = field(default_factory=HookCfg)
+    wandb: bool = False  # log metrics to W&B (never fails the run when unavailable)
+    wandb_project: str = "llava-ablate-eval"
+
+
+@dataclass
+class ModelCfg:
+    type: str = "mllm"  # mllm (any AutoModelForImageTextToText) | clip | siglip (zero-shot)
+    path: str = MISSING  # exported directory or hub id
+    name: str | None = None  # label in results; default: the path's last component
+    dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU | bf16 | fp16 | fp32
+    attn_implementation: str = "sdpa"
+    templates: str = "simple"  # clip/siglip: simple ("a photo of a {}.") | openai80 | a file
+    image_aspect: str = "pad"  # pad: LLaVA-1.5's pad-to-square | native: as the processor takes it
+
+
+@dataclass
+class EvaluateConfig:
+    model: ModelCfg = field(default_factory=ModelCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+    paths: PathsCfg = field(default_factory=PathsCfg)
+    out_dir: str = MISSING
+    resume: bool = True  # skip question ids already in predictions
+
+
+def model_tag(name: str | None, path: str) -> str:
+    """A results-folder name: `model.name`, else the path's last part (its variant for exports)."""
+    if name:
+        return name
+    parts = [p for p in str(path).split("/") if p not in ("", ".")]
+    if len(parts) >= 2 and parts[-1] == "export":
+        return parts[-2]
+    return parts[-1] if parts else "model"
+
+
+def register_eval_configs() -> None:
+    OmegaConf.register_new_resolver("model_tag", model_tag, replace=True)
+    cs = ConfigStore.instance()
+    cs.store(name="evaluate_base", node=EvaluateConfig)
+    cs.store(group="eval", name="eval_base", node=EvalCfg)
+
+
+def validate_eval(cfg: EvalCfg) -> None:
+    """Check the values OmegaConf cannot type; raise ConfigError naming the key."""
+    for name, ds in cfg.datasets.items():
+        _choice(f"eval.datasets.{name}.kind", ds.kind, DATASET_KINDS)
+    q = cfg.questions
+    _choice("eval.questions.distractors", q.distractors, DISTRACTORS)
+    if not 2 <= q.num_options <= 26:
+        raise ConfigError(f"eval.questions.num_options={q.num_options}: must be in 2..26 (A-Z)")
+    if q.distractors == "file" and not q.options_file:
+        raise ConfigError("eval.questions.distractors=file needs eval.questions.options_file")
+    for s in cfg.scoring.scorers:
+        _choice("eval.scoring.scorers", s, SCORERS)
+    if not cfg.scoring.scorers:
+        raise ConfigError(f"eval.scoring.scorers is empty; choose from {list(SCORERS)}")
+    _choice("eval.hard.mode", cfg.hard.mode, HARD_MODES)
+    if cfg.hard.mode == "bottom_q" and not cfg.hard.reference:
+        raise ConfigError("eval.hard.mode=bottom_q needs eval.hard.reference (a per_class.csv)")
+    if cfg.hard.mode == "exposure" and not cfg.hard.exposure_table:
+        raise ConfigError("eval.hard.mode=exposure needs eval.hard.exposure_table")
+    if cfg.hard.mode in ("bottom_q", "exposure") and not 0 < cfg.hard.q < 1:
+        raise ConfigError(f"eval.hard.q={cfg.hard.q}: must be in (0, 1)")
+
+
+def validate_evaluate(cfg: EvaluateConfig) -> None:
+    _choice("model.type", cfg.model.type, MODEL_TYPES)
+    _choice("model.dtype", cfg.model.dtype, ("auto", "bf16", "fp16", "fp32"))
+    scorers = set(cfg.eval.scoring.scorers)
+    if cfg.model.type != "mllm" and "generate" in scorers:
+        raise ConfigError(
+            f"model.type={cfg.model.type} is a zero-shot baseline: it has no `generate` scorer"
+        )
+    if cfg.model.type == "mllm" and "all_classes" in scorers:
+        raise ConfigError("eval.scoring.scorers=all_classes is for model.type=clip|siglip only")
+    if not cfg.eval.datasets:
+        raise ConfigError("no dataset selected: e.g. eval/datasets=[imagenet,cub200]")
+    validate_eval(cfg.eval)
+
+
+def _choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")

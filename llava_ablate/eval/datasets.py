@@ -1,0 +1,230 @@
+"""Classification datasets as (class names, samples): the types, generic sources, sub-sampling.
+
+The paper's ten datasets are read from their standard on-disk layouts in `layouts.py`; this module
+holds what every source shares and the generic image-folder / CSV / JSONL / parquet readers.
+A missing or malformed source raises `DatasetLayoutError` naming the file that was expected.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from PIL import Image
+
+from llava_ablate.data.images import load_rgb
+from llava_ablate.eval.config import DatasetCfg
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """A dataset directory lacks an expected file or has a malformed one."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str  # stable across runs: question ids and resume depend on it
+    label: int  # index into ClassificationDataset.classnames
+    image: str  # a file path, or "<parquet file>#<row>"
+
+
+@dataclass
+class ClassificationDataset:
+    name: str
+    classnames: list[str]
+    samples: list[Sample]
+    crop_border: int = 0  # ObjectNet: its images carry a 1-px red border, cropped before use
+    _reader: Callable[[str], Image.Image] | None = field(default=None, repr=False)
+
+    def load_image(self, sample: Sample) -> Image.Image:
+        image = self._reader(sample.image) if self._reader else load_rgb(Path(sample.image))
+        if self.crop_border:
+            w, h = image.size
+            b = self.crop_border
+            image = image.crop((b, b, w - b, h - b))
+        return image
+
+    def by_id(self) -> dict[str, Sample]:
+        return {s.id: s for s in self.samples}
+
+
+def require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise DatasetLayoutError(f"expected {what} at {path}, which does not exist")
+    return path
+
+
+def shipped_classnames(filename: str) -> list[str]:
+    """Names shipped in llava_ablate/eval/classnames/ (`.tsv`: second column; `.txt`: the line)."""
+    text = resources.files("llava_ablate.eval.classnames").joinpath(filename).read_text("utf-8")
+    lines = [line for line in text.splitlines() if line.strip()]
+    return [line.split("\t", 1)[1] if filename.endswith(".tsv") else line for line in lines]
+
+
+def read_classnames_file(path: str | Path) -> list[str]:
+    """A user file: one name per line, or `key<TAB>name` lines."""
+    lines = require(Path(path), "a class-names file").read_text("utf-8").splitlines()
+    return [line.split("\t")[-1].strip() for line in lines if line.strip()]
+
+
+def readable(folder_name: str) -> str:
+    """`Black_footed_Albatross` / `apple_pie` -> `black footed albatross` / `apple pie`."""
+    return folder_name.replace("_", " ").strip().lower()
+
+
+def list_images(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def from_class_folders(
+    name: str, root: Path, rename: Callable[[str], str] = readable, skip: tuple[str, ...] = ()
+) -> ClassificationDataset:
+    """`root/<class>/*.jpg` (any depth below the class folder)."""
+    require(root, "a directory of class folders")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name not in skip)
+    if not folders:
+        raise DatasetLayoutError(f"expected class folders (<class>/<image>) under {root}")
+    samples = []
+    for label, folder in enumerate(folders):
+        for img in list_images(folder):
+            samples.append(Sample(str(img.relative_to(root)), label, str(img)))
+    if not samples:
+        raise DatasetLayoutError(f"no images ({sorted(IMAGE_SUFFIXES)}) under {root}/<class>/")
+    return ClassificationDataset(name, [rename(f.name) for f in folders], samples)
+
+
+def from_records(name: str, records: list[dict], cfg: DatasetCfg, base: Path, source: str):
+    """Rows with an image (path relative to `base`, or bytes) and a class-name label."""
+    for key in (cfg.image_column, cfg.label_column):
+        if records and key not in records[0]:
+            raise DatasetLayoutError(
+                f"{source}: expected a column {key!r} (eval.datasets.<name>.image_column / "
+                f"label_column); found {sorted(records[0])}"
+            )
+    if not records:
+        raise DatasetLayoutError(f"{source} has no rows")
+    classnames = sorted({str(r[cfg.label_column]) for r in records})
+    index = {c: i for i, c in enumerate(classnames)}
+    samples = []
+    for row_number, r in enumerate(records):
+        ref = r[cfg.image_column]
+        sample_id = str(r.get("id", row_number))
+        if isinstance(ref, str):
+            image = ref if Path(ref).is_absolute() else str(base / ref)
+        else:  # bytes, or a HF-datasets image struct {"bytes":..., "path":...}
+            image = f"{source}#{row_number}"
+        samples.append(Sample(sample_id, index[str(r[cfg.label_column])], image))
+    return ClassificationDataset(name, classnames, samples)
+
+
+def read_csv_source(name: str, cfg: DatasetCfg) -> ClassificationDataset:
+    path = require(Path(cfg.root), "a CSV file with image and label columns")
+    with open(path, newline="", encoding="utf-8") as fh:
+        records = list(csv.DictReader(fh))
+    return from_records(name, records, cfg, path.parent, str(path))
+
+
+def read_jsonl_source(name: str, cfg: DatasetCfg) -> ClassificationDataset:
+    path = require(Path(cfg.root), "a JSONL file with image and label fields")
+    records = []
+    for n, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DatasetLayoutError(f"{path}:{n}: not a JSON object ({e})") from e
+    return from_records(name, records, cfg, path.parent, str(path))
+
+
+def read_parquet_source(name: str, cfg: DatasetCfg) -> ClassificationDataset:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:  # pragma: no cover - pyarrow is a dependency
+        raise ImportError("parquet sources need pyarrow: pip install pyarrow") from e
+    path = require(Path(cfg.root), "a parquet file with image and label columns")
+    table = pq.read_table(path, memory_map=True)
+    records = table.select(
+        [c for c in (cfg.image_column, cfg.label_column, "id") if c in table.column_names]
+    ).to_pylist()
+    # Keep the image bytes out of the Sample list; the reader fetches one row when asked.
+    images = table.column(cfg.image_column) if cfg.image_column in table.column_names else None
+    dataset = from_records(name, records, cfg, path.parent, str(path))
+
+    def reader(ref: str) -> Image.Image:
+        if "#" not in ref:
+            return load_rgb(Path(ref))
+        value = images[int(ref.rsplit("#", 1)[1])].as_py()
+        data = value["bytes"] if isinstance(value, dict) else value
+        with Image.open(io.BytesIO(data)) as im:
+            return im.convert("RGB")
+
+    dataset._reader = reader
+    return dataset
+
+
+def subsample(
+    dataset: ClassificationDataset, per_class: int | None, total: int | None, seed: int
+) -> ClassificationDataset:
+    """N images per class and/or N overall, drawn with `seed`; the kept order is by sample id."""
+    if per_class is None and total is None:
+        return dataset
+    rng = random.Random(seed)
+    samples = sorted(dataset.samples, key=lambda s: s.id)
+    rng.shuffle(samples)
+    if per_class is not None:
+        seen: dict[int, int] = {}
+        kept = []
+        for s in samples:
+            if seen.get(s.label, 0) < per_class:
+                seen[s.label] = seen.get(s.label, 0) + 1
+                kept.append(s)
+        samples = kept
+    if total is not None:
+        samples = samples[:total]
+    samples.sort(key=lambda s: s.id)
+    return ClassificationDataset(
+        dataset.name, dataset.classnames, samples, dataset.crop_border, dataset._reader
+    )
+
+
+def load_dataset(name: str, cfg: DatasetCfg, seed: int = 1234) -> ClassificationDataset:
+    """Read dataset `name` as configured, apply class-name overrides and sub-sampling."""
+    from llava_ablate.eval.layouts import LAYOUTS
+
+    readers = {
+        **LAYOUTS,
+        "image_folder": lambda n, c: from_class_folders(n, _split_dir(Path(c.root), c.split)),
+        "csv": read_csv_source,
+        "jsonl": read_jsonl_source,
+        "parquet": read_parquet_source,
+    }
+    if cfg.kind not in readers:
+        raise ValueError(f"eval.datasets.{name}.kind={cfg.kind!r}; choose from {sorted(readers)}")
+    dataset = readers[cfg.kind](name, cfg)
+    if cfg.classnames:
+        names = read_classnames_file(cfg.classnames)
+        if len(names) != len(dataset.classnames):
+            raise DatasetLayoutError(
+                f"{cfg.classnames} has {len(names)} names but {name} has "
+                f"{len(dataset.classnames)} classes"
+            )
+        dataset.classnames = names
+    if len(set(dataset.classnames)) != len(dataset.classnames):
+        dupes = sorted({c for c in dataset.classnames if dataset.classnames.count(c) > 1})
+        raise DatasetLayoutError(
+            f"{name}: duplicate class names {dupes[:5]} would make options ambiguous; "
+            "disambiguate them in a class-names file (eval.datasets.<name>.classnames)"
+        )
+    return subsample(dataset, cfg.per_class, cfg.total, seed)
+
+
+def _split_dir(root: Path, split: str) -> Path:
+    """`root/<split>/<class>/...` when that folder exists, else `root/<class>/...`."""
+    return root / split if (root / split).is_dir() else root

@@ -1,0 +1,178 @@
+"""MLLMs as ChoiceModels: our exports and public Hugging Face models, through their processors'
+chat templates.
+
+The letter each option is answered with is found by rendering the chat template with an
+assistant turn holding just that letter and taking the first token after the generation prompt:
+vicuna_v1 answers " A" (space-prefixed), ChatML "A". Reading a fixed `tokenizer("A")` instead
+would silently score the wrong token for half the templates.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from llava_ablate.eval.questions import LETTERS
+from llava_ablate.eval.scoring import PromptItem
+
+log = logging.getLogger(__name__)
+
+
+def _messages(text: str, answer: str | None = None, image: bool = True) -> list[dict]:
+    content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]
+    msgs = [{"role": "user", "content": content}]
+    if answer is not None:
+        msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return msgs
+
+
+def _as_strings(messages: list[dict], image_token: str) -> list[dict]:
+    """LLaVA-style string content ("<image>\nquestion") for text-only templates (e.g. SmolLM2's)."""
+    out = []
+    for m in messages:
+        parts = [image_token + "\n" if c["type"] == "image" else c["text"] for c in m["content"]]
+        out.append({"role": m["role"], "content": "".join(parts)})
+    return out
+
+
+def render(processor, messages: list[dict], add_generation_prompt: bool) -> str:
+    """The chat template applied to processor-style messages (list content), falling back to
+    string content for templates that only concatenate strings."""
+    templater = processor if getattr(processor, "chat_template", None) else processor.tokenizer
+    kw = {"add_generation_prompt": add_generation_prompt, "tokenize": False}
+    try:
+        return templater.apply_chat_template(messages, **kw)
+    except TypeError:
+        image_token = getattr(processor, "image_token", None) or "<image>"
+        return templater.apply_chat_template(_as_strings(messages, image_token), **kw)
+
+
+def letter_token_ids(processor, n: int = 26) -> tuple[list[int], str]:
+    """(token id of each answer letter, text to append to the generation prompt first).
+
+    Normally each letter is the template's first assistant token and the suffix is empty. Some
+    vocabularies lack a space-prefixed letter (" K" -> "Ġ", "K"): then the whitespace the template
+    puts before the answer becomes part of the prompt and every letter is read as its bare token,
+    the same way for all 26, so the scores stay comparable.
+    """
+    tok = processor.tokenizer
+    prompt = render(processor, _messages("Q", image=False), True)
+    prompt_ids = tok(prompt, add_special_tokens=False).input_ids
+    natural, fulls = [], []
+    for letter in LETTERS[:n]:
+        full = render(processor, _messages("Q", letter, image=False), False)
+        full_ids = tok(full, add_special_tokens=False).input_ids
+        i = next(
+            (j for j, (a, b) in enumerate(zip(prompt_ids, full_ids, strict=False)) if a != b),
+            len(prompt_ids),
+        )
+        ok = i < len(full_ids) and tok.decode([full_ids[i]]).strip() == letter
+        natural.append(full_ids[i] if ok else None)
+        fulls.append(full)
+    if None not in natural and len(set(natural)) == n:
+        return natural, ""
+    if not fulls[0].startswith(prompt):
+        raise ValueError("the chat template's answer turn does not extend its generation prompt")
+    suffix = fulls[0][len(prompt) : fulls[0].index("A", len(prompt))]
+    if suffix.strip():
+        raise ValueError(f"unexpected text {suffix!r} between the generation prompt and the answer")
+    bare = [tok(letter, add_special_tokens=False).input_ids for letter in LETTERS[:n]]
+    if any(len(b) != 1 for b in bare) or len({b[0] for b in bare}) != n:
+        raise ValueError(
+            "cannot isolate single answer-letter tokens for this tokenizer/template: "
+            f"{[tok.convert_ids_to_tokens(b) for b in bare[:5]]}..."
+        )
+    return [b[0] for b in bare], suffix
+
+
+@contextmanager
+def _padding_side(tokenizer, side: str):
+    old = tokenizer.padding_side
+    tokenizer.padding_side = side
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = old
+
+
+class MLLMChoiceModel:
+    """Any image-text-to-text model + processor (Llava, LLaVA-OneVision, Qwen2-VL, ...)."""
+
+    scorers = ("likelihood", "generate")
+
+    def __init__(self, model, processor, *, max_new_tokens: int = 16, synced_gpus: bool = False):
+        self.model, self.processor = model, processor
+        self.max_new_tokens = max_new_tokens
+        # ZeRO-3: every rank must keep running forwards until all ranks finish generating.
+        self.synced_gpus = synced_gpus
+        self.letter_ids, self.answer_prefix = letter_token_ids(processor)
+        tok = processor.tokenizer
+        # Templates that write bos themselves must not get a second one from the tokenizer.
+        probe = render(processor, _messages("Q", image=False), True)
+        self.add_special_tokens = not (tok.bos_token and probe.startswith(tok.bos_token))
+        log.info(
+            "answer letter tokens %s... after %r",
+            tok.convert_ids_to_tokens(self.letter_ids[:3]),
+            self.answer_prefix,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _inputs(self, items: list[PromptItem], side: str, suffix: str = "") -> dict:
+        texts = [render(self.processor, _messages(it.text), True) + suffix for it in items]
+        with _padding_side(self.processor.tokenizer, side):
+            enc = self.processor(
+                images=[it.image for it in items],
+                text=texts,
+                padding=True,
+                return_tensors="pt",
+                add_special_tokens=self.add_special_tokens,
+            )
+        dtype = next(self.model.parameters()).dtype
+        out = {}
+        for k, v in enc.items():
+            v = v.to(self.device)
+            out[k] = v.to(dtype) if torch.is_floating_point(v) else v
+        return out
+
+    @torch.no_grad()
+    def letter_scores(self, items: list[PromptItem]) -> np.ndarray:
+        # Right padding keeps every row's positions exact; the head runs on the last real
+        # position only (a full [B, T, vocab] logit tensor would dwarf the model on 150k vocabs).
+        inputs = self._inputs(items, "right", self.answer_prefix)
+        last = inputs["attention_mask"].sum(dim=1) - 1
+        base = getattr(self.model, self.model.base_model_prefix, None)
+        head = self.model.get_output_embeddings()
+        if base is not None and head is not None:
+            hidden = base(**inputs).last_hidden_state
+            logits = head(hidden[torch.arange(len(items)), last])
+        else:
+            logits = self.model(**inputs).logits[torch.arange(len(items)), last]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        return logprobs[:, self.letter_ids].cpu().numpy()
+
+    @torch.no_grad()
+    def generate(self, items: list[PromptItem]) -> list[str]:
+        inputs = self._inputs(items, "left")
+        out = self.model.generate(
+            **inputs,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            synced_gpus=self.synced_gpus,
+        )
+        new = out[:, inputs["input_ids"].shape[1] :]
+        return self.processor.batch_decode(new, skip_special_tokens=True)
+
+
+def load_mllm(path: str, dtype: torch.dtype, device: torch.device, attn: str = "sdpa"):
+    """(model, processor) from an exported directory or a hub id; any AutoModelForImageTextToText."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+    processor = AutoProcessor.from_pretrained(path)
+    return model.to(device).eval(), processor

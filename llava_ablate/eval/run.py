@@ -1,0 +1,290 @@
+"""Evaluate one model on the configured datasets: question sets -> predictions -> metrics.
+
+results/<out_dir>/
+  metrics.json                  every dataset's headline numbers
+  <dataset>/metrics.json        full metrics (CIs, positions, agreement, cyclic, comparison)
+  <dataset>/predictions.jsonl   one line per (question, rotation, scorer)
+  <dataset>/per_class.csv       class_name,n,hard,accuracy,ci_low,ci_high[,<scorer>_...]
+Runs on one process or under torchrun (questions sharded across ranks, rank 0 merges);
+re-running the same command skips the questions already predicted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from llava_ablate.data.images import mean_colour, pad_to_square
+from llava_ablate.eval.config import EvalCfg, EvaluateConfig, model_tag, validate_evaluate
+from llava_ablate.eval.datasets import ClassificationDataset, load_dataset
+from llava_ablate.eval.hard import HardClassSelector
+from llava_ablate.eval.metrics import (
+    agreement,
+    compare_runs,
+    per_class_rows,
+    scorer_metrics,
+    write_per_class,
+)
+from llava_ablate.eval.questions import Question, QuestionSet, frozen_question_set, mcq_prompt
+from llava_ablate.eval.scoring import ChoiceModel, PromptItem, score_units, units_for
+from llava_ablate.eval.store import PredictionStore, _read
+
+log = logging.getLogger("llava_ablate.eval")
+
+
+@dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier()
+
+
+def item_maker(
+    dataset: ClassificationDataset, ecfg: EvalCfg, image_processor=None, pad: bool = True
+) -> Callable[[Question], PromptItem]:
+    samples = dataset.by_id()
+    fill = mean_colour(image_processor) if image_processor is not None else (127, 127, 127)
+
+    def make(q: Question) -> PromptItem:
+        image = dataset.load_image(samples[q.sample_id])
+        if pad:  # LLaVA-1.5 evaluates padded-to-square images, as it trains
+            image = pad_to_square(image, fill)
+        return PromptItem(q, image, mcq_prompt(q, ecfg.questions))
+
+    return make
+
+
+def evaluate_dataset(
+    model: ChoiceModel,
+    dataset: ClassificationDataset,
+    qset: QuestionSet,
+    ecfg: EvalCfg,
+    out_dir: Path,
+    *,
+    make_item: Callable[[Question], PromptItem],
+    scorers: list[str] | None = None,
+    world: World | None = None,
+    resume: bool = True,
+    model_name: str = "model",
+) -> dict | None:
+    """Score `qset` (skipping finished units when resuming); metrics on rank 0, None elsewhere."""
+    world = world or World()
+    scorers = scorers or list(ecfg.scoring.scorers)
+    store = PredictionStore(out_dir, world.rank)
+    if not resume and world.rank == 0:
+        store.clear()
+    world.barrier()
+    units = units_for(qset.questions, ecfg.scoring.cyclic_permutations)
+    done = store.done(scorers)
+    todo = [u for u in units if u.key not in done]
+    mine = todo[world.rank :: world.size]
+    if world.rank == 0:
+        log.info(
+            "%s: %d of %d units to score (%d done)",
+            dataset.name,
+            len(todo),
+            len(units),
+            len(units) - len(todo),
+        )
+    bar = tqdm(total=len(mine), desc=f"{dataset.name} [{model_name}]", disable=world.rank != 0)
+    for preds in score_units(mine, model, scorers, make_item, ecfg.scoring.batch_size):
+        store.append(preds)
+        bar.update(len(preds) // len(scorers))
+    bar.close()
+    world.barrier()
+    result = None
+    if world.rank == 0:
+        preds = store.merge([u.key for u in units])
+        result = dataset_metrics(qset, preds, ecfg, scorers, dataset, out_dir, model_name)
+    world.barrier()
+    return result
+
+
+def dataset_metrics(qset, preds, ecfg: EvalCfg, scorers, dataset, out_dir: Path, model_name):
+    n_boot, seed = ecfg.stats.bootstrap, ecfg.stats.seed
+    selector = HardClassSelector(ecfg.hard)
+    hard = selector.select(dataset.classnames, dataset.name)
+    metrics: dict = {
+        "model": model_name,
+        "dataset": dataset.name,
+        "n_questions": len(qset.questions),
+        "num_options": qset.num_options,
+        "question_set": {
+            "fingerprint": qset.fingerprint(),
+            "distractors": qset.strategy,
+            "encoder": qset.encoder,
+            "seed": qset.seed,
+            "subsample": qset.subsample,
+        },
+        "hard_classes": {"rule": selector.describe(), "n": len(hard)},
+        "scorers": {s: scorer_metrics(qset, preds, s, hard, n_boot, seed) for s in scorers},
+    }
+    if "likelihood" in scorers and "generate" in scorers:
+        metrics["agreement"] = agreement(preds, "likelihood", "generate")
+    if ecfg.stats.compare_to:
+        other_file = Path(ecfg.stats.compare_to) / dataset.name / "predictions.jsonl"
+        other = _read(other_file)
+        metrics["compare_to"] = {
+            "run": str(ecfg.stats.compare_to),
+            **{s: compare_runs(qset, preds, other, s, n_boot, seed) for s in scorers},
+        }
+    write_per_class(
+        out_dir / "per_class.csv", per_class_rows(qset, preds, scorers, hard, n_boot, seed)
+    )
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    head = metrics["scorers"][scorers[0]]["accuracy"]
+    log.info(
+        "%s: %s accuracy %.4f [%.4f, %.4f] on %d questions",
+        dataset.name,
+        scorers[0],
+        head["value"],
+        head["ci_low"],
+        head["ci_high"],
+        head["n"],
+    )
+    return metrics
+
+
+def _init_world() -> World:
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size())
+    return World()
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if gpu_bf16 else torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def load_model(cfg: EvaluateConfig, world: World):
+    """(ChoiceModel, image processor or None) for `model.type`."""
+    device = (
+        torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
+    m = cfg.model
+    if m.type == "mllm":
+        from llava_ablate.eval.models import MLLMChoiceModel, load_mllm
+
+        model, processor = load_mllm(m.path, _dtype(m.dtype), device, m.attn_implementation)
+        choice = MLLMChoiceModel(model, processor, max_new_tokens=cfg.eval.scoring.max_new_tokens)
+        return choice, getattr(processor, "image_processor", None)
+    from llava_ablate.eval.baselines import load_templates, load_zero_shot
+
+    choice = load_zero_shot(m.path, _dtype(m.dtype), device, load_templates(m.templates))
+    return choice, choice.processor.image_processor
+
+
+def run_evaluation(cfg: EvaluateConfig) -> dict:
+    """The whole evaluation; returns {dataset: metrics} on rank 0 ({} elsewhere)."""
+    validate_evaluate(cfg)
+    world = _init_world()
+    out = Path(cfg.out_dir)
+    qdir = Path(cfg.eval.questions.dir) if cfg.eval.questions.dir else out / "questions"
+    model_name = model_tag(cfg.model.name, cfg.model.path)
+    _claim_out_dir(out, cfg, world)
+    model, image_processor = load_model(cfg, world)
+    scorers = list(cfg.eval.scoring.scorers)
+    if cfg.model.type != "mllm" and "all_classes" not in scorers:
+        scorers.append("all_classes")  # the classic zero-shot number comes for free
+    wandb_run = _wandb_init(cfg, model_name) if world.rank == 0 else None
+    summary: dict = {}
+    for name, dcfg in cfg.eval.datasets.items():
+        dataset = load_dataset(name, dcfg, cfg.eval.questions.seed)
+        sub = {"per_class": dcfg.per_class, "total": dcfg.total}
+        if world.rank == 0:  # one rank builds (and freezes) the questions; the others read them
+            frozen_question_set(dataset, cfg.eval.questions, qdir, sub)
+        world.barrier()
+        qset = frozen_question_set(dataset, cfg.eval.questions, qdir, sub)
+        if hasattr(model, "with_classes"):
+            model.with_classes(dataset.classnames)
+        pad = cfg.model.type == "mllm" and cfg.model.image_aspect == "pad"
+        metrics = evaluate_dataset(
+            model,
+            dataset,
+            qset,
+            cfg.eval,
+            out / name,
+            make_item=item_maker(dataset, cfg.eval, image_processor, pad),
+            scorers=scorers,
+            world=world,
+            resume=cfg.resume,
+            model_name=model_name,
+        )
+        if metrics is not None:
+            summary[name] = {s: metrics["scorers"][s]["accuracy"] for s in scorers}
+            for s in scorers:
+                if "hard_accuracy" in metrics["scorers"][s]:
+                    summary[name][f"{s}_hard"] = metrics["scorers"][s]["hard_accuracy"]
+            _wandb_log(wandb_run, name, metrics)
+    if world.rank == 0:
+        (out / "metrics.json").write_text(json.dumps({"model": model_name, **summary}, indent=2))
+        if wandb_run is not None:
+            wandb_run.finish()
+    return summary
+
+
+def _claim_out_dir(out: Path, cfg: EvaluateConfig, world: World) -> None:
+    """Refuse to resume another model's predictions into this results directory."""
+    marker = out / "run.json"
+    if world.rank == 0:
+        mine = {"model_type": cfg.model.type, "model_path": cfg.model.path}
+        if marker.exists() and cfg.resume:
+            theirs = json.loads(marker.read_text())
+            if theirs != mine:
+                raise ValueError(
+                    f"{out} holds results of {theirs}; set out_dir (or model.name) per model, "
+                    "or resume=false to overwrite"
+                )
+        out.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(mine))
+    world.barrier()
+
+
+def _wandb_init(cfg: EvaluateConfig, model_name: str):
+    """A W&B run when eval.wandb is set; any failure is logged and evaluation goes on."""
+    if not cfg.eval.wandb:
+        return None
+    try:
+        import wandb
+
+        return wandb.init(
+            project=cfg.eval.wandb_project,
+            name=f"eval-{model_name}",
+            job_type="eval",
+            config={"model": cfg.model.path},
+        )
+    except Exception as e:  # noqa: BLE001 - W&B must never fail an evaluation
+        log.warning("W&B unavailable (%s): metrics stay in %s only", e, cfg.out_dir)
+        return None
+
+
+def _wandb_log(run, dataset: str, metrics: dict) -> None:
+    if run is None:
+        return
+    try:
+        flat = {}
+        for scorer, m in metrics["scorers"].items():
+            for key in ("accuracy", "hard_accuracy"):
+                if key in m:
+                    flat[f"{dataset}/{scorer}/{key}"] = m[key]["value"]
+        run.log(flat)
+    except Exception as e:  # noqa: BLE001
+        log.warning("W&B logging failed (%s); continuing", e)

@@ -1,0 +1,164 @@
+"""Score multiple-choice questions with a model behind a narrow interface.
+
+`ChoiceModel` is the only thing that touches a network: `letter_scores` (the log-probability
+of each letter as the next token) and `generate` (free text). Everything else here — which
+letter wins, parsing, per-position bookkeeping, cyclic permutations — is plain code shared by
+every model, our MLLMs, public ones and the CLIP/SigLIP baselines alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from llava_ablate.eval.parse import parse_choice
+from llava_ablate.eval.questions import LETTERS, Question
+
+
+@dataclass
+class PromptItem:
+    question: Question  # possibly rotated
+    image: Image.Image
+    text: str  # the MCQ text that follows the image
+
+
+class ChoiceModel(Protocol):
+    scorers: tuple[str, ...]  # which of "likelihood", "generate" it supports
+
+    def letter_scores(self, items: list[PromptItem]) -> np.ndarray:
+        """[len(items), 26] scores for the letters A..Z (higher = preferred)."""
+        ...
+
+    def generate(self, items: list[PromptItem]) -> list[str]: ...
+
+    # Zero-shot baselines also implement `classify_all(items) -> list[str]` (scorer all_classes).
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One forward's worth of work: a question, possibly with its options rotated."""
+
+    question: Question
+    shift: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.question.qid}@{self.shift}"
+
+
+@dataclass
+class Prediction:
+    qid: str
+    scorer: str  # likelihood | generate | all_classes
+    shift: int  # cyclic rotation of the options (0 = as frozen)
+    label: str
+    answer: str  # the true letter in this rotation
+    pred: str | None  # the chosen letter; None = generated text named no option
+    pred_class: str | None
+    correct: bool
+    raw: str | None = None  # generate: the text; likelihood: None
+    p_pred: float | None = None  # likelihood: softmax over the k letters of the chosen one
+
+    @property
+    def key(self) -> str:
+        return f"{self.qid}@{self.shift}"
+
+
+def cyclic_shifts(k: int, n: int) -> list[int]:
+    """n rotations spread evenly over k options (n<=1: only the frozen order)."""
+    if n <= 1:
+        return [0]
+    return sorted({round(i * k / n) % k for i in range(n)})
+
+
+def units_for(questions: Iterable[Question], n_permutations: int) -> list[Unit]:
+    return [Unit(q, s) for q in questions for s in cyclic_shifts(len(q.options), n_permutations)]
+
+
+def predictions_from_scores(units: list[Unit], scores: np.ndarray) -> list[Prediction]:
+    out = []
+    for unit, row in zip(units, scores, strict=True):
+        q = unit.question.rotated(unit.shift)
+        k = len(q.options)
+        valid = np.asarray(row[:k], dtype=np.float64)
+        best = int(np.argmax(valid))  # ties go to the earliest letter, deterministically
+        probs = np.exp(valid - valid.max())
+        probs /= probs.sum()
+        out.append(
+            Prediction(
+                q.qid,
+                "likelihood",
+                unit.shift,
+                q.label,
+                q.answer,
+                LETTERS[best],
+                q.options[best],
+                best == q.answer_index,
+                None,
+                round(float(probs[best]), 6),
+            )
+        )
+    return out
+
+
+def predictions_from_text(units: list[Unit], texts: list[str]) -> list[Prediction]:
+    out = []
+    for unit, text in zip(units, texts, strict=True):
+        q = unit.question.rotated(unit.shift)
+        letter = parse_choice(text, q.options)
+        pred_class = q.options[LETTERS.index(letter)] if letter else None
+        out.append(
+            Prediction(
+                q.qid,
+                "generate",
+                unit.shift,
+                q.label,
+                q.answer,
+                letter,
+                pred_class,
+                letter == q.answer,
+                text,
+            )
+        )
+    return out
+
+
+def predictions_from_classes(units: list[Unit], classes: list[str]) -> list[Prediction]:
+    """Open choice over every class of the dataset (no options): right iff the class matches."""
+    out = []
+    for unit, name in zip(units, classes, strict=True):
+        q = unit.question.rotated(unit.shift)
+        letter = q.answer if name == q.label else None
+        out.append(
+            Prediction(
+                q.qid, "all_classes", unit.shift, q.label, q.answer, letter, name, name == q.label
+            )
+        )
+    return out
+
+
+def score_units(
+    units: list[Unit],
+    model: ChoiceModel,
+    scorers: list[str],
+    make_item: Callable[[Question], PromptItem],
+    batch_size: int,
+) -> Iterator[list[Prediction]]:
+    """Yield the predictions of each batch (every scorer), so callers can persist as they go."""
+    for unsupported in set(scorers) - set(model.scorers):
+        raise ValueError(f"this model has no {unsupported!r} scorer (it has {model.scorers})")
+    for start in range(0, len(units), batch_size):
+        batch = units[start : start + batch_size]
+        items = [make_item(u.question.rotated(u.shift)) for u in batch]
+        preds: list[Prediction] = []
+        if "likelihood" in scorers:
+            preds += predictions_from_scores(batch, model.letter_scores(items))
+        if "generate" in scorers:
+            preds += predictions_from_text(batch, model.generate(items))
+        if "all_classes" in scorers:
+            preds += predictions_from_classes(batch, model.classify_all(items))
+        yield preds
