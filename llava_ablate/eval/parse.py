@@ -44,8 +44,9 @@ def parse_choice(text: str, options: list[str]) -> str | None:
     valid = set(LETTERS[:k])
     body = _PREFIX.sub("", text.strip(), count=1).strip()
 
+    paren = {m for m in _PAREN.findall(body) if m in valid}
     lone = _LONE.match(body)
-    if lone and lone.group(1) in valid:
+    if lone and lone.group(1) in valid and paren <= {lone.group(1)}:
         letter, rest = lone.group(1), lone.group(2).strip().strip(".").strip()
         # "A dog" is an article, not option A, unless the rest names option A itself.
         if not rest or body[1:2] in ".:)-]*" or body[0] in "([*":
@@ -53,7 +54,7 @@ def parse_choice(text: str, options: list[str]) -> str | None:
         if rest.lower() == options[LETTERS.index(letter)].lower():
             return letter
 
-    letters = {m for m in _PAREN.findall(body) if m in valid}
+    letters = set(paren)
     letters |= {m.upper() for m in _IS_LETTER.findall(text) if m.upper() in valid}
     if len(letters) == 1:
         return letters.pop()

@@ -92,7 +92,11 @@ def mcq_prompt(question: Question, qcfg: QuestionsCfg) -> str:
 
 
 def balanced_positions(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    positions = np.tile(np.arange(k), -(-n // k))[:n]
+    """n answer positions: each letter n//k times, the n%k left-over letters drawn at random
+    (not A, B, C...: that would make early letters likelier), then shuffled."""
+    positions = np.concatenate(
+        [np.tile(np.arange(k), n // k), rng.choice(k, size=n % k, replace=False)]
+    )
     rng.shuffle(positions)
     return positions
 

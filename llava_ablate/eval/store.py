@@ -59,7 +59,15 @@ class PredictionStore:
             f.unlink()
 
     def append(self, preds: list[Prediction]) -> None:
-        with open(self.dir / f"predictions.rank{self.rank}.jsonl", "a", encoding="utf-8") as fh:
+        path = self.dir / f"predictions.rank{self.rank}.jsonl"
+        torn = False
+        if path.exists() and path.stat().st_size:
+            with open(path, "rb") as fh:
+                fh.seek(-1, os.SEEK_END)
+                torn = fh.read(1) != b"\n"
+        with open(path, "a", encoding="utf-8") as fh:
+            if torn:  # a crash cut the last line: start on a fresh one, never glue onto it
+                fh.write("\n")
             for p in preds:
                 fh.write(json.dumps(asdict(p)) + "\n")
             fh.flush()
