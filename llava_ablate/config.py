@@ -51,21 +51,48 @@ class ProjectorCfg:
     type: str = "mlp2x_gelu"  # mlp2x_gelu | linear
 
 
+DEFAULT_QUESTIONS = [
+    "What is shown in this image?",
+    "What type of object is in this photo?",
+    "Identify the main subject of the picture.",
+]
+
+
 @dataclass
 class SourceCfg:
-    path: str = MISSING  # LLaVA JSON / JSONL file
+    name: str = MISSING  # names the source's shard directory: <data.shards_dir>/<name>/
+    path: str = MISSING  # file, glob, or directory (image folders)
+    format: str = "llava_json"  # llava_json (JSON/JSONL) | parquet | classification
     image_root: str | None = None  # images are relative to this directory
     sampling: str = "all"  # all | first:N% | end:N% | random:N  (LLaVA-NeXT mixture YAML)
-    released: bool = True  # False: the source was never published; building fails with its name
+    weight: float | None = None  # mixing weight; unset everywhere = concatenate by size
+    released: bool = True  # False: never published; building fails naming it
+    # format=classification: image folders / CSV / JSONL turned into instruction data
+    class_names: str | None = None  # optional file mapping labels to readable names
+    questions: list[str] = field(default_factory=lambda: list(DEFAULT_QUESTIONS))
+    answer: str = "{name}"
+
+
+@dataclass
+class BatchingCfg:
+    # Sort a buffer of samples by (modality, length) and cut it into micro-batches: batches of
+    # similar length waste little compute on padding (LLaVA's group_by_modality_length).
+    group_by_length: bool = True
+    group_buffer: int = 32  # micro-batches' worth of samples sorted together
 
 
 @dataclass
 class DataCfg:
     name: str = MISSING
+    stage: str | None = None  # the stage the mixture is meant for (align | finetune), a label
     sources: list[SourceCfg] = field(default_factory=list)
-    builtin: str | None = None  # a dataset the project generates offline (toy_digits)
-    num_workers: int = 2
+    builtin: str | None = None  # generated offline and built automatically (toy_digits)
+    shards_dir: str = "${paths.shards_root}"
+    samples_per_shard: int = 1000
+    build_workers: int = 2  # processes converting sources to shards
+    num_workers: int = 2  # DataLoader workers per rank
     max_bad_fraction: float = 0.01  # fail the run when more samples than this are skipped
+    batching: BatchingCfg = field(default_factory=BatchingCfg)
 
 
 @dataclass
@@ -135,6 +162,7 @@ class TrainCfg:
 @dataclass
 class PathsCfg:
     data_root: str = "data"
+    shards_root: str = "data/shards"
     cache_dir: str = ".cache/llava_ablate"
 
 
@@ -184,6 +212,15 @@ def validate(cfg: DictConfig | Config) -> None:
             f"recipe.global_batch_size={r.global_batch_size} is not a multiple of "
             f"recipe.micro_batch_size={r.micro_batch_size}"
         )
+    formats = ("llava_json", "parquet", "classification")
+    for k, src in enumerate(cfg.data.sources):
+        if src.format not in formats:
+            raise ConfigError(
+                f"data.sources[{k}].format={src.format!r}; choose from {list(formats)}"
+            )
+    names = [src.name for src in cfg.data.sources]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"data.sources: source names must be unique, got {names}")
     for part in r.init_parts:
         if part not in _INIT_PARTS:
             raise ConfigError(f"recipe.init_parts has {part!r}; choose from {list(_INIT_PARTS)}")

@@ -5,19 +5,21 @@ from __future__ import annotations
 import deepspeed
 import pytest
 import torch
-from conftest import build_tiny
-from torch.utils.data import DataLoader
 
 from llava_ablate.config import DeepSpeedCfg, LearningRates, RecipeCfg, SourceCfg
-from llava_ablate.data.dataset import Collator, LlavaDataset, TokenizeOptions
-from llava_ablate.data.llava_json import load_sources
-from llava_ablate.data.sampler import ResumableDistributedSampler
+from llava_ablate.data.encode import Collator, EncodeOptions, SampleEncoder
+from llava_ablate.data.mixture import open_mixture
+from llava_ablate.data.shards import build_mixture
+from llava_ablate.data.stream import BatchingOptions, ShardStream, StreamingLoader, StreamPlan
 from llava_ablate.data.toy_digits import build_toy_digits
 from llava_ablate.model.freeze import apply_training_plan
 from llava_ablate.train.distributed import init_distributed
 from llava_ablate.train.ds_config import deepspeed_config, plan_batches
 from llava_ablate.train.loop import LoopOptions, NonFiniteLoss, TrainState, train_loop
 from llava_ablate.train.metrics import MetricsLogger
+
+from conftest import build_tiny
+from datagen import data_cfg
 
 
 def _setup(cache_dir, tmp_path, poison_at: int):
@@ -38,24 +40,31 @@ def _setup(cache_dir, tmp_path, poison_at: int):
         config=deepspeed_config(DeepSpeedCfg(name="z0", zero_stage=0), recipe, plan, 4, "fp32"),
     )
     data = build_toy_digits(cache_dir / "toy_digits")
-    records, _ = load_sources(
-        [SourceCfg(path=str(data / "captions.json"), image_root=str(data))], seed=0
+    mix = data_cfg(
+        "toy",
+        [
+            SourceCfg(
+                name="toy_loop_captions", path=str(data / "captions.json"), image_root=str(data)
+            )
+        ],
+        tmp_path / "shards",
     )
-    dataset = LlavaDataset(
-        records,
-        variant.processor,
-        TokenizeOptions("plain", variant.num_image_tokens, 128, "truncate", True),
+    build_mixture(mix, workers=1)
+    stream = ShardStream(
+        StreamPlan(open_mixture(mix, 0), 0, shuffle_buffer=16),
+        SampleEncoder(
+            variant.processor,
+            EncodeOptions("plain", variant.num_image_tokens, 128, "truncate", True),
+        ),
+        Collator(variant.tokenizer.pad_token_id),
+        BatchingOptions(2, False, 1),
+        rank=0,
+        world=1,
+        workers=0,
     )
-    sampler = ResumableDistributedSampler(len(dataset), rank=0, world=1, micro_batch=2, seed=0)
 
-    def make_iter():
-        loader = DataLoader(
-            dataset,
-            batch_size=2,
-            sampler=sampler,
-            collate_fn=Collator(variant.tokenizer.pad_token_id),
-        )
-        for i, batch in enumerate(loader):
+    def batches():
+        for i, batch in enumerate(StreamingLoader(stream, 0)):
             if i == poison_at:  # a real corrupt input: NaN pixels make the loss NaN
                 batch["pixel_values"] = torch.full_like(batch["pixel_values"], float("nan"))
             yield batch
@@ -72,17 +81,17 @@ def _setup(cache_dir, tmp_path, poison_at: int):
             micro_batch=2,
         )
 
-    return engine, make_iter, sampler, opts, MetricsLogger(tmp_path, enabled=True)
+    return engine, batches(), opts, MetricsLogger(tmp_path, enabled=True)
 
 
 def test_nan_loss_stops_the_run_with_a_clear_message(cache_dir, tmp_path):
-    engine, make_iter, sampler, opts, metrics = _setup(cache_dir, tmp_path, poison_at=3)
+    engine, batches, opts, metrics = _setup(cache_dir, tmp_path, poison_at=3)
     with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 1 .*nan_skip_limit=0"):
-        train_loop(engine, make_iter, sampler, TrainState(), opts(0), metrics, lambda s: {})
+        train_loop(engine, batches, TrainState(), opts(0), metrics, lambda s: {})
 
 
 def test_nan_loss_within_the_skip_limit_is_skipped(cache_dir, tmp_path):
-    engine, make_iter, sampler, opts, metrics = _setup(cache_dir, tmp_path, poison_at=3)
-    state = train_loop(engine, make_iter, sampler, TrainState(), opts(1), metrics, lambda s: {})
+    engine, batches, opts, metrics = _setup(cache_dir, tmp_path, poison_at=3)
+    state = train_loop(engine, batches, TrainState(), opts(1), metrics, lambda s: {})
     assert state.step == 4 and state.nonfinite == 1
     assert all(torch.isfinite(p).all() for p in engine.module.parameters())

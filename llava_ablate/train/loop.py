@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from llava_ablate.data.sampler import ResumableDistributedSampler
 from llava_ablate.train import checkpoint
 from llava_ablate.train.metrics import MetricsLogger, peak_memory_gb
 
@@ -68,27 +67,20 @@ def _lrs(optimizer) -> dict[str, float]:
 
 def train_loop(
     engine,
-    make_iter: Callable[[], Iterator[dict]],
-    sampler: ResumableDistributedSampler,
+    batches: Iterator[dict],
     state: TrainState,
     opts: LoopOptions,
     metrics: MetricsLogger,
     on_checkpoint: Callable[[TrainState], dict],
 ) -> TrainState:
     device = engine.device
-    it = make_iter()
     last_good: dict | None = None
     window = Counter()  # sums over the current logging window
     t_window = time.perf_counter()
     while state.step < opts.total_steps:
         t0 = time.perf_counter()
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = make_iter()  # next epoch (the sampler already moved on)
-            batch = next(it)
+        batch = next(batches)  # endless: the loader moves on to the next epoch itself
         window["data_wait_s"] += time.perf_counter() - t0
-        sampler.advance(opts.micro_batch)
         state.samples += opts.micro_batch
         for skip in batch["skip_details"]:
             if state.skipped[skip.reason] < 3:  # name the first few of each kind, count the rest
@@ -133,7 +125,9 @@ def train_loop(
         if not empty:
             window["loss_sum"] += loss.item()
             window["micro"] += 1
-            window["tokens"] += int(inputs["attention_mask"].sum())
+            placeholder = batch.get("placeholder_rows", 0)  # not data: excluded from tokens/s
+            mask = inputs["attention_mask"]
+            window["tokens"] += int(mask[: mask.shape[0] - placeholder].sum())
             window["samples"] += len(batch["ids"])
         if not boundary:
             continue

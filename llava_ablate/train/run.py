@@ -13,12 +13,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 
 from llava_ablate.config import Config, to_object
-from llava_ablate.data.dataset import Collator, LlavaDataset, TokenizeOptions
-from llava_ablate.data.llava_json import load_sources
-from llava_ablate.data.sampler import ResumableDistributedSampler
+from llava_ablate.data.encode import Collator, EncodeOptions, SampleEncoder
+from llava_ablate.data.mixture import open_mixture
+from llava_ablate.data.shards import build_mixture
+from llava_ablate.data.stream import BatchingOptions, ShardStream, StreamingLoader, StreamPlan
 from llava_ablate.data.toy_digits import BUILTINS
 from llava_ablate.model.build import build_variant
 from llava_ablate.model.export import export_engine, is_exported
@@ -58,6 +58,7 @@ def _seed(seed: int) -> None:
 
 
 def prepare_builtin_data(cfg: Config) -> None:
+    """Generate and shard a built-in dataset on first use (real mixtures are built explicitly)."""
     if not cfg.data.builtin:
         return
     if cfg.data.builtin not in BUILTINS:
@@ -65,6 +66,7 @@ def prepare_builtin_data(cfg: Config) -> None:
     out = Path(cfg.data.sources[0].path).parent
     with file_lock(out.with_suffix(".lock")):  # one rank per node builds, the others wait
         BUILTINS[cfg.data.builtin](out)
+        build_mixture(cfg.data, seed=cfg.train.seed, workers=1)
 
 
 def run_training(dcfg: DictConfig) -> Path:
@@ -86,9 +88,12 @@ def run_training(dcfg: DictConfig) -> Path:
 
     # Data before the model: a missing file fails in seconds, not after loading 7B weights.
     prepare_builtin_data(cfg)
-    records, unreadable = load_sources(cfg.data.sources, cfg.train.seed)
-    if unreadable:
-        log.warning("unreadable records (skipped, counted): %s", unreadable)
+    mixture = open_mixture(cfg.data, cfg.train.seed)
+    log.info(
+        "mixture %s: %s",
+        mixture.name,
+        ", ".join(f"{s.cfg.name}={s.selected}" for s in mixture.sources),
+    )
 
     variant = build_variant(
         cfg.vision,
@@ -117,11 +122,34 @@ def run_training(dcfg: DictConfig) -> Path:
     log.info("trainable parameters per module:\n%s", format_plan(counts))
 
     plan = plan_batches(recipe, info.world)
-    steps = total_steps(recipe, len(records))
+    encoder = SampleEncoder(
+        variant.processor,
+        EncodeOptions(
+            prompt_format=recipe.prompt_format,
+            num_image_tokens=variant.num_image_tokens,
+            max_length=recipe.max_length,
+            overflow=recipe.overflow,
+            pad_to_square=cfg.vision.image_aspect == "pad",
+        ),
+    )
+    placeholder = encoder.image_placeholder(model.config.image_token_index)
+    stream = ShardStream(
+        StreamPlan(mixture, cfg.train.seed, shuffle_buffer=1000),
+        encoder,
+        Collator(variant.tokenizer.pad_token_id, placeholder),
+        BatchingOptions(
+            plan.micro_batch, cfg.data.batching.group_by_length, cfg.data.batching.group_buffer
+        ),
+        rank=info.rank,
+        world=info.world,
+        workers=cfg.data.num_workers,
+    )
+    loader = StreamingLoader(stream, cfg.data.num_workers)
+    steps = total_steps(recipe, stream.batches_per_epoch() * plan.micro_batch * info.world)
     ds_config = deepspeed_config(cfg.deepspeed, recipe, plan, steps, precision)
     log.info(
-        "%d samples, %d steps, global batch %d = %d micro x %d accum x %d ranks, %s, ZeRO-%d",
-        len(records),
+        "%d samples/epoch, %d steps, global batch %d = %d micro x %d accum x %d ranks, %s, ZeRO-%d",
+        stream.batches_per_epoch() * plan.micro_batch * info.world,
         steps,
         plan.global_batch,
         plan.micro_batch,
@@ -138,36 +166,6 @@ def run_training(dcfg: DictConfig) -> Path:
     optimizer = torch.optim.AdamW(param_groups, betas=(0.9, 0.999), eps=1e-8)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
 
-    sampler = ResumableDistributedSampler(
-        len(records),
-        rank=info.rank,
-        world=info.world,
-        micro_batch=plan.micro_batch,
-        seed=cfg.train.seed,
-    )
-    dataset = LlavaDataset(
-        records,
-        variant.processor,
-        TokenizeOptions(
-            prompt_format=recipe.prompt_format,
-            num_image_tokens=variant.num_image_tokens,
-            max_length=recipe.max_length,
-            overflow=recipe.overflow,
-            pad_to_square=cfg.vision.image_aspect == "pad",
-        ),
-    )
-    loader_kwargs = dict(
-        batch_size=plan.micro_batch,
-        sampler=sampler,
-        num_workers=cfg.data.num_workers,
-        collate_fn=Collator(variant.tokenizer.pad_token_id),
-        drop_last=True,
-        persistent_workers=False,
-    )
-
-    def make_iter():
-        return iter(DataLoader(dataset, **loader_kwargs))
-
     state = TrainState()
     metrics = MetricsLogger(run_dir, enabled=info.is_main)
     ckpt_dir = run_dir / "checkpoints"
@@ -177,7 +175,7 @@ def run_training(dcfg: DictConfig) -> Path:
         state.step, state.nonfinite = client["step"], client["nonfinite"]
         state.samples = rank_state["samples"]
         state.skipped.update(rank_state["skipped"])
-        sampler.load_state_dict(rank_state["sampler"])
+        loader.load_state_dict(rank_state["data"])
         checkpoint.set_rng_state(rank_state["rng"])
         metrics.truncate_after(state.step)
         log.info("resumed from %s at step %d", latest, state.step)
@@ -186,7 +184,7 @@ def run_training(dcfg: DictConfig) -> Path:
         return {
             "samples": s.samples,
             "skipped": dict(s.skipped),
-            "sampler": sampler.state_dict(),
+            "data": loader.state_dict(),
             "rng": checkpoint.rng_state(),
         }
 
@@ -200,7 +198,7 @@ def run_training(dcfg: DictConfig) -> Path:
         checkpoint_dir=ckpt_dir,
         micro_batch=plan.micro_batch,
     )
-    state = train_loop(engine, make_iter, sampler, state, opts, metrics, rank_state_now)
+    state = train_loop(engine, iter(loader), state, opts, metrics, rank_state_now)
     if state.step > (int(latest.name.split("_")[1]) if latest else -1):
         checkpoint.save(
             engine,

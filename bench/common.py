@@ -1,0 +1,31 @@
+"""Shared pieces of the benchmarks: tiny variants built from the project's own configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from llava_ablate.config import register_configs, to_object
+from llava_ablate.model.build import build_variant
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".cache" / "bench"
+
+
+def tiny_variant(image_size: int = 32, patch: int = 8, llm: str = "tiny_llama"):
+    """A tiny random-init variant whose image processor works at `image_size` (e.g. CLIP's 336)."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = to_object(
+            compose(
+                config_name="config",
+                overrides=[
+                    "vision=tiny_clip",
+                    f"llm={llm}",
+                    f"vision.config.image_size={image_size}",
+                    f"vision.config.patch_size={patch}",
+                ],
+            )
+        )
+    return build_variant(cfg.vision, cfg.llm, cfg.projector, cache_dir=CACHE)

@@ -1,0 +1,123 @@
+"""`llava-ablate`: the non-training commands, on the same Hydra config as train.py.
+
+llava-ablate data build data=llava665k llm=vicuna7b      # sources -> shards + manifests
+llava-ablate data exposure data=si32m --classes imagenet_names.txt --out exposure.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from llava_ablate.config import Config, register_configs, to_object
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose(overrides: list[str]) -> Config:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return to_object(hydra_compose(config_name="config", overrides=overrides))
+
+
+def _token_length(cfg: Config):
+    """Text tokens of a record under the composed LLM's chat template (for manifest stats)."""
+    from llava_ablate.data.conversation import tokenize_conversation
+    from llava_ablate.model.build import build_tokenizer
+
+    try:
+        tokenizer = build_tokenizer(cfg.llm, cfg.paths.cache_dir)
+    except OSError as e:
+        raise SystemExit(
+            f"cannot load the tokenizer of llm={cfg.llm.name} for token statistics ({e}); pass a "
+            "local one (llm=... llm.pretrained=/path) or --no-token-stats"
+        ) from e
+    prompt_format = "plain" if cfg.data.stage == "align" else "chat"
+
+    def length(rec) -> int:
+        t = tokenize_conversation(
+            rec.id,
+            rec.conversations,
+            tokenizer,
+            prompt_format=prompt_format,
+            num_image_tokens=1,
+            max_length=10**9,
+            overflow="skip",
+        )
+        return len(t.input_ids) - t.num_images
+
+    return length
+
+
+def data_build(args) -> None:
+    from llava_ablate.data.shards import build_mixture
+
+    cfg = compose(args.overrides)
+    token_length = None if args.no_token_stats else _token_length(cfg)
+    manifests = build_mixture(
+        cfg.data,
+        seed=cfg.train.seed,
+        force=args.force,
+        token_length=token_length,
+        workers=args.workers,
+    )
+    width = max(len(n) for n in manifests)
+    print(f"{'source':<{width}}  {'samples':>9}  {'skipped':>8}  shards")
+    for name, m in manifests.items():
+        print(
+            f"{name:<{width}}  {m['count']:>9,}  {sum(m['skipped'].values()):>8,}  "
+            f"{len(m['shards'])}"
+        )
+    print(f"shards and manifests under {cfg.data.shards_dir}")
+
+
+def data_exposure(args) -> None:
+    from llava_ablate.data.exposure import (
+        exposure_table,
+        load_concepts,
+        mixture_texts,
+        write_exposure,
+    )
+    from llava_ablate.data.mixture import open_mixture
+
+    cfg = compose(args.overrides)
+    mixture = open_mixture(cfg.data, cfg.train.seed)
+    rows = exposure_table(mixture_texts(mixture), load_concepts(Path(args.classes)))
+    write_exposure(rows, Path(args.out))
+    never = sum(1 for r in rows if r["exposure"] == 0)
+    print(f"{len(rows)} classes, {never} never mentioned in {mixture.name}; table: {args.out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="llava-ablate")
+    sub = parser.add_subparsers(dest="group", required=True)
+    data = sub.add_parser("data", help="build and inspect data mixtures").add_subparsers(
+        dest="command", required=True
+    )
+    build = data.add_parser("build", help="convert a mixture's sources to webdataset shards")
+    build.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=si32m llm=qwen2")
+    build.add_argument("--force", action="store_true", help="rebuild sources whose inputs changed")
+    build.add_argument("--workers", type=int, default=None, help="processes (data.build_workers)")
+    build.add_argument(
+        "--no-token-stats",
+        action="store_true",
+        help="skip token-length statistics (no tokenizer needed)",
+    )
+    build.set_defaults(func=data_build)
+    expo = data.add_parser("exposure", help="per-class concept exposure of a built mixture")
+    expo.add_argument("overrides", nargs="*")
+    expo.add_argument("--classes", required=True, help="class names (+ synonyms) file")
+    expo.add_argument("--out", required=True, help="CSV to write")
+    expo.set_defaults(func=data_exposure)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Classification data (image folders, CSV or JSONL) turned into instruction samples.
+
+The VLMClassifier-style "classification data" ablation: each labelled image becomes a question
+from `questions` (chosen deterministically per image) answered by `answer` with the class name.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+from llava_ablate.config import SourceCfg
+from llava_ablate.data.sources import RawRecord, SourceError, require_files
+
+_IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _read_class_names(path: Path) -> dict[str, str]:
+    """`label,name` CSV, or one name per line (label = line number from 0)."""
+    require_files([path], "class_names")
+    lines = path.read_text().splitlines()
+    if lines and "," in lines[0]:
+        return {row[0]: row[1] for row in csv.reader(lines) if len(row) >= 2}
+    return {str(i): name.strip() for i, name in enumerate(lines) if name.strip()}
+
+
+class ClassificationReader:
+    def __init__(self, src: SourceCfg, seed: int):
+        self.src = src
+        self.seed = seed
+        path = Path(src.path)
+        require_files([path], f"source {src.name!r}")
+        root = Path(src.image_root) if src.image_root else path.parent
+        if path.is_dir():
+            items = [
+                (p, p.parent.name)
+                for p in sorted(path.glob("*/*"))
+                if p.suffix.lower() in _IMAGE_EXT
+            ]
+        elif path.suffix == ".csv":
+            with path.open() as fh:
+                rows = list(csv.DictReader(fh))
+            if rows and not {"image", "label"} <= set(rows[0]):
+                raise SourceError(f"{path}: CSV needs 'image' and 'label' columns")
+            items = [(root / r["image"], r["label"]) for r in rows]
+        elif path.suffix == ".jsonl":
+            items = []
+            for lineno, line in enumerate(path.read_text().splitlines(), 1):
+                if line.strip():
+                    try:
+                        r = json.loads(line)
+                        items.append((root / r["image"], str(r["label"])))
+                    except (json.JSONDecodeError, KeyError) as e:
+                        raise SourceError(f"{path}:{lineno}: need {{image, label}} ({e})") from e
+        else:
+            raise SourceError(f"{path}: classification sources are a folder, .csv or .jsonl")
+        if not items:
+            raise SourceError(f"{path}: no labelled images found")
+        self.items = items
+        self.names = _read_class_names(Path(src.class_names)) if src.class_names else {}
+        if not src.questions:
+            raise SourceError(f"source {src.name!r}: `questions` is empty")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def input_files(self) -> list[Path]:
+        return [Path(self.src.path)] + (
+            [Path(self.src.class_names)] if self.src.class_names else []
+        )
+
+    def class_name(self, label: str) -> str:
+        return self.names.get(label, label.replace("_", " "))
+
+    def records(self, start: int, stop: int) -> list[RawRecord]:
+        out = []
+        for index in range(start, min(stop, len(self.items))):
+            image, label = self.items[index]
+            question = random.Random(f"{self.seed}:{index}").choice(self.src.questions)
+            answer = self.src.answer.format(name=self.class_name(label), label=label)
+            conversations = [
+                {"from": "human", "value": f"<image>\n{question}"},
+                {"from": "gpt", "value": answer},
+            ]
+            out.append(RawRecord(index, f"{self.src.name}-{index}", conversations, [image]))
+        return out
