@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_metrics
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from conftest import read_metrics
 
 MEMORISE = [  # 32 fixed samples, many passes: the loss must fall a lot
     "+experiment=tiny_finetune",
@@ -180,3 +181,35 @@ def test_bf16_zero3_offload_trains_and_exports(train_launcher, tmp_path):
     assert len(rows) == 4 and max(r["lr/llm"] for r in rows) > 0
     model = LlavaForConditionalGeneration.from_pretrained(run / "export")
     assert model.dtype == torch.bfloat16
+
+
+def test_stop_signal_checkpoints_then_resumes(train_launcher, tmp_path):
+    """SIGUSR1 (Slurm's pre-preemption signal) -> checkpoint at the next step, exit, resume."""
+    import psutil
+
+    run = tmp_path / "preempted"
+    args = [
+        "+experiment=tiny_finetune",
+        "recipe.init_from=null",
+        "recipe.max_steps=400",
+        "train.log_every=1",
+        "train.save_every=0",
+        "train.export=false",
+        f"train.run_dir={run}",
+    ]
+    proc = train_launcher(args, background=True)
+    deadline = time.time() + 300
+    while not (run / "metrics.jsonl").exists() or len(read_metrics(run)) < 3:
+        assert proc.poll() is None and time.time() < deadline, "run ended or stalled"
+        time.sleep(0.05)
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        child.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "stopped at step" in out
+    saved = sorted((run / "checkpoints").glob("step_*"))
+    assert len(saved) == 1 and (saved[0] / "COMPLETE").exists()
+    stopped_at = int(saved[0].name.split("_")[1])
+    assert 3 <= stopped_at < 400
+    resumed = train_launcher(args)
+    assert f"resumed from {saved[0]}" in resumed.stderr + resumed.stdout
+    assert [r["step"] for r in read_metrics(run)] == list(range(1, 401))

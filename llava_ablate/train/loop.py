@@ -35,6 +35,7 @@ class TrainState:
     samples: int = 0  # samples drawn on this rank (used or skipped)
     skipped: Counter = field(default_factory=Counter)  # reason -> count, this rank
     nonfinite: int = 0  # micro-batches skipped for a NaN/Inf loss (all ranks agree)
+    stopped_early: bool = False  # a stop was requested (preemption): checkpointed, not finished
 
     def client_state(self) -> dict:
         return {"step": self.step, "nonfinite": self.nonfinite}
@@ -50,6 +51,9 @@ class LoopOptions:
     max_bad_fraction: float
     checkpoint_dir: Path
     micro_batch: int
+    # Polled after every optimizer step (e.g. a preemption signal arrived); when any rank says
+    # yes, all ranks checkpoint and return early so the job can requeue and resume.
+    stop_requested: Callable[[], bool] | None = None
 
 
 def _all_sum(values: list[float], device) -> list[float]:
@@ -163,6 +167,21 @@ def train_loop(
             )
             window.clear()
             t_window = time.perf_counter()
+        if opts.stop_requested is not None and state.step < opts.total_steps:
+            flag = torch.tensor([1.0 if opts.stop_requested() else 0.0], device=device)
+            dist.all_reduce(flag)
+            if flag.item() > 0:
+                log.warning("stop requested at step %d: checkpointing before exit", state.step)
+                checkpoint.save(
+                    engine,
+                    opts.checkpoint_dir,
+                    state.step,
+                    state.client_state(),
+                    on_checkpoint(state),
+                    opts.keep_checkpoints,
+                )
+                state.stopped_early = True
+                return state
         if opts.save_every and state.step % opts.save_every == 0 and state.step < opts.total_steps:
             checkpoint.save(
                 engine,

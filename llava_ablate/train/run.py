@@ -36,8 +36,13 @@ from llava_ablate.train.distributed import (
 from llava_ablate.train.ds_config import deepspeed_config, plan_batches, total_steps
 from llava_ablate.train.loop import LoopOptions, TrainState, train_loop
 from llava_ablate.train.metrics import MetricsLogger
+from llava_ablate.train.preemption import StopFlag
 
 log = logging.getLogger("llava_ablate.train")
+
+
+class TrainingInterrupted(RuntimeError):
+    """The run checkpointed and stopped on request (preemption); running it again resumes."""
 
 
 def _setup_logging(info: DistInfo) -> None:
@@ -188,6 +193,7 @@ def run_training(dcfg: DictConfig) -> Path:
             "rng": checkpoint.rng_state(),
         }
 
+    stop_flag = StopFlag()
     opts = LoopOptions(
         total_steps=steps,
         log_every=cfg.train.log_every,
@@ -197,8 +203,15 @@ def run_training(dcfg: DictConfig) -> Path:
         max_bad_fraction=cfg.data.max_bad_fraction,
         checkpoint_dir=ckpt_dir,
         micro_batch=plan.micro_batch,
+        stop_requested=stop_flag,
     )
     state = train_loop(engine, iter(loader), state, opts, metrics, rank_state_now)
+    stop_flag.restore()
+    if state.stopped_early:
+        log.warning(
+            "stopped at step %d of %d after a stop signal; re-run to resume", state.step, steps
+        )
+        raise TrainingInterrupted(f"stopped at step {state.step} of {steps} (signal)")
     if state.step > (int(latest.name.split("_")[1]) if latest else -1):
         checkpoint.save(
             engine,
