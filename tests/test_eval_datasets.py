@@ -100,7 +100,10 @@ def test_flowers102(tmp_path):
 
 def test_stanford_cars(tmp_path):
     ds = _load("stanford_cars", fx.stanford_cars(tmp_path))
-    assert _labels(ds) == [("00001", "Acura RL Sedan 2012"), ("00002", "AM General Hummer SUV 2000")]
+    assert _labels(ds) == [
+        ("00001", "Acura RL Sedan 2012"),
+        ("00002", "AM General Hummer SUV 2000"),
+    ]
 
 
 @pytest.mark.parametrize("maker,kind", [(fx.csv_source, "csv"), (fx.jsonl_source, "jsonl")])

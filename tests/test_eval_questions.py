@@ -39,7 +39,9 @@ def test_deterministic_per_seed_and_different_across_seeds():
     assert a.fingerprint() == b.fingerprint()
     assert a.questions == b.questions
     assert a.fingerprint() != c.fingerprint()
-    differing = sum(qa.options != qc.options for qa, qc in zip(a.questions, c.questions, strict=True))
+    differing = sum(
+        qa.options != qc.options for qa, qc in zip(a.questions, c.questions, strict=True)
+    )
     assert differing > 0.9 * len(a.questions)
 
 
@@ -59,7 +61,7 @@ def test_true_label_present_once_at_the_answer_letter_and_options_distinct():
 def test_answer_letters_balanced_within_a_set():
     qs = build_question_set(_dataset(40, 13), QuestionsCfg(seed=7))
     counts = Counter(q.answer for q in qs.questions)
-    n, k = len(qs.questions), 26
+    n = len(qs.questions)
     assert set(counts) == set(LETTERS)
     # A shuffled round-robin: every letter n/k times, +-1.
     assert max(counts.values()) - min(counts.values()) <= 1
@@ -70,7 +72,9 @@ def test_answer_letter_of_one_image_is_uniform_across_seeds():
     # Marginal uniformity, tested the honest way: a chi-square goodness-of-fit over 1040 seeds,
     # at a level chosen before looking (p > 0.001).
     ds = _dataset(30, 2)
-    letters = [build_question_set(ds, QuestionsCfg(seed=s)).questions[5].answer for s in range(1040)]
+    letters = [
+        build_question_set(ds, QuestionsCfg(seed=s)).questions[5].answer for s in range(1040)
+    ]
     observed = np.array([letters.count(c) for c in LETTERS])
     assert stats.chisquare(observed).pvalue > 1e-3
     # ... and the test has power: a letter placed by `index % 26` would fail it.
@@ -81,14 +85,27 @@ def test_answer_letter_of_one_image_is_uniform_across_seeds():
 def test_fewer_classes_than_26_gives_fewer_options():
     qs = build_question_set(_dataset(10, 3), QuestionsCfg())
     assert qs.num_options == 10
-    assert all(len(q.options) == 10 and set(q.options) == set(_dataset(10, 3).classnames)
-               for q in qs.questions)
+    assert all(
+        len(q.options) == 10 and set(q.options) == set(_dataset(10, 3).classnames)
+        for q in qs.questions
+    )
 
 
 def test_hard_distractors_are_the_most_similar_names():
-    names = ["tiger shark", "tiger cat", "tiger", "great white shark", "hammerhead shark",
-             "tabby cat", "egyptian cat", "persian cat", "school bus", "fire truck", "ambulance",
-             "police van"]
+    names = [
+        "tiger shark",
+        "tiger cat",
+        "tiger",
+        "great white shark",
+        "hammerhead shark",
+        "tabby cat",
+        "egyptian cat",
+        "persian cat",
+        "school bus",
+        "fire truck",
+        "ambulance",
+        "police van",
+    ]
     ds = ClassificationDataset("n", names, [Sample(str(i), i, "") for i in range(len(names))])
 
     class Fixed:  # a text encoder with known geometry: two clusters
@@ -96,8 +113,12 @@ def test_hard_distractors_are_the_most_similar_names():
 
         @staticmethod
         def embed(texts):
-            v = np.array([[1.0, 0.0] if ("cat" in t or "tiger" in t or "shark" in t) else
-                          [0.0, 1.0] for t in texts])
+            v = np.array(
+                [
+                    [1.0, 0.0] if ("cat" in t or "tiger" in t or "shark" in t) else [0.0, 1.0]
+                    for t in texts
+                ]
+            )
             v[:, 0] += np.arange(len(texts)) * 1e-3  # break ties deterministically
             return v / np.linalg.norm(v, axis=1, keepdims=True)
 
@@ -126,8 +147,11 @@ def test_file_distractors_per_class_and_per_sample(tmp_path):
     for q in qs.questions:
         assert set(q.options) == {q.label, *per_class[q.label]}
     lines = tmp_path / "opts.jsonl"
-    lines.write_text("".join(json.dumps({"sample_id": s.id, "options": ["x", "y", "z"]}) + "\n"
-                             for s in ds.samples))
+    lines.write_text(
+        "".join(
+            json.dumps({"sample_id": s.id, "options": ["x", "y", "z"]}) + "\n" for s in ds.samples
+        )
+    )
     qs = build_question_set(ds, QuestionsCfg(distractors="file", options_file=str(lines)))
     assert all(set(q.options) == {q.label, "x", "y", "z"} for q in qs.questions)
 

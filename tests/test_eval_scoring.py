@@ -55,8 +55,12 @@ class RandomModel:
 
     def generate(self, items):
         # Half valid letters, half text that names no option.
-        return [LETTERS[self.rng.integers(len(it.question.options))] if self.rng.random() < 0.5
-                else "I cannot tell." for it in items]
+        return [
+            LETTERS[self.rng.integers(len(it.question.options))]
+            if self.rng.random() < 0.5
+            else "I cannot tell."
+            for it in items
+        ]
 
 
 class Crash(RuntimeError):
@@ -86,12 +90,14 @@ def many_classes(tmp_path_factory):
 
 
 def _run(model, ds, out, scorers=("likelihood",), cyclic=0, qcfg=None):
-    ecfg = EvalCfg(questions=qcfg or QuestionsCfg(),
-                   scoring=ScoringCfg(scorers=list(scorers), batch_size=16,
-                                      cyclic_permutations=cyclic))
+    ecfg = EvalCfg(
+        questions=qcfg or QuestionsCfg(),
+        scoring=ScoringCfg(scorers=list(scorers), batch_size=16, cyclic_permutations=cyclic),
+    )
     qs = build_question_set(ds, ecfg.questions)
-    return evaluate_dataset(model, ds, qs, ecfg, out, make_item=item_maker(ds, ecfg),
-                            scorers=list(scorers))
+    return evaluate_dataset(
+        model, ds, qs, ecfg, out, make_item=item_maker(ds, ecfg), scorers=list(scorers)
+    )
 
 
 def test_oracle_scores_100_percent_with_both_scorers(many_classes, tmp_path):
@@ -150,11 +156,27 @@ def test_resume_after_crash_skips_finished_questions(many_classes, tmp_path):
 @pytest.mark.parametrize(
     "text,expected",
     [
-        ("B", "B"), ("(B)", "B"), ("B.", "B"), ("B. dog", "B"), ("B) dog", "B"),
-        ("Answer: C", "C"), ("The answer is C.", "C"), ("the correct option is (A)", "A"),
-        ("**B**", "B"), ("  b", None), ("dog", "B"), ("It is a dog.", "B"), ("A dog", "B"),
-        ("A", "A"), ("A cat", "A"), ("A. cat", "A"), ("tabby cat", "D"),
-        ("a cat or a dog", None), ("I am not sure.", None), ("Z", None), ("", None),
+        ("B", "B"),
+        ("(B)", "B"),
+        ("B.", "B"),
+        ("B. dog", "B"),
+        ("B) dog", "B"),
+        ("Answer: C", "C"),
+        ("The answer is C.", "C"),
+        ("the correct option is (A)", "A"),
+        ("**B**", "B"),
+        ("  b", None),
+        ("dog", "B"),
+        ("It is a dog.", "B"),
+        ("A dog", "B"),
+        ("A", "A"),
+        ("A cat", "A"),
+        ("A. cat", "A"),
+        ("tabby cat", "D"),
+        ("a cat or a dog", None),
+        ("I am not sure.", None),
+        ("Z", None),
+        ("", None),
         ("(A) or (B)", None),
     ],
 )

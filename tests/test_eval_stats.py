@@ -32,7 +32,9 @@ def test_bootstrap_matches_normal_approximation_and_explicit_resampling():
     rng = np.random.default_rng(2)
     slow = correct[rng.integers(0, 400, size=(4000, 400))].mean(axis=1)
     lo, hi = np.quantile(slow, [0.025, 0.975])
-    assert est.ci_low == pytest.approx(lo, abs=0.006) and est.ci_high == pytest.approx(hi, abs=0.006)
+    assert est.ci_low == pytest.approx(lo, abs=0.006) and est.ci_high == pytest.approx(
+        hi, abs=0.006
+    )
 
 
 def test_mcnemar_exact_by_hand_and_scipy():
@@ -73,6 +75,8 @@ def test_hard_classes_bottom_q_list_and_exposure(tmp_path):
     table = tmp_path / "toy" / "exposure.csv"
     table.parent.mkdir()
     table.write_text("class_name,exposure,mentions\na,0,0\nb,10,12\nc,3,3\nd,0,0\ne,7,9\n")
-    cfg = HardCfg(mode="exposure", q=0.2, exposure_table=str(tmp_path / "{dataset}" / "exposure.csv"))
+    cfg = HardCfg(
+        mode="exposure", q=0.2, exposure_table=str(tmp_path / "{dataset}" / "exposure.csv")
+    )
     assert HardClassSelector(cfg).select(names, "toy") == {"a"}  # tie at 0 broken by name
     assert HardClassSelector(HardCfg(mode="none")).select(names) == set()

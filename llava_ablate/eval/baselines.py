@@ -98,6 +98,7 @@ class ZeroShotChoiceModel:
         bias = getattr(self.model, "logit_bias", None)
         return scaled + bias.float() if bias is not None else scaled
 
+    @torch.no_grad()
     def letter_scores(self, items: list[PromptItem]) -> np.ndarray:
         self._embed_names([o for it in items for o in it.question.options])
         img = self._image_features(items)
@@ -107,6 +108,7 @@ class ZeroShotChoiceModel:
             scores[i, : len(it.question.options)] = self._scale(text @ img[i]).cpu().numpy()
         return scores
 
+    @torch.no_grad()
     def classify_all(self, items: list[PromptItem]) -> list[str]:
         if self._class_matrix is None:
             raise RuntimeError("call with_classes(classnames) before classify_all")

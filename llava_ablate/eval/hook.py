@@ -1,0 +1,184 @@
+"""Evaluation during training, on the DeepSpeed engine's module, every N steps and at the end.
+
+Every rank calls `maybe_run` at the same step. Under ZeRO-3 each forward gathers parameters
+from all ranks, so every rank must run the same number of forwards with the same batch
+shapes: the questions are split into equal shares (the last rank's share padded with repeats
+that are then dropped), scored with the likelihood scorer (fixed-length, no generation), and
+all-gathered. Results go to <run_dir>/eval/step_<N>/<dataset>/ and are returned on every rank.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from llava_ablate.eval.config import EvalCfg, validate_eval
+from llava_ablate.eval.datasets import ClassificationDataset, load_dataset
+from llava_ablate.eval.hard import HardClassSelector
+from llava_ablate.eval.metrics import per_class_rows, scorer_metrics, write_per_class
+from llava_ablate.eval.models import MLLMChoiceModel
+from llava_ablate.eval.questions import QuestionSet, frozen_question_set
+from llava_ablate.eval.run import World, item_maker
+from llava_ablate.eval.scoring import Prediction, score_units, units_for
+from llava_ablate.eval.store import PredictionStore
+
+log = logging.getLogger("llava_ablate.eval")
+
+
+def _world() -> World:
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size())
+    return World()
+
+
+def equal_shares(n: int, world: int, rank: int) -> tuple[list[int], int]:
+    """(indices this rank scores, how many of them are real): every rank gets ceil(n/world)."""
+    per = -(-n // world)
+    idx = list(range(rank * per, min((rank + 1) * per, n)))
+    real = len(idx)
+    filler = idx[-1] if idx else n - 1  # repeats of a real question keep the shapes honest
+    return idx + [filler] * (per - real), real
+
+
+class TrainingEvalHook:
+    """`maybe_run(module, step, final=...)` -> {"eval/<dataset>/accuracy": ..., ...} or None."""
+
+    def __init__(
+        self,
+        cfg: EvalCfg,
+        processor,
+        run_dir: str | Path,
+        *,
+        pad_to_square: bool = True,
+        datasets: dict[str, ClassificationDataset] | None = None,
+    ):
+        validate_eval(cfg)
+        self.cfg, self.processor = cfg, processor
+        self.out = Path(run_dir) / "eval"
+        self.pad = pad_to_square
+        self._datasets = datasets  # tests may pass datasets directly
+        self._prepared: list[tuple[ClassificationDataset, QuestionSet]] | None = None
+        self._scorer: MLLMChoiceModel | None = None
+
+    def due(self, step: int, final: bool) -> bool:
+        h = self.cfg.hook
+        if not self.cfg.datasets and not self._datasets:
+            return False
+        if final:
+            return h.at_end
+        return bool(h.every_steps) and step > 0 and step % h.every_steps == 0
+
+    def _prepare(self, world: World) -> list[tuple[ClassificationDataset, QuestionSet]]:
+        if self._prepared is None:
+            q = self.cfg.questions
+            datasets = self._datasets or {
+                name: load_dataset(name, d, q.seed) for name, d in self.cfg.datasets.items()
+            }
+            qdir = Path(q.dir) if q.dir else self.out / "questions"
+            prepared = []
+            for ds in datasets.values():
+                sub = {"hook": self.cfg.hook.max_questions}
+                if world.rank == 0:
+                    frozen_question_set(ds, q, qdir, sub)
+                world.barrier()
+                qs = frozen_question_set(ds, q, qdir, sub)
+                prepared.append((ds, self._subset(qs)))
+            self._prepared = prepared
+        return self._prepared
+
+    def _subset(self, qs: QuestionSet) -> QuestionSet:
+        """A fixed, seeded subset of at most hook.max_questions questions (same every step)."""
+        limit = self.cfg.hook.max_questions
+        if limit is None or len(qs.questions) <= limit:
+            return qs
+        rng = np.random.default_rng(self.cfg.questions.seed)
+        keep = np.sort(rng.choice(len(qs.questions), size=limit, replace=False))
+        return replace(qs, questions=[qs.questions[i] for i in keep])
+
+    def maybe_run(self, module: torch.nn.Module, step: int, *, final: bool = False) -> dict | None:
+        if not self.due(step, final):
+            return None
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                return self._run(module, step)
+        finally:
+            module.train(was_training)
+
+    def _run(self, module: torch.nn.Module, step: int) -> dict:
+        world = _world()
+        if self._scorer is None or self._scorer.model is not module:
+            self._scorer = MLLMChoiceModel(module, self.processor)
+        results: dict = {}
+        for ds, qs in self._prepare(world):
+            image_processor = getattr(self.processor, "image_processor", None)
+            make_item = item_maker(ds, self.cfg, image_processor, self.pad)
+            units = units_for(qs.questions, 0)
+            idx, real = equal_shares(len(units), world.size, world.rank)
+            mine: list[Prediction] = []
+            for preds in score_units(
+                [units[i] for i in idx],
+                self._scorer,
+                ["likelihood"],
+                make_item,
+                self.cfg.scoring.batch_size,
+            ):
+                mine += preds
+            mine = mine[:real]
+            gathered = [mine]
+            if world.size > 1:
+                gathered = [None] * world.size
+                dist.all_gather_object(gathered, mine)
+            preds = [p for part in gathered for p in part]
+            if world.rank == 0:
+                results |= self._report(ds, qs, preds, step)
+        if world.size > 1:
+            box = [results]
+            dist.broadcast_object_list(box, src=0)
+            results = box[0]
+        return results
+
+    def _report(self, ds, qs, preds, step) -> dict:
+        cfg = self.cfg
+        hard = HardClassSelector(cfg.hard).select(ds.classnames, ds.name)
+        m = scorer_metrics(qs, preds, "likelihood", hard, cfg.stats.bootstrap, cfg.stats.seed)
+        out = self.out / f"step_{step}" / ds.name
+        store = PredictionStore(out)
+        store.clear()
+        store.append(preds)
+        store.merge([f"{q.qid}@0" for q in qs.questions])
+        rows = per_class_rows(qs, preds, ["likelihood"], hard, cfg.stats.bootstrap, cfg.stats.seed)
+        write_per_class(out / "per_class.csv", rows)
+        record = {
+            "step": step,
+            "dataset": ds.name,
+            "n_questions": len(qs.questions),
+            "fingerprint": qs.fingerprint(),
+            "likelihood": m,
+        }
+        (out / "metrics.json").write_text(json.dumps(record, indent=2))
+        acc = m["accuracy"]
+        log.info(
+            "step %d eval %s: accuracy %.4f [%.4f, %.4f] (n=%d)",
+            step,
+            ds.name,
+            acc["value"],
+            acc["ci_low"],
+            acc["ci_high"],
+            acc["n"],
+        )
+        flat = {
+            f"eval/{ds.name}/accuracy": acc["value"],
+            f"eval/{ds.name}/accuracy_ci_low": acc["ci_low"],
+            f"eval/{ds.name}/accuracy_ci_high": acc["ci_high"],
+        }
+        if "hard_accuracy" in m:
+            flat[f"eval/{ds.name}/hard_accuracy"] = m["hard_accuracy"]["value"]
+        return flat
