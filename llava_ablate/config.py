@@ -160,6 +160,16 @@ class TrainCfg:
 
 
 @dataclass
+class WandbCfg:
+    enabled: bool = True
+    project: str = "llava-ablate"
+    entity: str | None = None
+    group: str | None = None  # a grid's runs share a group
+    name: str | None = None  # default: the run directory's name (derived from the axes)
+    mode: str | None = None  # online | offline | disabled; default: offline without credentials
+
+
+@dataclass
 class PathsCfg:
     data_root: str = "data"
     shards_root: str = "data/shards"
@@ -176,6 +186,7 @@ class Config:
     deepspeed: DeepSpeedCfg = MISSING
     train: TrainCfg = field(default_factory=TrainCfg)
     paths: PathsCfg = field(default_factory=PathsCfg)
+    wandb: WandbCfg = field(default_factory=WandbCfg)
     experiment: str | None = None  # name of the preset, if one was selected
 
 

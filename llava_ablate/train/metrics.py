@@ -22,9 +22,10 @@ def peak_memory_gb() -> float:
 class MetricsLogger:
     """Rank 0 appends one JSON object per logged step to `<run_dir>/metrics.jsonl`."""
 
-    def __init__(self, run_dir: Path, enabled: bool):
+    def __init__(self, run_dir: Path, enabled: bool, tracker=None):
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
+        self.tracker = tracker  # optional W&B mirror (rank 0 only)
         self._t0 = time.perf_counter()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -33,6 +34,8 @@ class MetricsLogger:
         record = {"step": step, "time_s": round(time.perf_counter() - self._t0, 3), **metrics}
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
+        if self.tracker is not None:
+            self.tracker.log({f"train/{k}": v for k, v in metrics.items()}, step=step)
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
         log.info("step %d %s", step, shown)
 

@@ -37,6 +37,7 @@ from llava_ablate.train.ds_config import deepspeed_config, plan_batches, total_s
 from llava_ablate.train.loop import LoopOptions, TrainState, train_loop
 from llava_ablate.train.metrics import MetricsLogger
 from llava_ablate.train.preemption import StopFlag
+from llava_ablate.train.tracking import Tracker
 
 log = logging.getLogger("llava_ablate.train")
 
@@ -172,7 +173,20 @@ def run_training(dcfg: DictConfig) -> Path:
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
 
     state = TrainState()
-    metrics = MetricsLogger(run_dir, enabled=info.is_main)
+    tracker = None
+    if info.is_main:
+        w = cfg.wandb
+        tracker = Tracker(
+            enabled=w.enabled,
+            project=w.project,
+            entity=w.entity,
+            group=w.group,
+            name=w.name or run_dir.name,
+            run_dir=run_dir,
+            mode=w.mode,
+            config=OmegaConf.to_container(dcfg, resolve=True),  # type: ignore[arg-type]
+        )
+    metrics = MetricsLogger(run_dir, enabled=info.is_main, tracker=tracker)
     ckpt_dir = run_dir / "checkpoints"
     latest = checkpoint.latest_complete(ckpt_dir)
     if latest is not None:
@@ -222,6 +236,8 @@ def run_training(dcfg: DictConfig) -> Path:
             cfg.train.keep_checkpoints,
         )
     skipped = _global_skips(state)
+    if tracker is not None:
+        tracker.log({f"data/skipped_{k}": v for k, v in skipped.items()}, step=state.step)
     if info.is_main:
         (run_dir / "data_skips.json").write_text(json.dumps(skipped, indent=2))
         if skipped:
@@ -240,6 +256,8 @@ def run_training(dcfg: DictConfig) -> Path:
                 "precision": precision,
             },
         )
+    if tracker is not None:
+        tracker.finish()
     return export_dir
 
 

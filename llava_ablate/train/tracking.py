@@ -1,0 +1,111 @@
+"""Weights & Biases logging that can never fail a run.
+
+Offline mode is the default when no credentials are configured (and in tests); any W&B error
+disables tracking with a warning. The run's own `metrics.jsonl` stays the source of truth for
+reports, since W&B has no offline reader for its `.wandb` files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+AXES = ("vision", "llm", "projector", "data", "recipe", "deepspeed")
+
+
+def _has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path.home() / ".netrc"
+    return netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def axes_of(config: dict) -> dict[str, str]:
+    """The ablation axes as top-level keys (`llm=qwen2`, `data=si32m`, ...)."""
+    out = {}
+    for axis in AXES:
+        node = config.get(axis) or {}
+        out[axis] = node.get("name") or node.get("type")
+    return out
+
+
+class Tracker:
+    def __init__(
+        self,
+        *,
+        enabled: bool,
+        project: str,
+        entity: str | None,
+        group: str | None,
+        name: str,
+        run_dir: Path,
+        config: dict,
+        mode: str | None = None,
+    ):
+        self.run = None
+        if not enabled:
+            return
+        mode = (
+            mode or os.environ.get("WANDB_MODE") or ("online" if _has_credentials() else "offline")
+        )
+        try:
+            import wandb
+
+            self.run = wandb.init(
+                project=project,
+                entity=entity,
+                group=group,
+                name=name,
+                dir=str(run_dir),
+                config={**axes_of(config), "config": config},
+                mode=mode,
+                id=_stable_id(run_dir),
+                resume="allow",  # a resumed run continues its W&B run
+                settings=wandb.Settings(silent=True),
+            )
+        except Exception as e:  # noqa: BLE001 - tracking must never take the run down
+            log.warning("W&B disabled: %s", e)
+            self.run = None
+
+    @property
+    def active(self) -> bool:
+        return self.run is not None
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        self._safe(lambda: self.run.log(metrics, step=step))
+
+    def log_table(self, key: str, rows: list[dict], step: int) -> None:
+        if not rows:
+            return
+
+        def log_it():
+            import wandb
+
+            columns = list(rows[0])
+            table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+            self.run.log({key: table}, step=step)
+
+        self._safe(log_it)
+
+    def finish(self) -> None:
+        self._safe(lambda: self.run.finish())
+        self.run = None
+
+    def _safe(self, fn) -> None:
+        if self.run is None:
+            return
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            log.warning("W&B logging failed, disabling it: %s", e)
+            self.run = None
+
+
+def _stable_id(run_dir: Path) -> str:
+    import hashlib
+
+    return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
