@@ -68,9 +68,15 @@ class SourceCfg:
     weight: float | None = None  # mixing weight; unset everywhere = concatenate by size
     released: bool = True  # False: never published; building fails naming it
     # format=classification: image folders / CSV / JSONL turned into instruction data
-    class_names: str | None = None  # optional file mapping labels to readable names
+    class_names: str | None = None  # CSV `label,name[,group]` or one name per line
     questions: list[str] = field(default_factory=lambda: list(DEFAULT_QUESTIONS))
-    answer: str = "{name}"
+    answer: str = "{name}"  # may use {name}, {label}, {group}
+    # Multiple-choice share: that fraction of samples asks the question with `mcq_options`
+    # lettered options (distractors from this source's classes) and is answered by the letter,
+    # in LLaVA's MCQ format, the format the evaluator asks in.
+    mcq_fraction: float = 0.0
+    mcq_options: int = 4
+    mcq_instruction: str = "Answer with the option's letter from the given choices directly."
 
 
 @dataclass

@@ -199,3 +199,30 @@ def test_random_sampling_is_seeded():
     assert a != select_positions(100, "random:10", seed=2)
     with pytest.raises(ValueError, match="first:N%"):
         select_positions(10, "half", seed=0)
+
+
+def test_classification_mcq_samples_use_the_evaluators_format(tmp_path):
+    for k, label in enumerate(["cat", "dog", "fox", "owl", "emu"]):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        (tmp_path / "imgs" / label / "0.png").write_bytes(image_bytes(k))
+    (tmp_path / "names.csv").write_text("cat,tabby cat,animal\ndog,dog,animal\nfox,fox,animal\n"
+                                        "owl,owl,bird\nemu,emu,bird\n")
+    src = SourceCfg(name="mcq", path=str(tmp_path / "imgs"), format="classification",
+                    class_names=str(tmp_path / "names.csv"), questions=["What is it?"],
+                    mcq_fraction=1.0, mcq_options=4)
+    build_source(src, tmp_path / "s", samples_per_shard=8, workers=1)
+    names = {image_bytes(k): n for k, n in enumerate(["tabby cat", "dog", "fox", "owl", "emu"])}
+    for sample in _samples(tmp_path / "s/mcq"):
+        human, gpt = json.loads(sample["json"])["conversations"]
+        lines = human["value"].split("\n")
+        assert lines[0] == "<image>" and lines[1] == "What is it?"
+        assert lines[-1] == "Answer with the option's letter from the given choices directly."
+        options = dict(line.split(". ", 1) for line in lines[2:-1])
+        assert list(options) == ["A", "B", "C", "D"]
+        assert options[gpt["value"]] == names[sample["img0.png"]]  # the letter is the truth
+    groups = SourceCfg(name="grp", path=str(tmp_path / "imgs"), format="classification",
+                       class_names=str(tmp_path / "names.csv"), questions=["Kind?"],
+                       answer="It is a {group}: {name}.")
+    build_source(groups, tmp_path / "s", samples_per_shard=8, workers=1)
+    answers = {json.loads(s["json"])["conversations"][1]["value"] for s in _samples(tmp_path / "s/grp")}
+    assert "It is a animal: tabby cat." in answers and "It is a bird: emu." in answers

@@ -17,13 +17,21 @@ from llava_ablate.data.sources import RawRecord, SourceError, require_files
 _IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def _read_class_names(path: Path) -> dict[str, str]:
-    """`label,name` CSV, or one name per line (label = line number from 0)."""
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _read_class_names(path: Path) -> dict[str, tuple[str, str]]:
+    """label -> (name, group) from a `label,name[,group]` CSV, or one name per line (label =
+    line number from 0)."""
     require_files([path], "class_names")
     lines = path.read_text().splitlines()
     if lines and "," in lines[0]:
-        return {row[0]: row[1] for row in csv.reader(lines) if len(row) >= 2}
-    return {str(i): name.strip() for i, name in enumerate(lines) if name.strip()}
+        return {
+            row[0]: (row[1], row[2] if len(row) > 2 else "")
+            for row in csv.reader(lines)
+            if len(row) >= 2
+        }
+    return {str(i): (name.strip(), "") for i, name in enumerate(lines) if name.strip()}
 
 
 class ClassificationReader:
@@ -72,14 +80,27 @@ class ClassificationReader:
         )
 
     def class_name(self, label: str) -> str:
-        return self.names.get(label, label.replace("_", " "))
+        return self.names.get(label, (label.replace("_", " "), ""))[0]
 
     def records(self, start: int, stop: int) -> list[RawRecord]:
+        labels = sorted({label for _, label in self.items})
         out = []
         for index in range(start, min(stop, len(self.items))):
             image, label = self.items[index]
-            question = random.Random(f"{self.seed}:{index}").choice(self.src.questions)
-            answer = self.src.answer.format(name=self.class_name(label), label=label)
+            rng = random.Random(f"{self.seed}:{index}")  # per image: shards stay deterministic
+            question = rng.choice(self.src.questions)
+            name = self.class_name(label)
+            if rng.random() < self.src.mcq_fraction and len(labels) > 1:
+                k = min(self.src.mcq_options, len(labels), len(_LETTERS))
+                options = rng.sample([x for x in labels if x != label], k - 1) + [label]
+                rng.shuffle(options)
+                lines = [question]
+                lines += [f"{_LETTERS[i]}. {self.class_name(o)}" for i, o in enumerate(options)]
+                question = "\n".join([*lines, self.src.mcq_instruction])
+                answer = _LETTERS[options.index(label)]
+            else:
+                group = self.names.get(label, ("", ""))[1]
+                answer = self.src.answer.format(name=name, label=label, group=group)
             conversations = [
                 {"from": "human", "value": f"<image>\n{question}"},
                 {"from": "gpt", "value": answer},
