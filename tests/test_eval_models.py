@@ -252,3 +252,23 @@ def test_clip_baseline_on_a_tiny_clip(cache_dir, digits, tmp_path):
         load_templates("openai80")[0] == "a bad photo of a {}."
         and len(load_templates("openai80")) == 80
     )
+
+
+def test_hard_distractors_from_a_clip_text_tower(cache_dir, digits):
+    from llava_ablate.eval.text_encoders import HFTextTower, TextEncoder
+
+    model, processor = _tiny_clip(cache_dir)
+    tower = HFTextTower(model, processor.tokenizer, template="a photo of a {}.</s>")
+    emb = tower(digits.classnames)
+    assert emb.shape[0] == 10 and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    qs = build_question_set(
+        digits,
+        QuestionsCfg(num_options=4, distractors="hard"),
+        encoder=TextEncoder("clip:tiny", tower),
+    )
+    assert qs.encoder == "clip:tiny"
+    sim = emb @ emb.T
+    for q in qs.questions:
+        i = digits.classnames.index(q.label)
+        nearest = {digits.classnames[j] for j in np.argsort(-sim[i])[1:4]}
+        assert set(q.options) - {q.label} == nearest
