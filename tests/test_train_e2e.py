@@ -213,3 +213,28 @@ def test_stop_signal_checkpoints_then_resumes(train_launcher, tmp_path):
     resumed = train_launcher(args)
     assert f"resumed from {saved[0]}" in resumed.stderr + resumed.stdout
     assert [r["step"] for r in read_metrics(run)] == list(range(1, 401))
+
+
+def test_evaluation_hook_runs_during_and_after_training(train_launcher, tmp_path):
+    """26-option MCQs on mini-classify's test split, scored every 5 steps and at the end, on
+    both ranks (the hook is collective), logged next to the training curves."""
+    run = tmp_path / "hooked"
+    train_launcher(
+        [
+            "+experiment=tiny_finetune",
+            "recipe.init_from=null",
+            "recipe.max_steps=10",
+            "eval/datasets=[mini_classify]",
+            "eval.hook.every_steps=5",
+            "eval.hook.max_questions=30",
+            "train.export=false",
+            f"train.run_dir={run}",
+        ]
+    )
+    evals = [r for r in read_metrics(run) if "eval/mini_classify/accuracy" in r]
+    assert [r["step"] for r in evals] == [5, 10]  # every 5 steps; step 10 is also the end
+    for r in evals:
+        assert 0 <= r["eval/mini_classify/accuracy_ci_low"] <= r["eval/mini_classify/accuracy"]
+        assert r["eval/mini_classify/accuracy"] <= r["eval/mini_classify/accuracy_ci_high"] <= 1
+    per_class = run / "eval" / "step_10" / "mini_classify" / "per_class.csv"
+    assert per_class.exists() and len(per_class.read_text().splitlines()) > 1

@@ -48,8 +48,11 @@ def fingerprint(src: SourceCfg, reader: SourceReader, samples_per_shard: int) ->
         "files": [(str(f), f.stat().st_size, int(f.stat().st_mtime)) for f in reader.input_files()],
     }
     if src.format == "classification":
-        parts.update(questions=list(src.questions), answer=src.answer,
-                     mcq=[src.mcq_fraction, src.mcq_options, src.mcq_instruction])
+        parts.update(
+            questions=list(src.questions),
+            answer=src.answer,
+            mcq=[src.mcq_fraction, src.mcq_options, src.mcq_instruction],
+        )
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 

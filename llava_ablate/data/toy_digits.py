@@ -74,6 +74,3 @@ def build_toy_digits(out_dir: Path, n_images: int = 256, size: int = 32) -> Path
         tmp.write_text(json.dumps(data))
         os.replace(tmp, out_dir / fname)  # instruct.json last: its presence means "built"
     return out_dir
-
-
-BUILTINS = {"toy_digits": build_toy_digits}

@@ -12,7 +12,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from llava_ablate.config import ConfigError, PathsCfg
+from llava_ablate.config_base import ConfigError, PathsCfg
 
 DATASET_KINDS = (
     "imagenet",
@@ -47,6 +47,7 @@ class DatasetCfg:
     label_column: str = "label"
     per_class: int | None = None  # sub-sample: at most N images per class
     total: int | None = None  # sub-sample: at most N images overall (after per_class)
+    builtin: str | None = None  # a dataset the project generates offline into `root`
 
 
 @dataclass

@@ -207,6 +207,10 @@ def load_dataset(name: str, cfg: DatasetCfg, seed: int = 1234) -> Classification
     }
     if cfg.kind not in readers:
         raise ValueError(f"eval.datasets.{name}.kind={cfg.kind!r}; choose from {sorted(readers)}")
+    if cfg.builtin:  # generated offline on first use (the demo's mini-classify)
+        from llava_ablate.data.builtin import generate_builtin
+
+        generate_builtin(cfg.builtin, Path(cfg.root))
     dataset = readers[cfg.kind](name, cfg)
     if cfg.classnames:
         names = read_classnames_file(cfg.classnames)

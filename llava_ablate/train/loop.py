@@ -54,6 +54,8 @@ class LoopOptions:
     # Polled after every optimizer step (e.g. a preemption signal arrived); when any rank says
     # yes, all ranks checkpoint and return early so the job can requeue and resume.
     stop_requested: Callable[[], bool] | None = None
+    # Called on every rank after each optimizer step (evaluation hook); a dict result is logged.
+    evaluate: Callable[[int], dict | None] | None = None
 
 
 def _all_sum(values: list[float], device) -> list[float]:
@@ -167,6 +169,10 @@ def train_loop(
             )
             window.clear()
             t_window = time.perf_counter()
+        if opts.evaluate is not None and state.step < opts.total_steps:
+            results = opts.evaluate(state.step)  # collective under ZeRO-3: every rank calls it
+            if results:
+                metrics.log(state.step, results)
         if opts.stop_requested is not None and state.step < opts.total_steps:
             flag = torch.tensor([1.0 if opts.stop_requested() else 0.0], device=device)
             dist.all_reduce(flag)

@@ -14,18 +14,17 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from llava_ablate.config import Config, to_object
+from llava_ablate.config import to_object
+from llava_ablate.data.builtin import prepare_builtin
 from llava_ablate.data.encode import Collator, EncodeOptions, SampleEncoder
 from llava_ablate.data.mixture import open_mixture
-from llava_ablate.data.shards import build_mixture
 from llava_ablate.data.stream import BatchingOptions, ShardStream, StreamingLoader, StreamPlan
-from llava_ablate.data.toy_digits import BUILTINS
+from llava_ablate.eval.hook import TrainingEvalHook
 from llava_ablate.model.build import build_variant
 from llava_ablate.model.export import export_engine, is_exported
 from llava_ablate.model.freeze import apply_training_plan, format_plan
 from llava_ablate.model.init_from import load_parts
 from llava_ablate.model.lora import apply_lora
-from llava_ablate.model.sources import file_lock
 from llava_ablate.train import checkpoint
 from llava_ablate.train.distributed import (
     DistInfo,
@@ -63,18 +62,6 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_builtin_data(cfg: Config) -> None:
-    """Generate and shard a built-in dataset on first use (real mixtures are built explicitly)."""
-    if not cfg.data.builtin:
-        return
-    if cfg.data.builtin not in BUILTINS:
-        raise ValueError(f"data.builtin={cfg.data.builtin!r}; known: {sorted(BUILTINS)}")
-    out = Path(cfg.data.sources[0].path).parent
-    with file_lock(out.with_suffix(".lock")):  # one rank per node builds, the others wait
-        BUILTINS[cfg.data.builtin](out)
-        build_mixture(cfg.data, seed=cfg.train.seed, workers=1)
-
-
 def run_training(dcfg: DictConfig) -> Path:
     """Train the composed variant; returns the export directory. Resumes automatically."""
     cfg = to_object(dcfg)  # validation errors surface before any distributed start-up
@@ -93,7 +80,7 @@ def run_training(dcfg: DictConfig) -> Path:
     _seed(cfg.train.seed)
 
     # Data before the model: a missing file fails in seconds, not after loading 7B weights.
-    prepare_builtin_data(cfg)
+    prepare_builtin(cfg.data, cfg.train.seed)
     mixture = open_mixture(cfg.data, cfg.train.seed)
     log.info(
         "mixture %s: %s",
@@ -207,6 +194,9 @@ def run_training(dcfg: DictConfig) -> Path:
             "rng": checkpoint.rng_state(),
         }
 
+    hook = TrainingEvalHook(
+        cfg.eval, variant.processor, run_dir, pad_to_square=cfg.vision.image_aspect == "pad"
+    )
     stop_flag = StopFlag()
     opts = LoopOptions(
         total_steps=steps,
@@ -218,6 +208,7 @@ def run_training(dcfg: DictConfig) -> Path:
         checkpoint_dir=ckpt_dir,
         micro_batch=plan.micro_batch,
         stop_requested=stop_flag,
+        evaluate=lambda step: hook.maybe_run(engine.module, step, final=False),
     )
     state = train_loop(engine, iter(loader), state, opts, metrics, rank_state_now)
     stop_flag.restore()
@@ -235,6 +226,9 @@ def run_training(dcfg: DictConfig) -> Path:
             rank_state_now(state),
             cfg.train.keep_checkpoints,
         )
+    final_eval = hook.maybe_run(engine.module, state.step, final=True)
+    if final_eval:
+        metrics.log(state.step, final_eval)
     skipped = _global_skips(state)
     if tracker is not None:
         tracker.log({f"data/skipped_{k}": v for k, v in skipped.items()}, step=state.step)

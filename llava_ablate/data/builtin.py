@@ -1,0 +1,33 @@
+"""Datasets the project generates offline (no download), by the name `data.builtin` uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llava_ablate.config import DataCfg
+from llava_ablate.data.mini_classify import build_mini_classify
+from llava_ablate.data.shards import build_mixture
+from llava_ablate.data.toy_digits import build_toy_digits
+from llava_ablate.model.sources import file_lock
+
+BUILTINS = {"toy_digits": build_toy_digits, "mini_classify": build_mini_classify}
+
+
+def generate_builtin(name: str, out: Path) -> Path:
+    """Generate built-in dataset `name` into `out` once (concurrent callers wait for it)."""
+    if name not in BUILTINS:
+        raise ValueError(f"builtin={name!r}; known: {sorted(BUILTINS)}")
+    out = Path(out)
+    with file_lock(out.with_suffix(".lock")):
+        return BUILTINS[name](out)
+
+
+def prepare_builtin(data: DataCfg, seed: int) -> None:
+    """Generate a built-in dataset and shard it on first use (real mixtures are built explicitly
+    with `llava-ablate data build`). Safe to call from every rank: one does it, the others wait."""
+    if not data.builtin:
+        return
+    out = Path(data.sources[0].path).parent  # the sources live inside the generated directory
+    generate_builtin(data.builtin, out)
+    with file_lock(out.with_suffix(".shards.lock")):
+        build_mixture(data, seed=seed, workers=1)
