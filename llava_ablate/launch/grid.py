@@ -1,0 +1,198 @@
+"""Named ablation grids (`launch/<name>.yaml`) expanded into the jobs they run.
+
+A grid sweeps *axes* (Hydra overrides: config groups such as `llm`, or keys such as
+`recipe.lr.vision`) as a product, through one or more *stages*. A stage may depend on only some
+axes (`vary`): LLaVA's stage 1 aligns a projector per (vision, LLM) and does not care which
+instruction data stage 2 uses, so a 2 LLM x 2 data grid has 2 stage-1 jobs and 4 stage-2 jobs,
+each stage-2 job starting from (and waiting for) the stage-1 job of its own LLM.
+
+Run directories derive from the varied axes -- `runs/<grid>/<stage>/llm=qwen2,data=si32m` -- so
+relaunching a grid skips finished variants (their export exists) and resumes unfinished ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from llava_ablate.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+GRIDS_DIR = ROOT / "launch"
+CONF_DIR = ROOT / "conf"
+EXPORT_MARKER = "export/COMPLETE"  # written last by llava_ablate/model/export.py
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    overrides: tuple[str, ...] = ()
+    vary: tuple[str, ...] | None = None  # the grid axes this stage depends on; None = all
+    after: str | None = None  # an earlier stage: wait for it, start from its export
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    name: str
+    axes: dict[str, tuple[str, ...]]  # axis -> values, in the order given
+    stages: tuple[StageSpec, ...]
+    common: tuple[str, ...] = ()  # overrides every job gets
+    launcher: tuple[str, ...] = ()  # hydra/launcher=... and hydra.launcher.* overrides
+    description: str = ""
+    gpu: str = "a100-80gb"  # for the plan's memory check and GPU-hours
+    mfu: float = 0.4  # model FLOPs utilisation assumed for GPU-hours
+    runs_root: str = "runs"
+
+
+@dataclass
+class Job:
+    grid: str
+    stage: str
+    axes: dict[str, str]  # the stage's varied axes -> value
+    common: list[str]  # the grid's overrides for every job
+    stage_overrides: list[str]  # the stage's own (and the hand-over from its parent)
+    run_dir: Path
+    parent: Job | None = None
+    children: list[Job] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """`llm=qwen2,data=si32m`: the run's directory name and W&B run name."""
+        return ",".join(f"{k}={v}" for k, v in self.axes.items()) or self.stage
+
+    @property
+    def overrides(self) -> list[str]:
+        """Hydra overrides, without run_dir / W&B naming."""
+        return [*self.common, *(f"{a}={v}" for a, v in self.axes.items()), *self.stage_overrides]
+
+    @property
+    def finished(self) -> bool:
+        return (self.run_dir / EXPORT_MARKER).exists()
+
+    def wandb_name(self, single_stage: bool) -> str:
+        return self.name if single_stage else f"{self.stage}/{self.name}"
+
+    def all_overrides(self, single_stage: bool) -> list[str]:
+        """Everything `train.py` needs to run exactly this job (values quoted for Hydra)."""
+        return [
+            *self.overrides,
+            f"train.run_dir={quote(str(self.run_dir))}",
+            f"wandb.group={quote(self.grid)}",
+            f"wandb.name={quote(self.wandb_name(single_stage))}",
+        ]
+
+
+def quote(value: str) -> str:
+    """Hydra override value: quoted when it holds the grammar's special characters."""
+    if any(c in value for c in ",=[]{}()'\" :"):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return value
+
+
+def grid_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    path = GRIDS_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in GRIDS_DIR.glob("*.yaml"))
+        raise ConfigError(f"no grid named {name!r} in {GRIDS_DIR}; known grids: {known}")
+    return path
+
+
+def _strings(node, where: str) -> tuple[str, ...]:
+    if node is None:
+        return ()
+    if not isinstance(node, (list, ListConfig)):
+        raise ConfigError(f"{where} must be a list of Hydra overrides, got {node!r}")
+    return tuple(str(x) for x in node)
+
+
+_GRID_KEYS = {"name", "description", "axes", "stages", "common", "launcher", "gpu", "mfu"}
+_STAGE_KEYS = {"name", "overrides", "vary", "after"}
+
+
+def load_grid(name: str, runs_root: str | None = None) -> GridSpec:
+    path = grid_path(name)
+    raw = OmegaConf.load(path)
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"{path}: a grid is a mapping with axes and stages")
+    unknown = set(raw.keys()) - _GRID_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; allowed {sorted(_GRID_KEYS)}")
+    axes = {str(k): _strings(v, f"{path}: axes.{k}") for k, v in (raw.get("axes") or {}).items()}
+    for axis, values in axes.items():
+        if not values:
+            raise ConfigError(f"{path}: axes.{axis} has no values")
+    stages = []
+    for i, s in enumerate(raw.get("stages") or OmegaConf.create([{"name": "train"}])):
+        extra = set(s.keys()) - _STAGE_KEYS
+        if extra:
+            raise ConfigError(f"{path}: stages[{i}] has unknown keys {sorted(extra)}")
+        vary = None if s.get("vary") is None else _strings(s.vary, f"{path}: stages[{i}].vary")
+        for axis in vary or ():
+            if axis not in axes:
+                raise ConfigError(
+                    f"{path}: stages[{i}].vary names {axis!r}, not one of the axes {list(axes)}"
+                )
+        after = s.get("after")
+        if after is not None and after not in [st.name for st in stages]:
+            raise ConfigError(
+                f"{path}: stages[{i}].after={after!r} is not an earlier stage "
+                f"({[st.name for st in stages]})"
+            )
+        stages.append(
+            StageSpec(str(s.name), _strings(s.get("overrides"), f"stages[{i}]"), vary, after)
+        )
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: stage names must be unique, got {names}")
+    return GridSpec(
+        name=str(raw.get("name") or path.stem),
+        axes=axes,
+        stages=tuple(stages),
+        common=_strings(raw.get("common"), f"{path}: common"),
+        launcher=_strings(raw.get("launcher"), f"{path}: launcher"),
+        description=str(raw.get("description") or ""),
+        gpu=str(raw.get("gpu") or GridSpec.gpu),
+        mfu=float(raw.get("mfu") or GridSpec.mfu),
+        runs_root=runs_root or GridSpec.runs_root,
+    )
+
+
+def expand(grid: GridSpec) -> list[Job]:
+    """Every job of the grid, parents before children; jobs shared by variants appear once."""
+    jobs: dict[tuple[str, tuple], Job] = {}
+    order: list[Job] = []
+    axis_names = list(grid.axes)
+    single = len(grid.stages) == 1
+    for combo in itertools.product(*grid.axes.values()):
+        values = dict(zip(axis_names, combo, strict=True))
+        by_stage: dict[str, Job] = {}
+        for stage in grid.stages:
+            varied = stage.vary if stage.vary is not None else tuple(axis_names)
+            axes = {a: values[a] for a in axis_names if a in varied}
+            key = (stage.name, tuple(axes.items()))
+            job = jobs.get(key)
+            if job is None:
+                parent = by_stage[stage.after] if stage.after else None
+                name = ",".join(f"{k}={v}" for k, v in axes.items()) or stage.name
+                run_dir = Path(grid.runs_root) / grid.name / ("" if single else stage.name) / name
+                own = list(stage.overrides)
+                if parent is not None:
+                    own.append(f"recipe.init_from={quote(str(parent.run_dir / 'export'))}")
+                job = Job(grid.name, stage.name, axes, list(grid.common), own, run_dir, parent)
+                if parent is not None:
+                    parent.children.append(job)
+                jobs[key] = job
+                order.append(job)
+            elif stage.after and job.parent is not by_stage[stage.after]:
+                raise ConfigError(
+                    f"grid {grid.name}: stage {stage.name!r} job {job.name} would start from two "
+                    f"different {stage.after!r} jobs; add the axes that differ to its `vary`"
+                )
+            by_stage[stage.name] = job
+    return order

@@ -1,0 +1,287 @@
+"""`--dry-run` / `llava-ablate plan <grid>`: every job of a grid with its resources, the steps
+and tokens it will train on, its GPU memory per rank and its GPU-hours -- before submitting."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from llava_ablate.config import Config, ConfigError, register_configs, to_object
+from llava_ablate.launch.estimate import (
+    DataSize,
+    EstimateError,
+    Memory,
+    ModelSize,
+    data_size,
+    fmt_bytes,
+    fmt_count,
+    gpu_spec,
+    memory_per_rank,
+    model_size,
+    train_flops,
+)
+from llava_ablate.launch.grid import CONF_DIR, GridSpec, Job, expand, load_grid
+
+
+@dataclass
+class Resources:
+    launcher: str  # the hydra/launcher choice
+    nodes: int
+    tasks_per_node: int
+    gpus_per_node: int | None
+    timeout_min: int
+    partition: str | None
+    account: str | None
+    qos: str | None
+
+    @property
+    def world(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * (self.gpus_per_node or 0)
+
+
+@dataclass
+class PlanRow:
+    job: Job
+    status: str  # finished | resume@<step> | new
+    resources: Resources
+    steps: int | None
+    micro_batch: int
+    grad_accum: int
+    data: DataSize
+    tokens: float | None
+    size: ModelSize
+    memory: Memory
+    gpu_hours: float | None
+    gpu_mem_gib: float  # the assumed GPU's memory, 0 on CPU
+
+    @property
+    def fits(self) -> bool:
+        return not self.gpu_mem_gib or self.memory.total / 2**30 <= self.gpu_mem_gib
+
+
+def compose_job(job: Job, grid: GridSpec, extra: list[str]) -> tuple[Config, DictConfig]:
+    """The job's config exactly as train.py will compose it, and the Hydra launcher node."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    overrides = [*job.all_overrides(len(grid.stages) == 1), *grid.launcher, *extra]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            dcfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    except Exception as e:  # Hydra's own errors name the bad override
+        raise ConfigError(f"grid {grid.name}, job {job.stage}/{job.name}: {e}") from e
+    launcher = dcfg.hydra.launcher
+    choice = dcfg.hydra.runtime.choices.get("hydra/launcher")
+    with open_dict(dcfg):
+        del dcfg["hydra"]
+    launcher = OmegaConf.create(OmegaConf.to_container(launcher, resolve=False))
+    launcher.choice = choice
+    return to_object(dcfg), launcher
+
+
+def _resources(launcher: DictConfig) -> Resources:
+    get = launcher.get
+    return Resources(
+        launcher=str(get("choice")),
+        nodes=int(get("nodes", 1) or 1),
+        tasks_per_node=int(get("tasks_per_node", 1) or 1),
+        gpus_per_node=get("gpus_per_node"),
+        timeout_min=int(get("timeout_min", 0) or 0),
+        partition=get("partition"),
+        account=get("account"),
+        qos=get("qos"),
+    )
+
+
+def _status(job: Job) -> str:
+    from llava_ablate.train.checkpoint import latest_complete
+
+    if job.finished:
+        return "finished"
+    latest = latest_complete(job.run_dir / "checkpoints")
+    return f"resume@{int(latest.name.split('_')[1])}" if latest else "new"
+
+
+def plan_job(job: Job, grid: GridSpec, extra: list[str]) -> PlanRow:
+    from llava_ablate.train.ds_config import plan_batches, total_steps
+
+    cfg, launcher = compose_job(job, grid, extra)
+    res = _resources(launcher)
+    peak_flops, gpu_mem = gpu_spec(grid.gpu)
+    on_gpu = grid.gpu != "cpu"
+    batches = plan_batches(cfg.recipe, res.world)
+    size = model_size(cfg)
+    data = data_size(cfg, size.image_tokens)
+    if cfg.recipe.max_steps:
+        steps: int | None = cfg.recipe.max_steps
+    elif data.samples is not None:
+        steps = total_steps(cfg.recipe, data.samples)
+    else:
+        steps = None
+    samples = steps * cfg.recipe.global_batch_size if steps is not None else None
+    tokens = samples * data.tokens_per_sample if samples and data.tokens_per_sample else None
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = "bf16" if on_gpu else "fp32"
+    memory = memory_per_rank(
+        size,
+        zero_stage=cfg.deepspeed.zero_stage,
+        world=res.world,
+        precision=precision,
+        micro_batch=cfg.recipe.micro_batch_size,
+        seq_len=data.longest or cfg.recipe.max_length,
+        gradient_checkpointing=cfg.train.gradient_checkpointing,
+        offload_optimizer=cfg.deepspeed.offload_optimizer,
+        offload_param=cfg.deepspeed.offload_param,
+        gpu=on_gpu,
+    )
+    gpu_hours = None
+    if on_gpu and samples and data.tokens_per_sample is not None:
+        flops = train_flops(
+            size,
+            samples,
+            data.tokens_per_sample,
+            data.images_per_sample or 0.0,
+            cfg.train.gradient_checkpointing,
+        )
+        gpu_hours = flops / (peak_flops * grid.mfu) / 3600
+    return PlanRow(
+        job,
+        _status(job),
+        res,
+        steps,
+        batches.micro_batch,
+        batches.grad_accum,
+        data,
+        tokens,
+        size,
+        memory,
+        gpu_hours,
+        gpu_mem,
+    )
+
+
+def plan_grid(grid: GridSpec, extra: list[str] | None = None) -> list[PlanRow]:
+    return [plan_job(job, grid, list(extra or [])) for job in expand(grid)]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def format_plan(grid: GridSpec, rows: list[PlanRow]) -> str:
+    todo = [r for r in rows if r.status != "finished"]
+    first = rows[0].resources if rows else None
+    out = [
+        f"grid {grid.name}: {len(rows)} jobs, {len(todo)} to run, "
+        f"{len(rows) - len(todo)} finished"
+        + (f" -- {grid.description}" if grid.description else ""),
+        f"launcher {first.launcher if first else '-'}, assumed GPU {grid.gpu}"
+        + (f", MFU {grid.mfu:.0%}" if grid.gpu != "cpu" else ""),
+        "",
+    ]
+    index = {id(r.job): i + 1 for i, r in enumerate(rows)}
+    table = []
+    for i, r in enumerate(rows, 1):
+        res = r.resources
+        alloc = f"{res.nodes}x{res.tasks_per_node}" + (
+            f" ({res.gpus} GPU)" if res.gpus_per_node else " (CPU)"
+        )
+        table.append(
+            [
+                str(i),
+                r.job.stage,
+                r.job.name,
+                r.status,
+                f"#{index[id(r.job.parent)]}" if r.job.parent else "-",
+                alloc,
+                f"{res.timeout_min}m",
+                "?" if r.steps is None else f"{r.steps:,}",
+                f"{r.micro_batch}x{r.grad_accum}x{res.world}",
+                "?" if r.tokens is None else fmt_count(r.tokens),
+                f"{fmt_count(r.size.params)}/{fmt_count(r.size.trainable_params)}",
+                fmt_bytes(r.memory.total) + ("" if r.fits else " !"),
+                "-" if r.gpu_hours is None else f"{r.gpu_hours:,.1f}",
+            ]
+        )
+    out.append(
+        _table(
+            [
+                "#",
+                "stage",
+                "job",
+                "status",
+                "after",
+                "nodes x tasks",
+                "time",
+                "steps",
+                "micro x accum x ranks",
+                "tokens",
+                "params/trained",
+                "mem/rank",
+                "GPU-h",
+            ],
+            table,
+        )
+    )
+    out += [
+        "",
+        "memory per rank (weights + gradients + optimizer + activations + overhead), for the "
+        "longest batch (recipe.max_length unless the manifests know better):",
+    ]
+    for i, r in enumerate(rows, 1):
+        m = r.memory
+        parts = " + ".join(
+            fmt_bytes(x) for x in (m.weights, m.gradients, m.optimizer, m.activations, m.overhead)
+        )
+        cap = f" > {r.gpu_mem_gib:.0f} GiB: will not fit" if not r.fits else ""
+        out.append(f"  #{i} {parts} = {fmt_bytes(m.total)}{cap}")
+    unknown = sorted({r.data.source for r in rows if r.steps is None})
+    for why in unknown:
+        out.append(f"  steps unknown: data {why}")
+    hours = [r.gpu_hours for r in todo if r.gpu_hours is not None]
+    if grid.gpu != "cpu":
+        known = f"{sum(hours):,.1f}" if hours else "unknown"
+        missing = len(todo) - len(hours)
+        out.append(
+            f"GPU-hours to run: {known}"
+            + (f" ({missing} jobs unknown)" if hours and missing else "")
+        )
+    first_rows = [r for r in rows if r.resources.partition or r.resources.account]
+    if first_rows:
+        res = first_rows[0].resources
+        out.append(f"partition={res.partition} account={res.account} qos={res.qos}")
+    return "\n".join(out)
+
+
+def plan_command(args: argparse.Namespace) -> None:
+    grid = load_grid(args.grid, runs_root=args.runs_root)
+    if args.gpu:
+        grid = GridSpec(**{**grid.__dict__, "gpu": args.gpu})
+    try:
+        rows = plan_grid(grid, args.overrides)
+    except (ConfigError, EstimateError) as e:
+        raise SystemExit(f"plan failed: {e}") from e
+    print(format_plan(grid, rows))
+
+
+def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("grid", help="a grid in launch/ (e.g. llm_x_data) or a grid YAML file")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
+    parser.add_argument("--runs-root", default=None, help="where run directories go (runs)")
+    parser.add_argument("--gpu", default=None, help="GPU to size for (a100-80gb, h100-80gb...)")
+
+
+def add_plan_command(subparsers) -> None:
+    """`llava-ablate plan`: registered by llava_ablate/cli.py."""
+    p = subparsers.add_parser("plan", help="print a grid's jobs, resources, memory, GPU-hours")
+    add_plan_arguments(p)
+    p.set_defaults(func=plan_command)

@@ -1,0 +1,103 @@
+"""What a Slurm (or submitit) task needs before and after training: torch.distributed's
+environment from the scheduler's, and requeueing itself after a preemption checkpoint.
+
+One task per GPU (on CPU: per rank). torchrun sets RANK/LOCAL_RANK itself and is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from dataclasses import dataclass
+
+log = logging.getLogger("llava_ablate.launch")
+
+# The training loop's stop handler (llava_ablate/train/preemption.py) listens to SIGUSR1 and
+# SIGTERM; submitit defaults to USR2 for its `--signal` and its own handler. Both must agree,
+# so the launcher, the sbatch script and the tasks all use USR1.
+PREEMPT_SIGNAL = "USR1"
+
+
+@dataclass
+class TaskEnv:
+    scheduler: str  # torchrun | slurm | local (submitit's local executor) | none
+    rank: int
+    local_rank: int
+    world: int
+    job_id: str | None = None
+    restarts: int = 0  # SLURM_RESTART_COUNT: how many times this job was requeued
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def detect_scheduler(environ: dict[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "LOCAL_RANK" in env:
+        return "torchrun"
+    if env.get("SUBMITIT_EXECUTOR") in ("slurm", "local"):
+        return env["SUBMITIT_EXECUTOR"]
+    # A plain `srun -n8 python train.py` step (not the batch shell, which has no SLURM_STEP_ID
+    # of its own tasks): every task is one rank.
+    if "SLURM_STEP_ID" in env and "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        return "slurm"
+    return "none"
+
+
+def export_distributed_env() -> TaskEnv:
+    """Set RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT from the scheduler.
+
+    All GPUs of a node stay visible to each of its tasks (`gpus_per_node`, not
+    `gpus_per_task`); the training code picks `cuda:LOCAL_RANK`.
+    """
+    scheduler = detect_scheduler()
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    if scheduler in ("slurm", "local"):
+        if scheduler == "slurm" and "SUBMITIT_EXECUTOR" not in os.environ:
+            os.environ["SUBMITIT_EXECUTOR"] = "slurm"  # lets submitit read a plain srun step
+        import submitit
+
+        dist_env = submitit.helpers.TorchDistributedEnvironment().export(
+            set_cuda_visible_devices=False
+        )
+        job_id = submitit.JobEnvironment().job_id
+        env = TaskEnv(
+            scheduler, dist_env.rank, dist_env.local_rank, dist_env.world_size, job_id, restarts
+        )
+        if env.is_main:
+            log.setLevel(logging.INFO)  # Hydra's job logging defaults the root to WARNING
+            log.info(
+                "%s job %s: %d tasks, master %s:%s, restart %d",
+                scheduler,
+                job_id,
+                env.world,
+                dist_env.master_addr,
+                dist_env.master_port,
+                restarts,
+            )
+        return env
+    rank = int(os.environ.get("RANK", "0"))
+    return TaskEnv(
+        scheduler,
+        rank,
+        int(os.environ.get("LOCAL_RANK", "0")),
+        int(os.environ.get("WORLD_SIZE", "1")),
+    )
+
+
+def requeue_job(job_id: str) -> bool:
+    """`scontrol requeue <job>`: Slurm ends this run and queues the job again, same id and
+    script; True on success. A job already being requeued by the scheduler (preemption with
+    PreemptMode=REQUEUE) makes scontrol fail, which is fine."""
+    try:
+        subprocess.run(
+            ["scontrol", "requeue", job_id], check=True, capture_output=True, text=True, timeout=60
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+        detail = getattr(e, "stderr", "") or e
+        log.warning("scontrol requeue %s failed: %s", job_id, str(detail).strip())
+        return False
+    log.warning("job %s requeued: it will resume from its checkpoint", job_id)
+    return True

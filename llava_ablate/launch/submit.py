@@ -1,0 +1,215 @@
+"""Submit a grid through Hydra's launcher: `train.py -m ... hydra/launcher=slurm`, one multirun
+per *unit* of jobs that can share one Slurm job array.
+
+Hydra's submitit launcher submits a sweep as one array and then waits for it, so chaining is
+done with Slurm itself: a job that later stages start from is its own unit (its array id is read
+from the submitit folder as soon as it is submitted), and each unit of later-stage jobs is
+submitted with `--dependency=afterok:<that id>` -- stage 2 queues at once and starts when its own
+stage 1 has succeeded (or is cancelled if that failed). Without Slurm (basic or submitit_local
+launchers) the units run one after the other instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from llava_ablate.launch.grid import CONF_DIR, ROOT, GridSpec, Job, quote
+
+log = logging.getLogger("llava_ablate.launch")
+
+_ARRAY_DIR = re.compile(r"^(\d+)(?:_\d+)?$")  # <id> for one job, <id>_<task> for arrays
+
+
+@dataclass
+class Unit:
+    """Jobs submitted by one `train.py -m` (one Slurm array)."""
+
+    stage: str
+    jobs: list[Job]
+    parent: Job | None  # the job all of these start from (same for every job of the unit)
+
+    @property
+    def label(self) -> str:
+        return self.jobs[0].name if len(self.jobs) == 1 else f"{len(self.jobs)} jobs"
+
+
+def _is_group(axis: str) -> bool:
+    return (CONF_DIR / axis).is_dir()
+
+
+def _sweepable(jobs: list[Job]) -> bool:
+    """Jobs form a full product over config-group axes (so run dirs can be interpolated)."""
+    axes = list(jobs[0].axes)
+    if not all(_is_group(a) for a in axes):
+        return False
+    values = {a: sorted({j.axes[a] for j in jobs}) for a in axes}
+    return len(jobs) == len(list(itertools.product(*values.values())))
+
+
+def make_units(jobs: list[Job]) -> list[Unit]:
+    """Unfinished jobs, parents first; a job others start from is a unit of its own."""
+    todo = [j for j in jobs if not j.finished]
+    units: list[Unit] = []
+    groups: dict[tuple[str, int], list[Job]] = {}
+    for job in todo:
+        if any(not c.finished for c in job.children):
+            units.append(Unit(job.stage, [job], job.parent))
+        else:
+            groups.setdefault((job.stage, id(job.parent)), []).append(job)
+    for members in groups.values():
+        if _sweepable(members):
+            units.append(Unit(members[0].stage, members, members[0].parent))
+        else:
+            units += [Unit(j.stage, [j], j.parent) for j in members]
+    stage_order = {j.stage: i for i, j in enumerate(jobs)}
+    return sorted(units, key=lambda u: stage_order[u.stage])
+
+
+def _axis_ref(axis: str) -> str:
+    return f"${{hydra:runtime.choices.{axis}}}"
+
+
+def unit_overrides(unit: Unit, grid: GridSpec, sweep_dir: Path) -> list[str]:
+    single = len(grid.stages) == 1
+    first = unit.jobs[0]
+    if len(unit.jobs) == 1:
+        per_job = first.all_overrides(single)
+    else:  # sweep the axes; run dir and W&B name are rebuilt per job from Hydra's choices
+        axes = list(first.axes)
+        sweeps = [f"{a}={','.join(sorted({j.axes[a] for j in unit.jobs}))}" for a in axes]
+        name = ",".join(f"{a}={_axis_ref(a)}" for a in axes)
+        run_dir = str(first.run_dir.parent / name)
+        wandb_name = name if single else f"{unit.stage}/{name}"
+        per_job = [
+            *first.common,
+            *sweeps,
+            *first.stage_overrides,
+            f"train.run_dir={quote(run_dir)}",
+            f"wandb.group={quote(grid.name)}",
+            f"wandb.name={quote(wandb_name)}",
+        ]
+    return [
+        *per_job,
+        *grid.launcher,
+        f"hydra.sweep.dir={quote(str(sweep_dir))}",
+        "hydra.sweep.subdir=${hydra.job.num}",
+    ]
+
+
+def launcher_choice(overrides: list[str]) -> str:
+    choice = "basic"
+    for o in overrides:
+        if o.startswith("hydra/launcher="):
+            choice = o.split("=", 1)[1]
+    return choice
+
+
+def uses_slurm(grid: GridSpec, extra: list[str]) -> bool:
+    choice = launcher_choice([*grid.launcher, *extra])
+    return choice.startswith("slurm") or choice == "submitit_slurm"
+
+
+@dataclass
+class Submitted:
+    unit: Unit
+    process: subprocess.Popen
+    log_path: Path
+    array_id: str | None = None
+
+
+def _wait_for_array_id(sub: Submitted, sweep_dir: Path, timeout_s: float) -> str:
+    """The array id appears as `<sweep>/.submitit/<id>_<task>` right after sbatch returns."""
+    folder = sweep_dir / ".submitit"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if folder.is_dir():
+            for entry in folder.iterdir():
+                m = _ARRAY_DIR.match(entry.name)
+                if m:
+                    return m.group(1)
+        if sub.process.poll() is not None and sub.process.returncode != 0:
+            break
+        time.sleep(0.5)
+    tail = sub.log_path.read_text(errors="replace")[-3000:] if sub.log_path.exists() else ""
+    raise RuntimeError(
+        f"no Slurm job id for {sub.unit.stage}/{sub.unit.label} after {timeout_s:.0f}s "
+        f"(see {sub.log_path}):\n{tail}"
+    )
+
+
+def submit_grid(
+    grid: GridSpec,
+    jobs: list[Job],
+    extra: list[str],
+    *,
+    wait: bool = True,
+    submit_timeout_s: float = 300,
+) -> int:
+    """Submit every unfinished job; returns the number of units that failed (0 when waiting is
+    off and everything was submitted)."""
+    units = make_units(jobs)
+    if not units:
+        print(f"grid {grid.name}: every job is finished; nothing to submit")
+        return 0
+    slurm = uses_slurm(grid, extra)
+    root = Path(grid.runs_root) / grid.name / ".launch"
+    array_of: dict[int, str] = {}  # id(job) -> Slurm array job id
+    submitted: list[Submitted] = []
+    failed = 0
+    for n, unit in enumerate(units):
+        sweep_dir = root / f"{n:02d}-{unit.stage}"
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        overrides = unit_overrides(unit, grid, sweep_dir) + list(extra)
+        parent = unit.parent
+        if slurm and parent is not None and not parent.finished:
+            dep = array_of[id(parent)]
+            overrides += [
+                f"+hydra.launcher.additional_parameters.dependency=afterok:{dep}",
+                "+hydra.launcher.additional_parameters.kill_on_invalid_dep=yes",
+            ]
+        cmd = [sys.executable, str(ROOT / "train.py"), "-m", *overrides]
+        log_path = sweep_dir / "launcher.log"
+        (sweep_dir / "command.txt").write_text(" ".join(map(quote_shell, cmd)) + "\n")
+        with open(log_path, "ab") as fh:
+            proc = subprocess.Popen(
+                cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        sub = Submitted(unit, proc, log_path)
+        if slurm:
+            sub.array_id = _wait_for_array_id(sub, sweep_dir, submit_timeout_s)
+            for job in unit.jobs:
+                array_of[id(job)] = sub.array_id
+            after = f" after {array_of[id(parent)]}" if parent and id(parent) in array_of else ""
+            print(f"submitted {unit.stage}/{unit.label}: Slurm array {sub.array_id}{after}")
+        else:  # no scheduler to chain with: run the units in order
+            print(
+                f"running {unit.stage}/{unit.label} ({launcher_choice([*grid.launcher, *extra])})"
+            )
+            if proc.wait() != 0:
+                failed += 1
+                print(f"  failed (exit {proc.returncode}); log: {log_path}")
+                break
+        submitted.append(sub)
+    if not slurm or not wait:
+        if slurm:
+            print(f"launcher processes keep running and log to {root}/*/launcher.log")
+        return failed
+    for sub in submitted:
+        code = sub.process.wait()
+        state = "finished" if code == 0 else f"FAILED (exit {code}, log {sub.log_path})"
+        print(f"{sub.unit.stage}/{sub.unit.label} [array {sub.array_id}]: {state}")
+        failed += code != 0
+    return failed
+
+
+def quote_shell(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
