@@ -47,7 +47,7 @@ def digits_dataset(root: Path, n: int) -> ClassificationDataset:
     return ClassificationDataset("digits", names, samples)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser()
     p.add_argument("--llm", default="smollm2_135m")
     p.add_argument("--vision", default="tiny_clip")
@@ -55,14 +55,15 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--cache-dir", default=str(ROOT / ".cache" / "llava_ablate"))
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.manual_seed(0)
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = to_object(compose("config", [f"vision={args.vision}", f"llm={args.llm}"]))
     variant = build_variant(cfg.vision, cfg.llm, cfg.projector, cache_dir=args.cache_dir)
-    model = MLLMChoiceModel(variant.model.eval(), variant.processor,
-                            max_new_tokens=args.max_new_tokens)
+    model = MLLMChoiceModel(
+        variant.model.eval(), variant.processor, max_new_tokens=args.max_new_tokens
+    )
     with tempfile.TemporaryDirectory() as tmp:
         ds = digits_dataset(Path(tmp), args.questions)
         ecfg = EvalCfg(questions=QuestionsCfg(), scoring=ScoringCfg(batch_size=args.batch_size))
@@ -79,15 +80,23 @@ def main() -> None:
             rate[scorer] = len(units) / (time.perf_counter() - t0)
     agree = agreement(preds, "likelihood", "generate")
     unparsed = sum(p.pred is None for p in preds if p.scorer == "generate")
-    print(f"model: vision={args.vision} llm={args.llm}; {len(units)} questions, "
-          f"{qs.num_options} options, batch {args.batch_size}, torch threads "
-          f"{torch.get_num_threads()}")
+    print(
+        f"model: vision={args.vision} llm={args.llm}; {len(units)} questions, "
+        f"{qs.num_options} options, batch {args.batch_size}, torch threads "
+        f"{torch.get_num_threads()}"
+    )
     for s in ("likelihood", "generate"):
         acc = np.mean([p.correct for p in preds if p.scorer == s])
         print(f"{s:>10}: {rate[s]:7.2f} questions/s  accuracy {acc:.3f}")
-    print(f"agreement: same choice {agree['same_choice']:.3f}, same correctness "
-          f"{agree['same_correctness']:.3f}; generate unparsed {unparsed}/{len(units)}")
+    print(
+        f"agreement: same choice {agree['same_choice']:.3f}, same correctness "
+        f"{agree['same_correctness']:.3f}; generate unparsed {unparsed}/{len(units)}"
+    )
     print(f"ratio likelihood/generate: {rate['likelihood'] / rate['generate']:.2f}x")
+    return {
+        "likelihood_over_generate": rate["likelihood"] / rate["generate"],
+        "same_choice": agree["same_choice"],
+    }
 
 
 if __name__ == "__main__":

@@ -110,9 +110,8 @@ def train_loop(
         if empty:
             loss = loss * 0.0
 
-        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)
-        dist.all_reduce(bad)
-        if bad.item() > 0:  # every rank skips the same micro-batch, keeping DeepSpeed in step
+        # Every rank skips the same micro-batch, keeping DeepSpeed's collectives in step.
+        if _any_rank(not bool(torch.isfinite(loss)), device):
             state.nonfinite += 1
             if state.nonfinite > opts.nan_skip_limit:
                 raise NonFiniteLoss(
@@ -173,22 +172,10 @@ def train_loop(
             results = opts.evaluate(state.step)  # collective under ZeRO-3: every rank calls it
             if results:
                 metrics.log(state.step, results)
-        if opts.stop_requested is not None and state.step < opts.total_steps:
-            flag = torch.tensor([1.0 if opts.stop_requested() else 0.0], device=device)
-            dist.all_reduce(flag)
-            if flag.item() > 0:
-                log.warning("stop requested at step %d: checkpointing before exit", state.step)
-                checkpoint.save(
-                    engine,
-                    opts.checkpoint_dir,
-                    state.step,
-                    state.client_state(),
-                    on_checkpoint(state),
-                    opts.keep_checkpoints,
-                )
-                state.stopped_early = True
-                return state
-        if opts.save_every and state.step % opts.save_every == 0 and state.step < opts.total_steps:
+        if state.step >= opts.total_steps:
+            break  # the final checkpoint and export are the caller's
+        stop = opts.stop_requested is not None and _any_rank(opts.stop_requested(), device)
+        if stop or (opts.save_every and state.step % opts.save_every == 0):
             checkpoint.save(
                 engine,
                 opts.checkpoint_dir,
@@ -197,7 +184,17 @@ def train_loop(
                 on_checkpoint(state),
                 opts.keep_checkpoints,
             )
+        if stop:
+            log.warning("stop requested at step %d: checkpointed, exiting", state.step)
+            state.stopped_early = True
+            return state
     return state
+
+
+def _any_rank(flag: bool, device) -> bool:
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t)
+    return t.item() > 0
 
 
 def _check_skips(state: TrainState, max_fraction: float, device) -> None:
