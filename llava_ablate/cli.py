@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from llava_ablate.config import Config, register_configs, to_object
+from llava_ablate.launch.plan import add_plan_command
+from llava_ablate.report.command import add_report_command
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -118,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     expo.add_argument("--classes", required=True, help="class names (+ synonyms) file")
     expo.add_argument("--out", required=True, help="CSV to write")
     expo.set_defaults(func=data_exposure)
+    add_plan_command(sub)
+    add_report_command(sub)
     args = parser.parse_args(argv)
     args.func(args)
 

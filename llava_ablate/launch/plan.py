@@ -115,7 +115,10 @@ def plan_job(job: Job, grid: GridSpec, extra: list[str]) -> PlanRow:
     res = _resources(launcher)
     peak_flops, gpu_mem = gpu_spec(grid.gpu)
     on_gpu = grid.gpu != "cpu"
-    batches = plan_batches(cfg.recipe, res.world)
+    try:
+        batches = plan_batches(cfg.recipe, res.world)
+    except ConfigError as e:
+        raise ConfigError(f"grid {grid.name}, job {job.name}: {e}") from e
     size = model_size(cfg)
     data = data_size(cfg, size.image_tokens)
     if cfg.recipe.max_steps:

@@ -1,0 +1,1 @@
+"""Comparison reports from runs' local results: collect -> compare -> HTML / W&B Report."""

@@ -1,0 +1,61 @@
+"""`llava-ablate report <grid dir or run dirs>`: the offline HTML report, and the W&B Report
+when asked (`--wandb`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from llava_ablate.report.collect import ResultsError, discover_runs, label_runs, read_run
+from llava_ablate.report.compare import deltas, pick_baseline
+from llava_ablate.report.html import read_exposure, render_html
+
+
+def build(args: argparse.Namespace):
+    paths = discover_runs([Path(p) for p in args.paths])
+    runs = [read_run(p, args.scorer) for p in paths]
+    label_runs(runs)
+    base = pick_baseline(runs, args.baseline)
+    items = deltas(runs, base, args.bootstrap, args.seed)
+    return runs, base, items
+
+
+def report_command(args: argparse.Namespace) -> None:
+    try:
+        runs, base, items = build(args)
+        exposure = read_exposure(Path(args.exposure)) if args.exposure else None
+    except (ResultsError, ValueError, OSError) as e:
+        raise SystemExit(f"report failed: {e}") from e
+    title = args.title or f"llava-ablate: {', '.join(map(str, args.paths))}"
+    html = render_html(runs, base, items, title=title, exposure=exposure,
+                       n_boot=args.bootstrap, seed=args.seed)  # fmt: skip
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(html, encoding="utf-8")
+    print(f"{len(runs)} variants, {len(items)} comparisons against {base.label}: {out}")
+    if args.wandb:
+        from llava_ablate.report.wandb_report import build_report, save_report
+
+        if not args.wandb_entity:
+            raise SystemExit("--wandb needs --wandb-entity (your W&B user or team)")
+        report = build_report(runs, base, items, project=args.wandb_project,
+                              entity=args.wandb_entity, group=args.wandb_group, title=title)  # fmt: skip
+        print(f"W&B report: {save_report(report)}")
+
+
+def add_report_command(subparsers) -> None:
+    """Registered by llava_ablate/cli.py."""
+    p = subparsers.add_parser("report", help="compare runs: offline HTML (+ W&B Report)")
+    p.add_argument("paths", nargs="+", help="a grid directory (runs below it) or run directories")
+    p.add_argument("--out", default="report.html", help="the HTML file to write")
+    p.add_argument("--baseline", default=None, help="variant label or run dir (default: first)")
+    p.add_argument("--scorer", default="likelihood", help="which scorer's results to compare")
+    p.add_argument("--exposure", default=None, help="class_name,exposure CSV (data exposure)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="paired-bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--title", default=None)
+    p.add_argument("--wandb", action="store_true", help="also save a W&B Report (needs login)")
+    p.add_argument("--wandb-project", default="llava-ablate")
+    p.add_argument("--wandb-entity", default=None)
+    p.add_argument("--wandb-group", default=None, help="the grid's W&B group (its name)")
+    p.set_defaults(func=report_command)

@@ -1,0 +1,177 @@
+"""The offline report: one self-contained HTML file (inline CSS and SVG, no network) with the
+variant x dataset accuracy table, hard-class accuracy, deltas against a baseline with paired CIs
+and McNemar p-values, plots, and each variant's exact config. Every number shown is also in the
+embedded `report-data` JSON, straight from the results files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+
+from llava_ablate.report.collect import Accuracy, RunResult
+from llava_ablate.report.compare import Delta
+from llava_ablate.report.svg import bar_chart, line_chart, scatter_chart
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;padding:4px 8px}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.ci{color:#777;font-size:0.85em}.sig{font-weight:bold}.base{background:#fffbe6}
+pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:0.8em}
+"""
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def _acc_cell(a: Accuracy | None) -> str:
+    if a is None:
+        return '<td class="num">-</td>'
+    return (
+        f'<td class="num" data-value="{a.value!r}">{pct(a.value)}'
+        f' <span class="ci">[{pct(a.ci_low)}, {pct(a.ci_high)}]</span></td>'
+    )
+
+
+def read_exposure(path: Path) -> dict[str, float]:
+    """`class_name,exposure` (the `llava-ablate data exposure` table)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"class_name", "exposure"} <= set(rows[0]):
+        raise ValueError(f"{path}: expected columns class_name,exposure")
+    return {r["class_name"]: float(r["exposure"]) for r in rows}
+
+
+def _accuracy_table(runs, datasets, base, hard: bool) -> str:
+    head = "".join(f"<th>{escape(d)}</th>" for d in datasets)
+    rows = []
+    for r in runs:
+        cls = ' class="base"' if r is base else ""
+        cells = "".join(
+            _acc_cell(
+                (r.datasets[d].hard if hard else r.datasets[d].accuracy)
+                if d in r.datasets
+                else None
+            )  # fmt: skip
+            for d in datasets
+        )
+        rows.append(f"<tr{cls}><th>{escape(r.label)}</th>{cells}</tr>")
+    return f"<table><tr><th>variant</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _delta_table(items: list[Delta], alpha: float = 0.05) -> str:
+    rows = []
+    for d in items:
+        c = d.comparison
+        sig = ' class="num sig"' if c.mcnemar_p < alpha else ' class="num"'
+        rows.append(
+            f"<tr><th>{escape(d.variant)}</th><td>{escape(d.dataset)}</td>"
+            f'<td class="num">{pct(c.acc_a)}</td><td class="num">{pct(c.acc_b)}</td>'
+            f'<td{sig} data-value="{c.delta!r}">{100 * c.delta:+.2f}'
+            f' <span class="ci">[{100 * c.delta_ci_low:+.2f}, {100 * c.delta_ci_high:+.2f}]</span>'
+            f'</td><td class="num">{c.b_only} / {c.a_only}</td>'
+            f'<td class="num" data-value="{c.mcnemar_p!r}">{c.mcnemar_p:.3g}</td>'
+            f'<td class="num">{c.n}</td></tr>'
+        )
+    return (
+        "<table><tr><th>variant</th><th>dataset</th><th>baseline acc</th><th>variant acc</th>"
+        "<th>&Delta; (pp) [95% paired CI]</th><th>only variant / only baseline right</th>"
+        f"<th>McNemar p</th><th>n</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def render_html(
+    runs: list[RunResult],
+    base: RunResult,
+    delta_items: list[Delta],
+    *,
+    title: str,
+    exposure: dict[str, float] | None = None,
+    n_boot: int,
+    seed: int,
+) -> str:
+    datasets = sorted({d for r in runs for d in r.datasets})
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+        f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1>",
+        f"<p>{len(runs)} variants, {len(datasets)} datasets; baseline "
+        f"<b>{escape(base.label)}</b>. Accuracies in %, 95% bootstrap CIs in brackets (from the "
+        f"results files); deltas: paired bootstrap ({n_boot} resamples, seed {seed}) and exact "
+        f"McNemar test on the same questions. Generated "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
+        "<h2>Accuracy per dataset</h2>",
+        _accuracy_table(runs, datasets, base, hard=False),
+    ]
+    if any(ds.hard for r in runs for ds in r.datasets.values()):
+        parts += ["<h2>Hard-class accuracy</h2>", _accuracy_table(runs, datasets, base, True)]
+    parts += [f"<h2>Deltas against {escape(base.label)}</h2>", _delta_table(delta_items)]
+    if datasets:
+        series = {
+            r.label: [
+                (
+                    r.datasets[d].accuracy.value,
+                    r.datasets[d].accuracy.ci_low,
+                    r.datasets[d].accuracy.ci_high,
+                )
+                if d in r.datasets
+                else None  # fmt: skip
+                for d in datasets
+            ]
+            for r in runs
+        }
+        parts += ["<h2>Plots</h2>", bar_chart("Accuracy per dataset (95% CI)", datasets, series)]
+    curves = {r.label: [(row["step"], row["loss"]) for row in r.curves if "loss" in row]
+              for r in runs}  # fmt: skip
+    if any(curves.values()):
+        parts.append(line_chart("Training loss", curves, "optimizer step", "loss"))
+    if exposure:
+        for d in datasets:
+            pts = {
+                r.label: [
+                    (exposure[row["class_name"]], float(row["accuracy"]), row["class_name"])
+                    for row in r.datasets[d].per_class
+                    if row["class_name"] in exposure
+                ]
+                for r in runs
+                if d in r.datasets
+            }
+            if any(pts.values()):
+                parts.append(scatter_chart(
+                    f"{d}: per-class accuracy vs concept exposure", pts,
+                    "log10(1 + samples mentioning the class)", "class accuracy"))  # fmt: skip
+    parts.append("<h2>Variants</h2>")
+    for r in runs:
+        where = escape(str(r.eval_dir or r.path))
+        parts.append(
+            f"<h3>{escape(r.label)}</h3><p>run <code>{escape(str(r.path))}</code>, results "
+            f"<code>{where}</code></p><details><summary>exact config</summary>"
+            f"<pre>{escape(r.config_text or '(no config.yaml)')}</pre></details>"
+        )
+    data = {
+        "baseline": base.label,
+        "variants": {
+            r.label: {
+                "path": str(r.path),
+                "datasets": {
+                    d: {"accuracy": asdict(x.accuracy), "hard": x.hard and asdict(x.hard)}
+                    for d, x in r.datasets.items()
+                },
+            }
+            for r in runs
+        },
+        "deltas": [
+            {"variant": d.variant, "dataset": d.dataset, **d.comparison.as_dict()}
+            for d in delta_items
+        ],
+    }
+    parts.append(
+        '<script type="application/json" id="report-data">'
+        + json.dumps(data).replace("</", "<\\/")
+        + "</script></body></html>"
+    )
+    return "\n".join(parts)

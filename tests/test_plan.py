@@ -1,0 +1,137 @@
+"""Grid expansion (dedup, chaining), submission units, and the dry-run plan of a 2x2x2 grid:
+exact parameter counts, ZeRO memory accounting, steps, and the printed table."""
+
+from __future__ import annotations
+
+import pytest
+
+from llava_ablate.config import ConfigError
+from llava_ablate.data.builtin import prepare_builtin
+from llava_ablate.launch.__main__ import main as launch_main
+from llava_ablate.launch.estimate import GIB, train_flops
+from llava_ablate.launch.grid import expand, load_grid
+from llava_ablate.launch.plan import compose_job, format_plan, plan_grid
+from llava_ablate.launch.submit import make_units, unit_overrides
+
+from conftest import build_tiny
+
+GRID_2X2X2 = """
+name: g222
+description: three axes of two
+axes:
+  llm: [tiny_llama, tiny_qwen2]
+  vision: [tiny_clip, tiny_siglip]
+  deepspeed: [zero2, zero3]
+common: [+experiment=tiny_finetune, recipe.init_from=null, recipe.global_batch_size=32]
+launcher: [hydra/launcher=slurm, hydra.launcher.tasks_per_node=4, hydra.launcher.gpus_per_node=4,
+           hydra.launcher.partition=gpu, hydra.launcher.account=lab]
+gpu: a100-80gb
+"""
+
+CHAIN = """
+name: chain
+axes:
+  llm: [tiny_llama, tiny_qwen2]
+  data: [toy_instruct, toy_captions]
+common: [vision=tiny_clip]
+stages:
+  - {name: align, vary: [llm], overrides: [+experiment=tiny_align]}
+  - {name: finetune, after: align, overrides: [+experiment=tiny_finetune]}
+"""
+
+
+@pytest.fixture
+def grid_file(tmp_path):
+    def write(text: str, name: str = "grid.yaml"):
+        path = tmp_path / name
+        path.write_text(text)
+        return str(path)
+
+    return write
+
+
+def test_two_stage_grid_dedups_stage1_and_chains_each_stage2_to_its_own(grid_file, tmp_path):
+    grid = load_grid(grid_file(CHAIN), runs_root=str(tmp_path / "runs"))
+    jobs = expand(grid)
+    align = [j for j in jobs if j.stage == "align"]
+    fine = [j for j in jobs if j.stage == "finetune"]
+    assert [j.name for j in align] == ["llm=tiny_llama", "llm=tiny_qwen2"]
+    assert len(fine) == 4
+    for j in fine:
+        assert j.parent.axes["llm"] == j.axes["llm"]
+        assert f'recipe.init_from="{j.parent.run_dir}/export"' in j.overrides
+        assert j.run_dir == tmp_path / "runs/chain/finetune" / j.name
+    units = make_units(jobs)
+    assert [(u.stage, len(u.jobs)) for u in units] == [("align", 1), ("align", 1),
+                                                        ("finetune", 2), ("finetune", 2)]  # fmt: skip
+    # One multirun per stage-2 group, sweeping data; run dir and W&B name from Hydra's choices.
+    ov = unit_overrides(units[2], grid, tmp_path / "sweep")
+    assert "data=toy_captions,toy_instruct" in ov and "llm=tiny_llama" in ov
+    assert any("llm=${hydra:runtime.choices.llm},data=${hydra:runtime.choices.data}" in o
+               and o.startswith("train.run_dir=") for o in ov)  # fmt: skip
+    # A finished stage-1 job is not submitted again, and its children need no dependency.
+    (align[0].run_dir / "export").mkdir(parents=True)
+    (align[0].run_dir / "export/COMPLETE").touch()
+    assert [u.jobs[0].name for u in make_units(jobs)][0] == "llm=tiny_qwen2"
+
+
+def test_grid_errors_name_the_key(grid_file):
+    with pytest.raises(ConfigError, match="no grid named 'nope'.*tiny_2x2"):
+        load_grid("nope")
+    with pytest.raises(ConfigError, match=r"stages\[0\].vary names 'gpu'"):
+        load_grid(grid_file("axes: {llm: [a]}\nstages: [{name: s, vary: [gpu]}]\n"))
+    with pytest.raises(ConfigError, match="after='x' is not an earlier stage"):
+        load_grid(grid_file("axes: {llm: [a]}\nstages: [{name: s, after: x}]\n"))
+
+
+def test_dry_run_plan_of_a_2x2x2_grid(grid_file, cache_dir, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("LLAVA_CACHE_DIR", str(cache_dir))
+    grid = load_grid(grid_file(GRID_2X2X2), runs_root=str(tmp_path / "runs"))
+    first = compose_job(expand(grid)[0], grid, [])[0]
+    prepare_builtin(first.data, first.train.seed)  # the toy shards + manifests, as train.py does
+    rows = plan_grid(grid)
+    assert len(rows) == 8
+    assert [r.job.name for r in rows][:2] == [
+        "llm=tiny_llama,vision=tiny_clip,deepspeed=zero2",
+        "llm=tiny_llama,vision=tiny_clip,deepspeed=zero3",
+    ]
+    for r in rows:
+        assert r.status == "new" and r.steps == 20  # tiny_finetune's max_steps
+        assert (r.resources.world, r.resources.partition, r.resources.account) == (4, "gpu", "lab")
+        assert (r.micro_batch, r.grad_accum) == (4, 2)  # global 32 = 4 micro x 2 accum x 4 ranks
+    # Parameter counts are exact: the real model, built as train.py builds it.
+    real = build_tiny(cache_dir, "tiny_siglip", "tiny_qwen2").model
+    row = next(r for r in rows if r.job.name.startswith("llm=tiny_qwen2,vision=tiny_siglip"))
+    assert row.size.params == sum(p.numel() for p in real.parameters())
+    assert row.size.trainable["vision"] == 0  # tiny_finetune freezes the tower
+    # ZeRO accounting, bf16 on the assumed GPU: 2 B weights, 2 B grads, 12 B Adam per param.
+    z2 = next(r for r in rows if r.job.name == "llm=tiny_qwen2,vision=tiny_siglip,deepspeed=zero2")
+    z3 = next(r for r in rows if r.job.name == "llm=tiny_qwen2,vision=tiny_siglip,deepspeed=zero3")
+    n, t, world = z2.size.params, z2.size.trainable_params, 4
+    assert z2.memory.weights == n * 2
+    assert z2.memory.gradients == t * 2 / world and z2.memory.optimizer == t * 12 / world
+    layer = 2 * z3.size.total["llm"] / z3.size.llm_layers * 2
+    assert z3.memory.weights == pytest.approx(n * 2 / world + layer)
+    assert z3.memory.activations == z2.memory.activations and z3.memory.overhead == GIB
+    # Tokens from the manifests; GPU-hours = training FLOPs / (A100 peak x MFU).
+    assert z2.data.samples and z2.tokens == pytest.approx(20 * 32 * z2.data.tokens_per_sample)
+    flops = train_flops(z2.size, 20 * 32, z2.data.tokens_per_sample, z2.data.images_per_sample,
+                        False)  # fmt: skip
+    assert z2.gpu_hours == pytest.approx(flops / (312e12 * 0.4) / 3600)
+    assert 0 < z2.data.longest <= 128  # the memory is sized for the longest real sample
+
+    text = format_plan(grid, rows)
+    assert "grid g222: 8 jobs, 8 to run, 0 finished -- three axes of two" in text
+    for r in rows:
+        assert r.job.name in text
+    assert "partition=gpu account=lab" in text and "GPU-hours to run: " in text
+    assert "1x4 (4 GPU)" in text and "4x2x4" in text
+
+    bad = grid_file(GRID_2X2X2.replace(", recipe.global_batch_size=32", ""), "bad.yaml")
+    with pytest.raises(
+        ConfigError, match="job llm=tiny_llama.*global_batch_size=8 is not divisible"
+    ):
+        plan_grid(load_grid(bad))
+    assert launch_main([grid_file(GRID_2X2X2), "--dry-run", "--runs-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("deepspeed=zero3") == 4 and "submitted" not in out
