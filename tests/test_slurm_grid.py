@@ -73,6 +73,31 @@ def test_tiny_2x2_grid_runs_on_slurm_and_relaunch_skips(slurm, cache_dir, tmp_pa
     assert "nothing to submit" in again.stdout
 
 
+def test_two_stage_grid_chains_each_stage2_to_its_own_stage1(slurm, cache_dir, tmp_path):
+    cmd = [sys.executable, "-m", "llava_ablate.launch", "tiny_chain", "--runs-root", str(tmp_path)]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=_env(cache_dir), capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ids = dict(re.findall(r"submitted (\S+): Slurm array (\d+)", proc.stdout))
+    grid = tmp_path / "tiny_chain"
+    for llm in ("tiny_llama", "tiny_qwen2"):
+        name = f"llm={llm},vision=tiny_clip"
+        stage1, stage2 = grid / "align" / name, grid / "finetune" / name
+        line = f"submitted finetune/{name}: Slurm array {ids[f'finetune/{name}']} after "
+        assert line + ids[f"align/{name}"] in proc.stdout
+        script = next(p for p in (grid / ".launch").glob("*-finetune/.submitit/*/*_submission.sh")
+                      if f"afterok:{ids[f'align/{name}']}\n" in p.read_text())  # fmt: skip
+        assert "#SBATCH --kill-on-invalid-dep=yes" in script.read_text()
+        config = (stage2 / "config.yaml").read_text()
+        assert f"init_from: {stage1 / 'export'}" in config  # its own stage 1, not the other
+        # It waited: stage 1 had exported before stage 2 wrote its first file.
+        assert (stage1 / "export/COMPLETE").stat().st_mtime <= (
+            stage2 / "config.yaml"
+        ).stat().st_mtime
+        assert (stage2 / "export/COMPLETE").exists()
+
+
 def _squeue_state(job: str) -> tuple[str, str]:
     out = subprocess.run(
         ["squeue", "-h", "-j", job, "-o", "%T|%r"], capture_output=True, text=True
