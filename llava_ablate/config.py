@@ -77,6 +77,7 @@ class SourceCfg:
     # in LLaVA's MCQ format, the format the evaluator asks in.
     mcq_fraction: float = 0.0
     mcq_options: int = 4
+    mcq_distractors: str = "source"  # source: this source's classes | all: every class_names entry
     mcq_instruction: str = "Answer with the option's letter from the given choices directly."
 
 

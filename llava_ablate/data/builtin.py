@@ -6,7 +6,7 @@ from pathlib import Path
 
 from llava_ablate.config import DataCfg
 from llava_ablate.data.mini_classify import build_mini_classify
-from llava_ablate.data.shards import build_mixture
+from llava_ablate.data.shards import StaleShards, build_mixture
 from llava_ablate.data.toy_digits import build_toy_digits
 from llava_ablate.model.sources import file_lock
 
@@ -30,4 +30,7 @@ def prepare_builtin(data: DataCfg, seed: int) -> None:
     out = Path(data.sources[0].path).parent  # the sources live inside the generated directory
     generate_builtin(data.builtin, out)
     with file_lock(out.with_suffix(".shards.lock")):
-        build_mixture(data, seed=seed, workers=1)
+        try:
+            build_mixture(data, seed=seed, workers=1)
+        except StaleShards:  # the recipe changed: generated data is rebuilt, never reused stale
+            build_mixture(data, seed=seed, workers=1, force=True)

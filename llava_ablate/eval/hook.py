@@ -65,6 +65,7 @@ class TrainingEvalHook:
         self._datasets = datasets  # tests may pass datasets directly
         self._prepared: list[tuple[ClassificationDataset, QuestionSet]] | None = None
         self._scorer: MLLMChoiceModel | None = None
+        self.last_per_class: dict[str, list[dict]] = {}  # dataset -> rows of the latest run
 
     def due(self, step: int, final: bool) -> bool:
         h = self.cfg.hook
@@ -156,6 +157,7 @@ class TrainingEvalHook:
         store.merge([f"{q.qid}@0" for q in qs.questions])
         rows = per_class_rows(qs, preds, ["likelihood"], hard, cfg.stats.bootstrap, cfg.stats.seed)
         write_per_class(out / "per_class.csv", rows)
+        self.last_per_class[ds.name] = rows  # rank 0: for the W&B per-class table
         record = {
             "step": step,
             "dataset": ds.name,

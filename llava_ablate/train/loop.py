@@ -91,7 +91,7 @@ def train_loop(
         for skip in batch["skip_details"]:
             if state.skipped[skip.reason] < 3:  # name the first few of each kind, count the rest
                 log.warning("skipped sample %s (%s) %s", skip.id, skip.reason, skip.detail)
-        state.skipped.update(batch["skipped"])
+            state.skipped[skip.reason] += 1
         _check_skips(state, opts.max_bad_fraction, device)
 
         empty = "input_ids" not in batch

@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 
 class StopFlag:
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGUSR1, signal.SIGTERM)):
+    # USR2 too: submitit's default preemption signal, should a user override ours (USR1).
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)):
         self.signal: int | None = None
         self._previous = {}
         for sig in signals:

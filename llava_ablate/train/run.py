@@ -197,6 +197,14 @@ def run_training(dcfg: DictConfig) -> Path:
     hook = TrainingEvalHook(
         cfg.eval, variant.processor, run_dir, pad_to_square=cfg.vision.image_aspect == "pad"
     )
+
+    def evaluate(step: int, final: bool) -> dict | None:
+        results = hook.maybe_run(engine.module, step, final=final)  # collective: every rank
+        if results and tracker is not None:
+            for name, rows in hook.last_per_class.items():
+                tracker.log_table(f"eval/{name}/per_class", rows, step=step)
+        return results
+
     stop_flag = StopFlag()
     opts = LoopOptions(
         total_steps=steps,
@@ -208,7 +216,7 @@ def run_training(dcfg: DictConfig) -> Path:
         checkpoint_dir=ckpt_dir,
         micro_batch=plan.micro_batch,
         stop_requested=stop_flag,
-        evaluate=lambda step: hook.maybe_run(engine.module, step, final=False),
+        evaluate=lambda step: evaluate(step, final=False),
     )
     state = train_loop(engine, iter(loader), state, opts, metrics, rank_state_now)
     stop_flag.restore()
@@ -226,7 +234,7 @@ def run_training(dcfg: DictConfig) -> Path:
             rank_state_now(state),
             cfg.train.keep_checkpoints,
         )
-    final_eval = hook.maybe_run(engine.module, state.step, final=True)
+    final_eval = evaluate(state.step, final=True)
     if final_eval:
         metrics.log(state.step, final_eval)
     skipped = _global_skips(state)

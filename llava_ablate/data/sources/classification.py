@@ -84,6 +84,8 @@ class ClassificationReader:
 
     def records(self, start: int, stop: int) -> list[RawRecord]:
         labels = sorted({label for _, label in self.items})
+        if self.src.mcq_distractors == "all" and self.names:
+            labels = sorted(self.names)  # distractors may name classes this source never shows
         out = []
         for index in range(start, min(stop, len(self.items))):
             image, label = self.items[index]
