@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
@@ -13,6 +12,8 @@ from llava_ablate.model.build import check_attn_implementation
 from llava_ablate.model.freeze import apply_training_plan, format_plan
 from llava_ablate.model.init_from import load_parts
 from llava_ablate.model.lora import apply_lora, merged
+
+from conftest import build_tiny
 
 
 def _prompt(variant, question="What is it?"):

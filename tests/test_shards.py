@@ -205,11 +205,18 @@ def test_classification_mcq_samples_use_the_evaluators_format(tmp_path):
     for k, label in enumerate(["cat", "dog", "fox", "owl", "emu"]):
         (tmp_path / "imgs" / label).mkdir(parents=True)
         (tmp_path / "imgs" / label / "0.png").write_bytes(image_bytes(k))
-    (tmp_path / "names.csv").write_text("cat,tabby cat,animal\ndog,dog,animal\nfox,fox,animal\n"
-                                        "owl,owl,bird\nemu,emu,bird\n")
-    src = SourceCfg(name="mcq", path=str(tmp_path / "imgs"), format="classification",
-                    class_names=str(tmp_path / "names.csv"), questions=["What is it?"],
-                    mcq_fraction=1.0, mcq_options=4)
+    (tmp_path / "names.csv").write_text(
+        "cat,tabby cat,animal\ndog,dog,animal\nfox,fox,animal\nowl,owl,bird\nemu,emu,bird\n"
+    )
+    src = SourceCfg(
+        name="mcq",
+        path=str(tmp_path / "imgs"),
+        format="classification",
+        class_names=str(tmp_path / "names.csv"),
+        questions=["What is it?"],
+        mcq_fraction=1.0,
+        mcq_options=4,
+    )
     build_source(src, tmp_path / "s", samples_per_shard=8, workers=1)
     names = {image_bytes(k): n for k, n in enumerate(["tabby cat", "dog", "fox", "owl", "emu"])}
     for sample in _samples(tmp_path / "s/mcq"):
@@ -220,9 +227,16 @@ def test_classification_mcq_samples_use_the_evaluators_format(tmp_path):
         options = dict(line.split(". ", 1) for line in lines[2:-1])
         assert list(options) == ["A", "B", "C", "D"]
         assert options[gpt["value"]] == names[sample["img0.png"]]  # the letter is the truth
-    groups = SourceCfg(name="grp", path=str(tmp_path / "imgs"), format="classification",
-                       class_names=str(tmp_path / "names.csv"), questions=["Kind?"],
-                       answer="It is a {group}: {name}.")
+    groups = SourceCfg(
+        name="grp",
+        path=str(tmp_path / "imgs"),
+        format="classification",
+        class_names=str(tmp_path / "names.csv"),
+        questions=["Kind?"],
+        answer="It is a {group}: {name}.",
+    )
     build_source(groups, tmp_path / "s", samples_per_shard=8, workers=1)
-    answers = {json.loads(s["json"])["conversations"][1]["value"] for s in _samples(tmp_path / "s/grp")}
+    answers = {
+        json.loads(s["json"])["conversations"][1]["value"] for s in _samples(tmp_path / "s/grp")
+    }
     assert "It is a animal: tabby cat." in answers and "It is a bird: emu." in answers

@@ -70,8 +70,11 @@ def test_offline_run_files_contain_config_axes_and_the_logged_metrics(tmp_path, 
     for step in (5, 10, 15):
         metrics.log(step, {"loss": 6.0 / step, "lr/llm": 1e-3 * step, "tokens_per_s": 100.0 + step})
     tracker.log({"eval/digits/accuracy": 0.625}, step=15)
-    tracker.log_table("eval/digits/per_class", [{"class_name": "seven", "accuracy": 0.5},
-                                                {"class_name": "one", "accuracy": 1.0}], step=15)
+    tracker.log_table(
+        "eval/digits/per_class",
+        [{"class_name": "seven", "accuracy": 0.5}, {"class_name": "one", "accuracy": 1.0}],
+        step=15,
+    )
     tracker.finish()
 
     files = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
@@ -97,6 +100,9 @@ def test_offline_run_files_contain_config_axes_and_the_logged_metrics(tmp_path, 
         for key in ("loss", "lr/llm", "tokens_per_s"):
             assert logged[f"train/{key}"] == pytest.approx(row[key], rel=1e-12)
     assert history[15]["eval/digits/accuracy"] == 0.625
-    table = {k.rsplit("/", 1)[1]: v for k, v in history[15].items()  # a W&B Table (a file)
-             if k.startswith("eval/digits/per_class/")}
+    table = {
+        k.rsplit("/", 1)[1]: v
+        for k, v in history[15].items()  # a W&B Table (a file)
+        if k.startswith("eval/digits/per_class/")
+    }
     assert table["_type"] == "table-file" and table["nrows"] == 2 and table["ncols"] == 2
