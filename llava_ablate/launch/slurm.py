@@ -59,6 +59,10 @@ def export_distributed_env() -> TaskEnv:
             os.environ["SUBMITIT_EXECUTOR"] = "slurm"  # lets submitit read a plain srun step
         import submitit
 
+        if scheduler == "slurm":
+            # sbatch exports the submitting shell's env: a MASTER_PORT set there would be shared
+            # by every concurrent job on a node (EADDRINUSE); submitit derives one per job id.
+            os.environ.pop("MASTER_PORT", None)
         dist_env = submitit.helpers.TorchDistributedEnvironment().export(
             set_cuda_visible_devices=False
         )
