@@ -56,7 +56,7 @@ def fingerprint(src: SourceCfg, reader: SourceReader, samples_per_shard: int) ->
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _image_bytes(image: Path | bytes) -> tuple[bytes, str]:
+def _image_bytes(image: Path | bytes) -> tuple[bytes, str, tuple[int, int]]:
     if isinstance(image, bytes):
         data, ext = image, None
     else:
@@ -65,7 +65,7 @@ def _image_bytes(image: Path | bytes) -> tuple[bytes, str]:
         im.load()  # a truncated or corrupt file fails here, at build time, once
         fmt = (im.format or ext or "png").lower()
         size = im.size
-    return data, {"jpeg": "jpg"}.get(fmt, fmt), size  # type: ignore[return-value]
+    return data, {"jpeg": "jpg"}.get(fmt, fmt), size
 
 
 def check_record(rec: RawRecord) -> tuple[str, str] | None:

@@ -43,6 +43,7 @@ def export_engine(engine, processor, out_dir: Path, info: dict) -> Path:
             raise RuntimeError(f"export: missing {missing[:5]} unexpected {unexpected[:5]}")
         model.tie_weights()
         model = merged(model)
+        model.config.use_cache = True  # training turned the KV cache off; generation wants it
         model.save_pretrained(out_dir)
         processor.save_pretrained(out_dir)
         (out_dir / "llava_ablate.json").write_text(json.dumps(info, indent=2, default=str))
