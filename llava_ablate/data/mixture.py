@@ -15,6 +15,7 @@ from pathlib import Path
 
 from llava_ablate.config import DataCfg, SourceCfg
 from llava_ablate.data.shards import MANIFEST
+from llava_ablate.data.sources import unreleased_sources
 
 _STRATEGY = re.compile(r"^(all|first:(\d+(?:\.\d+)?)%|end:(\d+(?:\.\d+)?)%|random:(\d+))$")
 
@@ -72,12 +73,9 @@ class BuiltMixture:
 
 def open_mixture(data: DataCfg, seed: int) -> BuiltMixture:
     """Read the built manifests; fail naming what to build when something is missing."""
-    unreleased = [s.name for s in data.sources if not s.released]
-    if unreleased:
-        raise MixtureNotBuilt(
-            f"mixture {data.name!r} lists {len(unreleased)} source(s) that were never released: "
-            f"{unreleased}; remove them from data_recipes/{data.name}.yaml or point them at your files"
-        )
+    why = unreleased_sources(data)
+    if why:
+        raise MixtureNotBuilt(why)
     weights = [s.weight for s in data.sources]
     if any(w is not None for w in weights) and any(w is None for w in weights):
         raise ValueError(f"mixture {data.name!r}: give every source a weight, or none")

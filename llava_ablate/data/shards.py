@@ -26,7 +26,13 @@ from tqdm import tqdm
 
 from llava_ablate.config import DataCfg, SourceCfg
 from llava_ablate.data.conversation import MalformedConversation, llava_to_messages
-from llava_ablate.data.sources import RawRecord, SourceError, SourceReader, open_source
+from llava_ablate.data.sources import (
+    RawRecord,
+    SourceError,
+    SourceReader,
+    open_source,
+    unreleased_sources,
+)
 
 log = logging.getLogger(__name__)
 
@@ -275,13 +281,9 @@ def build_mixture(
     workers: int | None = None,
 ) -> dict[str, dict]:
     """Build every source of a mixture (each once; shared with other mixtures by name)."""
-    unreleased = [f"{s.name} ({s.path})" for s in data.sources if not s.released]
-    if unreleased:
-        raise SourceError(
-            f"mixture {data.name!r} lists {len(unreleased)} source(s) that were never released: "
-            f"{unreleased}; remove them from data_recipes/{data.name}.yaml or point them at "
-            "your own files"
-        )
+    why = unreleased_sources(data)
+    if why:
+        raise SourceError(why)
     return {
         src.name: build_source(
             src,

@@ -42,12 +42,6 @@ def init_distributed(timeout_s: int = 1800) -> DistInfo:
     return info
 
 
-def device_for(info: DistInfo) -> torch.device:
-    return (
-        torch.device("cuda", info.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    )
-
-
 def resolve_precision(precision: str) -> str:
     if precision != "auto":
         return precision

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from llava_ablate.config import SourceCfg
+from llava_ablate.config import DataCfg, SourceCfg
 
 
 class SourceError(ValueError):
@@ -32,6 +32,17 @@ class SourceReader(Protocol):
     def records(self, start: int, stop: int) -> list[RawRecord]: ...
 
     def input_files(self) -> list[Path]: ...
+
+
+def unreleased_sources(data: DataCfg) -> str | None:
+    """Why the mixture cannot be built or read, if it lists never-published sources."""
+    names = [f"{s.name} ({s.path})" for s in data.sources if not s.released]
+    if not names:
+        return None
+    return (
+        f"mixture {data.name!r} lists {len(names)} source(s) that were never released: {names}; "
+        f"remove them from data_recipes/{data.name}.yaml or point them at your own files"
+    )
 
 
 def open_source(src: SourceCfg, seed: int = 0) -> SourceReader:
