@@ -11,7 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from test_eval_hook import hook_for  # noqa: E402
 
-from llava_ablate.train.distributed import init_distributed  # noqa: E402
+from llava_ablate.train.distributed import init_distributed, shutdown_distributed  # noqa: E402
 
 from conftest import build_tiny  # noqa: E402
 
@@ -35,3 +35,4 @@ result = hook.maybe_run(engine.module, 4, final=False)
 assert engine.module.training  # switched back
 if info.rank == 0:
     (out / "result.json").write_text(json.dumps(result))
+shutdown_distributed()

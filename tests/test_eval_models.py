@@ -82,9 +82,51 @@ def test_likelihood_matches_a_full_forward(smollm2):
         np.testing.assert_allclose(batched[i], expected, atol=2e-4)
 
 
+@pytest.mark.parametrize("llm", ["tiny_llama", "tiny_qwen2", "smollm2_135m"])
+@pytest.mark.parametrize("names_prompt", [None, "What is shown in this image?"])
+def test_name_likelihood_matches_full_forwards(cache_dir, llm, names_prompt, smollm2):
+    """The KV-cache shortcut scores each option's name exactly as a separate forward over
+    prompt + answer would (vicuna's " name" and ChatML's "name" answers alike)."""
+    variant = smollm2 if llm == "smollm2_135m" else build_tiny(cache_dir, llm=llm)
+    variant.model.eval()
+    answer = "{letter}. {option}" if names_prompt else "{option}"
+    model = MLLMChoiceModel(
+        variant.model, variant.processor, names_prompt=names_prompt, names_answer=answer
+    )
+    q = Question("d/1", "1", "ankle boot", ["cat", "ankle boot", "a very long class name"], "B")
+    item = PromptItem(q, Image.new("RGB", (40, 30), (200, 10, 10)), mcq_prompt(q, QuestionsCfg()))
+    got = model.name_scores([item, item])
+    assert np.isinf(got[:, 3:]).all() and np.isfinite(got[:, :3]).all()
+    np.testing.assert_array_equal(got[0], got[1])
+    tok = variant.processor.tokenizer
+    prompt_item = PromptItem(q, item.image, names_prompt or item.text)
+    for k, option in enumerate(q.options):
+        ids = model.answer_ids(answer.format(letter=LETTERS[k], option=option))
+        full = render(variant.processor, _messages(prompt_item.text, tok.decode(ids)), False)
+        assert tok.decode(ids).strip() in full  # the answer as the template writes it
+        inputs = model._inputs([prompt_item], "right")
+        n = inputs["input_ids"].shape[1]
+        inputs["input_ids"] = torch.cat([inputs["input_ids"], torch.tensor([ids])], dim=1)
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        with torch.no_grad():
+            logp = torch.log_softmax(variant.model(**inputs).logits[0].float(), -1)
+        expected = sum(float(logp[n - 1 + j, t]) for j, t in enumerate(ids))
+        assert got[0, k] == pytest.approx(expected, abs=2e-3)
+
+
+def test_name_likelihood_answer_ids_follow_the_template(cache_dir):
+    llama = build_tiny(cache_dir, llm="tiny_llama")
+    model = MLLMChoiceModel(llama.model.eval(), llama.processor)
+    tok = llama.processor.tokenizer
+    # vicuna_v1 writes "ASSISTANT: cat</s>": the scored answer is " cat", no end of turn.
+    assert tok.decode(model.answer_ids("cat")) == " cat"
+
+
 def test_smollm2_llava_end_to_end(smollm2, digits, tmp_path):
     ecfg = EvalCfg(
-        scoring=ScoringCfg(scorers=["likelihood", "generate"], batch_size=4, max_new_tokens=4)
+        scoring=ScoringCfg(
+            scorers=["likelihood", "generate", "name_likelihood"], batch_size=4, max_new_tokens=4
+        )
     )
     qs = build_question_set(digits, ecfg.questions)
     model = MLLMChoiceModel(smollm2.model.eval(), smollm2.processor, max_new_tokens=4)
@@ -99,7 +141,7 @@ def test_smollm2_llava_end_to_end(smollm2, digits, tmp_path):
     )
     assert m["n_questions"] == 20 and m["num_options"] == 10
     preds = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
-    assert len(preds) == 40
+    assert len(preds) == 60
     lik = [p for p in preds if p["scorer"] == "likelihood"]
     assert all(p["pred"] in LETTERS[:10] and 0 < p["p_pred"] <= 1 for p in lik)
     acc = m["scorers"]["likelihood"]["accuracy"]
@@ -108,6 +150,10 @@ def test_smollm2_llava_end_to_end(smollm2, digits, tmp_path):
     gen = [p for p in preds if p["scorer"] == "generate"]
     assert all(isinstance(p["raw"], str) for p in gen)
     assert 0 <= m["agreement"]["same_choice"] <= 1
+    names = [p for p in preds if p["scorer"] == "name_likelihood"]
+    assert len(names) == 20 and all(p["pred_class"] in digits.classnames for p in names)
+    head = m["scorers"]["name_likelihood"]["accuracy"]["value"]
+    assert head == np.mean([p["correct"] for p in names])
 
 
 def _export_tiny(cache_dir, path):

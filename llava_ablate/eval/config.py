@@ -31,7 +31,9 @@ DATASET_KINDS = (
     "parquet",
 )
 DISTRACTORS = ("random", "hard", "file")
-SCORERS = ("likelihood", "generate", "all_classes")  # all_classes: zero-shot baselines only
+# all_classes: zero-shot baselines only; name_likelihood, generate: MLLMs only
+SCORERS = ("likelihood", "name_likelihood", "generate", "all_classes")
+HOOK_SCORERS = ("likelihood", "name_likelihood")  # fixed forwards per question: ZeRO-3 safe
 HARD_MODES = ("none", "bottom_q", "list", "exposure")
 MODEL_TYPES = ("mllm", "clip", "siglip")
 
@@ -68,10 +70,17 @@ class QuestionsCfg:
 
 @dataclass
 class ScoringCfg:
-    # likelihood, generate (MLLMs); likelihood = best of the options, all_classes (CLIP/SigLIP)
+    # likelihood: the option letter the model finds likeliest (the paper's 26-option MCQ);
+    # name_likelihood: the option whose class name is likeliest as the answer (VLMClassifier's
+    # probabilistic inference, on the same options); generate: parse free text (MLLMs);
+    # all_classes: argmax over every class (CLIP/SigLIP). The first listed is the headline.
     scorers: list[str] = field(default_factory=lambda: ["likelihood"])
     batch_size: int = 8
     max_new_tokens: int = 16  # generate only
+    # name_likelihood: the prompt the names answer (null: the MCQ text itself; or an open
+    # question such as "What is shown in this image?") and how an answer is written.
+    names_prompt: str | None = None
+    names_answer: str = "{option}"  # may use {option} and {letter}
     cyclic_permutations: int = 0  # >1: also score k rotated option orders; report consistency
 
 
@@ -162,6 +171,15 @@ def validate_eval(cfg: EvalCfg) -> None:
         _choice("eval.scoring.scorers", s, SCORERS)
     if not cfg.scoring.scorers:
         raise ConfigError(f"eval.scoring.scorers is empty; choose from {list(SCORERS)}")
+    answer = cfg.scoring.names_answer
+    try:
+        answer.format(option="x", letter="A")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(
+            f"eval.scoring.names_answer={answer!r}: {e!r}; only {{option}} and {{letter}} exist"
+        ) from None
+    if "{option}" not in answer:
+        raise ConfigError(f"eval.scoring.names_answer={answer!r} must contain {{option}}")
     _choice("eval.hard.mode", cfg.hard.mode, HARD_MODES)
     if cfg.hard.mode == "bottom_q" and not cfg.hard.reference:
         raise ConfigError("eval.hard.mode=bottom_q needs eval.hard.reference (a per_class.csv)")
@@ -178,6 +196,11 @@ def validate_evaluate(cfg: EvaluateConfig) -> None:
     if cfg.model.type != "mllm" and "generate" in scorers:
         raise ConfigError(
             f"model.type={cfg.model.type} is a zero-shot baseline: it has no `generate` scorer"
+        )
+    if cfg.model.type != "mllm" and "name_likelihood" in scorers:
+        raise ConfigError(
+            f"model.type={cfg.model.type} is a zero-shot baseline: it has no `name_likelihood` "
+            "scorer (its `likelihood` already matches the image against each option's name)"
         )
     if cfg.model.type == "mllm" and "all_classes" in scorers:
         raise ConfigError("eval.scoring.scorers=all_classes is for model.type=clip|siglip only")

@@ -3,8 +3,8 @@
 Every rank calls `maybe_run` at the same step. Under ZeRO-3 each forward gathers parameters
 from all ranks, so every rank must run the same number of forwards with the same batch
 shapes: the questions are split into equal shares (the last rank's share padded with repeats
-that are then dropped), scored with the likelihood scorer (fixed-length, no generation), and
-all-gathered. Results go to <run_dir>/eval/step_<N>/<dataset>/ and are returned on every rank.
+that are then dropped), scored with the likelihood scorers listed in eval.scoring.scorers (a
+fixed number of forwards per question; `generate` is left to evaluate.py), and all-gathered. Results go to <run_dir>/eval/step_<N>/<dataset>/ and are returned on every rank.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from llava_ablate.eval.config import EvalCfg, validate_eval
+from llava_ablate.config_base import ConfigError
+from llava_ablate.eval.config import HOOK_SCORERS, EvalCfg, validate_eval
 from llava_ablate.eval.datasets import ClassificationDataset, load_dataset
 from llava_ablate.eval.hard import HardClassSelector
 from llava_ablate.eval.metrics import per_class_rows, scorer_metrics, write_per_class
@@ -66,6 +67,14 @@ class TrainingEvalHook:
         self._prepared: list[tuple[ClassificationDataset, QuestionSet]] | None = None
         self._scorer: MLLMChoiceModel | None = None
         self.last_per_class: dict[str, list[dict]] = {}  # dataset -> rows of the latest run
+        self.scorers = [s for s in cfg.scoring.scorers if s in HOOK_SCORERS]
+        if (cfg.datasets or datasets) and not self.scorers:
+            raise ConfigError(
+                f"eval.scoring.scorers={cfg.scoring.scorers}: the training hook scores with "
+                f"{list(HOOK_SCORERS)}; list one of them (generate runs in evaluate.py)"
+            )
+        if set(cfg.scoring.scorers) - set(self.scorers):
+            log.info("the training hook scores %s; generate runs in evaluate.py", self.scorers)
 
     def due(self, step: int, final: bool) -> bool:
         h = self.cfg.hook
@@ -116,7 +125,10 @@ class TrainingEvalHook:
     def _run(self, module: torch.nn.Module, step: int) -> dict:
         world = _world()
         if self._scorer is None or self._scorer.model is not module:
-            self._scorer = MLLMChoiceModel(module, self.processor)
+            sc = self.cfg.scoring
+            self._scorer = MLLMChoiceModel(
+                module, self.processor, names_prompt=sc.names_prompt, names_answer=sc.names_answer
+            )
         results: dict = {}
         for ds, qs in self._prepare(world):
             image_processor = getattr(self.processor, "image_processor", None)
@@ -127,7 +139,7 @@ class TrainingEvalHook:
             for preds in score_units(
                 [units[i] for i in idx],
                 self._scorer,
-                ["likelihood"],
+                self.scorers,
                 make_item,
                 self.cfg.scoring.batch_size,
             ):
@@ -149,13 +161,16 @@ class TrainingEvalHook:
     def _report(self, ds, qs, preds, step) -> dict:
         cfg = self.cfg
         hard = HardClassSelector(cfg.hard).select(ds.classnames, ds.name)
-        m = scorer_metrics(qs, preds, "likelihood", hard, cfg.stats.bootstrap, cfg.stats.seed)
+        by_scorer = {
+            s: scorer_metrics(qs, preds, s, hard, cfg.stats.bootstrap, cfg.stats.seed)
+            for s in self.scorers
+        }
         out = self.out / f"step_{step}" / ds.name
         store = PredictionStore(out)
         store.clear()
         store.append(preds)
         store.merge([f"{q.qid}@0" for q in qs.questions])
-        rows = per_class_rows(qs, preds, ["likelihood"], hard, cfg.stats.bootstrap, cfg.stats.seed)
+        rows = per_class_rows(qs, preds, self.scorers, hard, cfg.stats.bootstrap, cfg.stats.seed)
         write_per_class(out / "per_class.csv", rows)
         self.last_per_class[ds.name] = rows  # rank 0: for the W&B per-class table
         record = {
@@ -163,24 +178,28 @@ class TrainingEvalHook:
             "dataset": ds.name,
             "n_questions": len(qs.questions),
             "fingerprint": qs.fingerprint(),
-            "likelihood": m,
+            "scorers": by_scorer,  # the layout evaluate.py writes
         }
         (out / "metrics.json").write_text(json.dumps(record, indent=2))
-        acc = m["accuracy"]
-        log.info(
-            "step %d eval %s: accuracy %.4f [%.4f, %.4f] (n=%d)",
-            step,
-            ds.name,
-            acc["value"],
-            acc["ci_low"],
-            acc["ci_high"],
-            acc["n"],
-        )
-        flat = {
-            f"eval/{ds.name}/accuracy": acc["value"],
-            f"eval/{ds.name}/accuracy_ci_low": acc["ci_low"],
-            f"eval/{ds.name}/accuracy_ci_high": acc["ci_high"],
-        }
-        if "hard_accuracy" in m:
-            flat[f"eval/{ds.name}/hard_accuracy"] = m["hard_accuracy"]["value"]
+        flat: dict = {}
+        for i, (scorer, m) in enumerate(by_scorer.items()):
+            acc = m["accuracy"]
+            log.info(
+                "step %d eval %s %s: accuracy %.4f [%.4f, %.4f] (n=%d)",
+                step,
+                ds.name,
+                scorer,
+                acc["value"],
+                acc["ci_low"],
+                acc["ci_high"],
+                acc["n"],
+            )
+            # The first listed scorer is the headline (eval/<dataset>/accuracy); every scorer
+            # also logs under its own name.
+            for prefix in [f"eval/{ds.name}/{scorer}"] + ([f"eval/{ds.name}"] if i == 0 else []):
+                flat[f"{prefix}/accuracy"] = acc["value"]
+                flat[f"{prefix}/accuracy_ci_low"] = acc["ci_low"]
+                flat[f"{prefix}/accuracy_ci_high"] = acc["ci_high"]
+                if "hard_accuracy" in m:
+                    flat[f"{prefix}/hard_accuracy"] = m["hard_accuracy"]["value"]
         return flat

@@ -101,11 +101,22 @@ def _padding_side(tokenizer, side: str):
 class MLLMChoiceModel:
     """Any image-text-to-text model + processor (Llava, LLaVA-OneVision, Qwen2-VL, ...)."""
 
-    scorers = ("likelihood", "generate")
+    scorers = ("likelihood", "name_likelihood", "generate")
 
-    def __init__(self, model, processor, *, max_new_tokens: int = 16, synced_gpus: bool = False):
+    def __init__(
+        self,
+        model,
+        processor,
+        *,
+        max_new_tokens: int = 16,
+        synced_gpus: bool = False,
+        names_prompt: str | None = None,
+        names_answer: str = "{option}",
+    ):
         self.model, self.processor = model, processor
         self.max_new_tokens = max_new_tokens
+        self.names_prompt, self.names_answer = names_prompt, names_answer
+        self._answer_ids: dict[str, list[int]] = {}
         # ZeRO-3: every rank must keep running forwards until all ranks finish generating.
         self.synced_gpus = synced_gpus
         self.letter_ids, self.answer_prefix = letter_token_ids(processor)
@@ -155,6 +166,61 @@ class MLLMChoiceModel:
             logits = self.model(**inputs).logits[torch.arange(len(items)), last]
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         return logprobs[:, self.letter_ids].cpu().numpy()
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """Tokens of `answer` as the template writes it after the generation prompt (with any
+        whitespace the template puts first, e.g. vicuna's " "), without the end of turn."""
+        if answer not in self._answer_ids:
+            prompt = render(self.processor, _messages("Q", image=False), True)
+            full = render(self.processor, _messages("Q", answer, image=False), False)
+            if not full.startswith(prompt) or answer not in full[len(prompt) :]:
+                raise ValueError(
+                    f"the chat template does not write the answer {answer!r} after its "
+                    "generation prompt; name_likelihood cannot score it"
+                )
+            text = full[len(prompt) : full.index(answer, len(prompt)) + len(answer)]
+            ids = self.processor.tokenizer(text, add_special_tokens=False).input_ids
+            self._answer_ids[answer] = ids
+        return self._answer_ids[answer]
+
+    @torch.no_grad()
+    def name_scores(self, items: list[PromptItem]) -> np.ndarray:
+        # One forward over image + prompt, then all options' answers at once on copies of its
+        # KV cache: 26 answers cost one prefix, not 26. Two forwards per item on every rank,
+        # whatever the answers' lengths, so ZeRO-3 ranks stay in step.
+        scores = np.full((len(items), 26), -np.inf)
+        for row, item in enumerate(items):
+            if self.names_prompt is not None:
+                item = PromptItem(item.question, item.image, self.names_prompt)
+            inputs = self._inputs([item], "right")
+            out = self.model(**inputs, use_cache=True, logits_to_keep=1)
+            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+            options = item.question.options
+            answers = [
+                self.answer_ids(self.names_answer.format(option=o, letter=LETTERS[i]))
+                for i, o in enumerate(options)
+            ]
+            width = max(len(a) for a in answers)
+            pad = self.processor.tokenizer.pad_token_id or 0
+            ids = torch.tensor([a + [pad] * (width - len(a)) for a in answers], device=self.device)
+            mask = (torch.arange(width) < torch.tensor([len(a) for a in answers])[:, None]).long()
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(len(answers))
+            prefix = inputs["attention_mask"].expand(len(answers), -1)
+            cont = self.model(
+                input_ids=ids,
+                attention_mask=torch.cat([prefix, mask.to(self.device)], dim=1),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            # Token j of each answer is predicted by position j-1 (the prefix's last for j=0).
+            logp = torch.log_softmax(cont.logits[:, :-1].float(), dim=-1)
+            for k, a in enumerate(answers):
+                total = first[a[0]]
+                if len(a) > 1:
+                    total = total + logp[k, torch.arange(len(a) - 1), torch.tensor(a[1:])].sum()
+                scores[row, k] = float(total)
+        return scores
 
     @torch.no_grad()
     def generate(self, items: list[PromptItem]) -> list[str]:

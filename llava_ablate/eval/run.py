@@ -36,6 +36,7 @@ from llava_ablate.eval.metrics import (
 from llava_ablate.eval.questions import Question, QuestionSet, frozen_question_set, mcq_prompt
 from llava_ablate.eval.scoring import ChoiceModel, PromptItem, score_units, units_for
 from llava_ablate.eval.store import PredictionStore, _read
+from llava_ablate.train.distributed import shutdown_distributed
 
 log = logging.getLogger("llava_ablate.eval")
 
@@ -184,7 +185,14 @@ def load_model(cfg: EvaluateConfig, world: World):
         from llava_ablate.eval.models import MLLMChoiceModel, load_mllm
 
         model, processor = load_mllm(m.path, _dtype(m.dtype), device, m.attn_implementation)
-        choice = MLLMChoiceModel(model, processor, max_new_tokens=cfg.eval.scoring.max_new_tokens)
+        sc = cfg.eval.scoring
+        choice = MLLMChoiceModel(
+            model,
+            processor,
+            max_new_tokens=sc.max_new_tokens,
+            names_prompt=sc.names_prompt,
+            names_answer=sc.names_answer,
+        )
         return choice, getattr(processor, "image_processor", None)
     from llava_ablate.eval.baselines import load_templates, load_zero_shot
 
@@ -238,6 +246,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
         (out / "metrics.json").write_text(json.dumps({"model": model_name, **summary}, indent=2))
         if wandb_run is not None:
             wandb_run.finish()
+    shutdown_distributed()
     return summary
 
 

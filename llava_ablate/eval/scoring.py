@@ -1,7 +1,9 @@
 """Score multiple-choice questions with a model behind a narrow interface.
 
 `ChoiceModel` is the only thing that touches a network: `letter_scores` (the log-probability
-of each letter as the next token) and `generate` (free text). Everything else here — which
+of each letter as the next token), `name_scores` (the summed log-probability of each option's
+class name as the answer: VLMClassifier's "probabilistic inference", on the same 26 options) and
+`generate` (free text). Everything else here — which
 letter wins, parsing, per-position bookkeeping, cyclic permutations — is plain code shared by
 every model, our MLLMs, public ones and the CLIP/SigLIP baselines alike.
 """
@@ -27,10 +29,14 @@ class PromptItem:
 
 
 class ChoiceModel(Protocol):
-    scorers: tuple[str, ...]  # which of "likelihood", "generate" it supports
+    scorers: tuple[str, ...]  # which of "likelihood", "name_likelihood", "generate" it supports
 
     def letter_scores(self, items: list[PromptItem]) -> np.ndarray:
         """[len(items), 26] scores for the letters A..Z (higher = preferred)."""
+        ...
+
+    def name_scores(self, items: list[PromptItem]) -> np.ndarray:
+        """[len(items), 26] log P(option's class name | image, prompt) per option (MLLMs)."""
         ...
 
     def generate(self, items: list[PromptItem]) -> list[str]: ...
@@ -53,15 +59,15 @@ class Unit:
 @dataclass
 class Prediction:
     qid: str
-    scorer: str  # likelihood | generate | all_classes
+    scorer: str  # likelihood | name_likelihood | generate | all_classes
     shift: int  # cyclic rotation of the options (0 = as frozen)
     label: str
     answer: str  # the true letter in this rotation
     pred: str | None  # the chosen letter; None = generated text named no option
     pred_class: str | None
     correct: bool
-    raw: str | None = None  # generate: the text; likelihood: None
-    p_pred: float | None = None  # likelihood: softmax over the k letters of the chosen one
+    raw: str | None = None  # generate: the text; likelihoods: None
+    p_pred: float | None = None  # likelihoods: softmax over the k options of the chosen one
 
     @property
     def key(self) -> str:
@@ -79,7 +85,9 @@ def units_for(questions: Iterable[Question], n_permutations: int) -> list[Unit]:
     return [Unit(q, s) for q in questions for s in cyclic_shifts(len(q.options), n_permutations)]
 
 
-def predictions_from_scores(units: list[Unit], scores: np.ndarray) -> list[Prediction]:
+def predictions_from_scores(
+    units: list[Unit], scores: np.ndarray, scorer: str = "likelihood"
+) -> list[Prediction]:
     out = []
     for unit, row in zip(units, scores, strict=True):
         q = unit.question.rotated(unit.shift)
@@ -91,7 +99,7 @@ def predictions_from_scores(units: list[Unit], scores: np.ndarray) -> list[Predi
         out.append(
             Prediction(
                 q.qid,
-                "likelihood",
+                scorer,
                 unit.shift,
                 q.label,
                 q.answer,
@@ -157,6 +165,8 @@ def score_units(
         preds: list[Prediction] = []
         if "likelihood" in scorers:
             preds += predictions_from_scores(batch, model.letter_scores(items))
+        if "name_likelihood" in scorers:
+            preds += predictions_from_scores(batch, model.name_scores(items), "name_likelihood")
         if "generate" in scorers:
             preds += predictions_from_text(batch, model.generate(items))
         if "all_classes" in scorers:

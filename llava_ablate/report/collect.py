@@ -68,16 +68,24 @@ def _accuracy(node: dict, where: Path) -> Accuracy:
         raise ResultsError(f"{where}: accuracy entry lacks {e} (value, ci_low, ci_high, n)") from e
 
 
+def _for_scorer(row: dict, scorer: str) -> dict:
+    """per_class.csv holds the first scorer as `accuracy` and the others as `<scorer>_accuracy`:
+    give every row `accuracy`/`ci_low`/`ci_high` of the scorer being compared."""
+    if f"{scorer}_accuracy" not in row:
+        return row
+    return row | {k: row[f"{scorer}_{k}"] for k in ("accuracy", "ci_low", "ci_high")}
+
+
 def read_dataset(directory: Path, scorer: str) -> DatasetResult:
     """One dataset's results (hook layout or evaluate.py layout)."""
     metrics_file = directory / "metrics.json"
     if not metrics_file.exists():
         raise ResultsError(f"{metrics_file} is missing")
     m = json.loads(metrics_file.read_text())
-    if "scorers" in m:  # evaluate.py
+    if "scorers" in m:  # evaluate.py, training hook
         scored = m["scorers"].get(scorer)
-        fingerprint = (m.get("question_set") or {}).get("fingerprint")
-    else:  # training hook: {"likelihood": {...}}
+        fingerprint = (m.get("question_set") or {}).get("fingerprint") or m.get("fingerprint")
+    else:  # training hook before name_likelihood: {"likelihood": {...}}
         scored = m.get(scorer)
         fingerprint = m.get("fingerprint")
     if scored is None:
@@ -95,7 +103,7 @@ def read_dataset(directory: Path, scorer: str) -> DatasetResult:
     pc = directory / "per_class.csv"
     if pc.exists():
         with open(pc, newline="", encoding="utf-8") as fh:
-            per_class = list(csv.DictReader(fh))
+            per_class = [_for_scorer(row, scorer) for row in csv.DictReader(fh)]
     hard = scored.get("hard_accuracy")
     return DatasetResult(
         dataset=m.get("dataset", directory.name),

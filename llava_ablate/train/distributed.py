@@ -42,6 +42,14 @@ def init_distributed(timeout_s: int = 1800) -> DistInfo:
     return info
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group together. A rank that exits while gloo's threads still hold the
+    group can abort at interpreter exit ("terminate called without an active exception")."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def resolve_precision(precision: str) -> str:
     if precision != "auto":
         return precision

@@ -31,6 +31,7 @@ from llava_ablate.train.distributed import (
     dtype_for,
     init_distributed,
     resolve_precision,
+    shutdown_distributed,
 )
 from llava_ablate.train.ds_config import deepspeed_config, plan_batches, total_steps
 from llava_ablate.train.loop import LoopOptions, TrainState, train_loop
@@ -72,6 +73,7 @@ def run_training(dcfg: DictConfig) -> Path:
     export_dir = run_dir / "export"
     if is_exported(export_dir):
         log.info("%s already finished (export at %s); nothing to do", run_dir, export_dir)
+        shutdown_distributed()
         return export_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     if info.is_main:
@@ -260,6 +262,7 @@ def run_training(dcfg: DictConfig) -> Path:
         )
     if tracker is not None:
         tracker.finish()
+    shutdown_distributed()
     return export_dir
 
 
