@@ -23,7 +23,7 @@ def hook_for(processor, data: Path, run_dir: Path) -> TrainingEvalHook:
     # 10 digits x 3 = 30 questions, 25 of them scored: 13 + 12 over two ranks.
     cfg = EvalCfg(
         datasets={"digits": DatasetCfg(kind="image_folder", root=str(data))},
-        scoring=ScoringCfg(batch_size=4),
+        scoring=ScoringCfg(scorers=["likelihood", "name_likelihood"], batch_size=4),
         hook=HookCfg(every_steps=2, at_end=True, max_questions=25),
     )
     return TrainingEvalHook(cfg, processor, run_dir)
@@ -70,9 +70,13 @@ def test_hook_under_zero3_on_two_ranks_matches_plain_model(cache_dir, tmp_path):
     assert got.keys() == expected.keys()
     for k in got:
         assert got[k] == pytest.approx(expected[k], abs=1e-9), k
-    preds = (out / "eval" / "step_4" / "digits" / "predictions.jsonl").read_text().splitlines()
-    plain_preds = tmp_path / "plain" / "eval" / "step_2" / "digits" / "predictions.jsonl"
-    assert len(preds) == 25
-    assert [json.loads(x)["pred"] for x in preds] == [
-        json.loads(x)["pred"] for x in plain_preds.read_text().splitlines()
-    ]
+    assert {"eval/digits/accuracy", "eval/digits/name_likelihood/accuracy"} <= got.keys()
+    assert got["eval/digits/accuracy"] == got["eval/digits/likelihood/accuracy"]
+
+    def preds(path):
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+        return {(r["scorer"], r["qid"]): r["pred"] for r in rows}
+
+    zero3 = preds(out / "eval" / "step_4" / "digits" / "predictions.jsonl")
+    assert len(zero3) == 50  # 25 questions x 2 scorers, no padding left over
+    assert zero3 == preds(tmp_path / "plain" / "eval" / "step_2" / "digits" / "predictions.jsonl")

@@ -144,7 +144,14 @@ class TrainingEvalHook:
                 self.cfg.scoring.batch_size,
             ):
                 mine += preds
-            mine = mine[:real]
+            # Drop the padding: fillers repeat this rank's last real question (or, on a rank
+            # with none, another rank's), so keep each real question's first prediction.
+            real_keys = {units[i].key for i in idx[:real]}
+            kept: dict[tuple[str, str], Prediction] = {}
+            for p in mine:
+                if p.key in real_keys:
+                    kept.setdefault((p.scorer, p.key), p)
+            mine = list(kept.values())
             gathered = [mine]
             if world.size > 1:
                 gathered = [None] * world.size
