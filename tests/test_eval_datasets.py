@@ -140,3 +140,25 @@ def test_image_folder_and_subsampling(tmp_path):
 def test_missing_root_names_it(tmp_path):
     with pytest.raises(DatasetLayoutError, match="food-101 directory"):
         _load("food101", tmp_path / "nope")
+
+
+def test_classnames_file_keyed_or_positional(tmp_path):
+    root = fx.digits_folder(tmp_path / "digits", per_class=1, num_classes=3)
+    keyed = tmp_path / "classes.csv"  # any order: matched by folder name
+    keyed.write_text("two,digit Two,digit\nzero,digit Zero,digit\none,digit One,digit\n")
+    ds = _load("image_folder", root, classnames=str(keyed))
+    assert ds.classnames == ["digit One", "digit Two", "digit Zero"]  # folders sorted
+    assert {s.id.split("/")[0]: ds.classnames[s.label] for s in ds.samples}["zero"] == "digit Zero"
+    keyed.write_text("zero,Zero\none,One\n")
+    with pytest.raises(DatasetLayoutError, match=r"names no class for \['two'\]"):
+        _load("image_folder", root, classnames=str(keyed))
+    positional = tmp_path / "names.txt"
+    positional.write_text("uno\ndos\ncero\n")
+    assert _load("image_folder", root, classnames=str(positional)).classnames == [
+        "uno",
+        "dos",
+        "cero",
+    ]
+    positional.write_text("uno\n")
+    with pytest.raises(DatasetLayoutError, match="has 1 names but ds has 3 classes"):
+        _load("image_folder", root, classnames=str(positional))

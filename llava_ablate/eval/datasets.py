@@ -68,10 +68,38 @@ def shipped_classnames(filename: str) -> list[str]:
     return [line.split("\t", 1)[1] if filename.endswith(".tsv") else line for line in lines]
 
 
-def read_classnames_file(path: str | Path) -> list[str]:
-    """A user file: one name per line, or `key<TAB>name` lines."""
-    lines = require(Path(path), "a class-names file").read_text("utf-8").splitlines()
-    return [line.split("\t")[-1].strip() for line in lines if line.strip()]
+def read_classnames_file(path: str | Path) -> list[tuple[str | None, str]]:
+    """A user file of (key, name): one name per line (key None, matched by position), or keyed
+    lines `key<TAB>name` / CSV `key,name[,...]` (matched to the dataset's classes by key)."""
+    path = require(Path(path), "a class-names file")
+    lines = [line for line in path.read_text("utf-8").splitlines() if line.strip()]
+    if path.suffix.lower() == ".csv":
+        return [(row[0].strip(), row[1].strip()) for row in csv.reader(lines)]
+    return [
+        (line.split("\t")[0].strip(), line.split("\t")[-1].strip())
+        if "\t" in line
+        else (None, line.strip())
+        for line in lines
+    ]
+
+
+def rename_classes(dataset_name: str, classnames: list[str], path: str) -> list[str]:
+    entries = read_classnames_file(path)
+    if all(key is not None for key, _ in entries):
+        # Keys name the dataset's classes (a folder name or its readable form): order-proof.
+        by_key = {k: n for k, n in entries} | {readable(k): n for k, n in entries}
+        missing = [c for c in classnames if c not in by_key]
+        if missing:
+            raise DatasetLayoutError(
+                f"{path} names no class for {missing[:5]} ({len(missing)} of "
+                f"{len(classnames)} classes of {dataset_name}); add `key<TAB>name` lines for them"
+            )
+        return [by_key[c] for c in classnames]
+    if len(entries) != len(classnames):
+        raise DatasetLayoutError(
+            f"{path} has {len(entries)} names but {dataset_name} has {len(classnames)} classes"
+        )
+    return [n for _, n in entries]
 
 
 def readable(folder_name: str) -> str:
@@ -213,13 +241,7 @@ def load_dataset(name: str, cfg: DatasetCfg, seed: int = 1234) -> Classification
         generate_builtin(cfg.builtin, Path(cfg.root))
     dataset = readers[cfg.kind](name, cfg)
     if cfg.classnames:
-        names = read_classnames_file(cfg.classnames)
-        if len(names) != len(dataset.classnames):
-            raise DatasetLayoutError(
-                f"{cfg.classnames} has {len(names)} names but {name} has "
-                f"{len(dataset.classnames)} classes"
-            )
-        dataset.classnames = names
+        dataset.classnames = rename_classes(name, dataset.classnames, cfg.classnames)
     if len(set(dataset.classnames)) != len(dataset.classnames):
         dupes = sorted({c for c in dataset.classnames if dataset.classnames.count(c) > 1})
         raise DatasetLayoutError(
