@@ -30,6 +30,7 @@ class VisionCfg:
     feature_layer: Any = -2  # int, or a list of ints whose features are concatenated
     select_strategy: str = "default"  # default: drop CLS (CLIP); full: keep all (SigLIP)
     image_aspect: str = "pad"  # pad: LLaVA pad-to-square with the mean colour; resize
+    builtin: str | None = None  # a tower the project trains offline into `pretrained` (demo)
 
 
 @dataclass

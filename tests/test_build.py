@@ -162,3 +162,11 @@ def test_flash_attention_without_the_package_fails_clearly():
         return
     with pytest.raises(ImportError, match="flash-attn.*attn_implementation=sdpa"):
         check_attn_implementation("flash_attention_2")
+
+
+@pytest.mark.parametrize("llm,stop", [("tiny_llama", "</s>"), ("tiny_qwen2", "<|im_end|>")])
+def test_end_of_turn_is_the_templates_answer_closer(cache_dir, llm, stop):
+    from llava_ablate.model.export import end_of_turn_id
+
+    processor = build_tiny(cache_dir, llm=llm).processor
+    assert processor.tokenizer.convert_ids_to_tokens(end_of_turn_id(processor)) == stop

@@ -9,6 +9,7 @@ would silently score the wrong token for half the templates.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from contextlib import contextmanager
 
@@ -167,6 +168,14 @@ class MLLMChoiceModel:
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         return logprobs[:, self.letter_ids].cpu().numpy()
 
+    @property
+    def _cache_kwarg(self) -> str:
+        """transformers 5 renames `past_key_values` to `cache` model by model."""
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return (
+            "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        )
+
     def answer_ids(self, answer: str) -> list[int]:
         """Tokens of `answer` as the template writes it after the generation prompt (with any
         whitespace the template puts first, e.g. vicuna's " "), without the end of turn."""
@@ -204,14 +213,14 @@ class MLLMChoiceModel:
             pad = self.processor.tokenizer.pad_token_id or 0
             ids = torch.tensor([a + [pad] * (width - len(a)) for a in answers], device=self.device)
             mask = (torch.arange(width) < torch.tensor([len(a) for a in answers])[:, None]).long()
-            cache = out.past_key_values
+            cache = getattr(out, "cache", None) or out.past_key_values
             cache.batch_repeat_interleave(len(answers))
             prefix = inputs["attention_mask"].expand(len(answers), -1)
             cont = self.model(
                 input_ids=ids,
                 attention_mask=torch.cat([prefix, mask.to(self.device)], dim=1),
-                past_key_values=cache,
                 use_cache=True,
+                **{self._cache_kwarg: cache},
             )
             # Token j of each answer is predicted by position j-1 (the prefix's last for j=0).
             logp = torch.log_softmax(cont.logits[:, :-1].float(), dim=-1)

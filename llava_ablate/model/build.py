@@ -95,6 +95,10 @@ def build_vision_tower(cfg: VisionCfg, attn: str, dtype: torch.dtype):
     # SigLIP's pooling head is never used by Llava, and an unused module breaks DDP-style
     # reductions; drop it at construction.
     extra = {"vision_use_head": False} if cfg.arch == "siglip" else {}
+    if cfg.builtin:  # trained offline on first use (the demo's mini-CLIP)
+        from llava_ablate.model.mini_clip import generate_builtin_tower
+
+        generate_builtin_tower(cfg.builtin, Path(cfg.pretrained or ""))
     if cfg.pretrained:
         src = resolve_package_dir(cfg.pretrained)
         tower = model_cls.from_pretrained(src, dtype=dtype, attn_implementation=attn, **extra)

@@ -44,6 +44,7 @@ def export_engine(engine, processor, out_dir: Path, info: dict) -> Path:
         model.tie_weights()
         model = merged(model)
         model.config.use_cache = True  # training turned the KV cache off; generation wants it
+        _stop_at_end_of_turn(model.generation_config, processor)
         model.save_pretrained(out_dir)
         processor.save_pretrained(out_dir)
         (out_dir / "llava_ablate.json").write_text(json.dumps(info, indent=2, default=str))
@@ -53,6 +54,31 @@ def export_engine(engine, processor, out_dir: Path, info: dict) -> Path:
         log.info("exported %s", out_dir)
     dist.barrier()
     return out_dir
+
+
+def end_of_turn_id(processor) -> int:
+    """The token the chat template closes an assistant answer with (ChatML "<|im_end|>",
+    vicuna "</s>"): what the model was trained to emit when it is done."""
+    from llava_ablate.eval.models import _messages, render
+
+    answer = "Zq"
+    full = render(processor, _messages("Q", answer, image=False), False)
+    after = full[full.rindex(answer) + len(answer) :]
+    ids = processor.tokenizer(after, add_special_tokens=False).input_ids
+    if not ids:
+        return processor.tokenizer.eos_token_id
+    return ids[0]
+
+
+def _stop_at_end_of_turn(generation_config, processor) -> None:
+    """generate() stops at the end of the answer, not at max_new_tokens."""
+    tok = processor.tokenizer
+    stops = [end_of_turn_id(processor)] + (
+        [tok.eos_token_id] if tok.eos_token_id is not None else []
+    )
+    generation_config.eos_token_id = list(dict.fromkeys(stops))
+    generation_config.pad_token_id = tok.pad_token_id
+    generation_config.use_cache = True
 
 
 def _skeleton_like(module: torch.nn.Module) -> torch.nn.Module:

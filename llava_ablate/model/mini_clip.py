@@ -1,0 +1,175 @@
+"""mini-CLIP: the demo's vision tower, pre-trained contrastively offline the way real towers are.
+
+LLaVA starts from a CLIP tower that already tells concepts apart; a random-init tower has to
+learn vision through the LLM's next-token loss, which on a CPU budget leaves it unable to tell
+a digit three from a seven. So the demo does what OpenAI did, in miniature: a tiny CLIP (image
+tower + text tower, transformers' `CLIPModel` and its own contrastive loss) is trained on
+captions of mini-classify's *base* training images (common + rare classes; the absent classes
+are never shown, so the data axis stays intact). The directory it writes is a full CLIP
+checkpoint: `CLIPVisionModel.from_pretrained` reads the tower for LLaVA, `CLIPModel` the pair for
+the zero-shot baseline.
+
+Batches hold distinct classes (one image each): with repeated captions in a batch, the
+contrastive targets would call the same caption both right and wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save_model
+from tokenizers.processors import TemplateProcessing
+
+log = logging.getLogger(__name__)
+
+CAPTION = "a photo of a {name}."
+TOWER = {
+    "hidden_size": 128,
+    "intermediate_size": 512,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "image_size": 32,
+    "patch_size": 8,
+}
+
+
+def _folders(root: Path, splits: tuple[str, ...]) -> dict[str, list[Path]]:
+    out: dict[str, list[Path]] = {}
+    for split in splits:
+        for folder in sorted((root / split).iterdir()):
+            out.setdefault(folder.name, []).extend(sorted(folder.glob("*.png")))
+    return out
+
+
+def build_mini_clip(
+    out: Path,
+    data_root: Path,
+    *,
+    splits: tuple[str, ...] = ("train_common", "train_rare"),
+    steps: int = 600,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> Path:
+    """Train the mini-CLIP into `out` unless it is there already; returns `out`."""
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessorPil,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTextConfig,
+        CLIPVisionConfig,
+    )
+
+    from llava_ablate.model.tiny_tokenizer import build_tiny_tokenizer
+
+    out = Path(out)
+    if (out / "config.json").is_file():
+        return out
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    names = {row[0]: row[1] for row in csv.reader((data_root / "classes.csv").open())}
+    images = _folders(data_root, splits)
+    keys = sorted(images)
+    tok = build_tiny_tokenizer(out.parent / "tokenizers" / "tiny-qwen2", "qwen2")
+    # CLIP pools the text at its eos: this copy of the tokenizer appends it, so the zero-shot
+    # baseline's prompts end the way the training captions did.
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"$A {tok.eos_token}", special_tokens=[(tok.eos_token, tok.eos_token_id)]
+    )
+    processor = CLIPImageProcessorPil(
+        size={"shortest_edge": TOWER["image_size"]}, crop_size=TOWER["image_size"]
+    )
+    captions = [CAPTION.format(name=names[k]) for k in keys]
+    text = tok(captions, padding=True, return_tensors="pt")
+    config = CLIPConfig(
+        text_config=CLIPTextConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=text.input_ids.shape[1],
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,  # pooled at the eos, not at argmax(ids)
+        ).to_dict(),
+        vision_config=CLIPVisionConfig(**TOWER).to_dict(),
+        projection_dim=64,
+    )
+    model = CLIPModel(config)
+    pixels = {
+        k: processor(
+            images=[Image.open(p).convert("RGB") for p in paths], return_tensors="pt"
+        ).pixel_values
+        for k, paths in images.items()
+    }
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    losses = []
+    for step in range(steps):
+        picked = list(range(len(keys)))  # every class once, a random image of each
+        batch = torch.stack([pixels[keys[i]][rng.randrange(len(pixels[keys[i]]))] for i in picked])
+        loss = model(
+            input_ids=text.input_ids,
+            attention_mask=text.attention_mask,
+            pixel_values=batch,
+            return_loss=True,
+        ).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if (step + 1) % 100 == 0:
+            log.info("mini-clip step %d loss %.3f", step + 1, np.mean(losses[-100:]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    # Not `save_pretrained`: under torch.distributed it writes weights on rank 0 only, and
+    # whichever rank holds the lock trains this.
+    save_model(model, str(tmp / "model.safetensors"))
+    model.config.save_pretrained(tmp)
+    CLIPProcessor(image_processor=processor, tokenizer=tok).save_pretrained(tmp)
+    (tmp / "classes.txt").write_text("".join(f"{names[k]}\n" for k in keys))
+    window = max(1, steps // 10)
+    (tmp / "training.json").write_text(
+        json.dumps(
+            {
+                "steps": steps,
+                "classes": len(keys),
+                "images": sum(len(v) for v in images.values()),
+                "loss_first": float(np.mean(losses[:window])),
+                "loss_last": float(np.mean(losses[-window:])),
+            },
+            indent=2,
+        )
+    )
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def generate_builtin_tower(name: str, out: Path) -> Path:
+    """Train built-in tower `name` into `out` once; mini-classify (its data) lives next to it and
+    is generated first if needed. Concurrent ranks wait for the one that trains."""
+    from llava_ablate.data.builtin import generate_builtin
+    from llava_ablate.model.sources import file_lock
+
+    if name != "mini_clip":
+        raise ValueError(f"vision.builtin={name!r}; known: ['mini_clip']")
+    if not str(out) or str(out) == ".":
+        raise ValueError("vision.builtin=mini_clip needs vision.pretrained: where to write it")
+    data = generate_builtin("mini_classify", out.parent / "mini_classify")
+    with file_lock(out.with_suffix(".lock")):
+        return build_mini_clip(out, data)
