@@ -1,4 +1,4 @@
-# Two commands on a fresh machine:  `make demo` (install + tiny end-to-end run) and `make test`.
+# Two commands on a fresh machine:  `make demo` (install + the paper in miniature) and `make test`.
 PY     ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 NPROC  ?= 2
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test lint
+.PHONY: install demo test lint bench
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -23,14 +23,18 @@ $(VENV)/.installed: pyproject.toml
 	  || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends dataset-fashion-mnist)
 	touch $@
 
-# Stage 1 (projector alignment) then stage 2 (instruction tuning from stage 1's export), each
-# with DeepSpeed ZeRO-2 on $(NPROC) CPU ranks. Re-running skips finished stages.
+# The paper in miniature (llava_ablate/demo): mini-classify + a mini-CLIP tower built offline,
+# a 2x2 grid (random-init vs pretrained SmolLM2 LLM x base vs +extra data), both LLaVA stages
+# with DeepSpeed on $(NPROC) CPU ranks, the 26-option evaluation and an HTML report.
+# Re-running skips what is finished.
 demo: install
-	$(BIN)/torchrun --nproc_per_node=$(NPROC) train.py +experiment=tiny_align
-	$(BIN)/torchrun --nproc_per_node=$(NPROC) train.py +experiment=tiny_finetune
+	$(BIN)/python -m llava_ablate.demo --nproc $(NPROC)
 
 test: install
 	$(BIN)/python -m pytest tests -q
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python -m bench

@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-BENCHES = ["loader_throughput", "padding_waste", "eval_throughput"]
+BENCHES = ["loader_throughput", "padding_waste", "eval_throughput", "name_scoring"]
 
 
 def main() -> None:

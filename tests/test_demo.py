@@ -1,0 +1,60 @@
+"""The embedded default, reduced: the README's main command with fewer steps and the small LLM
+only (the SmolLM2 arms run in `make demo`). Real data, real DeepSpeed runs on 2 CPU ranks, the
+real evaluator and report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llava_ablate.demo.__main__ import main
+from llava_ablate.report.collect import read_dataset, read_run
+
+
+@pytest.mark.slow
+def test_demo_quick_grid_is_above_chance_and_reported(cache_dir, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    report = main(
+        [
+            "--quick",
+            "--llms",
+            "small_qwen2",
+            "--runs-root",
+            str(runs),
+            "--cache-dir",
+            str(cache_dir),
+        ]
+    )
+    assert report.exists() and "demo_extra" in report.read_text()
+    out = capsys.readouterr().out
+    assert "chance = 1/26" in out and "mini-CLIP zero-shot" in out
+    stage2 = sorted(runs.glob("small_qwen2-mini_clip-mlp2x_gelu-demo_*-demo_finetune"))
+    assert [p.name.split("-")[3] for p in stage2] == ["demo_base", "demo_extra"]
+    fingerprints = set()
+    for run in stage2:
+        result = read_run(run, "name_likelihood").datasets["mini_classify"]
+        assert result.accuracy.n == 120  # 30 classes x 4 test images, 26 options each
+        assert result.accuracy.ci_low > 1 / 26, (run.name, result.accuracy)  # above chance
+        assert result.hard is not None  # hard = the 10 least-exposed classes of demo_base
+        fingerprints.add(result.fingerprint)
+    clip = read_dataset(runs / "mini_clip-zero_shot" / "mini_classify", "likelihood")
+    fingerprints.add(clip.fingerprint)
+    assert len(fingerprints) == 1  # every model answered the same frozen questions
+    assert clip.accuracy.ci_low > 1 / 26
+    hard = json.loads((runs / "mini_clip-zero_shot" / "mini_classify" / "metrics.json").read_text())
+    assert hard["hard_classes"]["n"] == 10
+
+    # Re-running reuses every finished step.
+    main(
+        [
+            "--quick",
+            "--llms",
+            "small_qwen2",
+            "--runs-root",
+            str(runs),
+            "--cache-dir",
+            str(cache_dir),
+        ]
+    )
+    assert capsys.readouterr().out.count("done before") == 5
