@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 LLMS = ("small_qwen2", "smollm2_135m")
 DATA = ("demo_base", "demo_extra")
-HARD_Q = 0.34  # 10 of 30 classes: the least exposed ones in the base mixture
+HARD_Q = 1 / 3  # 10 of 30 classes: the least exposed ones in the base mixture (rare + absent)
 SCORER = "name_likelihood"  # the headline (first) scorer of demo_stage2
 
 
