@@ -57,4 +57,4 @@ def test_demo_quick_grid_is_above_chance_and_reported(cache_dir, tmp_path, capsy
             str(cache_dir),
         ]
     )
-    assert capsys.readouterr().out.count("done before") == 5
+    assert capsys.readouterr().out.count("done before") == 4  # stage 1, 2 x stage 2, baseline
