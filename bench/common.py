@@ -13,19 +13,21 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench"
 
 
-def tiny_variant(image_size: int = 32, patch: int = 8, llm: str = "tiny_llama"):
-    """A tiny random-init variant whose image processor works at `image_size` (e.g. CLIP's 336)."""
+def variant_from(overrides: list[str], cache_dir: str | Path = CACHE):
+    """A variant composed from the project's own config groups (e.g. ["llm=smollm2_135m"])."""
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = to_object(
-            compose(
-                config_name="config",
-                overrides=[
-                    "vision=tiny_clip",
-                    f"llm={llm}",
-                    f"vision.config.image_size={image_size}",
-                    f"vision.config.patch_size={patch}",
-                ],
-            )
-        )
-    return build_variant(cfg.vision, cfg.llm, cfg.projector, cache_dir=CACHE)
+        cfg = to_object(compose(config_name="config", overrides=overrides))
+    return build_variant(cfg.vision, cfg.llm, cfg.projector, cache_dir=cache_dir)
+
+
+def tiny_variant(image_size: int = 32, patch: int = 8, llm: str = "tiny_llama"):
+    """A tiny random-init variant whose image processor works at `image_size` (e.g. CLIP's 336)."""
+    return variant_from(
+        [
+            "vision=tiny_clip",
+            f"llm={llm}",
+            f"vision.config.image_size={image_size}",
+            f"vision.config.patch_size={patch}",
+        ]
+    )

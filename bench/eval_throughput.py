@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llava_ablate.config import register_configs, to_object  # noqa: E402
+from bench.common import variant_from  # noqa: E402
 from llava_ablate.eval.config import EvalCfg, QuestionsCfg, ScoringCfg  # noqa: E402
 from llava_ablate.eval.datasets import ClassificationDataset, Sample  # noqa: E402
 from llava_ablate.eval.metrics import agreement  # noqa: E402
@@ -30,7 +29,6 @@ from llava_ablate.eval.models import MLLMChoiceModel  # noqa: E402
 from llava_ablate.eval.questions import build_question_set  # noqa: E402
 from llava_ablate.eval.run import item_maker  # noqa: E402
 from llava_ablate.eval.scoring import score_units, units_for  # noqa: E402
-from llava_ablate.model.build import build_variant  # noqa: E402
 
 
 def digits_dataset(root: Path, n: int) -> ClassificationDataset:
@@ -57,10 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cache-dir", default=str(ROOT / ".cache" / "llava_ablate"))
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = to_object(compose("config", [f"vision={args.vision}", f"llm={args.llm}"]))
-    variant = build_variant(cfg.vision, cfg.llm, cfg.projector, cache_dir=args.cache_dir)
+    variant = variant_from([f"vision={args.vision}", f"llm={args.llm}"], args.cache_dir)
     model = MLLMChoiceModel(
         variant.model.eval(), variant.processor, max_new_tokens=args.max_new_tokens
     )

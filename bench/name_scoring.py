@@ -17,19 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import variant_from  # noqa: E402
 from bench.eval_throughput import digits_dataset  # noqa: E402
-from llava_ablate.config import register_configs, to_object  # noqa: E402
 from llava_ablate.eval.config import EvalCfg, QuestionsCfg  # noqa: E402
 from llava_ablate.eval.models import MLLMChoiceModel  # noqa: E402
 from llava_ablate.eval.questions import LETTERS, build_question_set  # noqa: E402
 from llava_ablate.eval.run import item_maker  # noqa: E402
 from llava_ablate.eval.scoring import PromptItem  # noqa: E402
-from llava_ablate.model.build import build_variant  # noqa: E402
 
 PROMPT = "What is shown in this image?"
 
@@ -70,10 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cache-dir", default=str(ROOT / ".cache" / "llava_ablate"))
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = to_object(compose("config", [f"vision={args.vision}", f"llm={args.llm}"]))
-    variant = build_variant(cfg.vision, cfg.llm, cfg.projector, cache_dir=args.cache_dir)
+    variant = variant_from([f"vision={args.vision}", f"llm={args.llm}"], args.cache_dir)
     model = MLLMChoiceModel(variant.model.eval(), variant.processor, names_prompt=PROMPT)
     with tempfile.TemporaryDirectory() as tmp:
         ds = digits_dataset(Path(tmp), args.questions)

@@ -15,17 +15,16 @@ from llava_ablate.report.collect import read_dataset, read_run
 @pytest.mark.slow
 def test_demo_quick_grid_is_above_chance_and_reported(cache_dir, tmp_path, capsys):
     runs = tmp_path / "runs"
-    report = main(
-        [
-            "--quick",
-            "--llms",
-            "small_qwen2",
-            "--runs-root",
-            str(runs),
-            "--cache-dir",
-            str(cache_dir),
-        ]
-    )
+    args = [
+        "--quick",
+        "--llms",
+        "small_qwen2",
+        "--runs-root",
+        str(runs),
+        "--cache-dir",
+        str(cache_dir),
+    ]
+    report = main(args)
     assert report.exists() and "demo_extra" in report.read_text()
     out = capsys.readouterr().out
     assert "chance = 1/26" in out and "mini-CLIP zero-shot" in out
@@ -46,15 +45,5 @@ def test_demo_quick_grid_is_above_chance_and_reported(cache_dir, tmp_path, capsy
     assert hard["hard_classes"]["n"] == 10
 
     # Re-running reuses every finished step.
-    main(
-        [
-            "--quick",
-            "--llms",
-            "small_qwen2",
-            "--runs-root",
-            str(runs),
-            "--cache-dir",
-            str(cache_dir),
-        ]
-    )
+    main(args)
     assert capsys.readouterr().out.count("done before") == 4  # stage 1, 2 x stage 2, baseline

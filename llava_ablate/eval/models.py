@@ -118,6 +118,10 @@ class MLLMChoiceModel:
         self.max_new_tokens = max_new_tokens
         self.names_prompt, self.names_answer = names_prompt, names_answer
         self._answer_ids: dict[str, list[int]] = {}
+        # transformers 5 renames `past_key_values` to `cache`, model by model.
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        params = inspect.signature(base.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         # ZeRO-3: every rank must keep running forwards until all ranks finish generating.
         self.synced_gpus = synced_gpus
         self.letter_ids, self.answer_prefix = letter_token_ids(processor)
@@ -167,14 +171,6 @@ class MLLMChoiceModel:
             logits = self.model(**inputs).logits[torch.arange(len(items)), last]
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         return logprobs[:, self.letter_ids].cpu().numpy()
-
-    @property
-    def _cache_kwarg(self) -> str:
-        """transformers 5 renames `past_key_values` to `cache` model by model."""
-        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        return (
-            "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        )
 
     def answer_ids(self, answer: str) -> list[int]:
         """Tokens of `answer` as the template writes it after the generation prompt (with any
