@@ -199,6 +199,20 @@ def test_image_placeholder_moved_first_like_llava(vicuna):
     assert llava_to_messages(turns(two, "Same."))[0]["content"] == two  # interleaved: left alone
 
 
+@pytest.mark.parametrize(
+    ("value", "moved"),
+    [
+        ("What is it? <image>", "<image>\nWhat is it?"),  # LLaVA strips what remains
+        ("  What is it?\n\n<image>", "<image>\nWhat is it?"),
+        ("<image>\n\nWhat is it? ", "<image>\nWhat is it?"),
+        ("<image> What is it?", "<image>\nWhat is it?"),
+        (" <image> ", "<image>"),
+    ],
+)
+def test_image_placeholder_moved_first_strips_like_llava_preprocess_multimodal(value, moved):
+    assert llava_to_messages(turns(value, "A cat."))[0]["content"] == moved
+
+
 @pytest.mark.parametrize("images", [1, 2])
 def test_image_tokens_expanded(vicuna, images):
     question = " and ".join(["<image>"] * images) + "?"

@@ -69,7 +69,7 @@ def test_bad_records_are_skipped_and_counted_per_reason(tmp_path):
     }
     listed = [json.loads(line) for line in (tmp_path / "shards/bad/skipped.jsonl").open()]
     assert sorted(s["id"] for s in listed) == sorted(
-        ["corrupt", "missing", "no_tag", "no_answer", "bad_role", "d.json#6"]
+        ["corrupt", "missing", "no_tag", "no_answer", "bad_role", "no_convo"]
     )
     assert {s["reason"] for s in listed} == set(manifest["skipped"])
 

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from llava_ablate.data.encode import Collator, EncodeOptions, SampleEncoder
-from llava_ablate.data.mixture import open_mixture
+from llava_ablate.data.mixture import BadShard, open_mixture
 from llava_ablate.data.shards import build_mixture
 from llava_ablate.data.stream import BatchingOptions, ShardStream, StreamingLoader, StreamPlan
 
@@ -37,8 +37,9 @@ def _loader(
     seed=0,
     group=True,
     max_length=256,
+    on_bad_shard="error",
 ):
-    mixture = open_mixture(data_cfg("m", sources, root / "shards"), seed)
+    mixture = open_mixture(data_cfg("m", sources, root / "shards", on_bad_shard=on_bad_shard), seed)
     encoder = SampleEncoder(
         variant.processor, EncodeOptions("chat", variant.num_image_tokens, max_length, "skip", True)
     )
@@ -149,6 +150,26 @@ def test_over_long_samples_are_counted(built, tiny_variant):
         for bt in itertools.islice(loader, loader.stream.batches_per_epoch())
     )
     assert skipped > 0
+
+
+def test_a_short_shard_under_skip_keeps_every_batch_and_counts_its_samples(tmp_path, tiny_variant):
+    import tarfile
+
+    src = write_llava_source(tmp_path, "c", 40)
+    build_mixture(data_cfg("c", [src], tmp_path / "shards", samples_per_shard=10), workers=1)
+    kw = {"workers": 2, "micro": 1, "group": False}  # every sample in a batch: all are counted
+    per_epoch = _loader(tmp_path, [src], tiny_variant, **kw).stream.batches_per_epoch()
+    tar = tmp_path / "shards/c/c-000002.tar"
+    with tarfile.open(tar) as tf:
+        cut = [m for m in tf.getmembers() if m.name.startswith("000000027.")][0].offset
+    tar.write_bytes(tar.read_bytes()[:cut])  # a partial copy: samples 27..29 are gone
+    loader = _loader(tmp_path, [src], tiny_variant, on_bad_shard="skip", **kw)
+    assert loader.stream.batches_per_epoch() == per_epoch
+    batches = list(itertools.islice(loader, per_epoch))
+    assert sum(bt["skipped"].get("bad_shard", 0) for bt in batches) == 3
+    assert loader.stream.epoch == 0  # the epoch did not end early
+    with pytest.raises(BadShard, match=r"c-000002\.tar.*rebuild"):
+        next(iter(_loader(tmp_path, [src], tiny_variant, **kw)))
 
 
 def test_text_only_batches_get_a_loss_neutral_image_row(tiny_variant):

@@ -22,20 +22,45 @@ _SOURCES = {"user": "human", "assistant": "gpt"}
 Span = tuple[int, int]  # [start, end) in characters of the rendered text
 
 
+# Each error is a reason a sample is skipped; `reason` is the name it is counted under, the same
+# at build time (manifest, skipped.jsonl) and at run time (data_skips.json).
 class MalformedConversation(ValueError):
-    """Invalid LLaVA turns: unknown speaker, empty value, wrong alternation."""
+    """Invalid LLaVA turns: wrong JSON types, unknown speaker, empty value, wrong alternation."""
+
+    reason = "malformed_conversation"
 
 
 class TokenizationMismatch(ValueError):
     """The template or tokenizer does not split cleanly into prompt and reply tokens."""
 
+    reason = "tokenization_mismatch"
+
 
 class SampleTooLong(ValueError):
     """Too long for max_length (overflow="skip", or the image tokens alone overflow)."""
 
+    reason = "too_long"
+
 
 class EmptySupervision(ValueError):
     """No assistant token would be trained on."""
+
+    reason = "empty_supervision"
+
+
+class SpecialTokenInText(ValueError):
+    """The data's own text holds a special token's literal (e.g. "<|im_end|>" or "</s>").
+
+    The tokenizer would turn it into the real token: an answer containing a literal end of turn
+    would teach the model to stop mid-answer. Such samples are counted, never trained on.
+    """
+
+    reason = "special_token_in_text"
+
+
+def json_type_name(value: object) -> str:
+    """The JSON name of a parsed value's type, for messages about wrong types."""
+    return "null" if value is None else type(value).__name__
 
 
 @dataclass
@@ -46,35 +71,45 @@ class TokenizedSample:
 
 
 def _image_first(text: str) -> str:
-    """LLaVA's preprocess_multimodal: one placeholder goes first, then a newline.
+    """LLaVA's preprocess_multimodal: one placeholder goes first, then a newline, then the rest
+    of the text stripped ("What is it? <image>" -> "<image>\\nWhat is it?").
 
     Raw LLaVA data has both "<image>\\nQ" and "Q\\n<image>". Several placeholders
     (interleaved images) stay where the user put them.
     """
     tag = DEFAULT_IMAGE_TOKEN
-    if text.count(tag) != 1 or text.startswith(tag + "\n"):
+    if text.count(tag) != 1:
         return text
-    before, after = text.split(tag)
-    if after.startswith("\n"):
-        after = after[1:]
-    elif before.endswith("\n"):
-        before = before[:-1]
-    return f"{tag}\n{before}{after}" if before + after else tag
+    return f"{tag}\n{text.replace(tag, '').strip()}".strip()
 
 
 def llava_to_messages(conversations: list[dict]) -> list[dict]:
     """LLaVA turns {"from": human|gpt|system, "value"} -> messages {"role", "content"}."""
+    if not isinstance(conversations, list):
+        raise MalformedConversation(
+            f"'conversations' must be a list of turns, got {json_type_name(conversations)}"
+        )
     messages: list[dict] = []
     for i, turn in enumerate(conversations):
-        source, value = (
-            (turn.get("from"), turn.get("value")) if isinstance(turn, dict) else (turn, None)
-        )
+        if not isinstance(turn, dict):
+            raise MalformedConversation(
+                f'turn {i}: expected an object {{"from", "value"}}, got {json_type_name(turn)}'
+            )
+        source, value = turn.get("from"), turn.get("value")
+        if not isinstance(source, str):
+            raise MalformedConversation(
+                f"turn {i}: 'from' must be a string, got {json_type_name(source)}"
+            )
         role = _ROLES.get(source)
         if role is None:
             raise MalformedConversation(
                 f"turn {i}: unknown 'from' {source!r}; expected one of {', '.join(_ROLES)}"
             )
-        if not isinstance(value, str) or not value.strip():
+        if not isinstance(value, str):
+            raise MalformedConversation(
+                f"turn {i} ({source}): 'value' must be a string, got {json_type_name(value)}"
+            )
+        if not value.strip():
             raise MalformedConversation(f"turn {i} ({source}): empty value")
         if role == "system" and i != 0:
             raise MalformedConversation(f"turn {i}: a system turn is only allowed first")
@@ -91,6 +126,34 @@ def llava_to_messages(conversations: list[dict]) -> list[dict]:
         content = _image_first(value) if role == "user" else value
         messages.append({"role": role, "content": content})
     return messages
+
+
+def trim_unanswered(messages: list[dict]) -> list[dict]:
+    """Drop a final user turn that no reply answers: it is never trained on, only costs tokens.
+
+    One that holds an image is malformed instead (dropping it would orphan the image).
+    """
+    if not messages or messages[-1]["role"] != "user":
+        return messages
+    if DEFAULT_IMAGE_TOKEN in messages[-1]["content"]:
+        raise MalformedConversation(
+            f"turn {len(messages) - 1} (human): the conversation ends on a human turn that holds "
+            "an image and no reply answers it"
+        )
+    return messages[:-1]
+
+
+def special_tokens_in(messages: list[dict], tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The first special token whose literal text occurs in a message, as "turn i: 'tok'"."""
+    specials = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    specials.update(tokenizer.all_special_tokens)
+    specials.discard(DEFAULT_IMAGE_TOKEN)  # the placeholder the data is meant to hold
+    specials.discard("")
+    for i, message in enumerate(messages):
+        for token in sorted(specials):
+            if token in message["content"]:
+                return f"turn {i} ({_SOURCES.get(message['role'], message['role'])}): {token!r}"
+    return None
 
 
 def _chat_text_and_spans(
@@ -227,6 +290,16 @@ def tokenize_conversation(
         raise MalformedConversation(f"sample {sample_id}: {err}") from None
     if not any(m["role"] == "assistant" for m in messages):
         raise EmptySupervision(f"sample {sample_id}: no gpt turn to train on")
+    found = special_tokens_in(messages, tokenizer)
+    if found:
+        raise SpecialTokenInText(
+            f"sample {sample_id}: {found} is the literal text of a special token; the tokenizer "
+            "would read it as that token (e.g. an end of turn inside an answer)"
+        )
+    try:
+        messages = trim_unanswered(messages)
+    except MalformedConversation as err:
+        raise MalformedConversation(f"sample {sample_id}: {err}") from None
 
     num_images = sum(m["content"].count(DEFAULT_IMAGE_TOKEN) for m in messages)
     image = getattr(tokenizer, "image_token", None) or ""

@@ -18,6 +18,7 @@ from llava_ablate.data.conversation import (
     EmptySupervision,
     MalformedConversation,
     SampleTooLong,
+    SpecialTokenInText,
     TokenizationMismatch,
     tokenize_conversation,
 )
@@ -76,16 +77,16 @@ class SampleEncoder:
                 max_length=opt.max_length,
                 overflow=opt.overflow,
             )
-        except SampleTooLong as e:
-            return Skip(sample_id, "too_long", str(e))
-        except EmptySupervision as e:
-            return Skip(sample_id, "empty_supervision", str(e))
-        except MalformedConversation as e:
-            return Skip(sample_id, "malformed_conversation", str(e))
-        except TokenizationMismatch as e:
+        except (
+            SampleTooLong,
+            EmptySupervision,
+            MalformedConversation,
+            SpecialTokenInText,
             # Never trained on with a wrong mask; one odd sample is skipped and counted, a template
             # that mismatches systematically trips data.max_bad_fraction and stops the run.
-            return Skip(sample_id, "tokenization_mismatch", str(e))
+            TokenizationMismatch,
+        ) as e:
+            return Skip(sample_id, e.reason, str(e))
         images = [sample[k] for k in meta.get("images", [])]
         if t.num_images != len(images):
             return Skip(

@@ -7,21 +7,43 @@ shards per source serves every mixture that uses it.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from llava_ablate.config import DataCfg, SourceCfg
 from llava_ablate.data.shards import MANIFEST
 from llava_ablate.data.sources import unreleased_sources
 
+log = logging.getLogger(__name__)
+
 _STRATEGY = re.compile(r"^(all|first:(\d+(?:\.\d+)?)%|end:(\d+(?:\.\d+)?)%|random:(\d+))$")
+ON_BAD_SHARD = ("error", "skip")
 
 
 class MixtureNotBuilt(FileNotFoundError):
     pass
+
+
+class BadShard(RuntimeError):
+    """A shard holds less than its manifest says (cut short, unreadable): data would be lost."""
+
+
+def bad_shard_message(shard: Path, why: str, mixture: str, skipping: bool = False) -> str:
+    action = (
+        ". on_bad_shard=skip: its missing samples are skipped and counted as bad_shard"
+        if skipping
+        else ", or set data.on_bad_shard=skip to skip its samples and count them as bad_shard"
+    )
+    return (
+        f"shard {shard} is damaged: {why}. It was cut short or changed after the build; rebuild "
+        f"it with `llava-ablate data build data={mixture}` (it verifies every shard and rebuilds "
+        f"the damaged ones){action}"
+    )
 
 
 def check_sampling(strategy: str, where: str) -> None:
@@ -51,6 +73,7 @@ class BuiltSource:
     dir: Path
     shards: list[tuple[Path, int]]  # (tar, valid samples)
     positions: list[int]  # selected positions among the source's valid samples
+    build_skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows, whole source
 
     @property
     def selected(self) -> int:
@@ -61,6 +84,7 @@ class BuiltSource:
 class BuiltMixture:
     name: str
     sources: list[BuiltSource]
+    on_bad_shard: str = "error"  # error | skip: what the stream does with a short shard
 
     @property
     def weighted(self) -> bool:
@@ -70,12 +94,44 @@ class BuiltMixture:
     def size(self) -> int:
         return sum(s.selected for s in self.sources)
 
+    def build_skips(self) -> dict[str, int]:
+        """Rows the build skipped, per reason, over the sources' whole files (before sampling)."""
+        total: Counter = Counter()
+        for s in self.sources:
+            total.update(s.build_skipped)
+        return dict(total)
+
+
+def skip_report(mixture: BuiltMixture, run_skips: dict[str, int]) -> dict:
+    """What the run's data_skips.json holds: run-time skips next to the build-time ones."""
+    return {
+        "run": dict(run_skips),
+        "build": mixture.build_skips(),
+        "build_by_source": {s.cfg.name: dict(s.build_skipped) for s in mixture.sources},
+    }
+
+
+def _check_shard_sizes(name: str, shards_dir: Path, manifest: dict, on_bad_shard: str) -> None:
+    """A shard whose size differs from the manifest's lost data since the build: catch it
+    before training, not as a quietly shorter epoch (the stream checks what it reads too)."""
+    for shard in manifest["shards"]:
+        tar = shards_dir / shard["file"]
+        size = tar.stat().st_size if tar.exists() else None
+        if size == shard["bytes"]:
+            continue
+        why = "missing" if size is None else f"{size} bytes, the manifest says {shard['bytes']}"
+        if on_bad_shard == "error":
+            raise BadShard(bad_shard_message(tar, why, name))
+        log.warning(bad_shard_message(tar, why, name, skipping=True))
+
 
 def open_mixture(data: DataCfg, seed: int) -> BuiltMixture:
     """Read the built manifests; fail naming what to build when something is missing."""
     why = unreleased_sources(data)
     if why:
         raise MixtureNotBuilt(why)
+    if data.on_bad_shard not in ON_BAD_SHARD:
+        raise ValueError(f"data.on_bad_shard={data.on_bad_shard!r}; choose one of {ON_BAD_SHARD}")
     weights = [s.weight for s in data.sources]
     if any(w is not None for w in weights) and any(w is None for w in weights):
         raise ValueError(f"mixture {data.name!r}: give every source a weight, or none")
@@ -87,12 +143,13 @@ def open_mixture(data: DataCfg, seed: int) -> BuiltMixture:
             missing.append(src.name)
             continue
         manifest = json.loads((d / MANIFEST).read_text())
+        _check_shard_sizes(data.name, d, manifest, data.on_bad_shard)
         shards = [(d / s["file"], s["count"]) for s in manifest["shards"]]
         positions = select_positions(manifest["count"], src.sampling, seed)
-        built.append(BuiltSource(src, d, shards, positions))
+        built.append(BuiltSource(src, d, shards, positions, dict(manifest.get("skipped", {}))))
     if missing:
         raise MixtureNotBuilt(
             f"mixture {data.name!r}: no shards for {missing[:5]} under {data.shards_dir}; build them "
             f"first: `llava-ablate data build data={data.name}`"
         )
-    return BuiltMixture(data.name, built)
+    return BuiltMixture(data.name, built, data.on_bad_shard)

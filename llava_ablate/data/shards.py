@@ -3,11 +3,14 @@
 Layout: <shards_dir>/<source>/<source>-000000.tar (+ .json stats sidecar), manifest.json and
 skipped.jsonl. Shard i holds the valid records among source rows [i*N, (i+1)*N): conversion is
 deterministic. A shard counts as done only when its sidecar exists (renamed last), so a crash
-mid-shard leaves a *.tmp that is deleted on the next run and never read.
+mid-shard leaves a *.tmp that is deleted on the next run and never read. The manifest records
+each shard's size and sha256: a re-run verifies them and rebuilds a shard damaged since (a
+partial copy, a full disk) instead of calling it up to date.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -25,7 +28,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from llava_ablate.config import DataCfg, SourceCfg
-from llava_ablate.data.conversation import MalformedConversation, llava_to_messages
+from llava_ablate.data.conversation import (
+    MalformedConversation,
+    llava_to_messages,
+    trim_unanswered,
+)
 from llava_ablate.data.sources import (
     RawRecord,
     SourceError,
@@ -36,30 +43,61 @@ from llava_ablate.data.sources import (
 
 log = logging.getLogger(__name__)
 
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: fingerprint covers images and every option; shard sha256s
 MANIFEST = "manifest.json"
+# Options that select among built samples at read time: changing them needs no rebuild.
+_READ_TIME_OPTIONS = {"sampling", "weight", "released"}
 
 
 class StaleShards(RuntimeError):
     pass
 
 
-def fingerprint(src: SourceCfg, reader: SourceReader, samples_per_shard: int) -> str:
-    """Changes when the inputs or anything that shapes the shards change."""
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None  # counted as missing_image; appearing later makes the build stale
+    return st.st_size, st.st_mtime_ns
+
+
+def fingerprint(src: SourceCfg, reader: SourceReader, samples_per_shard: int, seed: int = 0) -> str:
+    """Changes when the inputs (source files and every image's size and mtime) or any option
+    that shapes the shards change."""
+    options = {k: v for k, v in dataclasses.asdict(src).items() if k not in _READ_TIME_OPTIONS}
     parts = {
         "version": CONVERTER_VERSION,
-        "format": src.format,
-        "image_root": src.image_root,
+        "options": options,
         "samples_per_shard": samples_per_shard,
-        "files": [(str(f), f.stat().st_size, int(f.stat().st_mtime)) for f in reader.input_files()],
+        "seed": seed if src.format == "classification" else None,  # picks questions and options
+        "files": [(str(f), _stat(f)) for f in reader.input_files()],
     }
-    if src.format == "classification":
-        parts.update(
-            questions=list(src.questions),
-            answer=src.answer,
-            mcq=[src.mcq_fraction, src.mcq_options, src.mcq_instruction],
-        )
+    images = hashlib.sha256()
+    for path in reader.image_files():
+        images.update(json.dumps([str(path), _stat(path)]).encode())
+    parts["images"] = images.hexdigest()
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def damaged_shards(out_dir: Path, manifest: dict) -> dict[str, str]:
+    """Shard file -> why, for each shard that no longer matches the manifest."""
+    damaged = {}
+    for shard in manifest["shards"]:
+        tar = out_dir / shard["file"]
+        if not tar.exists() or not tar.with_suffix(".json").exists():
+            damaged[shard["file"]] = "missing"
+        elif tar.stat().st_size != shard["bytes"]:
+            damaged[shard["file"]] = (
+                f"{tar.stat().st_size} bytes, the manifest says {shard['bytes']}"
+            )
+        elif shard.get("sha256") and _sha256(tar) != shard["sha256"]:
+            damaged[shard["file"]] = "sha256 differs from the manifest"
+    return damaged
 
 
 def _image_bytes(image: Path | bytes) -> tuple[bytes, str, tuple[int, int]]:
@@ -77,13 +115,14 @@ def _image_bytes(image: Path | bytes) -> tuple[bytes, str, tuple[int, int]]:
 def check_record(rec: RawRecord) -> tuple[str, str] | None:
     """(reason, detail) when the record cannot be trained on, else None."""
     if rec.problem:
-        return rec.problem, ""
+        return rec.problem, rec.problem_detail
     try:
         messages = llava_to_messages(rec.conversations)
+        if not any(m["role"] == "assistant" for m in messages):
+            return "empty_conversation", "no assistant turn"
+        trim_unanswered(messages)
     except MalformedConversation as e:
         return "malformed_conversation", str(e)
-    if not any(m["role"] == "assistant" for m in messages):
-        return "empty_conversation", "no assistant turn"
     tags = sum(str(t.get("value", "")).count("<image>") for t in rec.conversations)
     if tags != len(rec.images):
         return "image_tag_mismatch", f"{tags} <image> tag(s) for {len(rec.images)} image(s)"
@@ -106,7 +145,14 @@ def _write_shard(i: int) -> dict:
     job = _JOB
     assert job is not None
     stem = job.out_dir / f"{job.name}-{i:06d}"
-    stats: dict = {"count": 0, "skipped": [], "image_sizes": [], "text_chars": [], "tokens": []}
+    stats: dict = {
+        "count": 0,
+        "skipped": [],
+        "trimmed": 0,  # kept, minus a final human turn that nothing answers
+        "image_sizes": [],
+        "text_chars": [],
+        "tokens": [],
+    }
     tmp_tar = stem.with_suffix(".tar.tmp")
     with wds.TarWriter(str(tmp_tar), mtime=0) as sink:  # fixed mtime: byte-identical rebuilds
         for rec in job.reader.records(i * job.per_shard, (i + 1) * job.per_shard):
@@ -116,7 +162,7 @@ def _write_shard(i: int) -> dict:
                 try:
                     stats["tokens"].append(job.token_length(rec))
                 except ValueError as e:  # the conversation cannot be tokenised/masked
-                    bad = (type(e).__name__, str(e))
+                    bad = (getattr(e, "reason", type(e).__name__), str(e))
             if bad is None:
                 for k, image in enumerate(rec.images):
                     try:
@@ -145,8 +191,10 @@ def _write_shard(i: int) -> dict:
             }
             sink.write({"__key__": f"{rec.index:09d}", "json": meta, **images})
             stats["count"] += 1
+            stats["trimmed"] += rec.conversations[-1]["from"] == "human"
             stats["text_chars"].append(sum(len(str(t.get("value", ""))) for t in rec.conversations))
     stats["bytes"] = tmp_tar.stat().st_size
+    stats["sha256"] = _sha256(tmp_tar)
     os.replace(tmp_tar, stem.with_suffix(".tar"))
     sidecar = stem.with_suffix(".json.tmp")
     sidecar.write_text(json.dumps(stats))
@@ -181,17 +229,31 @@ def build_source(
     global _JOB
     out_dir = Path(shards_dir) / src.name
     reader = open_source(src, seed)
-    fp = fingerprint(src, reader, samples_per_shard)
+    fp = fingerprint(src, reader, samples_per_shard, seed)
     manifest_path = out_dir / MANIFEST
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         if manifest["fingerprint"] == fp and not force:
-            log.info("source %s: up to date (%d samples)", src.name, manifest["count"])
-            return manifest
-        if not force:
+            damaged = damaged_shards(out_dir, manifest)
+            if not damaged:
+                log.info(
+                    "source %s: up to date (%d samples, verified)", src.name, manifest["count"]
+                )
+                return manifest
+            # Conversion is deterministic: rebuilding only these shards restores the build.
+            log.warning(
+                "source %s: %d shard(s) damaged since the build, rebuilding them: %s",
+                src.name,
+                len(damaged),
+                ", ".join(f"{name} ({why})" for name, why in damaged.items()),
+            )
+            for name in damaged:
+                (out_dir / name).with_suffix(".json").unlink(missing_ok=True)
+                (out_dir / name).unlink(missing_ok=True)
+        elif not force:
             raise StaleShards(
-                f"source {src.name!r} changed since {out_dir} was built (inputs or options differ);"
-                " rebuild it with --force"
+                f"source {src.name!r} changed since {out_dir} was built (its files, images or "
+                "options differ, or an older converter built it); rebuild it with --force"
             )
         manifest_path.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -224,7 +286,7 @@ def build_source(
 
 
 def _write_manifest(src: SourceCfg, out_dir: Path, n_shards: int, fp: str, rows: int) -> dict:
-    shards, skipped, sizes, chars, tokens = [], [], [], [], []
+    shards, skipped, sizes, chars, tokens, trimmed = [], [], [], [], [], 0
     for i in range(n_shards):
         stem = out_dir / f"{src.name}-{i:06d}"
         stats = json.loads(stem.with_suffix(".json").read_text())
@@ -233,9 +295,11 @@ def _write_manifest(src: SourceCfg, out_dir: Path, n_shards: int, fp: str, rows:
                 "file": stem.with_suffix(".tar").name,
                 "count": stats["count"],
                 "bytes": stats["bytes"],
+                "sha256": stats.get("sha256") or _sha256(stem.with_suffix(".tar")),
             }
         )
         skipped += stats["skipped"]
+        trimmed += stats["trimmed"]
         sizes += stats["image_sizes"]
         chars += stats["text_chars"]
         tokens += stats["tokens"]
@@ -251,6 +315,7 @@ def _write_manifest(src: SourceCfg, out_dir: Path, n_shards: int, fp: str, rows:
         "bytes": sum(s["bytes"] for s in shards),
         "shards": shards,
         "skipped": dict(Counter(s["reason"] for s in skipped)),
+        "trimmed": {"trailing_human_turn": trimmed} if trimmed else {},
         "image_width": _summary([w for w, _ in sizes]),
         "image_height": _summary([h for _, h in sizes]),
         "images": len(sizes),
@@ -268,6 +333,13 @@ def _write_manifest(src: SourceCfg, out_dir: Path, n_shards: int, fp: str, rows:
             src.name,
             manifest["skipped"],
             out_dir / "skipped.jsonl",
+        )
+    if trimmed:
+        log.info(
+            "source %s: %d conversation(s) end on a human turn that nothing answers; it is "
+            "dropped when tokenising (never trained on)",
+            src.name,
+            trimmed,
         )
     return manifest
 

@@ -40,11 +40,28 @@ class MetricsLogger:
         log.info("step %d %s", step, shown)
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop lines logged after the checkpoint so the file matches the run."""
+        """On resume, drop lines logged after the checkpoint so the file matches the run.
+
+        A line that does not parse (torn by a full disk or a power loss mid-write) is dropped
+        with a warning naming it; it must not make every later resume crash.
+        """
         if not self.enabled or not self.path.exists():
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["step"] <= step]
-        self.path.write_text("".join(ln + "\n" for ln in keep))
+        keep = []
+        for lineno, line in enumerate(self.path.read_text().splitlines(), 1):
+            try:
+                record = json.loads(line)
+                logged_at = record["step"]
+            except (json.JSONDecodeError, TypeError, KeyError):
+                log.warning(
+                    "%s:%d: dropped a torn or unreadable line: %.80r", self.path, lineno, line
+                )
+                continue
+            if logged_at <= step:
+                keep.append(line)
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        tmp.replace(self.path)  # atomic: a crash here leaves the old file, not half of it
 
 
 def _fmt(v) -> str:

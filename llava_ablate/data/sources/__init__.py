@@ -24,6 +24,7 @@ class RawRecord:
     conversations: list[dict]
     images: list[Path | bytes] = field(default_factory=list)  # files, or encoded image bytes
     problem: str | None = None  # set when the row itself is unusable (counted, never dropped)
+    problem_detail: str = ""  # what was wrong with it, for skipped.jsonl
 
 
 class SourceReader(Protocol):
@@ -32,6 +33,8 @@ class SourceReader(Protocol):
     def records(self, start: int, stop: int) -> list[RawRecord]: ...
 
     def input_files(self) -> list[Path]: ...
+
+    def image_files(self) -> list[Path]: ...  # images read from disk (for the staleness check)
 
 
 def unreleased_sources(data: DataCfg) -> str | None:

@@ -59,9 +59,15 @@ class ClassificationReader:
                 if line.strip():
                     try:
                         r = json.loads(line)
-                        items.append((root / r["image"], str(r["label"])))
-                    except (json.JSONDecodeError, KeyError) as e:
-                        raise SourceError(f"{path}:{lineno}: need {{image, label}} ({e})") from e
+                    except json.JSONDecodeError as e:
+                        raise SourceError(f"{path}:{lineno}: invalid JSON ({e.msg})") from e
+                    ok = isinstance(r, dict) and isinstance(r.get("image"), str)
+                    if not ok or not isinstance(r.get("label"), str | int):
+                        raise SourceError(
+                            f'{path}:{lineno}: need {{"image": file name, "label": string or '
+                            f"number}}, got {line.strip()[:120]}"
+                        )
+                    items.append((root / r["image"], str(r["label"])))
         else:
             raise SourceError(f"{path}: classification sources are a folder, .csv or .jsonl")
         if not items:
@@ -78,6 +84,9 @@ class ClassificationReader:
         return [Path(self.src.path)] + (
             [Path(self.src.class_names)] if self.src.class_names else []
         )
+
+    def image_files(self) -> list[Path]:
+        return [image for image, _ in self.items]
 
     def class_name(self, label: str) -> str:
         return self.names.get(label, (label.replace("_", " "), ""))[0]

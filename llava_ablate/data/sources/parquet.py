@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from llava_ablate.config import SourceCfg
+from llava_ablate.data.conversation import json_type_name
 from llava_ablate.data.sources import RawRecord, SourceError, require_files
 
 
@@ -50,16 +51,31 @@ class ParquetReader:
 
     def _record(self, index: int, f: Path, row: dict) -> RawRecord:
         sample_id = str(row.get("id") or f"{f.name}#{index}")
+
+        def malformed(detail: str) -> RawRecord:
+            return RawRecord(
+                index, sample_id, [], problem="malformed_record", problem_detail=detail
+            )
+
         conversations = row.get("conversations")
         if isinstance(conversations, str):  # some dumps store the list as a JSON string
             try:
                 conversations = json.loads(conversations)
-            except json.JSONDecodeError:
-                return RawRecord(index, sample_id, [], problem="malformed_record")
+            except json.JSONDecodeError as e:
+                return malformed(f"'conversations' is a string but not JSON ({e.msg})")
         if not isinstance(conversations, list):
-            return RawRecord(index, sample_id, [], problem="malformed_record")
+            return malformed(
+                f"'conversations' must be a list of turns, got {json_type_name(conversations)}"
+            )
         image = row.get("image")
         if isinstance(image, dict):
             image = image.get("bytes")
+        if image is not None and not isinstance(image, bytes):
+            return malformed(
+                f"'image' must be a struct {{bytes, path}} or bytes, got {json_type_name(image)}"
+            )
         images = [image] if image else []
         return RawRecord(index, sample_id, conversations, images)
+
+    def image_files(self) -> list[Path]:
+        return []  # images are inside the parquet files, which the fingerprint covers
