@@ -1,6 +1,8 @@
-"""The comparison report from two fake-but-valid runs: written with the evaluator's own
-Prediction records and bootstrap, in the training hook's layout; every number in the report
-must equal the results files (and the paired statistics recomputed independently)."""
+"""The comparison report from fake-but-valid runs: written with the evaluator's own
+Prediction records and bootstrap, in the layout the training hook and evaluate.py write
+(`scorers`); every number in the report must equal the results files (and the paired statistics
+recomputed independently). Runs that differ beyond their axes say in which keys; runs that
+differ only in the seed are aggregated."""
 
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ def _write_dataset(out: Path, name: str, correct: np.ndarray, hard: set[str], fp
     }
     (out / "metrics.json").write_text(json.dumps(
         {"step": 20, "dataset": name, "n_questions": len(correct), "fingerprint": fp,
-         "likelihood": m}))  # fmt: skip
+         "scorers": {"likelihood": m}}))  # fmt: skip
     with open(out / "per_class.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, ["class_name", "n", "hard", "accuracy", "ci_low", "ci_high"])
         w.writeheader()
@@ -49,13 +51,18 @@ def _write_dataset(out: Path, name: str, correct: np.ndarray, hard: set[str], fp
     return m
 
 
-def _write_run(root: Path, llm: str, rng, p_right: dict[str, float]) -> tuple[Path, dict]:
-    run = root / f"llm={llm}"
+def _write_run(
+    root: Path, llm: str, rng, p_right: dict[str, float], *, seed: int = 42, lr: float = 2e-5,
+    log_every: int = 5, name: str | None = None,
+) -> tuple[Path, dict]:  # fmt: skip
+    run = root / (name or f"llm={llm}")
     run.mkdir(parents=True)
+    arch = "qwen2" if "qwen" in llm else "llama"
     (run / "config.yaml").write_text(
-        f"vision: {{name: tiny_clip}}\nllm: {{name: {llm}, arch: llama}}\n"
-        "projector: {type: mlp2x_gelu}\ndata: {name: toy_instruct}\nrecipe: {name: finetune}\n"
-        "deepspeed: {name: zero2}\n"
+        f"vision: {{name: tiny_clip}}\nllm: {{name: {llm}, arch: {arch}}}\n"
+        "projector: {type: mlp2x_gelu}\ndata: {name: toy_instruct}\n"
+        f"recipe: {{name: finetune, lr: {{llm: {lr:.1e}}}}}\ndeepspeed: {{name: zero2}}\n"
+        f"train: {{seed: {seed}, log_every: {log_every}}}\n"
     )
     (run / "metrics.jsonl").write_text(
         "".join(json.dumps({"step": s, "loss": 5.0 / s}) + "\n" for s in range(1, 21))
@@ -95,6 +102,7 @@ def test_html_report_values_deltas_and_cis_equal_the_results_files(two_runs):
     grid, (base_dir, base_files), (var_dir, var_files) = two_runs
     runs, base, items = build(_args([str(grid)]))
     assert [r.label for r in runs] == ["llm=tiny_llama", "llm=tiny_qwen2"]
+    assert all(r.differs == {} and len(r.config_hash) == 8 for r in runs)
     html = render_html(runs, base, items, title="t", exposure={"cat": 0, "dog": 10, "owl": 1000},
                        n_boot=2000, seed=0)  # fmt: skip
     data = _report_data(html)
@@ -107,7 +115,9 @@ def test_html_report_values_deltas_and_cis_equal_the_results_files(two_runs):
             assert f"{pct(acc['value'])} <span class=\"ci\">[{pct(acc['ci_low'])}, " \
                    f"{pct(acc['ci_high'])}]" in html  # fmt: skip
     assert len(data["deltas"]) == 2
+    assert all(d.single_seed for d in items) and "single seed" in html
     for d in data["deltas"]:
+        assert d["seeds"] == "single seed"
         a, b = base_files[d["dataset"]][0], var_files[d["dataset"]][0]
         assert d["delta"] == pytest.approx(b.mean() - a.mean(), abs=1e-12)
         assert d["delta"] == pytest.approx(
@@ -136,8 +146,84 @@ def test_report_refuses_different_question_sets(two_runs):
     m_file.write_text(json.dumps(m))
     with pytest.raises(ResultsError, match="different question sets"):
         build(_args([str(grid)]))
-    with pytest.raises(ResultsError, match="matches 0 runs"):
+    with pytest.raises(ResultsError, match="matches 0 variants"):
         build(_args([str(grid)], baseline="llm=nope"))
+
+
+def test_legacy_metrics_layout_is_refused_naming_the_file(two_runs):
+    grid, _, (var_dir, _) = two_runs
+    m_file = var_dir / "eval/step_20/digits/metrics.json"
+    m = json.loads(m_file.read_text())
+    m["likelihood"] = m.pop("scorers")["likelihood"]  # the layout nothing writes any more
+    m_file.write_text(json.dumps(m))
+    with pytest.raises(ResultsError, match=f"{m_file}.*scorers"):
+        build(_args([str(grid)]))
+
+
+def test_report_names_the_keys_runs_differ_in_beyond_the_axes(tmp_path):
+    rng = np.random.default_rng(3)
+    grid = tmp_path / "grid"
+    p = {"digits": 0.6}
+    _write_run(grid, "tiny_llama", rng, p, name="a")
+    _write_run(grid, "tiny_qwen2", rng, p, name="b", log_every=1)  # cadence: not a difference
+    _write_run(grid, "tiny_llama", rng, p, name="c", lr=1e-4)
+    runs, base, items = build(_args([str(grid)], baseline="a"))
+    # llm.arch differs too, but only with the llm axis: the axis explains it
+    assert [r.differs for r in runs] == [{"recipe.lr.llm": 2e-5}, {"recipe.lr.llm": 2e-5},
+                                         {"recipe.lr.llm": 1e-4}]  # fmt: skip
+    assert [r.label for r in runs] == ["llm=tiny_llama,recipe.lr.llm=2e-05",
+                                       "llm=tiny_qwen2,recipe.lr.llm=2e-05",
+                                       "llm=tiny_llama,recipe.lr.llm=0.0001"]  # fmt: skip
+    assert len({r.config_hash for r in runs}) == 3 and len(items) == 2
+    html = render_html(runs, base, items, title="t", n_boot=200, seed=0)
+    assert "beyond the axes" in html and "<code>recipe.lr.llm=0.0001</code>" in html
+    assert _report_data(html)["variants"]["llm=tiny_llama,recipe.lr.llm=0.0001"]["differs"] == {
+        "recipe.lr.llm": 1e-4}  # fmt: skip
+
+
+def test_runs_differing_only_in_seed_are_aggregated_over_seeds_and_questions(tmp_path):
+    rng = np.random.default_rng(11)
+    grid = tmp_path / "grid"
+    base_p, var_p = [0.50, 0.62, 0.56], [0.70, 0.57, 0.66]  # seeds move accuracy a lot
+    files = {}
+    for llm, ps in (("tiny_llama", base_p), ("tiny_qwen2", var_p)):
+        for seed, pr in enumerate(ps, start=1):
+            run, f = _write_run(grid, llm, rng, {"digits": pr}, seed=seed, name=f"{llm}-s{seed}")
+            files[(llm, seed)] = f["digits"]
+    runs, base, items = build(_args([str(grid)], baseline="llm=tiny_llama"))
+    assert [r.label for r in runs][:3] == [f"llm=tiny_llama,seed={s}" for s in (1, 2, 3)]
+    assert base.label == "llm=tiny_llama" and base.seeds == [1, 2, 3]
+    (d,) = items
+    assert not d.single_seed and d.seeds == "3 vs 3 seeds"
+    accs = {k: v[1]["accuracy"]["value"] for k, v in files.items()}
+    mean_a = np.mean([accs[("tiny_llama", s)] for s in (1, 2, 3)])
+    mean_b = np.mean([accs[("tiny_qwen2", s)] for s in (1, 2, 3)])
+    c = d.comparison
+    assert c.delta == pytest.approx(mean_b - mean_a, abs=1e-12)
+    assert c.delta_ci_low < c.delta < c.delta_ci_high
+    # Wider than any one pair's question-only interval: the seed variance is in it.
+    for s in (1, 2, 3):
+        one = paired_comparison(files[("tiny_llama", s)][0], files[("tiny_qwen2", s)][0], 2000, 0)
+        assert c.delta_ci_high - c.delta_ci_low > one.delta_ci_high - one.delta_ci_low
+    assert c.mcnemar_p is None
+    html = render_html(runs, base, items, title="t", n_boot=2000, seed=0)
+    data = _report_data(html)
+    assert "Spread over training seeds" in html and "3 vs 3 seeds" in html
+    (spread,) = [s for s in data["seed_spreads"] if s["variant"] == "llm=tiny_qwen2"]
+    values = [accs[("tiny_qwen2", s)] for s in (1, 2, 3)]
+    assert spread["values"] == values and spread["seeds"] == [1, 2, 3]
+    assert spread["sd"] == pytest.approx(np.std(values, ddof=1))
+
+
+def test_seed_interval_reduces_to_question_noise_without_seed_variance():
+    from llava_ablate.report.compare import seed_question_bootstrap
+
+    rng = np.random.default_rng(5)
+    a, b = rng.random(800) < 0.55, rng.random(800) < 0.65
+    lo, hi = seed_question_bootstrap(np.stack([a] * 3), np.stack([b] * 3), 4000, 1)
+    ref = paired_comparison(a, b, 4000, 1)
+    assert lo == pytest.approx(ref.delta_ci_low, abs=0.01)
+    assert hi == pytest.approx(ref.delta_ci_high, abs=0.01)
 
 
 def test_wandb_report_model_has_the_sections_as_panels_grouped_by_axis(two_runs):

@@ -84,16 +84,15 @@ def test_stage1_to_stage2_under_zero3_and_export_generates(train_launcher, tmp_p
     )
     # Stage 2 with the projector frozen: its exported weights must equal stage 1's exactly,
     # which only holds if the hand-over really loaded them (under ZeRO-3 partitioning).
-    train_launcher(
-        [
-            "+experiment=tiny_finetune",
-            "deepspeed=zero3",
-            f"train.run_dir={s2}",
-            f"recipe.init_from={s1 / 'export'}",
-            "recipe.lr.projector=null",
-            "recipe.max_steps=10",
-        ]
-    )
+    stage2 = [
+        "+experiment=tiny_finetune",
+        "deepspeed=zero3",
+        f"train.run_dir={s2}",
+        f"recipe.init_from={s1 / 'export'}",
+        "recipe.lr.projector=null",
+        "recipe.max_steps=10",
+    ]
+    train_launcher(stage2)
     w1, w2 = load_file(s1 / "export/model.safetensors"), load_file(s2 / "export/model.safetensors")
     proj = [k for k in w1 if "multi_modal_projector" in k]
     assert proj and all(torch.equal(w1[k], w2[k]) for k in proj)
@@ -114,7 +113,7 @@ def test_stage1_to_stage2_under_zero3_and_export_generates(train_launcher, tmp_p
     out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert inputs["input_ids"].shape[1] < out.shape[1] <= inputs["input_ids"].shape[1] + 5
 
-    again = train_launcher(["+experiment=tiny_finetune", "deepspeed=zero3", f"train.run_dir={s2}"])
+    again = train_launcher(stage2)  # the same config: finished (another one is refused)
     assert "nothing to do" in again.stderr + again.stdout
 
 
@@ -141,6 +140,23 @@ def test_lora_under_zero3_exports_merged(train_launcher, tmp_path):
     model = LlavaForConditionalGeneration.from_pretrained(run / "export")
     assert type(model) is LlavaForConditionalGeneration
     assert len(read_metrics(run)) >= 1
+    # The export must fold the trained adapters in: W' = W + (alpha / r) B A for every adapted
+    # linear (dropping them would pass every check above). W, A, B: the final checkpoint's.
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    final = sorted((run / "checkpoints").glob("step_*"))[-1]
+    trained = get_fp32_state_dict_from_zero_checkpoint(str(final.parent), tag=final.name)
+    exported_state = model.state_dict()  # as a user loads it (the file keeps HF's old layout)
+    prefix, scale = "base_model.model.", 8 / 4
+    adapted = [k[: -len(".base_layer.weight")] for k in trained if k.endswith(".base_layer.weight")]
+    assert len(adapted) >= 7, adapted  # q k v o gate up down of each LLM layer
+    for name in adapted:
+        w = trained[f"{name}.base_layer.weight"]
+        a, b = trained[f"{name}.lora_A.default.weight"], trained[f"{name}.lora_B.default.weight"]
+        assert b.abs().max() > 0, f"{name}: the adapter never trained"
+        exported = exported_state[f"{name.removeprefix(prefix)}.weight"].float()
+        assert not torch.equal(exported, w), f"{name}: exported without its adapter"
+        torch.testing.assert_close(exported, w + scale * b @ a, rtol=1e-4, atol=1e-6)
 
 
 def test_real_smollm2_variant_trains(train_launcher, tmp_path):

@@ -75,6 +75,13 @@ class Step:
         return True
 
 
+def run_dir_of(overrides: list[str]) -> Path:
+    """The run directory train.py names for these overrides."""
+    from llava_ablate.cli import compose
+
+    return Path(compose(overrides).train.run_dir)
+
+
 def plan(runs_root: Path, cache_dir: Path, exposure: Path, budget: Budget, llms=LLMS) -> list[Step]:
     common = [f"train.runs_root={runs_root}", f"paths.cache_dir={cache_dir}"]
     hard = [
@@ -84,39 +91,42 @@ def plan(runs_root: Path, cache_dir: Path, exposure: Path, budget: Budget, llms=
         f"eval.questions.dir={runs_root / 'questions'}",  # one frozen question set for all
         f"eval.datasets.mini_classify.per_class={budget.eval_per_class}",
     ]
+    # Each run's directory is what train.py will name it (axes + config hash); stage 2 is told
+    # its own stage-1 export explicitly, so its identity is known before stage 1 has run.
+    stage1 = {
+        llm: [
+            "+experiment=demo_stage1",
+            f"llm={llm}",
+            f"recipe.max_steps={budget.steps[llm][0]}",
+            *common,
+        ]
+        for llm in llms
+    }
+    stage1_dir = {llm: run_dir_of(overrides) for llm, overrides in stage1.items()}
     steps = [
         Step(
             f"stage 1  llm={llm}",
             "train.py",
-            [
-                "+experiment=demo_stage1",
-                f"llm={llm}",
-                f"recipe.max_steps={budget.steps[llm][0]}",
-                *common,
-            ],
-            runs_root / f"{llm}-mini_clip-mlp2x_gelu-demo_captions-demo_align" / "export",
+            stage1[llm],
+            stage1_dir[llm] / "export",
             budget.steps[llm][0],
         )
         for llm in llms
     ]
-    steps += [
-        Step(
-            f"stage 2  llm={llm} data={data}",
-            "train.py",
-            [
+    for llm in llms:
+        for data in DATA:
+            overrides = [
                 "+experiment=demo_stage2",
                 f"llm={llm}",
                 f"data={data}",
                 f"recipe.max_steps={budget.steps[llm][1]}",
+                f"recipe.init_from={stage1_dir[llm] / 'export'}",
                 *common,
                 *hard,
-            ],
-            runs_root / f"{llm}-mini_clip-mlp2x_gelu-{data}-demo_finetune" / "export",
-            budget.steps[llm][1],
-        )
-        for llm in llms
-        for data in DATA
-    ]
+            ]
+            done = run_dir_of(overrides) / "export"
+            label = f"stage 2  llm={llm} data={data}"
+            steps.append(Step(label, "train.py", overrides, done, budget.steps[llm][1]))
     clip_out = runs_root / "mini_clip-zero_shot"
     steps.append(
         Step(
@@ -197,7 +207,7 @@ def summary(stage2: list[Path], baseline: Path) -> str:
         steps = json.loads((d / "export" / "llava_ablate.json").read_text())["steps"]
         for scorer in (SCORER, "likelihood"):
             ds = read_run(d, scorer).datasets["mini_classify"]
-            llm, _, _, data, _ = d.name.split("-")
+            llm, _, _, data, *_ = d.name.split("-")  # axes, then the config hash
             tag = "names" if scorer == SCORER else "letter"
             lines.append(row(f"{llm} x {data} ({tag})", ds.accuracy, ds.hard) + f"  {steps} st")
     clip = read_dataset(baseline / "mini_classify", "likelihood")
@@ -235,7 +245,7 @@ def main(argv: list[str] | None = None) -> Path:
         seconds = run_step(step, log_dir, args.nproc)
         took = "done before" if seconds is None else f"{seconds:5.0f} s"
         tqdm.write(f"{step.label:<40} {took}")
-    stage2 = [s.done.parent for s in steps if "demo_finetune" in str(s.done)]
+    stage2 = [s.done.parent for s in steps if s.label.startswith("stage 2")]
     report = runs_root / "report.html"
     from llava_ablate.cli import main as cli
 

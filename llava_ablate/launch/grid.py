@@ -8,6 +8,9 @@ each stage-2 job starting from (and waiting for) the stage-1 job of its own LLM.
 
 Run directories derive from the varied axes -- `runs/<grid>/<stage>/llm=qwen2,data=si32m` -- so
 relaunching a grid skips finished variants (their export exists) and resumes unfinished ones.
+Every key a grid varies is in the name. An unfinished job relaunched after the grid's `common`
+or stage overrides changed is refused by train.py, naming the keys (llava_ablate/run_identity.py);
+a finished one is still skipped on its export alone: rename the grid after such an edit.
 """
 
 from __future__ import annotations

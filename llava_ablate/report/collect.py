@@ -1,7 +1,12 @@
-"""Read what runs left on disk into typed records: the resolved config, the training curves
-(`metrics.jsonl`) and the evaluator's results (`metrics.json`, `predictions.jsonl`,
-`per_class.csv` per dataset) -- from a training run's `eval/step_<N>/` (the latest step) or from
-an `evaluate.py` results directory. Nothing here computes a number the files do not hold."""
+"""Read what runs left on disk into typed records: the resolved config and its identity
+(`config.yaml`, `run_identity.json`), the training curves (`metrics.jsonl`) and the evaluator's
+results (`metrics.json`, `predictions.jsonl`, `per_class.csv` per dataset) -- from a training
+run's `eval/step_<N>/` (the latest step) or from an `evaluate.py` results directory. Nothing here
+computes a number the files do not hold.
+
+`label_runs` names each run by the axes that differ between the compared runs plus the
+result-affecting keys that differ *beyond* the axes (`recipe.lr.llm`, ...); `train.seed` is an
+axis of its own: runs that differ only in it form one variant, aggregated in compare.py."""
 
 from __future__ import annotations
 
@@ -10,10 +15,15 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
+
+from llava_ablate.run_identity import RECORD, config_hash, flatten, result_config
 
 AXES = ("vision", "llm", "projector", "data", "recipe", "deepspeed")
+SEED_KEY = "train.seed"
 
 
 class ResultsError(ValueError):
@@ -48,7 +58,16 @@ class RunResult:
     curves: list[dict]  # metrics.jsonl rows
     datasets: dict[str, DatasetResult] = field(default_factory=dict)
     eval_dir: Path | None = None
-    label: str = ""  # set by `label_runs`: the axes that differ between the compared runs
+    config_hash: str | None = None  # run_identity.json's (or config.yaml's) result hash
+    settings: dict[str, Any] = field(default_factory=dict)  # flattened result-affecting config
+    # Set by `label_runs`:
+    variant: str = ""  # the axes and keys that differ between the compared runs, seed aside
+    label: str = ""  # `variant`, plus `seed=N` when the variant has several seeds
+    differs: dict[str, Any] = field(default_factory=dict)  # keys beyond the axes -> this value
+
+    @property
+    def seed(self) -> Any:
+        return self.settings.get(SEED_KEY)
 
 
 def _axes(config: dict) -> dict[str, str]:
@@ -82,12 +101,13 @@ def read_dataset(directory: Path, scorer: str) -> DatasetResult:
     if not metrics_file.exists():
         raise ResultsError(f"{metrics_file} is missing")
     m = json.loads(metrics_file.read_text())
-    if "scorers" in m:  # evaluate.py, training hook
-        scored = m["scorers"].get(scorer)
-        fingerprint = (m.get("question_set") or {}).get("fingerprint") or m.get("fingerprint")
-    else:  # training hook before name_likelihood: {"likelihood": {...}}
-        scored = m.get(scorer)
-        fingerprint = m.get("fingerprint")
+    if not isinstance(m.get("scorers"), dict):
+        raise ResultsError(
+            f"{metrics_file} has no `scorers` mapping (the layout evaluate.py and the training "
+            "hook write); re-run the evaluation with this version"
+        )
+    scored = m["scorers"].get(scorer)
+    fingerprint = (m.get("question_set") or {}).get("fingerprint") or m.get("fingerprint")
     if scored is None:
         raise ResultsError(f"{metrics_file} has no results for scorer {scorer!r}")
     correct: dict[str, bool] = {}
@@ -145,6 +165,7 @@ def read_run(run: Path, scorer: str = "likelihood") -> RunResult:
     if (run / "metrics.jsonl").exists():
         curves = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
     result = RunResult(run, _axes(config or {}), config_text, curves)
+    result.config_hash, result.settings = _identity(run, config)
     result.eval_dir = find_eval_dir(run)
     if result.eval_dir is not None:
         for d in sorted(p for p in result.eval_dir.iterdir() if p.is_dir()):
@@ -176,13 +197,78 @@ def _has_runs(p: Path) -> bool:
     return any(p.rglob("config.yaml"))
 
 
-def label_runs(runs: list[RunResult]) -> None:
-    """Name each run by the axes that differ between them (`llm=qwen2,data=si32m`)."""
-    differing = [a for a in AXES if len({r.axes.get(a) for r in runs}) > 1]
-    for r in runs:
-        parts = [f"{a}={r.axes[a]}" for a in differing if a in r.axes]
-        r.label = ",".join(parts) or r.path.name
-    labels = [r.label for r in runs]
-    if len(set(labels)) != len(labels):  # same axes (e.g. two seeds): fall back to paths
+def _identity(run: Path, config: dict | None) -> tuple[str | None, dict[str, Any]]:
+    """The run's hash and flattened result-affecting config: from run_identity.json, else
+    computed from config.yaml the way the run itself would have (older runs)."""
+    record = run / RECORD
+    if record.exists():
+        try:
+            rec = json.loads(record.read_text())
+            return rec.get("config_hash", rec["hash"]), flatten(rec["config"])
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ResultsError(f"{record}: unreadable run identity ({e})") from e
+    if not config:
+        return None, {}
+    part = result_config(OmegaConf.create(config))
+    return config_hash(part), flatten(part)
+
+
+def _value(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+
+def differing_keys(runs: list[RunResult]) -> list[str]:
+    """Result-affecting keys (seed aside) in which runs differ beyond their axes: a key under an
+    axis group (`recipe.lr.llm`) counts when two runs with the same option of that axis differ
+    in it; any other key (`train.*`, `eval.*`) when any two runs differ in it."""
+    keys = sorted({k for r in runs for k in r.settings} - {SEED_KEY})
+    out = []
+    for k in keys:
+        group = k.split(".")[0].split("[")[0]
+        by_option: dict[Any, set[str]] = {}
         for r in runs:
-            r.label = f"{r.label} ({r.path.name})" if r.label != r.path.name else str(r.path)
+            option = r.axes.get(group) if group in AXES else None
+            by_option.setdefault(option, set()).add(_value(r.settings.get(k, "<absent>")))
+        if any(len(values) > 1 for values in by_option.values()):
+            out.append(k)
+    return out
+
+
+def label_runs(runs: list[RunResult]) -> None:
+    """Name each run by the axes and the keys beyond them that differ between the runs
+    (`llm=qwen2,recipe.lr.llm=0.0001`). Runs that differ only in `train.seed` share a variant;
+    path-valued keys are listed in `differs` but kept out of labels."""
+    differing = [a for a in AXES if len({r.axes.get(a) for r in runs}) > 1]
+    beyond = differing_keys([r for r in runs if r.settings])
+    for r in runs:
+        r.differs = {k: r.settings.get(k, "<absent>") for k in beyond} if r.settings else {}
+        parts = [f"{a}={r.axes[a]}" for a in differing if a in r.axes]
+        parts += [f"{k}={_value(v)}" for k, v in r.differs.items() if "/" not in _value(v)]
+        r.variant = ",".join(parts) or r.path.name
+    # One variant = one config up to the seed, each seed once. Anything else (a path-valued
+    # key, no config at all, the same run twice) is told apart by its directory.
+    _split(runs, lambda r: f"{r.variant} ({r.path.name})" if r.variant != r.path.name else "")
+    _split(runs, lambda r: str(r.path))
+    sizes: dict[str, int] = {}
+    for r in runs:
+        sizes[r.variant] = sizes.get(r.variant, 0) + 1
+    for r in runs:
+        r.label = f"{r.variant},seed={r.seed}" if sizes[r.variant] > 1 else r.variant
+
+
+def _split(runs: list[RunResult], rename) -> None:
+    groups: dict[str, list[RunResult]] = {}
+    for r in runs:
+        groups.setdefault(r.variant, []).append(r)
+    for members in groups.values():
+        seeds = [r.seed for r in members]
+        if len({_without_seed(r) for r in members}) > 1 or len(set(seeds)) < len(seeds):
+            for r in members:
+                r.variant = rename(r) or str(r.path)
+
+
+def _without_seed(r: RunResult) -> str:
+    if not r.settings:
+        return str(r.path)
+    return json.dumps({k: _value(v) for k, v in r.settings.items() if k != SEED_KEY},
+                      sort_keys=True)  # fmt: skip

@@ -7,16 +7,17 @@ import argparse
 from pathlib import Path
 
 from llava_ablate.report.collect import ResultsError, discover_runs, label_runs, read_run
-from llava_ablate.report.compare import deltas, pick_baseline
+from llava_ablate.report.compare import deltas, group_variants, pick_baseline
 from llava_ablate.report.html import read_exposure, render_html
 
 
 def build(args: argparse.Namespace):
     paths = discover_runs([Path(p) for p in args.paths])
     runs = [read_run(p, args.scorer) for p in paths]
-    label_runs(runs)
-    base = pick_baseline(runs, args.baseline)
-    items = deltas(runs, base, args.bootstrap, args.seed)
+    label_runs(runs)  # runs that differ only in train.seed form one variant
+    variants = group_variants(runs)
+    base = pick_baseline(variants, args.baseline)
+    items = deltas(variants, base, args.bootstrap, args.seed)
     return runs, base, items
 
 
@@ -32,7 +33,9 @@ def report_command(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
-    print(f"{len(runs)} variants, {len(items)} comparisons against {base.label}: {out}")
+    n_variants = len({r.variant for r in runs})
+    print(f"{len(runs)} runs, {n_variants} variants, {len(items)} comparisons against "
+          f"{base.label}: {out}")  # fmt: skip
     if args.wandb:
         from llava_ablate.report.wandb_report import build_report, save_report
 
@@ -48,7 +51,8 @@ def add_report_command(subparsers) -> None:
     p = subparsers.add_parser("report", help="compare runs: offline HTML (+ W&B Report)")
     p.add_argument("paths", nargs="+", help="a grid directory (runs below it) or run directories")
     p.add_argument("--out", default="report.html", help="the HTML file to write")
-    p.add_argument("--baseline", default=None, help="variant label or run dir (default: first)")
+    p.add_argument("--baseline", default=None,
+                   help="variant label or one of its run dirs (default: the first)")  # fmt: skip
     p.add_argument("--scorer", default="likelihood", help="which scorer's results to compare")
     p.add_argument("--exposure", default=None, help="class_name,exposure CSV (data exposure)")
     p.add_argument("--bootstrap", type=int, default=2000, help="paired-bootstrap resamples")

@@ -1,55 +1,200 @@
-"""Each variant against a baseline, per dataset, on the same frozen questions: the accuracy
-delta with a paired-bootstrap 95% CI and the exact McNemar p-value (llava_ablate/eval/stats.py,
-the evaluator's own statistics)."""
+"""Each variant against a baseline, per dataset, on the same frozen questions.
+
+A variant is the set of runs that differ only in `train.seed` (collect.label_runs).
+- One seed on each side: the accuracy delta with a paired-bootstrap 95% CI over questions and
+  the exact McNemar p-value (llava_ablate/eval/stats.py). It says nothing about how much a
+  retrained run would move, so the report labels it "single seed".
+- Several seeds: the delta of the mean accuracies over seeds, with a two-level bootstrap 95%
+  CI: each replicate draws the seeds of each side with replacement and then the questions with
+  replacement (one draw shared by every run, which keeps the pairing), so the interval holds
+  both training-seed and question variance. With k seeds, resampling them understates the
+  between-seed variance by (k-1)/k: with fewer than 3 seeds a side read it as optimistic (the
+  per-seed accuracies are listed). A side with one seed contributes no seed variance.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+
+import numpy as np
 
 from llava_ablate.eval.stats import PairedComparison, paired_comparison
-from llava_ablate.report.collect import ResultsError, RunResult
+from llava_ablate.report.collect import DatasetResult, ResultsError, RunResult
+
+
+@dataclass
+class Variant:
+    label: str
+    runs: list[RunResult]  # one per seed, in seed order
+
+    @property
+    def seeds(self) -> list:
+        return [r.seed for r in self.runs]
+
+
+def group_variants(runs: list[RunResult]) -> list[Variant]:
+    """Runs sharing a variant label (set by label_runs), in first-seen order."""
+    out: dict[str, Variant] = {}
+    for r in runs:
+        out.setdefault(r.variant, Variant(r.variant, [])).runs.append(r)
+    for v in out.values():
+        v.runs.sort(key=lambda r: (r.seed is None, str(r.seed)))
+    return list(out.values())
+
+
+@dataclass
+class SeedComparison:
+    """Variant b vs a over seeds and questions (see the module docstring)."""
+
+    n: int  # questions
+    seeds_a: int
+    seeds_b: int
+    acc_a: float  # mean over a's seeds
+    acc_b: float
+    delta: float  # acc_b - acc_a
+    delta_ci_low: float
+    delta_ci_high: float
+    accs_a: list[float]  # per seed
+    accs_b: list[float]
+    method: str = "seeds x questions bootstrap"
+    unpaired: int = 0  # questions some run did not score: left out
+    paired_on: str = "all questions"
+    mcnemar_p: float | None = None  # defined for one pair of runs only
+    a_only: int | None = None
+    b_only: int | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
 class Delta:
     variant: str
     dataset: str
-    comparison: PairedComparison
+    comparison: PairedComparison | SeedComparison
+
+    @property
+    def single_seed(self) -> bool:
+        return isinstance(self.comparison, PairedComparison)
+
+    @property
+    def seeds(self) -> str:
+        c = self.comparison
+        return "single seed" if self.single_seed else f"{c.seeds_a} vs {c.seeds_b} seeds"
 
 
-def pick_baseline(runs: list[RunResult], baseline: str | None) -> RunResult:
+def pick_baseline(variants: list[Variant], baseline: str | None) -> Variant:
     if baseline is None:
-        return runs[0]
-    matches = [r for r in runs if baseline in (r.label, str(r.path), r.path.name)]
+        return variants[0]
+    matches = [
+        v for v in variants
+        if baseline == v.label or any(baseline in (r.label, str(r.path), r.path.name)
+                                      for r in v.runs)
+    ]  # fmt: skip
     if len(matches) != 1:
         raise ResultsError(
-            f"--baseline {baseline!r} matches {len(matches)} runs; choose one of "
-            f"{[r.label for r in runs]}"
+            f"--baseline {baseline!r} matches {len(matches)} variants; choose one of "
+            f"{[v.label for v in variants]}"
         )
     return matches[0]
 
 
-def deltas(runs: list[RunResult], base: RunResult, n_boot: int, seed: int) -> list[Delta]:
+def _matrix(results: list[DatasetResult], name: str) -> tuple[list[str], np.ndarray, int]:
+    """Correctness on the questions every run scored (rows = runs), and how many questions
+    some run scored but not all (an unreadable image is skipped by one run, say)."""
+    ref = results[0]
+    for ds in results[1:]:
+        if ref.fingerprint and ds.fingerprint and ref.fingerprint != ds.fingerprint:
+            raise ResultsError(
+                f"{name}: {ds.source} and {ref.source} were scored on different question sets "
+                f"({ds.fingerprint} vs {ref.fingerprint}); a paired test needs the same"
+            )
+    every = set.intersection(*(set(ds.correct) for ds in results))
+    qids = [q for q in ref.correct if q in every]
+    if not qids:
+        raise ResultsError(
+            f"{name}: {', '.join(str(ds.source) for ds in results)} share no scored question "
+            "(no predictions.jsonl, or different questions)"
+        )
+    unpaired = len(set.union(*(set(ds.correct) for ds in results))) - len(qids)
+    return qids, np.array([[ds.correct[q] for q in qids] for ds in results], dtype=bool), unpaired
+
+
+def seed_question_bootstrap(
+    a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """CI of mean(b) - mean(a), rows = seeds, columns = the same questions (two-level bootstrap:
+    seeds of each side, then questions shared by all runs)."""
+    rng = np.random.default_rng(seed)
+    n = a.shape[1]
+    out = np.empty(n_boot)
+    chunk = max(1, min(n_boot, 2_000_000 // max(1, n * (len(a) + len(b)))))
+    for start in range(0, n_boot, chunk):
+        c = min(chunk, n_boot - start)
+        ia = rng.integers(0, len(a), (c, len(a)))
+        ib = rng.integers(0, len(b), (c, len(b)))
+        q = rng.integers(0, n, (c, n))
+        acc_a = a[:, q].mean(axis=2)  # seeds x replicates
+        acc_b = b[:, q].mean(axis=2)
+        rows = np.arange(c)[:, None]
+        out[start : start + c] = acc_b.T[rows, ib].mean(1) - acc_a.T[rows, ia].mean(1)
+    lo, hi = np.quantile(out, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def deltas(variants: list[Variant], base: Variant, n_boot: int, seed: int) -> list[Delta]:
     out = []
-    for run in runs:
-        if run is base:
+    for variant in variants:
+        if variant is base:
             continue
-        for name, ds in run.datasets.items():
-            ref = base.datasets.get(name)
-            if ref is None:
+        names = [n for n in variant.runs[0].datasets if all(n in r.datasets for r in variant.runs)]
+        for name in names:
+            if not all(name in r.datasets for r in base.runs):
                 continue
-            if ref.fingerprint and ds.fingerprint and ref.fingerprint != ds.fingerprint:
-                raise ResultsError(
-                    f"{name}: {ds.source} and {ref.source} were scored on different question "
-                    f"sets ({ds.fingerprint} vs {ref.fingerprint}); a paired test needs the same"
-                )
-            qids = [q for q in ref.correct if q in ds.correct]
-            if not qids or len(qids) != len(ref.correct) or len(qids) != len(ds.correct):
-                raise ResultsError(
-                    f"{name}: predictions of {ds.source} and {ref.source} do not cover the same "
-                    f"questions ({len(ds.correct)} vs {len(ref.correct)}, {len(qids)} shared)"
-                )
-            a = [ref.correct[q] for q in qids]
-            b = [ds.correct[q] for q in qids]
-            out.append(Delta(run.label, name, paired_comparison(a, b, n_boot, seed)))
+            everyone = [r.datasets[name] for r in (*base.runs, *variant.runs)]
+            _, both, unpaired = _matrix(everyone, name)
+            a, b = both[: len(base.runs)], both[len(base.runs) :]
+            if len(a) == len(b) == 1:
+                comparison = paired_comparison(a[0], b[0], n_boot, seed)
+            else:
+                lo, hi = seed_question_bootstrap(a, b, n_boot, seed)
+                accs_a, accs_b = a.mean(1).tolist(), b.mean(1).tolist()
+                comparison = SeedComparison(
+                    a.shape[1], len(a), len(b), float(np.mean(accs_a)), float(np.mean(accs_b)),
+                    float(np.mean(accs_b) - np.mean(accs_a)), lo, hi, accs_a, accs_b,
+                )  # fmt: skip
+            comparison.unpaired = unpaired  # left out: scored by some of the runs only
+            comparison.paired_on = "shared questions" if unpaired else "all questions"
+            out.append(Delta(variant.label, name, comparison))
+    return out
+
+
+@dataclass
+class SeedSpread:
+    """One variant's accuracy on one dataset over its seeds (from the results files)."""
+
+    variant: str
+    dataset: str
+    seeds: list
+    values: list[float]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def sd(self) -> float:
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else float("nan")
+
+
+def seed_spreads(variants: list[Variant]) -> list[SeedSpread]:
+    """Mean and spread over seeds, for every variant with more than one seed."""
+    out = []
+    for v in variants:
+        if len(v.runs) < 2:
+            continue
+        for name in sorted({d for r in v.runs for d in r.datasets}):
+            runs = [r for r in v.runs if name in r.datasets]
+            out.append(SeedSpread(v.label, name, [r.seed for r in runs],
+                                  [r.datasets[name].accuracy.value for r in runs]))  # fmt: skip
     return out

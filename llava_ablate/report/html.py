@@ -1,7 +1,8 @@
 """The offline report: one self-contained HTML file (inline CSS and SVG, no network) with the
-variant x dataset accuracy table, hard-class accuracy, deltas against a baseline with paired CIs
-and McNemar p-values, plots, and each variant's exact config. Every number shown is also in the
-embedded `report-data` JSON, straight from the results files."""
+run x dataset accuracy table, hard-class accuracy, deltas against a baseline (paired CIs and
+McNemar p-values for a single seed; seeds x questions CIs for several), the spread over seeds,
+plots, and each run's config hash, the keys it differs in beyond the axes and its exact config.
+Every number shown is also in the embedded `report-data` JSON, straight from the results files."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from html import escape
 from pathlib import Path
 
 from llava_ablate.report.collect import Accuracy, RunResult
-from llava_ablate.report.compare import Delta
+from llava_ablate.report.compare import Delta, Variant, group_variants, seed_spreads
 from llava_ablate.report.svg import bar_chart, line_chart, scatter_chart
 
 CSS = """
@@ -51,7 +52,7 @@ def _accuracy_table(runs, datasets, base, hard: bool) -> str:
     head = "".join(f"<th>{escape(d)}</th>" for d in datasets)
     rows = []
     for r in runs:
-        cls = ' class="base"' if r is base else ""
+        cls = ' class="base"' if r.variant == base.label else ""
         cells = "".join(
             _acc_cell(
                 (r.datasets[d].hard if hard else r.datasets[d].accuracy)
@@ -68,21 +69,57 @@ def _delta_table(items: list[Delta], alpha: float = 0.05) -> str:
     rows = []
     for d in items:
         c = d.comparison
-        sig = ' class="num sig"' if c.mcnemar_p < alpha else ' class="num"'
+        p = c.mcnemar_p
+        sig = ' class="num sig"' if p is not None and p < alpha else ' class="num"'
+        only = "-" if c.b_only is None else f"{c.b_only} / {c.a_only}"
+        p_cell = "-" if p is None else f'<span data-value="{p!r}">{p:.3g}</span>'
         rows.append(
             f"<tr><th>{escape(d.variant)}</th><td>{escape(d.dataset)}</td>"
+            f"<td>{escape(d.seeds)}</td>"
             f'<td class="num">{pct(c.acc_a)}</td><td class="num">{pct(c.acc_b)}</td>'
             f'<td{sig} data-value="{c.delta!r}">{100 * c.delta:+.2f}'
             f' <span class="ci">[{100 * c.delta_ci_low:+.2f}, {100 * c.delta_ci_high:+.2f}]</span>'
-            f'</td><td class="num">{c.b_only} / {c.a_only}</td>'
-            f'<td class="num" data-value="{c.mcnemar_p!r}">{c.mcnemar_p:.3g}</td>'
-            f'<td class="num">{c.n}</td></tr>'
+            f'</td><td class="num">{only}</td>'
+            f'<td class="num">{p_cell}</td>'
+            f'<td class="num">{c.n}{_unpaired(c)}</td></tr>'
         )
     return (
-        "<table><tr><th>variant</th><th>dataset</th><th>baseline acc</th><th>variant acc</th>"
-        "<th>&Delta; (pp) [95% paired CI]</th><th>only variant / only baseline right</th>"
-        f"<th>McNemar p</th><th>n</th></tr>{''.join(rows)}</table>"
+        "<table><tr><th>variant</th><th>dataset</th><th>seeds</th><th>baseline acc</th>"
+        "<th>variant acc</th><th>&Delta; (pp) [95% CI]</th><th>only variant / only baseline "
+        f"right</th><th>McNemar p</th><th>n</th></tr>{''.join(rows)}</table>"
     )
+
+
+def _unpaired(c) -> str:
+    k = getattr(c, "unpaired", 0)
+    return f' <span class="ci">(paired on shared questions; {k} left out)</span>' if k else ""
+
+
+def _seed_table(variants: list[Variant]) -> str:
+    rows = []
+    for s in seed_spreads(variants):
+        values = ", ".join(f"{pct(v)} (seed {seed})" for seed, v in zip(s.seeds, s.values,
+                                                                       strict=True))  # fmt: skip
+        rows.append(
+            f"<tr><th>{escape(s.variant)}</th><td>{escape(s.dataset)}</td>"
+            f'<td class="num">{len(s.values)}</td><td class="num" data-value="{s.mean!r}">'
+            f'{pct(s.mean)}</td><td class="num">{pct(s.sd)}</td>'
+            f'<td class="num">{pct(min(s.values))} &ndash; {pct(max(s.values))}</td>'
+            f"<td>{values}</td></tr>"
+        )
+    return (
+        "<table><tr><th>variant</th><th>dataset</th><th>seeds</th><th>mean acc</th>"
+        "<th>sd over seeds</th><th>min &ndash; max</th><th>per seed</th></tr>"
+        f"{''.join(rows)}</table>"
+    )
+
+
+def _differs(r: RunResult) -> str:
+    if not r.differs:
+        return ""
+    items = "".join(f"<li><code>{escape(k)}={escape(str(v))}</code></li>"
+                    for k, v in r.differs.items())  # fmt: skip
+    return f"<p>differs from the compared runs beyond the axes in:</p><ul>{items}</ul>"
 
 
 def render_html(
@@ -96,20 +133,27 @@ def render_html(
     seed: int,
 ) -> str:
     datasets = sorted({d for r in runs for d in r.datasets})
+    variants = group_variants(runs)
+    multi_seed = any(len(v.runs) > 1 for v in variants)
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
         f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1>",
-        f"<p>{len(runs)} variants, {len(datasets)} datasets; baseline "
+        f"<p>{len(runs)} runs, {len(variants)} variants, {len(datasets)} datasets; baseline "
         f"<b>{escape(base.label)}</b>. Accuracies in %, 95% bootstrap CIs in brackets (from the "
-        f"results files); deltas: paired bootstrap ({n_boot} resamples, seed {seed}) and exact "
-        f"McNemar test on the same questions. Generated "
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
+        f"results files). Deltas ({n_boot} resamples, seed {seed}) on the same questions: for "
+        f"one seed a side (<i>single seed</i>: it shows question noise only, not how much "
+        f"retraining moves a run) a paired bootstrap and the exact McNemar test; for runs that "
+        f"differ only in <code>train.seed</code>, the delta of the mean over seeds with a "
+        f"bootstrap over seeds and then questions (with fewer than 3 seeds a side it is "
+        f"optimistic). Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
         "<h2>Accuracy per dataset</h2>",
         _accuracy_table(runs, datasets, base, hard=False),
     ]
     if any(ds.hard for r in runs for ds in r.datasets.values()):
         parts += ["<h2>Hard-class accuracy</h2>", _accuracy_table(runs, datasets, base, True)]
     parts += [f"<h2>Deltas against {escape(base.label)}</h2>", _delta_table(delta_items)]
+    if multi_seed:
+        parts += ["<h2>Spread over training seeds</h2>", _seed_table(variants)]
     if datasets:
         series = {
             r.label: [
@@ -144,12 +188,13 @@ def render_html(
                 parts.append(scatter_chart(
                     f"{d}: per-class accuracy vs concept exposure", pts,
                     "log10(1 + samples mentioning the class)", "class accuracy"))  # fmt: skip
-    parts.append("<h2>Variants</h2>")
+    parts.append("<h2>Runs</h2>")
     for r in runs:
         where = escape(str(r.eval_dir or r.path))
         parts.append(
-            f"<h3>{escape(r.label)}</h3><p>run <code>{escape(str(r.path))}</code>, results "
-            f"<code>{where}</code></p><details><summary>exact config</summary>"
+            f"<h3>{escape(r.label)}</h3><p>run <code>{escape(str(r.path))}</code>, config hash "
+            f"<code>{escape(r.config_hash or '-')}</code>, results <code>{where}</code></p>"
+            f"{_differs(r)}<details><summary>exact config</summary>"
             f"<pre>{escape(r.config_text or '(no config.yaml)')}</pre></details>"
         )
     data = {
@@ -157,6 +202,10 @@ def render_html(
         "variants": {
             r.label: {
                 "path": str(r.path),
+                "variant": r.variant,
+                "seed": r.seed,
+                "config_hash": r.config_hash,
+                "differs": r.differs,
                 "datasets": {
                     d: {"accuracy": asdict(x.accuracy), "hard": x.hard and asdict(x.hard)}
                     for d, x in r.datasets.items()
@@ -165,8 +214,24 @@ def render_html(
             for r in runs
         },
         "deltas": [
-            {"variant": d.variant, "dataset": d.dataset, **d.comparison.as_dict()}
+            {
+                "variant": d.variant,
+                "dataset": d.dataset,
+                "seeds": d.seeds,
+                **d.comparison.as_dict(),
+            }  # fmt: skip
             for d in delta_items
+        ],
+        "seed_spreads": [
+            {
+                "variant": s.variant,
+                "dataset": s.dataset,
+                "seeds": s.seeds,
+                "values": s.values,
+                "mean": s.mean,
+                "sd": s.sd,
+            }  # fmt: skip
+            for s in seed_spreads(variants)
         ],
     }
     parts.append(

@@ -8,7 +8,7 @@ top-level config keys by llava_ablate/train/tracking.py)."""
 from __future__ import annotations
 
 from llava_ablate.report.collect import RunResult
-from llava_ablate.report.compare import Delta
+from llava_ablate.report.compare import Delta, Variant
 
 
 def varied_axes(runs: list[RunResult]) -> list[str]:
@@ -18,7 +18,7 @@ def varied_axes(runs: list[RunResult]) -> list[str]:
 
 def build_report(
     runs: list[RunResult],
-    base: RunResult,
+    base: Variant,
     delta_items: list[Delta],
     *,
     project: str,
@@ -96,16 +96,17 @@ def build_report(
             ),
         ]
     rows = [
-        f"| {d.variant} | {d.dataset} | {100 * d.comparison.delta:+.2f} "
+        f"| {d.variant} | {d.dataset} | {d.seeds} | {100 * d.comparison.delta:+.2f} "
         f"[{100 * d.comparison.delta_ci_low:+.2f}, {100 * d.comparison.delta_ci_high:+.2f}] "
-        f"| {d.comparison.mcnemar_p:.3g} | {d.comparison.n} |"
+        f"| {'-' if d.comparison.mcnemar_p is None else f'{d.comparison.mcnemar_p:.3g}'} "
+        f"| {d.comparison.n} |"
         for d in delta_items
     ]
     blocks += [
         wr.H2(f"Deltas against {base.label}"),
         wr.MarkdownBlock(
-            "| variant | dataset | delta (pp) [95% paired CI] | McNemar p | n |\n"
-            "|---|---|---|---|---|\n" + "\n".join(rows)
+            "| variant | dataset | seeds | delta (pp) [95% CI] | McNemar p | n |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(rows)
         ),
         wr.H2("Variants"),
         *[wr.CodeBlock(code=r.config_text or "(no config)", language="yaml") for r in runs],
