@@ -100,9 +100,9 @@ def test_flowers102(tmp_path):
 
 def test_stanford_cars(tmp_path):
     ds = _load("stanford_cars", fx.stanford_cars(tmp_path))
-    assert _labels(ds) == [
-        ("00001", "Acura RL Sedan 2012"),
-        ("00002", "AM General Hummer SUV 2000"),
+    assert _labels(ds) == [  # year-first, as VLMClassifier writes them
+        ("00001", "2012 Acura RL Sedan"),
+        ("00002", "2000 AM General Hummer SUV"),
     ]
 
 

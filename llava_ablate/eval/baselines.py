@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from llava_ablate.eval.scoring import PromptItem
+from llava_ablate.eval.text_encoders import text_tower_limit
 
 SIMPLE_TEMPLATES = ["a photo of a {}."]
 
@@ -67,7 +68,8 @@ class ZeroShotChoiceModel:
             enc = self.processor.tokenizer(
                 prompts[i : i + self.batch_size],
                 padding=padding,
-                truncation=True,
+                truncation=True,  # to the text tower's positions: long names must not crash
+                max_length=text_tower_limit(self.model, self.processor.tokenizer),
                 return_tensors="pt",
             ).to(self.device)
             out = _features(self.model.get_text_features(**enc))

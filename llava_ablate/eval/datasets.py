@@ -2,7 +2,8 @@
 
 The paper's ten datasets are read from their standard on-disk layouts in `layouts.py`; this module
 holds what every source shares and the generic image-folder / CSV / JSONL / parquet readers.
-A missing or malformed source raises `DatasetLayoutError` naming the file that was expected.
+A missing or malformed source raises `DatasetLayoutError` naming the file that was expected; an
+image that cannot be read raises `UnreadableImage` (the evaluator skips, counts and names it).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import csv
 import io
 import json
 import random
+import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from llava_ablate.data.images import load_rgb
 from llava_ablate.eval.config import DatasetCfg
@@ -26,6 +29,39 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 class DatasetLayoutError(FileNotFoundError):
     """A dataset directory lacks an expected file or has a malformed one."""
+
+
+class UnreadableImage(Exception):
+    """An evaluation image that cannot be read; `reason` is the counted category."""
+
+    def __init__(self, image: str, reason: str, detail: str):
+        super().__init__(f"{reason}: {image} ({detail})")
+        self.image, self.reason, self.detail = image, reason, detail
+
+
+# What PIL and the decoders under it raise for a damaged file (PNG: struct/zlib errors, JPEG:
+# "image file is truncated", anything: UnidentifiedImageError).
+_IMAGE_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+    zlib.error,
+    Image.DecompressionBombError,
+)
+
+
+def _image_error_reason(e: BaseException) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "missing_image"
+    if isinstance(e, UnidentifiedImageError):
+        return "unreadable_image"
+    if isinstance(e, Image.DecompressionBombError):
+        return "oversized_image"
+    if "truncated" in str(e) or isinstance(e, (EOFError, struct.error)):
+        return "truncated_image"
+    return "corrupt_image"
 
 
 @dataclass(frozen=True)
@@ -44,7 +80,12 @@ class ClassificationDataset:
     _reader: Callable[[str], Image.Image] | None = field(default=None, repr=False)
 
     def load_image(self, sample: Sample) -> Image.Image:
-        image = self._reader(sample.image) if self._reader else load_rgb(Path(sample.image))
+        """The sample's RGB image; UnreadableImage (with the reason) when it cannot be decoded."""
+        try:
+            image = self._reader(sample.image) if self._reader else load_rgb(Path(sample.image))
+        except _IMAGE_ERRORS as e:
+            reason = _image_error_reason(e)
+            raise UnreadableImage(sample.image, reason, f"{type(e).__name__}: {e}") from e
         if self.crop_border:
             w, h = image.size
             b = self.crop_border

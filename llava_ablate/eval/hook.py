@@ -4,13 +4,17 @@ Every rank calls `maybe_run` at the same step. Under ZeRO-3 each forward gathers
 from all ranks, so every rank must run the same number of forwards with the same batch
 shapes: the questions are split into equal shares (the last rank's share padded with repeats
 that are then dropped), scored with the likelihood scorers listed in eval.scoring.scorers (a
-fixed number of forwards per question; `generate` is left to evaluate.py), and all-gathered. Results go to <run_dir>/eval/step_<N>/<dataset>/ and are returned on every rank.
+fixed number of forwards per question; `generate` is left to evaluate.py), and all-gathered.
+A question whose image cannot be read still runs its forwards on a blank stand-in (ranks stay
+in step), then is skipped and counted. Results go to <run_dir>/eval/step_<N>/<dataset>/ and are
+returned on every rank.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,12 +26,19 @@ from llava_ablate.config_base import ConfigError
 from llava_ablate.eval.config import HOOK_SCORERS, EvalCfg, validate_eval
 from llava_ablate.eval.datasets import ClassificationDataset, load_dataset
 from llava_ablate.eval.hard import HardClassSelector
-from llava_ablate.eval.metrics import per_class_rows, scorer_metrics, write_per_class
+from llava_ablate.eval.metrics import (
+    per_class_rows,
+    scored_subset,
+    scorer_metrics,
+    skip_summary,
+    write_per_class,
+)
 from llava_ablate.eval.models import MLLMChoiceModel
 from llava_ablate.eval.questions import QuestionSet, frozen_question_set
-from llava_ablate.eval.run import World, item_maker
-from llava_ablate.eval.scoring import Prediction, score_units, units_for
+from llava_ablate.eval.run import World, item_maker, log_skips
+from llava_ablate.eval.scoring import Prediction, Skip, score_units, units_for
 from llava_ablate.eval.store import PredictionStore
+from llava_ablate.train.faults import EvaluationFailed, agree
 
 log = logging.getLogger("llava_ablate.eval")
 
@@ -36,6 +47,24 @@ def _world() -> World:
     if dist.is_available() and dist.is_initialized():
         return World(dist.get_rank(), dist.get_world_size())
     return World()
+
+
+def _agreed(what: str, fn: Callable | None = None, *args):
+    """`fn(*args)` (None: nothing to do on this rank), agreed with the other ranks: an error on
+    any rank raises the same EvaluationFailed on every rank, before the next collective would
+    leave the healthy ranks waiting for the failed one. Under ZeRO-3 the forwards themselves
+    are collectives: an error inside one is bounded by train.dist_timeout_s only."""
+    error, result = None, None
+    try:
+        result = fn(*args) if fn is not None else None
+    except Exception as e:  # noqa: BLE001 - agreed, then raised on every rank
+        error = e
+    agree(error, EvaluationFailed, f"failed in the evaluation hook ({what})")
+    return result
+
+
+def _score_all(*args) -> list[Prediction]:
+    return [p for preds in score_units(*args) for p in preds]
 
 
 def equal_shares(n: int, world: int, rank: int) -> tuple[list[int], int]:
@@ -94,10 +123,10 @@ class TrainingEvalHook:
             prepared = []
             for ds in datasets.values():
                 sub = {"hook": self.cfg.hook.max_questions}
-                if world.rank == 0:
-                    frozen_question_set(ds, q, qdir, sub)
-                world.barrier()
-                qs = frozen_question_set(ds, q, qdir, sub)
+                # Rank 0 writes the frozen set, then all read it; `_agreed` doubles as the barrier.
+                write = frozen_question_set if world.rank == 0 else None
+                _agreed(f"questions of {ds.name}", write, ds, q, qdir, sub)
+                qs = _agreed(f"reading {ds.name}", frozen_question_set, ds, q, qdir, sub)
                 prepared.append((ds, self._subset(qs)))
             self._prepared = prepared
         return self._prepared
@@ -135,15 +164,17 @@ class TrainingEvalHook:
             make_item = item_maker(ds, self.cfg, image_processor, self.pad)
             units = units_for(qs.questions, 0)
             idx, real = equal_shares(len(units), world.size, world.rank)
-            mine: list[Prediction] = []
-            for preds in score_units(
+            skips: list[Skip] = []
+            mine: list[Prediction] = _agreed(  # before the all-gather a failed rank would miss
+                f"scoring {ds.name}",
+                _score_all,
                 [units[i] for i in idx],
                 self._scorer,
                 self.scorers,
                 make_item,
                 self.cfg.scoring.batch_size,
-            ):
-                mine += preds
+                skips,
+            )
             # Drop the padding: fillers repeat this rank's last real question (or, on a rank
             # with none, another rank's), so keep each real question's first prediction.
             real_keys = {units[i].key for i in idx[:real]}
@@ -152,21 +183,30 @@ class TrainingEvalHook:
                 if p.key in real_keys:
                     kept.setdefault((p.scorer, p.key), p)
             mine = list(kept.values())
-            gathered = [mine]
+            skips = list({s.qid: s for s in skips if f"{s.qid}@0" in real_keys}.values())
+            gathered = [(mine, skips)]
             if world.size > 1:
                 gathered = [None] * world.size
-                dist.all_gather_object(gathered, mine)
-            preds = [p for part in gathered for p in part]
+                dist.all_gather_object(gathered, (mine, skips))
+            preds = [p for part, _ in gathered for p in part]
+            skipped = sorted((s for _, part in gathered for s in part), key=lambda s: s.qid)
             if world.rank == 0:
-                results |= self._report(ds, qs, preds, step)
+                if skipped:
+                    log_skips(ds.name, skipped)
+                results |= _agreed(
+                    f"report of {ds.name}", self._report, ds, qs, preds, step, skipped
+                )
+            else:
+                _agreed(f"report of {ds.name}")
         if world.size > 1:
             box = [results]
             dist.broadcast_object_list(box, src=0)
             results = box[0]
         return results
 
-    def _report(self, ds, qs, preds, step) -> dict:
+    def _report(self, ds, frozen, preds, step, skipped: list[Skip]) -> dict:
         cfg = self.cfg
+        qs = scored_subset(frozen, skipped)
         hard = HardClassSelector(cfg.hard).select(ds.classnames, ds.name)
         by_scorer = {
             s: scorer_metrics(qs, preds, s, hard, cfg.stats.bootstrap, cfg.stats.seed)
@@ -176,23 +216,29 @@ class TrainingEvalHook:
         store = PredictionStore(out)
         store.clear()
         store.append(preds)
+        store.append_skips(skipped)
         store.merge([f"{q.qid}@0" for q in qs.questions])
+        store.merge_skips({s.qid for s in skipped})
         rows = per_class_rows(qs, preds, self.scorers, hard, cfg.stats.bootstrap, cfg.stats.seed)
         write_per_class(out / "per_class.csv", rows)
         self.last_per_class[ds.name] = rows  # rank 0: for the W&B per-class table
         record = {
             "step": step,
             "dataset": ds.name,
-            "n_questions": len(qs.questions),
-            "fingerprint": qs.fingerprint(),
+            "n_questions": len(frozen.questions),
+            "n_scored": len(qs.questions),
+            "skipped": skip_summary(skipped),
+            "fingerprint": frozen.fingerprint(),
             "scorers": by_scorer,  # the layout evaluate.py writes
         }
+        for m in by_scorer.values():
+            m["n_skipped"] = len(skipped)
         (out / "metrics.json").write_text(json.dumps(record, indent=2))
-        flat: dict = {}
+        flat: dict = {f"eval/{ds.name}/skipped": len(skipped)}
         for i, (scorer, m) in enumerate(by_scorer.items()):
             acc = m["accuracy"]
             log.info(
-                "step %d eval %s %s: accuracy %.4f [%.4f, %.4f] (n=%d)",
+                "step %d eval %s %s: accuracy %.4f [%.4f, %.4f] (n=%d, %d skipped)",
                 step,
                 ds.name,
                 scorer,
@@ -200,6 +246,7 @@ class TrainingEvalHook:
                 acc["ci_low"],
                 acc["ci_high"],
                 acc["n"],
+                len(skipped),
             )
             # The first listed scorer is the headline (eval/<dataset>/accuracy); every scorer
             # also logs under its own name.

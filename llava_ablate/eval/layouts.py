@@ -34,13 +34,41 @@ def _imagenet_table() -> tuple[list[str], list[str]]:
     return [r[0] for r in rows], [r[1] for r in rows]
 
 
+def _synset_mapping(path: Path) -> dict[str, str]:
+    """Kaggle's `LOC_synset_mapping.txt` (`n01440764 tench, Tinca tinca`) -> {wnid: first name}."""
+    out = {}
+    for n, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        wnid, _, names = line.strip().partition(" ")
+        if not _WNID.match(wnid) or not names.strip():
+            raise DatasetLayoutError(f"{path}:{n}: expected '<wnid> <name>[, <name>...]'")
+        out[wnid] = names.split(",")[0].strip()
+    return out
+
+
 def imagenet(name: str, cfg: DatasetCfg) -> ClassificationDataset:
     """`<root>/val/<wnid>/*.JPEG`, or Kaggle's flat `<root>/ILSVRC/Data/CLS-LOC/val/*.JPEG`
-    (or `<root>/val/*.JPEG`) labelled by `<root>/LOC_val_solution.csv`."""
+    (or `<root>/val/*.JPEG`) labelled by `<root>/LOC_val_solution.csv`. Names come from the
+    shipped table (readable, disambiguated); `<root>/LOC_synset_mapping.txt`, when present, names
+    the wnids the table lacks (their classes follow the 1000)."""
     root = require(Path(cfg.root), "the ImageNet directory")
     split = "val" if cfg.split == "test" else cfg.split
     wnids, names = _imagenet_table()
+    mapping_file = root / "LOC_synset_mapping.txt"
+    if mapping_file.is_file():
+        known = set(wnids)
+        extra = {w: n for w, n in _synset_mapping(mapping_file).items() if w not in known}
+        wnids, names = wnids + list(extra), names + list(extra.values())
     index = {w: i for i, w in enumerate(wnids)}
+
+    def unknown(wnid: str, where: str) -> DatasetLayoutError:
+        mapping = "" if mapping_file.is_file() else f" (no {mapping_file.name} in {root})"
+        return DatasetLayoutError(
+            f"{where}: {wnid!r} is not an ImageNet-1k wnid{mapping}; name it in "
+            f"{mapping_file} ('<wnid> <name>' lines) or remove its images"
+        )
+
     kaggle = root / "ILSVRC" / "Data" / "CLS-LOC" / split
     image_dir = kaggle if kaggle.is_dir() else _split_dir(root, split)
     folders = [p for p in image_dir.iterdir() if p.is_dir() and _WNID.match(p.name)]
@@ -48,7 +76,7 @@ def imagenet(name: str, cfg: DatasetCfg) -> ClassificationDataset:
     if folders:
         for folder in sorted(folders):
             if folder.name not in index:
-                raise DatasetLayoutError(f"{folder}: {folder.name} is not an ImageNet-1k wnid")
+                raise unknown(folder.name, str(folder))
             for img in list_images(folder):
                 samples.append(Sample(img.stem, index[folder.name], str(img)))
     else:
@@ -57,14 +85,17 @@ def imagenet(name: str, cfg: DatasetCfg) -> ClassificationDataset:
             f"class folders <wnid>/ under {image_dir}, or the flat layout's solution CSV",
         )
         with open(solution, newline="") as fh:
-            for row in csv.DictReader(fh):
+            for line, row in enumerate(csv.DictReader(fh), 2):  # line 1 is the header
                 try:
                     wnid = row["PredictionString"].split()[0]
                     image_id = row["ImageId"]
-                except (KeyError, IndexError) as e:
+                except (KeyError, IndexError, AttributeError) as e:
                     raise DatasetLayoutError(
-                        f"{solution}: expected columns ImageId,PredictionString ('<wnid> x y x y')"
+                        f"{solution}:{line}: expected columns ImageId,PredictionString "
+                        "('<wnid> x y x y')"
                     ) from e
+                if wnid not in index:
+                    raise unknown(wnid, f"{solution}:{line}")
                 path = image_dir / f"{image_id}.JPEG"
                 samples.append(Sample(image_id, index[wnid], str(require(path, "an image"))))
     if not samples:
@@ -226,14 +257,27 @@ def flowers102(name: str, cfg: DatasetCfg) -> ClassificationDataset:
     return ClassificationDataset(name, shipped_classnames("flowers102.txt"), samples)
 
 
+_YEAR_LAST = re.compile(r"^(?P<model>.+?)\s+(?P<year>(19|20)\d\d)$")
+
+
+def year_first(name: str) -> str:
+    """The devkit's "AM General Hummer SUV 2000" -> "2000 AM General Hummer SUV" (the order
+    VLMClassifier and most papers prompt with); names without a trailing year are kept."""
+    m = _YEAR_LAST.match(name)
+    return f"{m['year']} {m['model']}" if m else name
+
+
 def stanford_cars(name: str, cfg: DatasetCfg) -> ClassificationDataset:
     """torchvision's layout: devkit/cars_meta.mat, cars_test_annos_withlabels.mat + cars_test/
-    (train: devkit/cars_train_annos.mat + cars_train/)."""
+    (train: devkit/cars_train_annos.mat + cars_train/). Names year-first unless
+    `eval.datasets.<name>.year_first=false` (the devkit's year-last)."""
     from scipy.io import loadmat
 
     root = require(Path(cfg.root), "the Stanford Cars directory")
     meta_file = require(root / "devkit" / "cars_meta.mat", "Stanford Cars' devkit/cars_meta.mat")
     names = [str(n).strip() for n in loadmat(meta_file, squeeze_me=True)["class_names"]]
+    if cfg.year_first:
+        names = [year_first(n) for n in names]
     if cfg.split == "train":
         annos, images = root / "devkit" / "cars_train_annos.mat", root / "cars_train"
     else:

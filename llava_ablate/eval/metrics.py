@@ -1,22 +1,50 @@
 """From per-question predictions to the reported numbers: overall / hard-class / per-class
-accuracy with CIs, accuracy by answer position, unparsed answers, scorer agreement, cyclic
-consistency, and the paired comparison with another run."""
+accuracy with Wilson CIs, accuracy by answer position, unparsed answers, scorer agreement, cyclic
+consistency, skipped questions, and the paired comparison with another run.
+
+Questions skipped for an unreadable image stay in the frozen question set; every number here is
+over the scored ones (`scored_subset`), with the skip count written next to it."""
 
 from __future__ import annotations
 
 import csv
-from collections import defaultdict
+from collections import Counter, defaultdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from llava_ablate.eval.questions import LETTERS, QuestionSet
-from llava_ablate.eval.scoring import Prediction
-from llava_ablate.eval.stats import bootstrap_accuracy, paired_comparison
+from llava_ablate.eval.scoring import Prediction, Skip
+from llava_ablate.eval.stats import paired_on_shared, wilson_accuracy
 
 
 def _by(preds: list[Prediction], scorer: str, shift: int | None = 0) -> dict[str, Prediction]:
     return {p.qid: p for p in preds if p.scorer == scorer and (shift is None or p.shift == shift)}
+
+
+def scored_subset(qset: QuestionSet, skipped: list[Skip]) -> QuestionSet:
+    """The frozen set minus the skipped questions (same order); none left is an error."""
+    gone = {s.qid for s in skipped}
+    kept = [q for q in qset.questions if q.qid not in gone]
+    if qset.questions and not kept:
+        first = skipped[0]
+        raise RuntimeError(
+            f"{qset.dataset}: all {len(qset.questions)} questions were skipped "
+            f"({skip_summary(skipped)['by_reason']}), e.g. {first.image}: {first.detail}; "
+            f"check eval.datasets.{qset.dataset}.root and its image files"
+        )
+    return replace(qset, questions=kept)
+
+
+def skip_summary(skipped: list[Skip]) -> dict:
+    """What metrics.json says about skipped questions: counts per reason, ids and files."""
+    return {
+        "total": len(skipped),
+        "by_reason": dict(sorted(Counter(s.reason for s in skipped).items())),
+        "qids": [s.qid for s in skipped],
+        "items": [asdict(s) for s in skipped],
+    }
 
 
 def scorer_metrics(
@@ -31,11 +59,12 @@ def scorer_metrics(
     ordered = [by_q[q.qid] for q in qset.questions]
     correct = np.array([p.correct for p in ordered])
     k = qset.num_options
-    out: dict = {"accuracy": bootstrap_accuracy(correct, n_boot, seed).as_dict()}
+    # n_boot / seed serve the paired comparisons; a single accuracy gets a Wilson interval.
+    out: dict = {"accuracy": wilson_accuracy(correct).as_dict()}
     if hard:
         mask = np.array([p.label in hard for p in ordered])
-        out["hard_accuracy"] = bootstrap_accuracy(correct[mask], n_boot, seed).as_dict()
-        out["easy_accuracy"] = bootstrap_accuracy(correct[~mask], n_boot, seed).as_dict()
+        out["hard_accuracy"] = wilson_accuracy(correct[mask]).as_dict()
+        out["easy_accuracy"] = wilson_accuracy(correct[~mask]).as_dict()
     by_pos: dict[str, list[bool]] = defaultdict(list)
     chosen: dict[str, int] = defaultdict(int)
     for p in ordered:
@@ -71,7 +100,7 @@ def cyclic_consistency(qset, preds, scorer, shifts, n_boot, seed) -> dict:
     return {
         "shifts": shifts,
         "consistency": float(np.mean(same)),
-        "all_correct_accuracy": bootstrap_accuracy(all_right, n_boot, seed).as_dict(),
+        "all_correct_accuracy": wilson_accuracy(all_right).as_dict(),
     }
 
 
@@ -99,7 +128,7 @@ def per_class_rows(
     for name in sorted(by_class):
         row: dict = {"class_name": name, "n": len(by_class[name][scorers[0]]), "hard": name in hard}
         for i, scorer in enumerate(scorers):
-            est = bootstrap_accuracy(by_class[name][scorer], n_boot, seed)
+            est = wilson_accuracy(by_class[name][scorer])
             prefix = "" if i == 0 else f"{scorer}_"  # the first scorer is the headline column
             row |= {
                 f"{prefix}accuracy": est.value,
@@ -118,13 +147,26 @@ def write_per_class(path: Path, rows: list[dict]) -> None:
 
 
 def compare_runs(
-    qset: QuestionSet, preds: list[Prediction], other: list[Prediction], scorer: str, n_boot, seed
+    qset: QuestionSet,
+    preds: list[Prediction],
+    other: list[Prediction],
+    scorer: str,
+    n_boot,
+    seed,
+    other_skipped: list[Skip] | None = None,
 ) -> dict:
-    """This run (b) against another run (a) on the same frozen questions."""
+    """This run (b) against another run (a) on the same frozen questions `qset`, paired on the
+    questions both scored (`unpaired` counts those only one could score)."""
     mine, theirs = _by(preds, scorer), _by(other, scorer)
     qids = [q.qid for q in qset.questions]
-    if not all(q in theirs for q in qids):
-        raise ValueError("the run to compare with was not scored on this question set")
-    return paired_comparison(
-        [theirs[q].correct for q in qids], [mine[q].correct for q in qids], n_boot, seed
-    ).as_dict()
+    theirs_skipped = {s.qid for s in other_skipped or []}
+    lost = [q for q in qids if q not in theirs and q not in theirs_skipped]
+    if lost:
+        raise ValueError(
+            f"the run to compare with has no {scorer} prediction for {len(lost)} of these "
+            f"questions (e.g. {lost[:3]}), and did not record them as skipped: it was not "
+            "scored (completely) on this question set"
+        )
+    a = {q: theirs[q].correct for q in qids if q in theirs}
+    b = {q: mine[q].correct for q in qids if q in mine}
+    return paired_on_shared(a, b, n_boot, seed).as_dict()

@@ -30,25 +30,19 @@ def _messages(text: str, answer: str | None = None, image: bool = True) -> list[
     return msgs
 
 
-def _as_strings(messages: list[dict], image_token: str) -> list[dict]:
-    """LLaVA-style string content ("<image>\nquestion") for text-only templates (e.g. SmolLM2's)."""
-    out = []
-    for m in messages:
-        parts = [image_token + "\n" if c["type"] == "image" else c["text"] for c in m["content"]]
-        out.append({"role": m["role"], "content": "".join(parts)})
-    return out
-
-
 def render(processor, messages: list[dict], add_generation_prompt: bool) -> str:
-    """The chat template applied to processor-style messages (list content), falling back to
-    string content for templates that only concatenate strings."""
+    """The processor's chat template applied to processor-style messages (list content)."""
     templater = processor if getattr(processor, "chat_template", None) else processor.tokenizer
     kw = {"add_generation_prompt": add_generation_prompt, "tokenize": False}
     try:
         return templater.apply_chat_template(messages, **kw)
-    except TypeError:
-        image_token = getattr(processor, "image_token", None) or "<image>"
-        return templater.apply_chat_template(_as_strings(messages, image_token), **kw)
+    except TypeError as e:  # a string-only LLM template (e.g. SmolLM2's) in an old export
+        raise ValueError(
+            f"the chat template of this model does not take the standard multimodal message "
+            f"format ({e}); re-export it with this version (exports write a multimodal-aware "
+            "template), or give it one: processor.chat_template = llava_ablate.data."
+            "chat_templates.multimodal_chat_template(processor.tokenizer)"
+        ) from e
 
 
 def letter_token_ids(processor, n: int = 26) -> tuple[list[int], str]:

@@ -1,12 +1,15 @@
 """Evaluate one model on the configured datasets: question sets -> predictions -> metrics.
 
 results/<out_dir>/
-  metrics.json                  every dataset's headline numbers
-  <dataset>/metrics.json        full metrics (CIs, positions, agreement, cyclic, comparison)
+  metrics.json                  every dataset's headline numbers (+ skipped questions)
+  <dataset>/metrics.json        full metrics (CIs, positions, agreement, cyclic, comparison,
+                                skipped questions per reason)
   <dataset>/predictions.jsonl   one line per (question, rotation, scorer)
+  <dataset>/skipped.jsonl       questions whose image could not be read (qid, reason, file)
   <dataset>/per_class.csv       class_name,n,hard,accuracy,ci_low,ci_high[,<scorer>_...]
 Runs on one process or under torchrun (questions sharded across ranks, rank 0 merges);
-re-running the same command skips the questions already predicted.
+re-running the same command skips the questions already predicted. Every dataset is read (and
+its questions frozen) before the model loads, so a wrong root fails in seconds.
 """
 
 from __future__ import annotations
@@ -20,22 +23,25 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from PIL import Image
 from tqdm import tqdm
 
 from llava_ablate.data.images import mean_colour, pad_to_square
 from llava_ablate.eval.config import EvalCfg, EvaluateConfig, model_tag, validate_evaluate
-from llava_ablate.eval.datasets import ClassificationDataset, load_dataset
+from llava_ablate.eval.datasets import ClassificationDataset, UnreadableImage, load_dataset
 from llava_ablate.eval.hard import HardClassSelector
 from llava_ablate.eval.metrics import (
     agreement,
     compare_runs,
     per_class_rows,
+    scored_subset,
     scorer_metrics,
+    skip_summary,
     write_per_class,
 )
 from llava_ablate.eval.questions import Question, QuestionSet, frozen_question_set, mcq_prompt
-from llava_ablate.eval.scoring import ChoiceModel, PromptItem, score_units, units_for
-from llava_ablate.eval.store import PredictionStore, _read
+from llava_ablate.eval.scoring import ChoiceModel, PromptItem, Skip, score_units, units_for
+from llava_ablate.eval.store import PredictionStore, _read, read_skips
 from llava_ablate.train.distributed import shutdown_distributed
 
 log = logging.getLogger("llava_ablate.eval")
@@ -58,10 +64,16 @@ def item_maker(
     fill = mean_colour(image_processor) if image_processor is not None else (127, 127, 127)
 
     def make(q: Question) -> PromptItem:
-        image = dataset.load_image(samples[q.sample_id])
+        text = mcq_prompt(q, ecfg.questions)
+        try:
+            image = dataset.load_image(samples[q.sample_id])
+        except UnreadableImage as e:
+            # A blank stand-in keeps the forwards per rank equal (ZeRO-3); score_units drops it.
+            skip = Skip(q.qid, e.reason, e.image, e.detail)
+            return PromptItem(q, Image.new("RGB", (32, 32), fill), text, skip)
         if pad:  # LLaVA-1.5 evaluates padded-to-square images, as it trains
             image = pad_to_square(image, fill)
-        return PromptItem(q, image, mcq_prompt(q, ecfg.questions))
+        return PromptItem(q, image, text)
 
     return make
 
@@ -99,30 +111,61 @@ def evaluate_dataset(
             len(units) - len(todo),
         )
     bar = tqdm(total=len(mine), desc=f"{dataset.name} [{model_name}]", disable=world.rank != 0)
-    for preds in score_units(mine, model, scorers, make_item, ecfg.scoring.batch_size):
+    skips: list[Skip] = []
+    for preds in score_units(mine, model, scorers, make_item, ecfg.scoring.batch_size, skips):
         store.append(preds)
-        bar.update(len(preds) // len(scorers))
+        bar.update(len(preds) // len(scorers) + len(skips))
+        if skips:
+            log_skips(dataset.name, skips)
+            store.append_skips(skips)
+            skips.clear()
     bar.close()
     world.barrier()
     result = None
     if world.rank == 0:
         preds = store.merge([u.key for u in units])
-        result = dataset_metrics(qset, preds, ecfg, scorers, dataset, out_dir, model_name)
+        done = store.done(scorers)
+        scored = {u.question.qid for u in units if u.key in done}
+        unscored = {q.qid for q in qset.questions} - scored
+        skipped = store.merge_skips(unscored)
+        result = dataset_metrics(qset, preds, ecfg, scorers, dataset, out_dir, model_name, skipped)
     world.barrier()
     return result
 
 
-def dataset_metrics(qset, preds, ecfg: EvalCfg, scorers, dataset, out_dir: Path, model_name):
+def log_skips(dataset: str, skips: list[Skip]) -> None:
+    for s in {s.qid: s for s in skips}.values():
+        log.warning(
+            "%s: question %s skipped (%s): %s [%s]", dataset, s.qid, s.reason, s.image, s.detail
+        )
+
+
+def dataset_metrics(
+    qset,
+    preds,
+    ecfg: EvalCfg,
+    scorers,
+    dataset,
+    out_dir: Path,
+    model_name,
+    skipped: list[Skip] | None = None,
+):
+    """metrics.json of one dataset: every number over the scored questions of the frozen set,
+    the skipped ones (unreadable images) counted per reason and named."""
     n_boot, seed = ecfg.stats.bootstrap, ecfg.stats.seed
+    skipped = skipped or []
+    frozen, qset = qset, scored_subset(qset, skipped)
     selector = HardClassSelector(ecfg.hard)
     hard = selector.select(dataset.classnames, dataset.name)
     metrics: dict = {
         "model": model_name,
         "dataset": dataset.name,
-        "n_questions": len(qset.questions),
+        "n_questions": len(frozen.questions),
+        "n_scored": len(qset.questions),
+        "skipped": skip_summary(skipped),
         "num_options": qset.num_options,
         "question_set": {
-            "fingerprint": qset.fingerprint(),
+            "fingerprint": frozen.fingerprint(),
             "distractors": qset.strategy,
             "encoder": qset.encoder,
             "seed": qset.seed,
@@ -131,14 +174,19 @@ def dataset_metrics(qset, preds, ecfg: EvalCfg, scorers, dataset, out_dir: Path,
         "hard_classes": {"rule": selector.describe(), "n": len(hard)},
         "scorers": {s: scorer_metrics(qset, preds, s, hard, n_boot, seed) for s in scorers},
     }
+    for s in scorers:  # the skip count next to every accuracy
+        metrics["scorers"][s]["n_skipped"] = len(skipped)
     if "likelihood" in scorers and "generate" in scorers:
         metrics["agreement"] = agreement(preds, "likelihood", "generate")
     if ecfg.stats.compare_to:
-        other_file = Path(ecfg.stats.compare_to) / dataset.name / "predictions.jsonl"
-        other = _read(other_file)
+        other_dir = Path(ecfg.stats.compare_to) / dataset.name
+        other, other_skipped = _read(other_dir / "predictions.jsonl"), read_skips(other_dir)
         metrics["compare_to"] = {
             "run": str(ecfg.stats.compare_to),
-            **{s: compare_runs(qset, preds, other, s, n_boot, seed) for s in scorers},
+            **{
+                s: compare_runs(frozen, preds, other, s, n_boot, seed, other_skipped)
+                for s in scorers
+            },
         }
     write_per_class(
         out_dir / "per_class.csv", per_class_rows(qset, preds, scorers, hard, n_boot, seed)
@@ -146,13 +194,15 @@ def dataset_metrics(qset, preds, ecfg: EvalCfg, scorers, dataset, out_dir: Path,
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     head = metrics["scorers"][scorers[0]]["accuracy"]
     log.info(
-        "%s: %s accuracy %.4f [%.4f, %.4f] on %d questions",
+        "%s: %s accuracy %.4f [%.4f, %.4f] on %d questions (%d skipped%s)",
         dataset.name,
         scorers[0],
         head["value"],
         head["ci_low"],
         head["ci_high"],
         head["n"],
+        len(skipped),
+        f": {metrics['skipped']['by_reason']}" if skipped else "",
     )
     return metrics
 
@@ -208,19 +258,25 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     qdir = Path(cfg.eval.questions.dir) if cfg.eval.questions.dir else out / "questions"
     model_name = model_tag(cfg.model.name, cfg.model.path)
     _claim_out_dir(out, cfg, world)
-    model, image_processor = load_model(cfg, world)
-    scorers = list(cfg.eval.scoring.scorers)
-    if cfg.model.type != "mllm" and "all_classes" not in scorers:
-        scorers.append("all_classes")  # the classic zero-shot number comes for free
-    wandb_run = _wandb_init(cfg, model_name) if world.rank == 0 else None
-    summary: dict = {}
+    # Datasets and their frozen questions first: a wrong root or layout fails before the
+    # (possibly minutes-long) model load.
+    prepared = []
     for name, dcfg in cfg.eval.datasets.items():
         dataset = load_dataset(name, dcfg, cfg.eval.questions.seed)
         sub = {"per_class": dcfg.per_class, "total": dcfg.total}
         if world.rank == 0:  # one rank builds (and freezes) the questions; the others read them
             frozen_question_set(dataset, cfg.eval.questions, qdir, sub)
         world.barrier()
-        qset = frozen_question_set(dataset, cfg.eval.questions, qdir, sub)
+        prepared.append(
+            (name, dataset, frozen_question_set(dataset, cfg.eval.questions, qdir, sub))
+        )
+    model, image_processor = load_model(cfg, world)
+    scorers = list(cfg.eval.scoring.scorers)
+    if cfg.model.type != "mllm" and "all_classes" not in scorers:
+        scorers.append("all_classes")  # the classic zero-shot number comes for free
+    wandb_run = _wandb_init(cfg, model_name) if world.rank == 0 else None
+    summary: dict = {}
+    for name, dataset, qset in prepared:
         if hasattr(model, "with_classes"):
             model.with_classes(dataset.classnames)
         pad = cfg.model.type == "mllm" and cfg.model.image_aspect == "pad"
@@ -241,6 +297,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
             for s in scorers:
                 if "hard_accuracy" in metrics["scorers"][s]:
                     summary[name][f"{s}_hard"] = metrics["scorers"][s]["hard_accuracy"]
+            summary[name]["skipped"] = metrics["skipped"]["by_reason"]
             _wandb_log(wandb_run, name, metrics)
     if world.rank == 0:
         (out / "metrics.json").write_text(json.dumps({"model": model_name, **summary}, indent=2))
@@ -289,7 +346,7 @@ def _wandb_log(run, dataset: str, metrics: dict) -> None:
     if run is None:
         return
     try:
-        flat = {}
+        flat = {f"{dataset}/skipped": metrics["skipped"]["total"]}
         for scorer, m in metrics["scorers"].items():
             for key in ("accuracy", "hard_accuracy"):
                 if key in m:

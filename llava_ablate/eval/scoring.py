@@ -22,10 +22,21 @@ from llava_ablate.eval.questions import LETTERS, Question
 
 
 @dataclass
+class Skip:
+    """A question left unscored because its image could not be read."""
+
+    qid: str
+    reason: str  # missing_image | unreadable_image | truncated_image | corrupt_image | ...
+    image: str
+    detail: str
+
+
+@dataclass
 class PromptItem:
     question: Question  # possibly rotated
     image: Image.Image
     text: str  # the MCQ text that follows the image
+    skip: Skip | None = None  # set: `image` is a stand-in and the prediction is dropped
 
 
 class ChoiceModel(Protocol):
@@ -155,13 +166,24 @@ def score_units(
     scorers: list[str],
     make_item: Callable[[Question], PromptItem],
     batch_size: int,
+    skips: list[Skip] | None = None,
 ) -> Iterator[list[Prediction]]:
-    """Yield the predictions of each batch (every scorer), so callers can persist as they go."""
+    """Yield the predictions of each batch (every scorer), so callers can persist as they go.
+
+    Items whose image could not be read (`PromptItem.skip`) still go through the model on a
+    stand-in image, so every rank runs the same forwards (ZeRO-3); their predictions are dropped
+    and their Skip appended to `skips`. Without a `skips` list an unreadable image is an error.
+    """
     for unsupported in set(scorers) - set(model.scorers):
         raise ValueError(f"this model has no {unsupported!r} scorer (it has {model.scorers})")
     for start in range(0, len(units), batch_size):
         batch = units[start : start + batch_size]
         items = [make_item(u.question.rotated(u.shift)) for u in batch]
+        skipped = {u.key: it.skip for u, it in zip(batch, items, strict=True) if it.skip}
+        if skipped and skips is None:
+            first = next(iter(skipped.values()))
+            raise ValueError(f"cannot read the image of question {first.qid}: {first.image} "
+                             f"({first.reason}: {first.detail})")  # fmt: skip
         preds: list[Prediction] = []
         if "likelihood" in scorers:
             preds += predictions_from_scores(batch, model.letter_scores(items))
@@ -171,4 +193,7 @@ def score_units(
             preds += predictions_from_text(batch, model.generate(items))
         if "all_classes" in scorers:
             preds += predictions_from_classes(batch, model.classify_all(items))
+        if skipped:
+            preds = [p for p in preds if p.key not in skipped]
+            skips.extend(skipped.values())  # type: ignore[union-attr]
         yield preds

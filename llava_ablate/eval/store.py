@@ -2,7 +2,8 @@
 
 Each rank appends to its own `predictions.rank<r>.jsonl` (flushed per batch); at the end rank 0
 merges everything into `predictions.jsonl`, de-duplicated and in question order. A line cut off
-by a crash is ignored, and its question is simply scored again.
+by a crash is ignored, and its question is simply scored again. Questions skipped for an
+unreadable image go the same way into `skipped.rank<r>.jsonl` -> `skipped.jsonl`.
 """
 
 from __future__ import annotations
@@ -12,19 +13,41 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from llava_ablate.eval.scoring import Prediction
+from llava_ablate.eval.scoring import Prediction, Skip
 
 MERGED = "predictions.jsonl"
+SKIPPED = "skipped.jsonl"
 
 
-def _read(path: Path) -> list[Prediction]:
+def _read(path: Path, kind: type = Prediction) -> list:
     out = []
     for line in path.read_text("utf-8").splitlines():
         try:
-            out.append(Prediction(**json.loads(line)))
+            out.append(kind(**json.loads(line)))
         except (json.JSONDecodeError, TypeError):
             continue  # the torn last line of a crashed writer
     return out
+
+
+def read_skips(directory: Path) -> list[Skip]:
+    """The skipped questions a finished evaluation recorded in `directory` (none: [])."""
+    path = Path(directory) / SKIPPED
+    return _read(path, Skip) if path.exists() else []
+
+
+def _append_lines(path: Path, rows: list[dict]) -> None:
+    torn = False
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            torn = fh.read(1) != b"\n"
+    with open(path, "a", encoding="utf-8") as fh:
+        if torn:  # a crash cut the last line: start on a fresh one, never glue onto it
+            fh.write("\n")
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 class PredictionStore:
@@ -54,24 +77,27 @@ class PredictionStore:
             have.setdefault(p.key, set()).add(p.scorer)
         return {k for k, s in have.items() if set(scorers) <= s}
 
+    def _skip_files(self) -> list[Path]:
+        merged = self.dir / SKIPPED
+        return ([merged] if merged.exists() else []) + sorted(self.dir.glob("skipped.rank*.jsonl"))
+
     def clear(self) -> None:
-        for f in self._files():
+        for f in self._files() + self._skip_files():
             f.unlink()
 
     def append(self, preds: list[Prediction]) -> None:
-        path = self.dir / f"predictions.rank{self.rank}.jsonl"
-        torn = False
-        if path.exists() and path.stat().st_size:
-            with open(path, "rb") as fh:
-                fh.seek(-1, os.SEEK_END)
-                torn = fh.read(1) != b"\n"
-        with open(path, "a", encoding="utf-8") as fh:
-            if torn:  # a crash cut the last line: start on a fresh one, never glue onto it
-                fh.write("\n")
-            for p in preds:
-                fh.write(json.dumps(asdict(p)) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        _append_lines(self.dir / f"predictions.rank{self.rank}.jsonl", [asdict(p) for p in preds])
+
+    def append_skips(self, skips: list[Skip]) -> None:
+        _append_lines(self.dir / f"skipped.rank{self.rank}.jsonl", [asdict(s) for s in skips])
+
+    def load_skips(self) -> list[Skip]:
+        """Every skipped question recorded so far, once per question id."""
+        seen: dict[str, Skip] = {}
+        for f in self._skip_files():
+            for s in _read(f, Skip):
+                seen.setdefault(s.qid, s)
+        return list(seen.values())
 
     def merge(self, order: list[str]) -> list[Prediction]:
         """Write the merged file in `order` (unit keys) and drop the per-rank files."""
@@ -85,3 +111,16 @@ class PredictionStore:
         for f in self.dir.glob("predictions.rank*.jsonl"):
             f.unlink()
         return preds
+
+    def merge_skips(self, keep: set[str]) -> list[Skip]:
+        """Write `skipped.jsonl` with the skips of the question ids in `keep` (sorted by id) and
+        drop the per-rank files: a question scored on a later attempt is no longer skipped."""
+        skips = sorted((s for s in self.load_skips() if s.qid in keep), key=lambda s: s.qid)
+        tmp = self.dir / (SKIPPED + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for s in skips:
+                fh.write(json.dumps(asdict(s)) + "\n")
+        tmp.replace(self.dir / SKIPPED)
+        for f in self.dir.glob("skipped.rank*.jsonl"):
+            f.unlink()
+        return skips

@@ -46,6 +46,15 @@ def tfidf_char_embed(texts: list[str], dim: int = 4096) -> np.ndarray:
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
+def text_tower_limit(model, tokenizer) -> int:
+    """Tokens the text tower takes: its position embeddings, or less if the tokenizer says so.
+    Longer prompts (ImageNet names reach 32 tokens in a template) are truncated to it; a
+    tokenizer without its own limit (model_max_length ~1e30) would otherwise overflow it."""
+    config = getattr(model.config, "text_config", model.config)
+    limit = getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length
+    return int(min(limit, tokenizer.model_max_length))
+
+
 class HFTextTower:
     """The text half of a CLIPModel/SiglipModel: `get_text_features` of "a photo of a {c}."."""
 
@@ -66,7 +75,13 @@ class HFTextTower:
         padding = "max_length" if "siglip" in type(self.model).__name__.lower() else True
         for i in range(0, len(texts), self.batch_size):
             chunk = [self.template.format(t) for t in texts[i : i + self.batch_size]]
-            enc = self.tokenizer(chunk, padding=padding, truncation=True, return_tensors="pt")
+            enc = self.tokenizer(
+                chunk,
+                padding=padding,
+                truncation=True,
+                max_length=text_tower_limit(self.model, self.tokenizer),
+                return_tensors="pt",
+            )
             enc = {k: v.to(self.model.device) for k, v in enc.items()}
             out = self.model.get_text_features(**enc)
             out = out if torch.is_tensor(out) else out.pooler_output

@@ -31,7 +31,7 @@ from transformers import (
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from llava_ablate.config import LLMCfg, ProjectorCfg, VisionCfg
-from llava_ablate.data.chat_templates import ensure_chat_template
+from llava_ablate.data.chat_templates import ensure_chat_template, multimodal_chat_template
 from llava_ablate.model.sources import resolve_llm_source, resolve_package_dir
 from llava_ablate.model.tiny_tokenizer import build_tiny_tokenizer
 
@@ -183,7 +183,8 @@ def build_variant(
         vision_feature_select_strategy=vision.select_strategy,
         num_additional_image_tokens=extra_tokens,
         image_token=IMAGE_TOKEN,
-        chat_template=tokenizer.chat_template,
+        # Processor-style list content renders as training's "<image>\nQ" (the eval hook, exports).
+        chat_template=multimodal_chat_template(tokenizer),
     )
     return Variant(model=model, processor=processor, num_image_tokens=num_image_tokens)
 

@@ -46,7 +46,7 @@ def export_engine(engine, processor, out_dir: Path, info: dict) -> Path:
         model.config.use_cache = True  # training turned the KV cache off; generation wants it
         _stop_at_end_of_turn(model.generation_config, processor)
         model.save_pretrained(out_dir)
-        processor.save_pretrained(out_dir)
+        save_processor(processor, out_dir)
         (out_dir / "llava_ablate.json").write_text(json.dumps(info, indent=2, default=str))
         (staging / "consolidated.pt").unlink()
         staging.rmdir()
@@ -54,6 +54,35 @@ def export_engine(engine, processor, out_dir: Path, info: dict) -> Path:
         log.info("exported %s", out_dir)
     dist.barrier()
     return out_dir
+
+
+STANDARD_MESSAGES = [
+    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}
+]
+
+
+def save_processor(processor, out_dir: Path) -> None:
+    """Save `processor` with a chat template that takes the standard multimodal message format
+    and renders what training rendered; reload it and check that stock prompting works."""
+    from transformers import AutoProcessor
+
+    from llava_ablate.data.chat_templates import multimodal_chat_template
+
+    processor.chat_template = multimodal_chat_template(processor.tokenizer, processor.chat_template)
+    processor.save_pretrained(out_dir)
+    # The file both the tokenizer and the processor load: the processor writes it last.
+    reloaded = AutoProcessor.from_pretrained(out_dir)
+    prompt = reloaded.apply_chat_template(STANDARD_MESSAGES, add_generation_prompt=True)
+    expected = processor.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "<image>\nWhat is it?"}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    if prompt != expected:
+        raise RuntimeError(
+            f"export {out_dir}: the saved chat template renders the standard multimodal message "
+            f"as {prompt!r}, but training renders {expected!r}"
+        )
 
 
 def end_of_turn_id(processor) -> int:

@@ -11,11 +11,17 @@ the zero-shot baseline.
 
 Batches hold distinct classes (one image each): with repeated captions in a batch, the
 contrastive targets would call the same caption both right and wrong.
+
+The saved text tower has CLIP's 77 positions, so zero-shot prompts longer than the training
+captions (absent classes, other datasets' names) fit. It trains with as many positions as the
+longest caption (the training is the same as before the room was added) and the untrained
+positions past it are appended after training, as copies of the last trained one. A build records the fingerprint of its recipe (`build.json`): a changed recipe rebuilds.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -41,6 +47,60 @@ TOWER = {
     "image_size": 32,
     "patch_size": 8,
 }
+TEXT = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2}
+TEXT |= {"num_attention_heads": 4}
+TEXT_POSITIONS = 77  # CLIP's context length
+RECIPE_VERSION = 2  # bump when the training code changes what a build produces
+
+
+def caption_tokenizer(cache_dir: Path):
+    """The project's tiny BPE tokenizer, appending eos: CLIP pools the text at its eos, so the
+    zero-shot baseline's prompts end the way the training captions did."""
+    from llava_ablate.model.tiny_tokenizer import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer(Path(cache_dir) / "tokenizers" / "tiny-qwen2", "qwen2")
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"$A {tok.eos_token}", special_tokens=[(tok.eos_token, tok.eos_token_id)]
+    )
+    tok.model_max_length = TEXT_POSITIONS
+    return tok
+
+
+def text_config(tok, max_positions: int = TEXT_POSITIONS):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tok),
+        **TEXT,
+        max_position_embeddings=max_positions,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,  # pooled at the eos, not at argmax(ids)
+    )
+
+
+def recipe_fingerprint(data_root: Path, **recipe) -> str:
+    """What a build depends on: the code's version, the configs, the training options and the
+    class names it is trained on."""
+    blob = {
+        "version": RECIPE_VERSION,
+        "tower": TOWER,
+        "text": TEXT,
+        "text_positions": TEXT_POSITIONS,
+        "caption": CAPTION,
+        "classes": (data_root / "classes.csv").read_text("utf-8"),
+        **recipe,
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _is_current(out: Path, fingerprint: str) -> bool:
+    if not (out / "config.json").is_file():
+        return False
+    try:
+        return json.loads((out / "build.json").read_text())["fingerprint"] == fingerprint
+    except (OSError, ValueError, KeyError):
+        return False  # built before fingerprints, or a torn file: rebuild
 
 
 def _folders(root: Path, splits: tuple[str, ...]) -> dict[str, list[Path]]:
@@ -60,49 +120,34 @@ def build_mini_clip(
     lr: float = 1e-3,
     seed: int = 0,
 ) -> Path:
-    """Train the mini-CLIP into `out` unless it is there already; returns `out`."""
+    """Train the mini-CLIP into `out` unless the same recipe is there already; returns `out`."""
     from transformers import (
         CLIPConfig,
         CLIPImageProcessorPil,
         CLIPModel,
         CLIPProcessor,
-        CLIPTextConfig,
         CLIPVisionConfig,
     )
 
-    from llava_ablate.model.tiny_tokenizer import build_tiny_tokenizer
-
     out = Path(out)
-    if (out / "config.json").is_file():
+    fingerprint = recipe_fingerprint(data_root, splits=list(splits), steps=steps, lr=lr, seed=seed)
+    if _is_current(out, fingerprint):
         return out
+    if (out / "config.json").is_file():
+        log.info("mini-clip at %s was built from another recipe: rebuilding", out)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     names = {row[0]: row[1] for row in csv.reader((data_root / "classes.csv").open())}
     images = _folders(data_root, splits)
     keys = sorted(images)
-    tok = build_tiny_tokenizer(out.parent / "tokenizers" / "tiny-qwen2", "qwen2")
-    # CLIP pools the text at its eos: this copy of the tokenizer appends it, so the zero-shot
-    # baseline's prompts end the way the training captions did.
-    tok.backend_tokenizer.post_processor = TemplateProcessing(
-        single=f"$A {tok.eos_token}", special_tokens=[(tok.eos_token, tok.eos_token_id)]
-    )
+    tok = caption_tokenizer(out.parent)
     processor = CLIPImageProcessorPil(
         size={"shortest_edge": TOWER["image_size"]}, crop_size=TOWER["image_size"]
     )
     captions = [CAPTION.format(name=names[k]) for k in keys]
     text = tok(captions, padding=True, return_tensors="pt")
     config = CLIPConfig(
-        text_config=CLIPTextConfig(
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=text.input_ids.shape[1],
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,  # pooled at the eos, not at argmax(ids)
-        ).to_dict(),
+        text_config=text_config(tok, text.input_ids.shape[1]).to_dict(),
         vision_config=CLIPVisionConfig(**TOWER).to_dict(),
         projection_dim=64,
     )
@@ -133,6 +178,7 @@ def build_mini_clip(
         losses.append(loss.item())
         if (step + 1) % 100 == 0:
             log.info("mini-clip step %d loss %.3f", step + 1, np.mean(losses[-100:]))
+    _add_text_positions(model, TEXT_POSITIONS)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     # Not `save_pretrained`: under torch.distributed it writes weights on rank 0 only, and
@@ -154,10 +200,27 @@ def build_mini_clip(
             indent=2,
         )
     )
+    (tmp / "build.json").write_text(json.dumps({"fingerprint": fingerprint}))
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def _add_text_positions(model, positions: int) -> None:
+    """Give the text tower `positions` positions; the new ones copy the last trained one."""
+    emb = model.text_model.embeddings
+    trained = emb.position_embedding.weight.data
+    if trained.shape[0] >= positions:
+        return
+    room = torch.nn.Embedding(positions, trained.shape[1])
+    with torch.no_grad():
+        room.weight[: trained.shape[0]] = trained
+        room.weight[trained.shape[0] :] = trained[-1]
+    emb.position_embedding = room
+    emb.position_ids = torch.arange(positions).expand((1, -1))
+    model.config.text_config.max_position_embeddings = positions
+    model.text_model.config.max_position_embeddings = positions
 
 
 def generate_builtin_tower(name: str, out: Path) -> Path:

@@ -1,4 +1,5 @@
-"""Jinja chat templates shipped with the project, for LLMs whose tokenizer lacks a usable one."""
+"""Jinja chat templates shipped with the project, for LLMs whose tokenizer lacks a usable one, and
+the multimodal wrapper every processor (and so every export) gets."""
 
 from __future__ import annotations
 
@@ -40,3 +41,69 @@ def ensure_chat_template(
     tokenizer.chat_template = load_chat_template(name)
     log.info("using the shipped chat template %r", name)
     return tokenizer
+
+
+# Processors pass content as a list of parts; many LLM templates (SmolLM2's) only concatenate
+# strings. This preamble rewrites list content into LLaVA's string form, the one training renders
+# (`<image>\n` per image, first, then the text), and leaves string content untouched, so the
+# template below it renders exactly what it rendered for training.
+MULTIMODAL_MARKER = "{#- llava-ablate: multimodal content -#}"
+MULTIMODAL_PREAMBLE = (
+    MULTIMODAL_MARKER
+    + r"""
+{%- set _mm = namespace(messages=[]) -%}
+{%- for _m in messages -%}
+    {%- if _m['content'] is string or _m['content'] is none -%}
+        {%- set _mm.messages = _mm.messages + [_m] -%}
+    {%- else -%}
+        {%- set _images = _m['content'] | selectattr('type', 'equalto', 'image') | list -%}
+        {%- set _texts = _m['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') -%}
+        {%- set _mm.messages = _mm.messages + [dict(_m, content='<image>\n' * (_images | length) + _texts | join(''))] -%}
+    {%- endif -%}
+{%- endfor -%}
+{%- set messages = _mm.messages -%}
+"""
+)
+
+_PROBE_PARTS = [
+    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q?"}]},
+    {"role": "assistant", "content": [{"type": "text", "text": "A."}]},
+]
+_PROBE_STRINGS = [
+    {"role": "user", "content": "<image>\nQ?"},
+    {"role": "assistant", "content": "A."},
+]
+
+
+def _renders_parts_as_strings(tokenizer: PreTrainedTokenizerBase, template: str) -> bool:
+    def render(messages: list[dict]) -> str:
+        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
+
+    try:
+        return render(_PROBE_PARTS) == render(_PROBE_STRINGS)
+    except Exception:  # noqa: BLE001 - a template that cannot render parts needs the wrapper
+        return False
+
+
+def multimodal_chat_template(
+    tokenizer: PreTrainedTokenizerBase, template: str | None = None
+) -> str:
+    """`template` (default: the tokenizer's) made to accept processor-style list content.
+
+    A template that already renders `[{"type": "image"}, {"type": "text", ...}]` the way it
+    renders LLaVA's `"<image>\nQ"` (the shipped vicuna_v1 and qwen2) is returned unchanged;
+    others get MULTIMODAL_PREAMBLE in front. Applying it twice changes nothing.
+    """
+    template = template if template is not None else tokenizer.chat_template
+    if template is None:
+        raise ValueError("the tokenizer has no chat template; set llm.chat_template")
+    if template.startswith(MULTIMODAL_MARKER) or _renders_parts_as_strings(tokenizer, template):
+        return template
+    wrapped = MULTIMODAL_PREAMBLE + template
+    if not _renders_parts_as_strings(tokenizer, wrapped):
+        raise ValueError(
+            "the chat template renders the standard multimodal message format differently from "
+            "LLaVA's string form even with the multimodal preamble; ship a template for this LLM "
+            "in llava_ablate/data/chat_templates/ and set llm.chat_template + force_chat_template"
+        )
+    return wrapped
