@@ -73,6 +73,9 @@ HASH_LEN = 8
 class RunConfigMismatch(ConfigError):
     """The run directory holds a run of another result-affecting config."""
 
+    what: str = ""  # the message without the advice: which directory, hashes, differing keys
+    refused: tuple[str, ...] = ()  # the differing keys not allowed by train.allow_config_change
+
 
 def _excluded(key: str) -> bool:
     return any(key == e or key.startswith(e + ".") for e in EXCLUDED)
@@ -252,15 +255,20 @@ def check_run_identity(cfg: DictConfig, run_dir: Path, *, world_size: int) -> Ru
     refused = [k for k in diff if not _allowed(k, allow)]
     if refused:
         lines = [f"  {k}: {diff[k][0]} -> {diff[k][1]}" for k in refused]
-        raise RunConfigMismatch(
+        what = (
             f"{run_dir} holds a run of another result-affecting config (recorded: "
             f"{run_dir / RECORD if (run_dir / RECORD).exists() else run_dir / 'config.yaml'}, "
             f"hash {rec.get('config_hash', run_hash)}; now {now}). Differing keys:\n"
             + "\n".join(lines)
-            + "\nTo start a separate run, leave train.run_dir unset (the default directory is "
+        )
+        advice = (
+            "\nTo start a separate run, leave train.run_dir unset (the default directory is "
             "named by the config's hash) or choose another one.\nTo continue this run after a "
             f"deliberate change, add train.allow_config_change=[{','.join(refused)}]"
         )
+        err = RunConfigMismatch(what + advice)
+        err.what, err.refused = what, tuple(refused)  # launch/ words its own advice for grids
+        raise err
     change = {
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "keys": list(diff),

@@ -10,7 +10,7 @@ from llava_ablate.data.builtin import prepare_builtin
 from llava_ablate.launch.__main__ import main as launch_main
 from llava_ablate.launch.estimate import GIB, train_flops
 from llava_ablate.launch.grid import expand, load_grid
-from llava_ablate.launch.plan import compose_job, format_plan, plan_grid
+from llava_ablate.launch.plan import check_identities, compose_job, format_plan, plan_grid
 from llava_ablate.launch.submit import make_units, unit_overrides
 
 from conftest import build_tiny
@@ -72,6 +72,7 @@ def test_two_stage_grid_dedups_stage1_and_chains_each_stage2_to_its_own(grid_fil
     # A finished stage-1 job is not submitted again, and its children need no dependency.
     (align[0].run_dir / "export").mkdir(parents=True)
     (align[0].run_dir / "export/COMPLETE").touch()
+    check_identities(grid, jobs, [])  # "finished" only for a run of the config composed now
     assert [u.jobs[0].name for u in make_units(jobs)][0] == "llm=tiny_qwen2"
 
 

@@ -8,6 +8,15 @@ top of a tiny CLIP tower pre-trained offline, then scored on the same frozen 26-
 of the base mixture, next to the tower's own CLIP zero-shot score, in an offline HTML report.
 Re-running reuses everything already finished (shards, tower, stages, evaluations).
 
+What a re-run reproduces: every run is seeded (`train.seed`, default 42) and named by its config
+hash, so the same command on the same machine gives the same figures to the last digit. Another
+machine (other CPU kernels, thread counts) trains other weights: its figures differ from these
+by about the spread over seeds. `--seeds 42 1 2` trains the cheap arm (small Qwen2: stage 1 and
+both stage-2 data arms) once per seed, each from its own seed's stage 1, and the summary prints
+the mean, sd and range over seeds of its accuracies and of the data-axis delta -- the yardstick
+for which differences are real. (A seed also redraws the classification sources' question
+templates and subsamples, so the shared shards are rebuilt when the seed changes.)
+
 What each step runs is printed as a command: the same commands scale to the real recipes on a
 GPU cluster, e.g.
 
@@ -35,6 +44,8 @@ LLMS = ("small_qwen2", "smollm2_135m")
 DATA = ("demo_base", "demo_extra")
 HARD_Q = 1 / 3  # 10 of 30 classes: the least exposed ones in the base mixture (rare + absent)
 SCORER = "name_likelihood"  # the headline (first) scorer of demo_stage2
+DEFAULT_SEED = 42  # train.seed's default (llava_ablate/config.py)
+SEEDED = ("small_qwen2",)  # arms trained once per --seeds seed; the others on the first seed
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,9 @@ class Step:
     overrides: list[str]
     done: Path  # what exists once the step has finished
     steps: int | None = None  # training steps the finished export must record
+    llm: str = ""  # a training step's arm (for the summary)
+    data: str = ""
+    seed: int | None = None
 
     def finished(self) -> bool:
         if not self.done.exists():
@@ -82,7 +96,19 @@ def run_dir_of(overrides: list[str]) -> Path:
     return Path(compose(overrides).train.run_dir)
 
 
-def plan(runs_root: Path, cache_dir: Path, exposure: Path, budget: Budget, llms=LLMS) -> list[Step]:
+def arm_seeds(llm: str, seeds: tuple[int, ...]) -> tuple[int, ...]:
+    """The seeds an LLM arm trains with: every one for the cheap arm, else the first."""
+    return seeds if llm in SEEDED else seeds[:1]
+
+
+def plan(
+    runs_root: Path,
+    cache_dir: Path,
+    exposure: Path,
+    budget: Budget,
+    llms=LLMS,
+    seeds: tuple[int, ...] = (DEFAULT_SEED,),
+) -> list[Step]:
     common = [f"train.runs_root={runs_root}", f"paths.cache_dir={cache_dir}"]
     hard = [
         "eval.hard.mode=exposure",
@@ -91,42 +117,42 @@ def plan(runs_root: Path, cache_dir: Path, exposure: Path, budget: Budget, llms=
         f"eval.questions.dir={runs_root / 'questions'}",  # one frozen question set for all
         f"eval.datasets.mini_classify.per_class={budget.eval_per_class}",
     ]
-    # Each run's directory is what train.py will name it (axes + config hash); stage 2 is told
-    # its own stage-1 export explicitly, so its identity is known before stage 1 has run.
-    stage1 = {
-        llm: [
-            "+experiment=demo_stage1",
-            f"llm={llm}",
-            f"recipe.max_steps={budget.steps[llm][0]}",
-            *common,
-        ]
-        for llm in llms
-    }
-    stage1_dir = {llm: run_dir_of(overrides) for llm, overrides in stage1.items()}
-    steps = [
-        Step(
-            f"stage 1  llm={llm}",
-            "train.py",
-            stage1[llm],
-            stage1_dir[llm] / "export",
-            budget.steps[llm][0],
-        )
-        for llm in llms
-    ]
-    for llm in llms:
-        for data in DATA:
+    # Each run's directory is what train.py will name it (axes + config hash, the seed
+    # included); stage 2 is told its own (same-seed) stage-1 export explicitly, so its identity
+    # is known before stage 1 has run. Seed by seed: the shared shards follow train.seed.
+    steps = []
+    for seed in seeds:
+        arms = [llm for llm in llms if seed in arm_seeds(llm, seeds)]
+        tag = {llm: f" seed={seed}" if len(arm_seeds(llm, seeds)) > 1 else "" for llm in arms}
+        stage1_done = {}
+        for llm in arms:
             overrides = [
-                "+experiment=demo_stage2",
+                "+experiment=demo_stage1",
                 f"llm={llm}",
-                f"data={data}",
-                f"recipe.max_steps={budget.steps[llm][1]}",
-                f"recipe.init_from={stage1_dir[llm] / 'export'}",
+                f"recipe.max_steps={budget.steps[llm][0]}",
+                f"train.seed={seed}",
                 *common,
-                *hard,
             ]
-            done = run_dir_of(overrides) / "export"
-            label = f"stage 2  llm={llm} data={data}"
-            steps.append(Step(label, "train.py", overrides, done, budget.steps[llm][1]))
+            stage1_done[llm] = run_dir_of(overrides) / "export"
+            label = f"stage 1  llm={llm}{tag[llm]}"
+            steps.append(Step(label, "train.py", overrides, stage1_done[llm],
+                              budget.steps[llm][0], llm, "", seed))  # fmt: skip
+        for llm in arms:
+            for data in DATA:
+                overrides = [
+                    "+experiment=demo_stage2",
+                    f"llm={llm}",
+                    f"data={data}",
+                    f"recipe.max_steps={budget.steps[llm][1]}",
+                    f"recipe.init_from={stage1_done[llm]}",
+                    f"train.seed={seed}",
+                    *common,
+                    *hard,
+                ]
+                done = run_dir_of(overrides) / "export"
+                label = f"stage 2  llm={llm} data={data}{tag[llm]}"
+                steps.append(Step(label, "train.py", overrides, done, budget.steps[llm][1],
+                                  llm, data, seed))  # fmt: skip
     clip_out = runs_root / "mini_clip-zero_shot"
     steps.append(
         Step(
@@ -195,24 +221,90 @@ def exposure_table(runs_root: Path, cache_dir: Path) -> Path:
     return out
 
 
-def summary(stage2: list[Path], baseline: Path) -> str:
+@dataclass(frozen=True)
+class ArmScore:
+    """One stage-2 run's headline (name-likelihood) accuracies."""
+
+    llm: str
+    data: str
+    seed: int
+    accuracy: float
+    hard: float | None  # on the hard classes
+
+
+def spread(values: list[float], signed: bool = False) -> str:
+    """`mean  sd  min - max` over seeds (sd with n - 1)."""
+    import statistics
+
+    f = "{:+.3f}" if signed else "{:.3f}"
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return (f"{f.format(statistics.fmean(values)):>7} {sd:6.3f}  "
+            f"{f.format(min(values))} - {f.format(max(values))}")  # fmt: skip
+
+
+def seed_spread_lines(scores: list[ArmScore]) -> list[str]:
+    """For each LLM arm trained with several seeds: mean, sd and range over its seeds of the
+    accuracy and hard-class accuracy per data arm, and of the data-axis delta (DATA[1] -
+    DATA[0], overall and hard) computed within each seed (the same seed's stage 1 under both)."""
+    lines = []
+    for llm in dict.fromkeys(s.llm for s in scores):
+        arm = [s for s in scores if s.llm == llm]
+        seeds = list(dict.fromkeys(s.seed for s in arm))
+        if len(seeds) < 2:
+            continue
+        lines += ["", f"{llm}: spread over {len(seeds)} seeds ({', '.join(map(str, seeds))}), "
+                  f"name likelihood", f"{'':<44} {'mean':>7} {'sd':>6}  min - max"]  # fmt: skip
+        by = {(s.data, s.seed): s for s in arm}
+        for data in DATA:
+            runs = [by[data, seed] for seed in seeds if (data, seed) in by]
+            if runs:
+                lines.append(f"{f'  {data} accuracy':<44} {spread([r.accuracy for r in runs])}")
+            hard = [r.hard for r in runs if r.hard is not None]
+            if hard:
+                lines.append(f"{f'  {data} hard classes':<44} {spread(hard)}")
+        base, extra = DATA
+        pairs = [(by[base, s], by[extra, s]) for s in seeds if (base, s) in by and (extra, s) in by]
+        if len(pairs) < 2:
+            continue
+        for what, get in (("accuracy", lambda r: r.accuracy), ("hard classes", lambda r: r.hard)):
+            deltas = [(a.seed, get(b) - get(a)) for a, b in pairs
+                      if get(a) is not None and get(b) is not None]  # fmt: skip
+            if len(deltas) < 2:
+                continue
+            per_seed = ", ".join(f"{d:+.3f} (seed {seed})" for seed, d in deltas)
+            label = f"  delta {extra} - {base}, {what}"
+            lines.append(f"{label:<44} {spread([d for _, d in deltas], signed=True)}"
+                         f"   per seed: {per_seed}")  # fmt: skip
+    return lines
+
+
+def summary(stage2: list[Step], baseline: Path) -> str:
     from llava_ablate.report.collect import read_dataset, read_run
 
     def row(name: str, acc, hard) -> str:
         h = f"{hard.value:.3f} [{hard.ci_low:.3f}, {hard.ci_high:.3f}]" if hard else "-"
         return f"{name:<34} {acc.value:>6.3f} [{acc.ci_low:.3f}, {acc.ci_high:.3f}]  {h:>22}"
 
+    seeds_of: dict[str, set] = {}
+    for step in stage2:
+        seeds_of.setdefault(step.llm, set()).add(step.seed)
     lines = [f"{'variant (scorer)':<34} {'accuracy [95% CI]':>22}  {'hard classes [95% CI]':>22}"]
-    for d in stage2:
-        steps = json.loads((d / "export" / "llava_ablate.json").read_text())["steps"]
+    scores = []
+    for step in stage2:
+        d = step.done.parent
+        steps = json.loads((step.done / "llava_ablate.json").read_text())["steps"]
+        seed = f" s{step.seed}" if len(seeds_of[step.llm]) > 1 else ""
         for scorer in (SCORER, "likelihood"):
             ds = read_run(d, scorer).datasets["mini_classify"]
-            llm, _, _, data, *_ = d.name.split("-")  # axes, then the config hash
             tag = "names" if scorer == SCORER else "letter"
-            lines.append(row(f"{llm} x {data} ({tag})", ds.accuracy, ds.hard) + f"  {steps} st")
+            name = f"{step.llm} x {step.data}{seed} ({tag})"
+            lines.append(row(name, ds.accuracy, ds.hard) + f"  {steps} st")
+            if scorer == SCORER:
+                hard = ds.hard.value if ds.hard else None
+                scores.append(ArmScore(step.llm, step.data, step.seed, ds.accuracy.value, hard))
     clip = read_dataset(baseline / "mini_classify", "likelihood")
     lines.append(row("mini-CLIP zero-shot (26 options)", clip.accuracy, clip.hard))
-    return "\n".join(lines)
+    return "\n".join(lines + seed_spread_lines(scores))
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -230,7 +322,19 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument(
         "--llms", nargs="+", default=list(LLMS), choices=LLMS, help="the LLM axis (default: both)"
     )
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[DEFAULT_SEED],
+        help=f"train.seed values: {', '.join(SEEDED)} trains once per seed (its spread over seeds "
+        f"is printed), the other arms on the first (default: {DEFAULT_SEED})",
+    )
     args = parser.parse_args(argv)
+    if len(set(args.seeds)) < len(args.seeds):
+        parser.error(f"--seeds {' '.join(map(str, args.seeds))}: each seed once")
+    if len(args.seeds) > 1 and not set(SEEDED) & set(args.llms):
+        parser.error(f"--seeds: extra seeds train only {', '.join(SEEDED)}, not in --llms")
     from tqdm import tqdm
 
     runs_root = Path(args.runs_root).resolve()
@@ -238,21 +342,22 @@ def main(argv: list[str] | None = None) -> Path:
     log_dir = runs_root / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     exposure = exposure_table(runs_root, cache_dir)
-    steps = plan(runs_root, cache_dir, exposure, QUICK if args.quick else FULL, args.llms)
+    budget = QUICK if args.quick else FULL
+    steps = plan(runs_root, cache_dir, exposure, budget, args.llms, tuple(args.seeds))
     bar = tqdm(steps, desc="demo", unit="step")
     for step in bar:
         bar.set_postfix_str(step.label)
         seconds = run_step(step, log_dir, args.nproc)
         took = "done before" if seconds is None else f"{seconds:5.0f} s"
         tqdm.write(f"{step.label:<40} {took}")
-    stage2 = [s.done.parent for s in steps if s.label.startswith("stage 2")]
+    stage2 = [s for s in steps if s.label.startswith("stage 2")]
     report = runs_root / "report.html"
     from llava_ablate.cli import main as cli
 
     cli(
         [
             "report",
-            *map(str, stage2),
+            *(str(s.done.parent) for s in stage2),  # every seed: the report aggregates them
             "--scorer",
             SCORER,
             "--out",

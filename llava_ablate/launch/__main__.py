@@ -30,15 +30,19 @@ def main(argv: list[str] | None = None) -> int:
         grid = load_grid(args.grid, runs_root=args.runs_root)
         if args.gpu:
             grid = GridSpec(**{**grid.__dict__, "gpu": args.gpu})
+        jobs = None
         if args.dry_run or not args.no_plan:
-            print(format_plan(grid, plan_grid(grid, args.overrides)), flush=True)
-    except (ConfigError, EstimateError) as e:
+            rows = plan_grid(grid, args.overrides)
+            print(format_plan(grid, rows), flush=True)
+            jobs = [r.job for r in rows]  # their identities are checked: not composed again
+        if args.dry_run:
+            return 0
+        print(flush=True)
+        failed = submit_grid(grid, jobs or expand(grid), args.overrides, wait=not args.detach)
+    except (ConfigError, EstimateError) as e:  # a changed grid's refusal included
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.dry_run:
-        return 0
-    print(flush=True)
-    return 1 if submit_grid(grid, expand(grid), args.overrides, wait=not args.detach) else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

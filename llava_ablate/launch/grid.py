@@ -7,10 +7,14 @@ instruction data stage 2 uses, so a 2 LLM x 2 data grid has 2 stage-1 jobs and 4
 each stage-2 job starting from (and waiting for) the stage-1 job of its own LLM.
 
 Run directories derive from the varied axes -- `runs/<grid>/<stage>/llm=qwen2,data=si32m` -- so
-relaunching a grid skips finished variants (their export exists) and resumes unfinished ones.
-Every key a grid varies is in the name. An unfinished job relaunched after the grid's `common`
-or stage overrides changed is refused by train.py, naming the keys (llava_ablate/run_identity.py);
-a finished one is still skipped on its export alone: rename the grid after such an edit.
+relaunching a grid skips finished variants and resumes unfinished ones. Every key a grid varies
+is in the name; the rest of the config is held by the run's `run_identity.json`, whose hash also
+names its W&B run and its report row (llava_ablate/run_identity.py). Before anything is
+submitted, every job whose directory already holds a run is composed and compared with that
+record (launch/plan.py `check_identities`): "finished" means exported *and* of the config the
+grid composes now; after an edit of the grid's `common` or stage overrides the launch is
+refused, naming the jobs and keys (allow a deliberate change with
+`train.allow_config_change=[...]`, or rename the grid for separate runs).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from llava_ablate.config import ConfigError
+from llava_ablate.run_identity import RunIdentity
 
 ROOT = Path(__file__).resolve().parents[2]
 GRIDS_DIR = ROOT / "launch"
@@ -60,6 +65,8 @@ class Job:
     run_dir: Path
     parent: Job | None = None
     children: list[Job] = field(default_factory=list)
+    # Set by launch/plan.py check_identities: the directory holds this job's config (or none).
+    identity: RunIdentity | None = None
 
     @property
     def name(self) -> str:
@@ -73,7 +80,15 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        return (self.run_dir / EXPORT_MARKER).exists()
+        """Exported by a run of the config this job composes now (never on the export alone)."""
+        if not (self.run_dir / EXPORT_MARKER).exists():
+            return False
+        if self.identity is None:
+            raise RuntimeError(
+                f"{self.run_dir}: exported, but its recorded config was not compared with the "
+                "job's; call llava_ablate.launch.plan.check_identities(grid, jobs, extra) first"
+            )
+        return True
 
     def wandb_name(self, single_stage: bool) -> str:
         return self.name if single_stage else f"{self.stage}/{self.name}"

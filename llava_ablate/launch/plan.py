@@ -23,6 +23,7 @@ from llava_ablate.launch.estimate import (
     train_flops,
 )
 from llava_ablate.launch.grid import CONF_DIR, GridSpec, Job, expand, load_grid
+from llava_ablate.run_identity import RunConfigMismatch, check_run_identity
 
 
 @dataclass
@@ -67,6 +68,12 @@ class PlanRow:
 
 def compose_job(job: Job, grid: GridSpec, extra: list[str]) -> tuple[Config, DictConfig]:
     """The job's config exactly as train.py will compose it, and the Hydra launcher node."""
+    dcfg, launcher = _compose(job, grid, extra)
+    return to_object(dcfg), launcher
+
+
+def _compose(job: Job, grid: GridSpec, extra: list[str]) -> tuple[DictConfig, DictConfig]:
+    """compose_job's config as the DictConfig train.py hashes (run_identity.result_config)."""
     from hydra import compose, initialize_config_dir
 
     register_configs()
@@ -82,7 +89,38 @@ def compose_job(job: Job, grid: GridSpec, extra: list[str]) -> tuple[Config, Dic
         del dcfg["hydra"]
     launcher = OmegaConf.create(OmegaConf.to_container(launcher, resolve=False))
     launcher.choice = choice
-    return to_object(dcfg), launcher
+    return dcfg, launcher
+
+
+def check_identities(grid: GridSpec, jobs: list[Job], extra: list[str]) -> None:
+    """Before anything is submitted: every job whose run directory already holds a run must
+    compose (with `extra`) to the config recorded there -- the same check, with the same
+    `train.allow_config_change` escape, that train.py makes at start-up, but for all jobs at
+    once and before Slurm queues them. Sets `job.identity`, which `Job.finished` requires.
+    RunConfigMismatch naming every differing job and key otherwise."""
+    refused: list[tuple[Job, RunConfigMismatch]] = []
+    for job in jobs:
+        if job.identity is not None or not job.run_dir.is_dir():
+            continue  # checked already, or nothing there to be finished or resumed
+        dcfg, launcher = _compose(job, grid, extra)
+        try:
+            job.identity = check_run_identity(
+                dcfg, job.run_dir, world_size=_resources(launcher).world
+            )
+        except RunConfigMismatch as e:
+            refused.append((job, e))
+    if not refused:
+        return
+    keys = list(dict.fromkeys(k for _, e in refused for k in e.refused))
+    raise RunConfigMismatch(
+        f"grid {grid.name}: {len(refused)} of {len(jobs)} jobs already hold runs of another "
+        "result-affecting config (the grid's common or stage overrides, or the command line's, "
+        "changed since they ran); nothing was submitted.\n"
+        + "\n".join(f"job {job.stage}/{job.name}: {e.what}" for job, e in refused)
+        + "\nTo start separate runs, rename the grid (its name names the run directories) or "
+        "pass another --runs-root.\nTo continue these runs after a deliberate change, add "
+        f"train.allow_config_change=[{','.join(keys)}] to the launch command"
+    )
 
 
 def _resources(launcher: DictConfig) -> Resources:
@@ -171,7 +209,9 @@ def plan_job(job: Job, grid: GridSpec, extra: list[str]) -> PlanRow:
 
 
 def plan_grid(grid: GridSpec, extra: list[str] | None = None) -> list[PlanRow]:
-    return [plan_job(job, grid, list(extra or [])) for job in expand(grid)]
+    jobs = expand(grid)
+    check_identities(grid, jobs, list(extra or []))  # a changed grid is refused, not planned
+    return [plan_job(job, grid, list(extra or [])) for job in jobs]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
