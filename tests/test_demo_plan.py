@@ -4,9 +4,11 @@ its own run directories, stage 2 starts from the same seed's stage 1, the defaul
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from llava_ablate.demo.__main__ import (
     FULL,
@@ -105,21 +107,36 @@ def test_seed_options_are_checked_before_any_work(argv, message, tmp_path, capsy
     assert not Path(tmp_path / "runs").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="report/collect.py: each seed's stage 2 starts from its own seed's stage-1 export, "
-    "so recipe.init_from differs and label_runs splits the seeds instead of aggregating them",
-)
-def test_report_aggregates_the_demo_seeds_of_one_arm(tmp_path):
-    from llava_ablate.report.collect import RunResult, label_runs
+def _fake_run(path: Path, runs_root: Path, seed: int, *, lr: float, init_from: str | None):
+    """A run directory as train.py records it (config.yaml + run_identity.json), no training."""
+    config = {"train": {"seed": seed, "runs_root": str(runs_root)}, "llm": {"name": "small_qwen2"},
+              "recipe": {"name": "demo_finetune" if init_from else "demo_align",
+                         "lr": {"projector": lr}, "init_from": init_from}}  # fmt: skip
+    hashed = json.loads(json.dumps(config))
+    del hashed["train"]["runs_root"]  # excluded from the identity, as run_identity does
+    if init_from:
+        hashed["recipe"]["init_from"] = init_from.replace(str(runs_root), "${train.runs_root}")
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    (path / "run_identity.json").write_text(json.dumps({"hash": f"h{seed}", "config": hashed}))
+    return path
 
-    steps = plan(tmp_path / "runs", tmp_path / "cache", tmp_path / "exp.csv", FULL,
-                 llms=("small_qwen2",), seeds=(42, 1))  # fmt: skip
-    runs = [
-        RunResult(path=s.done.parent, axes={"llm": s.llm, "data": s.data}, config_text="",
-                  curves=[], settings={"train.seed": s.seed, "data.name": s.data,
-                                       "recipe.init_from": _value(s, "recipe.init_from")})
-        for s in steps if s.label.startswith("stage 2")
-    ]  # fmt: skip
-    label_runs(runs)
-    assert sorted({r.variant for r in runs}) == ["data=demo_base", "data=demo_extra"]
+
+def test_report_aggregates_the_demo_seeds_of_one_arm(tmp_path):
+    """Each seed's stage 2 starts from its own seed's stage 1: the init_from paths differ but the
+    runs differ only in seed, so the report makes them one variant -- unless the stage-1 runs
+    differ in something else, which then shows."""
+    from llava_ablate.report.collect import label_runs, read_run
+
+    root = tmp_path / "runs"
+    runs = []
+    for seed, lr1 in ((42, 1e-3), (1, 1e-3), (2, 5e-4)):
+        s1 = _fake_run(root / f"s1-{seed}", root, seed, lr=lr1, init_from=None)
+        runs.append(_fake_run(root / f"s2-{seed}", root, seed, lr=1e-4,
+                              init_from=str(s1 / "export")))  # fmt: skip
+    results = [read_run(r) for r in runs]
+    label_runs(results)
+    variants = [r.variant for r in results]
+    assert variants[0] == variants[1]  # seeds 42 and 1: one variant over seeds
+    assert variants[2] != variants[0]  # stage 1 at another lr: told apart, not averaged
+    assert "recipe.init_from" in results[2].differs

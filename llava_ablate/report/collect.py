@@ -166,6 +166,7 @@ def read_run(run: Path, scorer: str = "likelihood") -> RunResult:
         curves = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
     result = RunResult(run, _axes(config or {}), config_text, curves)
     result.config_hash, result.settings = _identity(run, config)
+    _seedless_lineage(result.settings, config or {})
     result.eval_dir = find_eval_dir(run)
     if result.eval_dir is not None:
         for d in sorted(p for p in result.eval_dir.iterdir() if p.is_dir()):
@@ -211,6 +212,35 @@ def _identity(run: Path, config: dict | None) -> tuple[str | None, dict[str, Any
         return None, {}
     part = result_config(OmegaConf.create(config))
     return config_hash(part), flatten(part)
+
+
+INIT_KEY = "recipe.init_from"
+
+
+def _seedless_lineage(settings: dict[str, Any], config: dict, depth: int = 0) -> None:
+    """Replace `recipe.init_from` (a previous stage's export) by that run's own settings with
+    the seed left out, when its run directory is on disk. Each seed of a two-stage arm starts
+    from its own seed's stage 1, so the paths differ although the runs differ only in seed;
+    the parent's other settings still count. An unresolvable path is kept as it is."""
+    value = settings.get(INIT_KEY)
+    if not isinstance(value, str) or depth > 8:
+        return
+    runs_root = str((config.get("train") or {}).get("runs_root") or "")
+    path = Path(value.replace("${train.runs_root}", runs_root) if runs_root else value)
+    parent = path.parent if path.name == "export" else path
+    record = parent / RECORD
+    if not record.exists():
+        return
+    try:
+        rec = json.loads(record.read_text())
+        parent_settings = flatten(rec["config"])
+    except (json.JSONDecodeError, KeyError) as e:
+        raise ResultsError(f"{record}: unreadable run identity ({e})") from e
+    parent_config = yaml.safe_load((parent / "config.yaml").read_text()) \
+        if (parent / "config.yaml").exists() else {}  # fmt: skip
+    _seedless_lineage(parent_settings, parent_config or {}, depth + 1)
+    parent_settings.pop(SEED_KEY, None)
+    settings[INIT_KEY] = "run " + config_hash(parent_settings)  # no "/": a label may show it
 
 
 def _value(v: Any) -> str:
