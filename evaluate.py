@@ -9,17 +9,19 @@ python evaluate.py --cfg job   # print the composed config
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from llava_ablate.eval.config import register_eval_configs
+from llava_ablate.config_base import run_hydra_main
+from llava_ablate.eval.config import register_eval_configs, validate_evaluate
 
 register_eval_configs()
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    validate_evaluate(cfg)  # unknown keys, choices, ranges: before any model loads
     from llava_ablate.eval.run import run_evaluation  # heavy imports after composition
 
     run_evaluation(OmegaConf.to_object(cfg))
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_main(main)  # a config error's own message is the last thing printed

@@ -11,7 +11,8 @@ import os
 import hydra
 from omegaconf import DictConfig
 
-from llava_ablate.config import register_configs
+from llava_ablate.config import register_configs, validate
+from llava_ablate.config_base import run_hydra_main
 from llava_ablate.launch.slurm import PREEMPT_SIGNAL
 
 # Slurm's early-warning signal must be the one the training loop checkpoints on; set before
@@ -23,10 +24,11 @@ register_configs()
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    validate(cfg)  # unknown keys, choices, ranges: before any process group, file or model
     from llava_ablate.launch.task import train_task  # heavy imports after composition
 
     train_task(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_main(main)  # a config error's own message is the last thing printed

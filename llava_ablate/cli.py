@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from llava_ablate.config import Config, register_configs, to_object
+from llava_ablate.config_base import config_error_lines, report_config_error
 from llava_ablate.launch.plan import add_plan_command
 from llava_ablate.report.command import add_report_command
 
@@ -123,7 +124,12 @@ def main(argv: list[str] | None = None) -> None:
     add_plan_command(sub)
     add_report_command(sub)
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except Exception as error:
+        if config_error_lines(error) is None:
+            raise  # not a config error: the ordinary traceback
+        report_config_error(error)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Structured configs: the typed boundary between Hydra's `conf/` and the code.
 
 Hydra merges the YAML groups onto these dataclasses in struct mode, so a misspelt key fails at
-composition time; `validate` then checks the values that OmegaConf cannot type (choices,
-divisibility) before any model is built.
+composition time; `validate` then checks what OmegaConf cannot: keys a `+key=...` override added
+(Hydra adds them even in struct mode), choices, ranges and divisibility. It runs as a Hydra
+callback before the run directory exists (conf/config.yaml), and again in every entry point.
 """
 
 from __future__ import annotations
@@ -11,10 +12,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from llava_ablate.config_base import ConfigError, PathsCfg
+from llava_ablate.config_base import (
+    ConfigError,
+    PathsCfg,
+    Range,
+    ValidateOnStartBase,
+    check_known_keys,
+)
 from llava_ablate.eval.config import EvalCfg, register_eval_configs, validate_eval
+from llava_ablate.run_identity import register_resolvers
 
 __all__ = ["Config", "ConfigError", "PathsCfg", "register_configs", "to_object", "validate"]
 
@@ -101,6 +109,7 @@ class DataCfg:
     build_workers: int = 2  # processes converting sources to shards
     num_workers: int = 2  # DataLoader workers per rank
     max_bad_fraction: float = 0.01  # fail the run when more samples than this are skipped
+    on_bad_shard: str = "error"  # a shard short of its manifest: error | skip (counted bad_shard)
     batching: BatchingCfg = field(default_factory=BatchingCfg)
 
 
@@ -167,6 +176,9 @@ class TrainCfg:
     nan_skip_limit: int = 0  # non-finite losses tolerated (batch skipped) before stopping
     export: bool = True  # write a Hugging Face directory at the end
     dist_timeout_s: int = 1800
+    # Result-affecting keys a re-run may change in an existing run directory (run_identity.py):
+    # e.g. [recipe.max_steps] to train a finished run further; anything else is refused.
+    allow_config_change: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -195,6 +207,7 @@ class Config:
 
 
 def register_configs() -> None:
+    register_resolvers()  # ${run_hash:} names the run directory (conf/config.yaml)
     register_eval_configs()  # the `eval` group (also used by evaluate.py)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
@@ -209,19 +222,75 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "recipe.prompt_format": ("chat", "plain"),
     "recipe.schedule": ("cosine", "constant"),
     "recipe.overflow": ("truncate", "skip"),
+    "data.on_bad_shard": ("error", "skip"),
     "deepspeed.zero_stage": (0, 1, 2, 3),
     "train.precision": ("auto", "bf16", "fp16", "fp32"),
     "train.attn_implementation": ("sdpa", "eager", "flash_attention_2"),
+    "wandb.mode": (None, "online", "offline", "disabled"),
 }
 _INIT_PARTS = ("projector", "vision", "llm", "all")
 
+# Every size, count, rate and fraction, so a bad value fails here, not deep inside DeepSpeed or
+# a DataLoader after the model is built. Per-source, LoRA and eval keys are checked below.
+_POSITIVE, _COUNT, _FRACTION = Range(low=1), Range(low=0), Range(0, 1)
+_LR = Range(low=0, nullable=True)  # null freezes the module
+_RANGES: dict[str, Range] = {
+    "recipe.global_batch_size": _POSITIVE,
+    "recipe.micro_batch_size": _POSITIVE,
+    "recipe.epochs": Range(low=0, low_open=True),
+    "recipe.max_steps": Range(low=1, nullable=True),  # null: from recipe.epochs
+    "recipe.warmup_ratio": _FRACTION,
+    "recipe.min_lr_ratio": _FRACTION,
+    "recipe.weight_decay": Range(low=0),
+    "recipe.grad_clip": Range(low=0),  # 0: no clipping (DeepSpeed's convention)
+    "recipe.max_length": _POSITIVE,
+    "recipe.lr.vision": _LR,
+    "recipe.lr.projector": _LR,
+    "recipe.lr.llm": _LR,
+    "data.samples_per_shard": _POSITIVE,
+    "data.build_workers": _POSITIVE,
+    "data.num_workers": _COUNT,  # 0: load in the training process
+    "data.max_bad_fraction": _FRACTION,
+    "data.batching.group_buffer": _POSITIVE,
+    "train.seed": Range(0, 2**32 - 1),  # numpy's seed range
+    "train.log_every": _POSITIVE,
+    "train.save_every": _COUNT,  # 0: only at the end
+    "train.keep_checkpoints": _POSITIVE,  # the newest is the one a resume needs
+    "train.nan_skip_limit": _COUNT,
+    "train.dist_timeout_s": _POSITIVE,
+}
+_SOURCE_RANGES: dict[str, Range] = {
+    "weight": Range(low=0, nullable=True),
+    "mcq_fraction": _FRACTION,
+    "mcq_options": Range(2, 26),  # lettered A-Z
+}
+_LORA_RANGES: dict[str, Range] = {
+    "r": _POSITIVE,
+    "alpha": Range(low=0, low_open=True),
+    "dropout": Range(0, 1, high_open=True),
+}
+
 
 def validate(cfg: DictConfig | Config) -> None:
-    """Check values OmegaConf cannot type; raise ConfigError naming the key."""
+    """Check what OmegaConf cannot: unknown keys, choices, ranges; raise ConfigError naming
+    the key."""
+    check_known_keys(cfg)
     for key, allowed in _CHOICES.items():
         value = OmegaConf.select(cfg, key) if isinstance(cfg, DictConfig) else _get(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
+    for key, allowed_range in _RANGES.items():
+        allowed_range.check(key, _get(cfg, key))
+    _check_feature_layer(cfg.vision.feature_layer)
+    _check_sources(cfg.data.sources)
+    if cfg.recipe.lora is not None:
+        for key, allowed_range in _LORA_RANGES.items():
+            allowed_range.check(f"recipe.lora.{key}", getattr(cfg.recipe.lora, key))
+    if "scheduler" in cfg.deepspeed.extra:
+        raise ConfigError(
+            "deepspeed.extra.scheduler: the lr schedule comes from recipe.schedule, "
+            "recipe.warmup_ratio and recipe.min_lr_ratio; remove it from deepspeed.extra"
+        )
     r = cfg.recipe
     if r.global_batch_size % r.micro_batch_size:
         raise ConfigError(
@@ -246,6 +315,42 @@ def validate(cfg: DictConfig | Config) -> None:
         raise ConfigError("recipe.lr: every module is frozen (vision, projector, llm all null)")
     if r.lora is not None and lr.llm is None:
         raise ConfigError("recipe.lora is set but recipe.lr.llm is null: the adapters need an lr")
+
+
+class ValidateOnStart(ValidateOnStartBase):
+    """`hydra.callbacks.validate` in conf/config.yaml: no run directory for a config that
+    cannot run."""
+
+    def validate(self, config: DictConfig) -> None:
+        validate(config)
+
+
+def _check_feature_layer(layer: Any) -> None:
+    layers = list(layer) if isinstance(layer, (list, ListConfig)) else [layer]
+    if not layers or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
+        raise ConfigError(
+            f"vision.feature_layer={layer!r}: give a layer index (e.g. -2) or a non-empty list "
+            "of them (their features are concatenated)"
+        )
+
+
+def _check_sources(sources: Any) -> None:
+    for k, src in enumerate(sources):
+        for key, allowed_range in _SOURCE_RANGES.items():
+            allowed_range.check(f"data.sources[{k}].{key}", getattr(src, key))
+        if src.mcq_distractors not in ("source", "all"):
+            raise ConfigError(
+                f"data.sources[{k}].mcq_distractors={src.mcq_distractors!r} is not allowed; "
+                "choose one of ['source', 'all']"
+            )
+    weights = [src.weight for src in sources]
+    if any(w is None for w in weights) and any(w is not None for w in weights):
+        raise ConfigError(
+            f"data.sources: give every source a weight, or none (concatenate by size); got "
+            f"{weights}"
+        )
+    if weights and None not in weights and not any(weights):
+        raise ConfigError(f"data.sources: every weight is 0 ({weights}); nothing to sample")
 
 
 def _get(obj: Any, dotted: str) -> Any:

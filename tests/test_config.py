@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -70,13 +71,17 @@ def test_public_recipes_match_the_papers():
 
 def test_run_dir_derives_from_the_variant():
     obj = to_object(_compose(["llm=qwen2", "data=si32m"]))
-    assert obj.train.run_dir == "runs/qwen2-clip_l14_336-mlp2x_gelu-si32m-finetune"
+    # axes, then the config hash (tests/test_run_identity.py checks what the hash covers)
+    assert re.fullmatch(r"runs/qwen2-clip_l14_336-mlp2x_gelu-si32m-finetune-[0-9a-f]{8}",
+                        obj.train.run_dir)  # fmt: skip
 
 
 def test_unknown_group_option_names_the_choices():
     with pytest.raises(ConfigCompositionException) as e:
         _compose(["llm=qwen3"])
-    assert "llm/qwen3" in str(e.value) or "qwen3" in str(e.value)
+    message = str(e.value)
+    assert "llm/qwen3" in message
+    assert all(option in message for option in _options("llm")), message
 
 
 def test_misspelt_key_fails_naming_it():
@@ -86,18 +91,20 @@ def test_misspelt_key_fails_naming_it():
 
 
 @pytest.mark.parametrize(
-    "override,key",
+    "override,key,choices",
     [
-        ("vision.arch=vit", "vision.arch"),
-        ("train.precision=fp8", "train.precision"),
-        ("deepspeed.zero_stage=4", "deepspeed.zero_stage"),
-        ("recipe.overflow=drop", "recipe.overflow"),
+        ("vision.arch=vit", "vision.arch", ["clip", "siglip"]),
+        ("train.precision=fp8", "train.precision", ["auto", "bf16", "fp16", "fp32"]),
+        ("deepspeed.zero_stage=4", "deepspeed.zero_stage", ["0", "1", "2", "3"]),
+        ("recipe.overflow=drop", "recipe.overflow", ["truncate", "skip"]),
     ],
 )
-def test_bad_values_fail_naming_key_and_choices(override, key):
+def test_bad_values_fail_naming_key_and_choices(override, key, choices):
     cfg = _compose([override])
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as e:
         validate(cfg)
+    message = str(e.value)
+    assert all(choice in message.split("choose")[-1] for choice in choices), message
 
 
 def test_global_batch_must_divide():

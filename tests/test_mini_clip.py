@@ -3,6 +3,7 @@ classes, loadable as a LLaVA tower and as a zero-shot CLIP baseline."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import torch
@@ -33,18 +34,27 @@ def test_mini_clip_trains_and_loads_both_ways(tmp_path):
     )
     zero_shot.with_classes(names)
     # Zero-shot over the 25 names, on the images it was trained on: far above chance (1/25).
-    keys = {
-        row.split(",")[0]: row.split(",")[1] for row in (data / "classes.csv").read_text().split()
-    }
-    items, labels = [], []
+    # classes.csv is `key,name,group`; names have spaces ("digit zero", "ankle boot").
+    with (data / "classes.csv").open(newline="") as fh:
+        rows = {key: (name, group) for key, name, group in csv.reader(fh)}
+    assert {name for name, _ in rows.values()} == set(names) | set(ABSENT)
+    items, labels, groups = [], [], []
     for split in ("train_common", "train_rare"):
         for path in sorted((data / split).rglob("*.png")):
-            q = Question(path.name, path.name, keys[path.parent.name], names[:2], "A")
+            name, group = rows[path.parent.name]
+            q = Question(path.name, path.name, name, names[:2], "A")
             items.append(PromptItem(q, Image.open(path).convert("RGB"), ""))
-            labels.append(keys[path.parent.name])
+            labels.append(name)
+            groups.append(group)
     preds = zero_shot.classify_all(items)
-    accuracy = sum(p == y for p, y in zip(preds, labels, strict=True)) / len(labels)
-    assert accuracy > 0.2, accuracy
+    hits = [p == y for p, y in zip(preds, labels, strict=True)]
+    accuracy = sum(hits) / len(hits)
+    # Measured 0.55 (digits 0.59, clothing 0.70, letters 0.31); every group must be well
+    # above chance, so one easy group cannot carry the check.
+    assert accuracy > 0.4, accuracy
+    for group in ("digit", "clothing", "letter"):
+        mine = [h for h, g in zip(hits, groups, strict=True) if g == group]
+        assert sum(mine) / len(mine) > 0.15, (group, sum(mine) / len(mine))
 
-    assert build_mini_clip(out, data) == out  # built once: re-use, no retraining
+    assert build_mini_clip(out, data, steps=60) == out  # same recipe: re-used, not retrained
     assert (out / "training.json").read_text() == json.dumps(log, indent=2)

@@ -10,9 +10,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from llava_ablate.config_base import ConfigError, PathsCfg
+from llava_ablate.config_base import (
+    ConfigError,
+    PathsCfg,
+    Range,
+    ValidateOnStartBase,
+    check_known_keys,
+)
 
 DATASET_KINDS = (
     "imagenet",
@@ -50,6 +56,9 @@ class DatasetCfg:
     per_class: int | None = None  # sub-sample: at most N images per class
     total: int | None = None  # sub-sample: at most N images overall (after per_class)
     builtin: str | None = None  # a dataset the project generates offline into `root`
+    # stanford_cars: "2000 AM General Hummer SUV" (VLMClassifier, most papers) or, false, the
+    # devkit's own "AM General Hummer SUV 2000".
+    year_first: bool = True
 
 
 @dataclass
@@ -157,10 +166,30 @@ def register_eval_configs() -> None:
     cs.store(group="eval", name="eval_base", node=EvalCfg)
 
 
+# Every size, count and fraction of the evaluator (eval.datasets.<name>.* are checked per dataset).
+_EVAL_RANGES: dict[str, Range] = {
+    "questions.hard_pool": Range(low=0),  # 0: the top k-1 most similar names
+    "scoring.batch_size": Range(low=1),
+    "scoring.max_new_tokens": Range(low=1),
+    "scoring.cyclic_permutations": Range(low=0),
+    "hard.q": Range(0, 1),
+    "stats.bootstrap": Range(low=1),
+    "stats.seed": Range(low=0),  # numpy's generators take no negative seed
+    "hook.every_steps": Range(low=0),  # 0: never during training
+    "hook.max_questions": Range(low=1, nullable=True),  # null: every question
+}
+_SUBSAMPLE = Range(low=1, nullable=True)
+
+
 def validate_eval(cfg: EvalCfg) -> None:
     """Check the values OmegaConf cannot type; raise ConfigError naming the key."""
     for name, ds in cfg.datasets.items():
         _choice(f"eval.datasets.{name}.kind", ds.kind, DATASET_KINDS)
+        _SUBSAMPLE.check(f"eval.datasets.{name}.per_class", ds.per_class)
+        _SUBSAMPLE.check(f"eval.datasets.{name}.total", ds.total)
+    for key, allowed in _EVAL_RANGES.items():
+        section, field_name = key.split(".")
+        allowed.check(f"eval.{key}", getattr(getattr(cfg, section), field_name))
     q = cfg.questions
     _choice("eval.questions.distractors", q.distractors, DISTRACTORS)
     if not 2 <= q.num_options <= 26:
@@ -190,8 +219,11 @@ def validate_eval(cfg: EvalCfg) -> None:
 
 
 def validate_evaluate(cfg: EvaluateConfig) -> None:
+    """evaluate.py's config (a composed DictConfig or the EvaluateConfig made from it)."""
+    check_known_keys(cfg)  # `+model.foo=1` is added even in struct mode
     _choice("model.type", cfg.model.type, MODEL_TYPES)
     _choice("model.dtype", cfg.model.dtype, ("auto", "bf16", "fp16", "fp32"))
+    _choice("model.image_aspect", cfg.model.image_aspect, ("pad", "native"))
     scorers = set(cfg.eval.scoring.scorers)
     if cfg.model.type != "mllm" and "generate" in scorers:
         raise ConfigError(
@@ -207,6 +239,14 @@ def validate_evaluate(cfg: EvaluateConfig) -> None:
     if not cfg.eval.datasets:
         raise ConfigError("no dataset selected: e.g. eval/datasets=[imagenet,cub200]")
     validate_eval(cfg.eval)
+
+
+class ValidateOnStart(ValidateOnStartBase):
+    """`hydra.callbacks.validate` in conf/evaluate.yaml: no results folder for a config that
+    cannot run."""
+
+    def validate(self, config: DictConfig) -> None:
+        validate_evaluate(config)  # type: ignore[arg-type]
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:

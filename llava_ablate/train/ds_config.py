@@ -1,12 +1,19 @@
-"""The DeepSpeed JSON for a run, with every `auto` resolved from the recipe and world size."""
+"""The DeepSpeed JSON for a run, with every `auto` resolved from the recipe and world size, and
+the lr schedule handed to `deepspeed.initialize`."""
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from llava_ablate.config import ConfigError, DeepSpeedCfg, RecipeCfg
+
+log = logging.getLogger("llava_ablate.train")
 
 
 @dataclass
@@ -49,8 +56,6 @@ def deepspeed_config(
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if ds.offload_param:
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
-    warmup = max(1, int(round(recipe.warmup_ratio * steps)))  # DeepSpeed rejects 0
-    cos_min = 1.0 if recipe.schedule == "constant" else recipe.min_lr_ratio
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": plan.micro_batch,
         "gradient_accumulation_steps": plan.grad_accum,
@@ -59,17 +64,7 @@ def deepspeed_config(
         "zero_optimization": zero,
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16"},
-        # WarmupCosineLR scales each param group's own lr, so per-module lrs survive the schedule.
-        "scheduler": {
-            "type": "WarmupCosineLR",
-            "params": {
-                "total_num_steps": steps,
-                "warmup_num_steps": warmup,
-                "warmup_min_ratio": 0.0,
-                "cos_min_ratio": cos_min,
-                "warmup_type": "linear",
-            },
-        },
+        # No "scheduler" section: `lr_schedule` below is passed to deepspeed.initialize.
         # The client AdamW carries per-module param groups; let DeepSpeed offload wrap it.
         "zero_force_ds_cpu_optimizer": False,
         "zero_allow_untested_optimizer": True,
@@ -77,6 +72,56 @@ def deepspeed_config(
         "wall_clock_breakdown": False,
     }
     return _merge(config, dict(ds.extra))
+
+
+def warmup_steps(recipe: RecipeCfg, steps: int) -> int:
+    return int(round(recipe.warmup_ratio * steps))
+
+
+def lr_factor(recipe: RecipeCfg, steps: int) -> Callable[[int], float]:
+    """The multiplier of every param group's own lr (so per-module lrs keep their ratios) for
+    the optimizer step that follows `done` steps: a linear warmup whose k-th step uses k/warmup
+    (full lr on its last step), then a cosine from 1 to `min_lr_ratio` (constant: stays at 1).
+
+    Not DeepSpeed's WarmupCosineLR: it sets lr 0 at construction and its linear warmup starts
+    from 0 again, so the first two optimizer steps trained at lr 0 (and a 4-step warmup peaked
+    at 0.93 on step 6). Neither end of this schedule spends a step at exactly the floor.
+    """
+    warmup = warmup_steps(recipe, steps)
+    floor = 1.0 if recipe.schedule == "constant" else recipe.min_lr_ratio
+    decay = max(1, steps - warmup)
+
+    def factor(done: int) -> float:
+        if done < warmup:
+            return (done + 1) / warmup
+        progress = min(1.0, (done - warmup + 1) / (decay + 1))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def lr_schedule(
+    recipe: RecipeCfg, steps: int
+) -> Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LambdaLR]:
+    """`deepspeed.initialize(lr_scheduler=...)`: DeepSpeed builds it on the client optimizer,
+    steps it after every optimizer step and saves/restores it with each checkpoint (only the
+    step count: the factor is a plain function, so a run continued with more steps follows
+    the new schedule)."""
+    factor = lr_factor(recipe, steps)
+
+    def build(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        log.info(
+            "lr schedule: %d warmup steps (step k uses k/%d of each module's lr), then %s to "
+            "%g x lr by step %d",
+            warmup_steps(recipe, steps),
+            max(1, warmup_steps(recipe, steps)),
+            recipe.schedule,
+            1.0 if recipe.schedule == "constant" else recipe.min_lr_ratio,
+            steps,
+        )
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    return build
 
 
 def _merge(base: dict, extra: dict) -> dict:
