@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
 # Start a real one-node Slurm on this machine (CI and laptops; root, no systemd) so the Slurm
 # grid and requeue tests run against sbatch/srun/scontrol, not a mock. Idempotent: returns at
-# once when the controller already answers. Debian/Ubuntu packages: Slurm 22.05+.
+# once when the controller already answers with this configuration (restarts the daemons when
+# the configuration changed). Debian/Ubuntu packages: Slurm 22.05+.
 set -euo pipefail
 
 node_ready() { sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; }
-if scontrol ping 2>/dev/null | grep -q "is UP" && node_ready; then
-  echo "slurm: already up"; exit 0
-fi
 if ! command -v slurmctld >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
@@ -28,7 +26,7 @@ HOST=$(hostname -s)
 CPUS=$(nproc)
 MEM_MB=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 9 / 10 ))
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
-cat > /etc/slurm/slurm.conf <<CONF
+cat > /etc/slurm/slurm.conf.new <<CONF
 ClusterName=llava-ablate-ci
 SlurmctldHost=${HOST}
 SlurmUser=root
@@ -47,16 +45,31 @@ SlurmdLogFile=/var/log/slurm/slurmd.log
 SlurmctldPidFile=/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd.pid
 ReturnToService=2
-# Requeued jobs (preemption) go back to the queue at once instead of waiting the default 120 s.
+# Batch jobs may be requeued (preemption, \`scontrol requeue\`).
 JobRequeue=1
+# A requeued job may start again only cred_expire seconds after its requeue (BeginTime; the
+# default is 120 s), and then at the scheduler's next pass (sched_interval, default 60 s;
+# bf_interval, default 30 s): 10 s and 2 s keep the CI requeue test short. Step credentials
+# live cred_expire seconds too: plenty on one node.
+AuthInfo=cred_expire=10
 MinJobAge=300
 KillWait=10
-SchedulerParameters=nohold_on_prolog_fail
+SchedulerParameters=nohold_on_prolog_fail,sched_interval=2,bf_interval=2
 NodeName=${HOST} CPUs=${CPUS} RealMemory=${MEM_MB} State=UNKNOWN
 PartitionName=debug Nodes=${HOST} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
 
 rm -f /etc/slurm/cgroup.conf  # proctrack/linuxproc + task/none: no cgroups (containers)
+if cmp -s /etc/slurm/slurm.conf.new /etc/slurm/slurm.conf && scontrol ping 2>/dev/null \
+    | grep -q "is UP" && node_ready; then
+  rm /etc/slurm/slurm.conf.new; echo "slurm: already up"; exit 0
+fi
+if scontrol ping 2>/dev/null | grep -q "is UP"; then  # an older configuration: restart
+  scontrol shutdown >/dev/null 2>&1 || true
+  for _ in $(seq 50); do pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break
+    sleep 0.2; done
+fi
+mv /etc/slurm/slurm.conf.new /etc/slurm/slurm.conf
 scontrol ping 2>/dev/null | grep -q "is UP" || /usr/sbin/slurmctld -i
 pgrep -x slurmd >/dev/null || /usr/sbin/slurmd
 for _ in $(seq 100); do

@@ -15,6 +15,7 @@ from llava_ablate.data.toy_digits import build_toy_digits
 from llava_ablate.model.freeze import apply_training_plan
 from llava_ablate.train.distributed import init_distributed
 from llava_ablate.train.ds_config import deepspeed_config, plan_batches
+from llava_ablate.train.faults import BatchLoadError, EvaluationFailed
 from llava_ablate.train.loop import LoopOptions, NonFiniteLoss, TrainState, train_loop
 from llava_ablate.train.metrics import MetricsLogger
 
@@ -42,7 +43,7 @@ def world_of_one(monkeypatch):
         monkeypatch.delenv(key, raising=False)
 
 
-def _setup(cache_dir, tmp_path, poison_at: int):
+def _setup(cache_dir, tmp_path, poison_at: int, fail_at: int | None = None):
     init_distributed()
     variant = build_tiny(cache_dir)
     groups, _ = apply_training_plan(
@@ -85,11 +86,13 @@ def _setup(cache_dir, tmp_path, poison_at: int):
 
     def batches():
         for i, batch in enumerate(StreamingLoader(stream, 0)):
+            if i == fail_at:
+                raise OSError(f"Input/output error reading batch {i}")
             if i == poison_at:  # a real corrupt input: NaN pixels make the loss NaN
                 batch["pixel_values"] = torch.full_like(batch["pixel_values"], float("nan"))
             yield batch
 
-    def opts(limit):
+    def opts(limit, evaluate=None):
         return LoopOptions(
             total_steps=4,
             log_every=1,
@@ -99,6 +102,7 @@ def _setup(cache_dir, tmp_path, poison_at: int):
             max_bad_fraction=0.01,
             checkpoint_dir=tmp_path / "ckpt",
             micro_batch=2,
+            evaluate=evaluate,
         )
 
     return engine, batches(), opts, MetricsLogger(tmp_path, enabled=True)
@@ -115,3 +119,26 @@ def test_nan_loss_within_the_skip_limit_is_skipped(cache_dir, tmp_path, world_of
     state = train_loop(engine, batches, TrainState(), opts(1), metrics, lambda s: {})
     assert state.step == 4 and state.nonfinite == 1
     assert all(torch.isfinite(p).all() for p in engine.module.parameters())
+
+
+# The agreement itself (one rank fails, every rank stops) is tested on two ranks in
+# test_faults_ranks.py; here, that each kind of fault is caught and named.
+
+
+def test_a_batch_that_cannot_be_loaded_stops_the_run_naming_it(cache_dir, tmp_path, world_of_one):
+    engine, batches, opts, metrics = _setup(cache_dir, tmp_path, poison_at=-1, fail_at=3)
+    with pytest.raises(
+        BatchLoadError, match=r"rank 0 could not load a micro-batch at step 1: OSError: .*batch 3"
+    ):
+        train_loop(engine, batches, TrainState(), opts(0), metrics, lambda s: {})
+
+
+def test_an_evaluation_error_stops_the_run_naming_it(cache_dir, tmp_path, world_of_one):
+    engine, batches, opts, metrics = _setup(cache_dir, tmp_path, poison_at=-1)
+
+    def evaluate(step):
+        if step == 2:
+            raise FileNotFoundError("eval/mini_classify/test: no such directory")
+
+    with pytest.raises(EvaluationFailed, match=r"evaluation at step 2: FileNotFoundError: eval/"):
+        train_loop(engine, batches, TrainState(), opts(0, evaluate), metrics, lambda s: {})

@@ -56,6 +56,10 @@ def test_memorises_and_resumes_exactly_after_a_kill(train_launcher, tmp_path, ze
     train_launcher([*MEMORISE, f"deepspeed={zero}", f"train.run_dir={ref_dir}"])
     ref = _losses(ref_dir)
     assert len(ref) == 40
+    # 2 warmup steps (0.05 x 40): step 1 trains at half the lr, not at 0 (DeepSpeed's own
+    # WarmupCosineLR logged lr 0 for the first two steps), step 2 at the full lr.
+    lrs = [r["lr/llm"] for r in read_metrics(ref_dir)]
+    assert lrs[:3] == pytest.approx([1.5e-3, 3e-3, 3e-3]), lrs[:3]
     assert sum(ref[-5:]) / 5 < 0.6 * sum(ref[:5]) / 5, f"loss did not fall: {ref}"
 
     args = [

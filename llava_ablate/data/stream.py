@@ -15,9 +15,13 @@ cycles a source's block when it runs out (up-sampling), for the same number of s
 
 from __future__ import annotations
 
+import atexit
 import bisect
+import json
+import logging
 import random
-from collections.abc import Iterator
+import tarfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +29,16 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from llava_ablate.data.encode import Collator, SampleEncoder, Skip, Tokenized
-from llava_ablate.data.mixture import BuiltMixture, BuiltSource
+from llava_ablate.data.mixture import BadShard, BuiltMixture, BuiltSource, bad_shard_message
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Segment:
     shard: Path
     offsets: list[int]  # ascending sample offsets inside the shard
+    count: int = 0  # samples the manifest lists for the shard
 
 
 def source_segments(src: BuiltSource) -> list[Segment]:
@@ -44,7 +51,9 @@ def source_segments(src: BuiltSource) -> list[Segment]:
     for pos in src.positions:
         i = bisect.bisect_right(starts, pos) - 1
         by_shard.setdefault(i, []).append(pos - starts[i])
-    return [Segment(src.shards[i][0], offs) for i, offs in sorted(by_shard.items())]
+    return [
+        Segment(src.shards[i][0], offs, src.shards[i][1]) for i, offs in sorted(by_shard.items())
+    ]
 
 
 def slot_block(segments: list[Segment], slot: int, n_slots: int) -> list[Segment]:
@@ -57,21 +66,64 @@ def slot_block(segments: list[Segment], slot: int, n_slots: int) -> list[Segment
         end = start + len(seg.offsets)
         a, b = max(lo, start), min(hi, end)
         if a < b:
-            out.append(Segment(seg.shard, seg.offsets[a - start : b - start]))
+            out.append(Segment(seg.shard, seg.offsets[a - start : b - start], seg.count))
         start = end
     return out
 
 
-def read_segments(segments: list[Segment]) -> Iterator[dict]:
+def _incomplete(sample: dict) -> str | None:
+    """Why a stored sample is not whole (a shard cut inside it), else None."""
+    if "json" not in sample:
+        return f"sample {sample.get('__key__')} has no json member"
+    try:
+        meta = json.loads(sample["json"])
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return f"sample {sample.get('__key__')}: unreadable json ({e})"
+    if not isinstance(meta, dict):
+        return f"sample {sample.get('__key__')}: its json is not an object"
+    missing = [k for k in meta.get("images", []) if k not in sample]
+    if missing:
+        return f"sample {sample.get('__key__')} lacks its image member(s) {missing}"
+    return None
+
+
+def read_segments(
+    segments: list[Segment], on_bad_shard: str = "error", mixture: str = "<mixture>"
+) -> Iterator[dict | Skip]:
+    """The wanted samples of each segment, checked against the manifest every epoch.
+
+    A shard that ends before its last wanted sample (a copy cut at a tar member boundary reads
+    as a clean end of file), holds a partial sample or fails to read is a fault: `BadShard`
+    naming it, or with on_bad_shard="skip" one counted `bad_shard` Skip per sample it did not
+    deliver, so the epoch keeps its length and every rank its number of batches.
+    """
     for seg in segments:
         wanted = set(seg.offsets)
         last = seg.offsets[-1]
+        delivered, offset, why = 0, -1, None
         pipe = wds.DataPipeline(wds.SimpleShardList([str(seg.shard)]), wds.tarfile_to_samples())
-        for offset, sample in enumerate(pipe):
-            if offset in wanted:
-                yield sample
-            if offset >= last:
-                break
+        try:
+            for offset, sample in enumerate(pipe):
+                if offset in wanted:
+                    why = _incomplete(sample)
+                    if why:
+                        break
+                    yield sample
+                    delivered += 1
+                if offset >= last:
+                    break
+            else:
+                why = f"it ends after {offset + 1} samples, the manifest lists {seg.count}"
+        except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+            why = f"reading failed after {offset + 1} samples ({type(e).__name__}: {e})"
+        if why is None:
+            continue
+        if on_bad_shard != "skip":
+            raise BadShard(bad_shard_message(seg.shard, why, mixture))
+        lost = seg.offsets[delivered:]
+        log.warning("%s (%d here)", bad_shard_message(seg.shard, why, mixture, True), len(lost))
+        for off in lost:
+            yield Skip(f"{seg.shard.name}#{off}", "bad_shard", why)
 
 
 def shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
@@ -100,13 +152,16 @@ class StreamPlan:
             return sum(s.selected // n_slots for s in self.mixture.sources)
         return self.mixture.size // n_slots
 
-    def samples(self, epoch: int, slot: int, n_slots: int) -> Iterator[dict]:
+    def _read(self, segments: list[Segment]) -> Iterator[dict | Skip]:
+        return read_segments(segments, self.mixture.on_bad_shard, self.mixture.name)
+
+    def samples(self, epoch: int, slot: int, n_slots: int) -> Iterator[dict | Skip]:
         rng = random.Random(f"{self.seed}:{epoch}:{slot}")
         if not self.mixture.weighted:
             segs = [seg for source in self._segments for seg in source]
             random.Random(f"{self.seed}:{epoch}").shuffle(segs)  # same permutation on every slot
             yield from shuffled(
-                read_segments(slot_block(segs, slot, n_slots)), self.shuffle_buffer, rng
+                self._read(slot_block(segs, slot, n_slots)), self.shuffle_buffer, rng
             )
             return
         blocks = []
@@ -115,13 +170,13 @@ class StreamPlan:
             random.Random(f"{self.seed}:{epoch}:{k}").shuffle(segs)
             blocks.append(slot_block(segs, slot, n_slots))
         weights = [s.cfg.weight for s in self.mixture.sources]
-        streams = [read_segments(b) for b in blocks]
+        streams = [self._read(b) for b in blocks]
         for _ in range(self.slot_size(n_slots)):
             k = rng.choices(range(len(blocks)), weights=weights)[0]
             try:
                 yield next(streams[k])
             except StopIteration:  # up-sample: this source's block starts over
-                streams[k] = read_segments(blocks[k])
+                streams[k] = self._read(blocks[k])
                 yield next(streams[k])
 
 
@@ -202,7 +257,8 @@ class ShardStream(IterableDataset):
         slot = self.rank * self.workers + local
         skip = max(0, -(-(self.consumed - local) // self.workers))
         tokens = (
-            self.encoder.tokenize(s) for s in self.plan.samples(self.epoch, slot, self.n_slots)
+            s if isinstance(s, Skip) else _tokenize(self.encoder, s, self.plan.mixture.name)
+            for s in self.plan.samples(self.epoch, slot, self.n_slots)
         )
         rng = random.Random(f"{self.plan.seed}:{self.epoch}:{slot}:batches")
         for k, batch in enumerate(micro_batches(tokens, self.batching, rng)):
@@ -212,18 +268,54 @@ class ShardStream(IterableDataset):
             yield self.collate(items)
 
 
+class SampleLoadError(RuntimeError):
+    """A stored sample that cannot be read at all (a damaged shard), as opposed to a sample
+    that is read but unusable (a counted `Skip`)."""
+
+
+def _tokenize(encoder: SampleEncoder, sample: dict, mixture: str) -> Tokenized | Skip:
+    try:
+        return encoder.tokenize(sample)
+    except Exception as e:  # name the shard and sample: the worker's traceback does not
+        raise SampleLoadError(
+            f"{sample.get('__url__')}: sample {sample.get('__key__')} cannot be encoded "
+            f"({type(e).__name__}: {e}); if the shard is damaged, `llava-ablate data build "
+            f"data={mixture}` verifies and rebuilds it"
+        ) from e
+
+
 class StreamingLoader:
     """Endless micro-batches over epochs, with a position that checkpoints can save."""
 
-    def __init__(self, stream: ShardStream, num_workers: int):
+    def __init__(
+        self,
+        stream: ShardStream,
+        num_workers: int,
+        worker_init_fn: Callable[[int], None] | None = None,
+    ):
         self.stream = stream
         self.num_workers = num_workers
+        self.worker_init_fn = worker_init_fn  # e.g. leave stop signals to the main process
+        self._live = None  # the current epoch's DataLoader iterator (its worker processes)
         if stream.batches_per_epoch() == 0:
             raise ValueError(
                 f"the mixture has {stream.plan.mixture.size} samples: not one micro-batch per "
                 f"worker on {stream.world} rank(s) x {stream.workers} worker(s); add data or lower "
                 "recipe.micro_batch_size / data.num_workers"
             )
+
+    def close(self) -> None:
+        """Stop the worker processes now. Workers that ignore SIGTERM (so a scheduler's stop
+        signal cannot kill them before the main process checkpoints) would also ignore
+        multiprocessing's terminate() at interpreter exit and hang it; this asks them to
+        finish, and kills the ones that do not."""
+        live, self._live = self._live, None
+        workers = getattr(live, "_workers", [])
+        if hasattr(live, "_shutdown_workers"):
+            live._shutdown_workers()
+        for w in workers:
+            if w.is_alive():
+                w.kill()
 
     def state_dict(self) -> dict:
         s = self.stream
@@ -256,9 +348,16 @@ class StreamingLoader:
         s = self.stream
         while True:
             loader = DataLoader(
-                s, batch_size=None, num_workers=self.num_workers, persistent_workers=False
+                s,
+                batch_size=None,
+                num_workers=self.num_workers,
+                persistent_workers=False,
+                worker_init_fn=self.worker_init_fn,
             )
-            for batch in loader:
+            if self._live is None and self.num_workers:
+                atexit.register(self.close)  # before multiprocessing's own exit hook runs
+            self._live = iter(loader)
+            for batch in self._live:
                 s.consumed += 1
                 yield batch
             s.epoch, s.consumed = s.epoch + 1, 0

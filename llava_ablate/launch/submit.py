@@ -153,7 +153,11 @@ def submit_grid(
     submit_timeout_s: float = 300,
 ) -> int:
     """Submit every unfinished job; returns the number of units that failed (0 when waiting is
-    off and everything was submitted)."""
+    off and everything was submitted). RunConfigMismatch, before anything is submitted, when a
+    job's run directory holds a run of another config (launch/plan.py check_identities)."""
+    from llava_ablate.launch.plan import check_identities
+
+    check_identities(grid, jobs, extra)  # "finished" only for a run of the config composed now
     units = make_units(jobs)
     if not units:
         print(f"grid {grid.name}: every job is finished; nothing to submit")
@@ -203,10 +207,46 @@ def submit_grid(
         return failed
     for sub in submitted:
         code = sub.process.wait()
-        state = "finished" if code == 0 else f"FAILED (exit {code}, log {sub.log_path})"
+        state, bad = unit_outcome(code, sub.array_id, sub.log_path)
         print(f"{sub.unit.stage}/{sub.unit.label} [array {sub.array_id}]: {state}")
-        failed += code != 0
+        failed += bad
     return failed
+
+
+def queued_states(array_id: str | None) -> list[str]:
+    """Slurm states of the array's jobs still in the queue (empty when none, or no squeue)."""
+    if not array_id:
+        return []
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-j", array_id, "-o", "%T"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def unit_outcome(code: int, array_id: str | None, log_path: Path) -> tuple[str, bool]:
+    """(what to print, whether it failed) for a unit whose launcher process ended with `code`.
+
+    A job that Slurm requeued (preemption, `scontrol requeue`, its own time-limit requeue) is
+    still queued and resumes from its checkpoint: pending, not failed, even when the launcher
+    process stopped waiting for it.
+    """
+    if code == 0:
+        return "finished", False
+    queued = queued_states(array_id)
+    if queued:
+        states = ", ".join(sorted(set(queued)))
+        return (
+            f"pending in Slurm ({states}): requeued, it resumes from its checkpoint; run the "
+            "grid again later to collect it",
+            False,
+        )
+    return f"FAILED (exit {code}, log {log_path})", True
 
 
 def quote_shell(arg: str) -> str:

@@ -14,19 +14,19 @@ import torch
 import torch.distributed as dist
 
 from llava_ablate.train import checkpoint
+from llava_ablate.train.faults import (
+    BatchLoadError,
+    EvaluationFailed,
+    NonFiniteLoss,
+    RunFault,
+    TooManySkipped,
+    agree,
+)
 from llava_ablate.train.metrics import MetricsLogger, peak_memory_gb
 
 log = logging.getLogger("llava_ablate.train")
 
 _MODEL_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values")
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-class TooManySkipped(RuntimeError):
-    pass
 
 
 @dataclass
@@ -85,21 +85,29 @@ def train_loop(
     t_window = time.perf_counter()
     while state.step < opts.total_steps:
         t0 = time.perf_counter()
-        batch = next(batches)  # endless: the loader moves on to the next epoch itself
+        # Everything a single rank can fail on before the forward is settled here, together:
+        # the forward (ZeRO-3) and backward are collectives a failed rank would never join.
+        error: Exception | None = None
+        try:
+            batch = next(batches)  # endless: the loader moves on to the next epoch itself
+        except Exception as e:  # noqa: BLE001 - agreed below, then raised on every rank
+            batch, error = None, e
         window["data_wait_s"] += time.perf_counter() - t0
-        state.samples += opts.micro_batch
-        for skip in batch["skip_details"]:
-            if state.skipped[skip.reason] < 3:  # name the first few of each kind, count the rest
-                log.warning("skipped sample %s (%s) %s", skip.id, skip.reason, skip.detail)
-            state.skipped[skip.reason] += 1
-        _check_skips(state, opts.max_bad_fraction, device)
-
-        empty = "input_ids" not in batch
-        if empty:  # every sample of this micro-batch was bad: still join the collectives
-            if last_good is None:
-                raise TooManySkipped(
+        empty = batch is not None and "input_ids" not in batch
+        if batch is not None:
+            state.samples += opts.micro_batch
+            for skip in batch["skip_details"]:
+                if state.skipped[skip.reason] < 3:  # name the first few of each kind
+                    log.warning("skipped sample %s (%s) %s", skip.id, skip.reason, skip.detail)
+                state.skipped[skip.reason] += 1
+            error = _skip_fault(state, opts.max_bad_fraction)
+            if error is None and empty and last_good is None:
+                error = TooManySkipped(
                     f"the first micro-batch was entirely skipped: {batch['skipped']}"
                 )
+        agree(error, BatchLoadError, f"could not load a micro-batch at step {state.step}")
+        assert batch is not None
+        if empty:  # every sample of this micro-batch was bad: still join the collectives
             batch = last_good
         else:
             last_good = batch
@@ -114,8 +122,9 @@ def train_loop(
         if _any_rank(not bool(torch.isfinite(loss)), device):
             state.nonfinite += 1
             if state.nonfinite > opts.nan_skip_limit:
+                ids = _gather(batch["ids"][:4])  # every rank names every rank's micro-batch
                 raise NonFiniteLoss(
-                    f"non-finite loss at step {state.step} (micro-batch ids {batch['ids'][:4]}...);"
+                    f"non-finite loss at step {state.step} (micro-batch ids per rank {ids});"
                     f" {state.nonfinite} so far, train.nan_skip_limit={opts.nan_skip_limit}. "
                     "Lower the lr, check the data, or raise the limit to skip such batches."
                 )
@@ -169,7 +178,9 @@ def train_loop(
             window.clear()
             t_window = time.perf_counter()
         if opts.evaluate is not None and state.step < opts.total_steps:
-            results = opts.evaluate(state.step)  # collective under ZeRO-3: every rank calls it
+            results = agreed_evaluation(
+                opts.evaluate, state.step
+            )  # collective: every rank calls it
             if results:
                 metrics.log(state.step, results)
         if state.step >= opts.total_steps:
@@ -197,12 +208,36 @@ def _any_rank(flag: bool, device) -> bool:
     return t.item() > 0
 
 
-def _check_skips(state: TrainState, max_fraction: float, device) -> None:
+def _gather(value) -> list:
+    if not dist.is_initialized():
+        return [value]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def agreed_evaluation(evaluate: Callable[[int], dict | None], step: int) -> dict | None:
+    """Run the evaluation hook; an error on any rank ends every rank. The hook agrees before
+    each of its own collectives; an error it raised already agreed passes straight through."""
+    error: Exception | None = None
+    results = None
+    try:
+        results = evaluate(step)
+    except RunFault:
+        raise
+    except Exception as e:  # noqa: BLE001 - agreed below, then raised on every rank
+        error = e
+    agree(error, EvaluationFailed, f"failed in the evaluation at step {step}")
+    return results
+
+
+def _skip_fault(state: TrainState, max_fraction: float) -> TooManySkipped | None:
     skipped = sum(state.skipped.values())
     # Judge the fraction only once enough samples were seen for it to mean something.
     if skipped and state.samples >= 50 and skipped / state.samples > max_fraction:
-        raise TooManySkipped(
-            f"{skipped} of {state.samples} samples skipped on this rank "
+        return TooManySkipped(
+            f"{skipped} of {state.samples} samples skipped "
             f"({dict(state.skipped)}), above data.max_bad_fraction={max_fraction}; "
             "fix the data (see the reasons) or raise the limit"
         )
+    return None

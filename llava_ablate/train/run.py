@@ -14,10 +14,10 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from llava_ablate.config import to_object
+from llava_ablate.config import ConfigError, to_object
 from llava_ablate.data.builtin import prepare_builtin
 from llava_ablate.data.encode import Collator, EncodeOptions, SampleEncoder
-from llava_ablate.data.mixture import open_mixture
+from llava_ablate.data.mixture import open_mixture, skip_report
 from llava_ablate.data.stream import BatchingOptions, ShardStream, StreamingLoader, StreamPlan
 from llava_ablate.eval.hook import TrainingEvalHook
 from llava_ablate.model.build import build_variant
@@ -25,6 +25,7 @@ from llava_ablate.model.export import export_engine, is_exported
 from llava_ablate.model.freeze import apply_training_plan, format_plan
 from llava_ablate.model.init_from import load_parts
 from llava_ablate.model.lora import apply_lora
+from llava_ablate.run_identity import check_run_identity, record_run_identity
 from llava_ablate.train import checkpoint
 from llava_ablate.train.distributed import (
     DistInfo,
@@ -33,10 +34,11 @@ from llava_ablate.train.distributed import (
     resolve_precision,
     shutdown_distributed,
 )
-from llava_ablate.train.ds_config import deepspeed_config, plan_batches, total_steps
-from llava_ablate.train.loop import LoopOptions, TrainState, train_loop
+from llava_ablate.train.ds_config import deepspeed_config, lr_schedule, plan_batches, total_steps
+from llava_ablate.train.faults import RunFault
+from llava_ablate.train.loop import LoopOptions, TrainState, agreed_evaluation, train_loop
 from llava_ablate.train.metrics import MetricsLogger
-from llava_ablate.train.preemption import StopFlag
+from llava_ablate.train.preemption import StopFlag, ignore_stop_signals
 from llava_ablate.train.tracking import Tracker
 
 log = logging.getLogger("llava_ablate.train")
@@ -66,18 +68,29 @@ def _seed(seed: int) -> None:
 def run_training(dcfg: DictConfig) -> Path:
     """Train the composed variant; returns the export directory. Resumes automatically."""
     cfg = to_object(dcfg)  # validation errors surface before any distributed start-up
+    run_dir = Path(cfg.train.run_dir)
+    export_dir = run_dir / "export"
+    # Before any work: the directory must hold this config (or none yet), so a re-run never
+    # resumes, overwrites or calls "finished" another config's run (run_identity.py).
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    identity = check_run_identity(dcfg, run_dir, world_size=world)
+    init_from = cfg.recipe.init_from
+    if init_from and not is_exported(export_dir) and not Path(init_from).is_dir():
+        raise ConfigError(
+            f"recipe.init_from={init_from}: no such directory; train the previous stage to "
+            "completion first (its export/ directory), or fix the path"
+        )
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     info = init_distributed(cfg.train.dist_timeout_s)
     _setup_logging(info)
-    run_dir = Path(cfg.train.run_dir)
-    export_dir = run_dir / "export"
     if is_exported(export_dir):
         log.info("%s already finished (export at %s); nothing to do", run_dir, export_dir)
         shutdown_distributed()
         return export_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     if info.is_main:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dcfg, resolve=True))
+        record_run_identity(dcfg, run_dir, identity)  # config.yaml + run_identity.json, once
+        log.info("run %s: config hash %s", run_dir, identity.config_hash)
     precision = resolve_precision(cfg.train.precision)
     _seed(cfg.train.seed)
 
@@ -89,6 +102,12 @@ def run_training(dcfg: DictConfig) -> Path:
         mixture.name,
         ", ".join(f"{s.cfg.name}={s.selected}" for s in mixture.sources),
     )
+    if mixture.build_skips():  # rows the build dropped never reach the run's own counts
+        log.warning(
+            "the build skipped source rows, by reason: %s (listed in %s/<source>/skipped.jsonl)",
+            mixture.build_skips(),
+            cfg.data.shards_dir,
+        )
 
     variant = build_variant(
         cfg.vision,
@@ -139,7 +158,7 @@ def run_training(dcfg: DictConfig) -> Path:
         world=info.world,
         workers=cfg.data.num_workers,
     )
-    loader = StreamingLoader(stream, cfg.data.num_workers)
+    loader = StreamingLoader(stream, cfg.data.num_workers, worker_init_fn=ignore_stop_signals)
     steps = total_steps(recipe, stream.batches_per_epoch() * plan.micro_batch * info.world)
     ds_config = deepspeed_config(cfg.deepspeed, recipe, plan, steps, precision)
     log.info(
@@ -159,7 +178,12 @@ def run_training(dcfg: DictConfig) -> Path:
     import deepspeed
 
     optimizer = torch.optim.AdamW(param_groups, betas=(0.9, 0.999), eps=1e-8)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        config=ds_config,
+        lr_scheduler=lr_schedule(recipe, steps),  # warmup from step 1, not lr 0 (ds_config.py)
+    )
 
     state = TrainState()
     tracker = None
@@ -172,6 +196,8 @@ def run_training(dcfg: DictConfig) -> Path:
             group=w.group,
             name=w.name or run_dir.name,
             run_dir=run_dir,
+            run_id=identity.wandb_id,  # the same identity as the directory and the report
+            run_hash=identity.run_hash,
             mode=w.mode,
             config=OmegaConf.to_container(dcfg, resolve=True),  # type: ignore[arg-type]
         )
@@ -185,8 +211,8 @@ def run_training(dcfg: DictConfig) -> Path:
         state.skipped.update(rank_state["skipped"])
         loader.load_state_dict(rank_state["data"])
         checkpoint.set_rng_state(rank_state["rng"])
-        metrics.truncate_after(state.step)
         log.info("resumed from %s at step %d", latest, state.step)
+    metrics.truncate_after(state.step)  # also drops lines of an attempt that never checkpointed
 
     def rank_state_now(s: TrainState) -> dict:
         return {
@@ -220,32 +246,50 @@ def run_training(dcfg: DictConfig) -> Path:
         stop_requested=stop_flag,
         evaluate=lambda step: evaluate(step, final=False),
     )
-    state = train_loop(engine, iter(loader), state, opts, metrics, rank_state_now)
-    stop_flag.restore()
+    try:
+        state = train_loop(engine, iter(loader), state, opts, metrics, rank_state_now)
+        if not state.stopped_early:
+            if state.step > (int(latest.name.split("_")[1]) if latest else -1):
+                checkpoint.save(
+                    engine,
+                    ckpt_dir,
+                    state.step,
+                    state.client_state(),
+                    rank_state_now(state),
+                    cfg.train.keep_checkpoints,
+                )
+            final_eval = agreed_evaluation(lambda s: evaluate(s, final=True), state.step)
+    except BaseException as e:
+        if tracker is not None:
+            tracker.finish(exit_code=1)
+        if isinstance(e, RunFault):  # every rank raised this same fault: leave together
+            shutdown_distributed()
+        raise
+    finally:
+        stop_flag.restore()
+        loader.close()  # its workers ignore SIGTERM: stop them before anything else can hang
     if state.stopped_early:
         log.warning(
             "stopped at step %d of %d after a stop signal; re-run to resume", state.step, steps
         )
+        if tracker is not None:
+            tracker.finish(exit_code=1, preempted=True)
+        shutdown_distributed()  # every rank checkpointed and stops here
         raise TrainingInterrupted(f"stopped at step {state.step} of {steps} (signal)")
-    if state.step > (int(latest.name.split("_")[1]) if latest else -1):
-        checkpoint.save(
-            engine,
-            ckpt_dir,
-            state.step,
-            state.client_state(),
-            rank_state_now(state),
-            cfg.train.keep_checkpoints,
-        )
-    final_eval = evaluate(state.step, final=True)
     if final_eval:
         metrics.log(state.step, final_eval)
     skipped = _global_skips(state)
     if tracker is not None:
         tracker.log({f"data/skipped_{k}": v for k, v in skipped.items()}, step=state.step)
     if info.is_main:
-        (run_dir / "data_skips.json").write_text(json.dumps(skipped, indent=2))
-        if skipped:
-            log.warning("samples skipped during training, by reason: %s", skipped)
+        report = skip_report(mixture, skipped)  # run-time counts next to the build's
+        (run_dir / "data_skips.json").write_text(json.dumps(report, indent=2))
+        if skipped or report["build"]:
+            log.warning(
+                "samples skipped during training, by reason: %s; at build time: %s",
+                skipped,
+                report["build"],
+            )
     if cfg.train.export:
         export_engine(
             engine,

@@ -45,8 +45,11 @@ class Tracker:
         run_dir: Path,
         config: dict,
         mode: str | None = None,
+        run_id: str | None = None,  # stable per run directory (run_identity.RunIdentity)
+        run_hash: str | None = None,  # the run's config hash: a top-level key to filter on
     ):
         self.run = None
+        self._service = False  # wandb's service process was started: close it in finish()
         if not enabled:
             return
         mode = (
@@ -55,15 +58,16 @@ class Tracker:
         try:
             import wandb
 
+            self._service = True  # even an init that fails may have started it
             self.run = wandb.init(
                 project=project,
                 entity=entity,
                 group=group,
                 name=name,
                 dir=str(run_dir),
-                config={**axes_of(config), "config": config},
+                config={**axes_of(config), "run_hash": run_hash, "config": config},
                 mode=mode,
-                id=_stable_id(run_dir),
+                id=run_id or _stable_id(run_dir),
                 resume="allow",  # a resumed run continues its W&B run
                 settings=wandb.Settings(silent=True),
             )
@@ -91,9 +95,27 @@ class Tracker:
 
         self._safe(log_it)
 
-    def finish(self) -> None:
-        self._safe(lambda: self.run.finish())
+    def finish(self, exit_code: int = 0, *, preempted: bool = False) -> None:
+        """Finish the run (`preempted`: marked so, to be resumed) and close the W&B service.
+
+        A stop signal reaches the service too (Slurm signals every process of a job) and
+        wandb-core shuts down on SIGTERM; the run then cannot be finished, and tearing the
+        connection down here keeps wandb's exit hook from printing a ConnectionResetError
+        traceback. `metrics.jsonl` holds every step either way.
+        """
+        if self.run is not None and preempted:
+            self._safe(lambda: self.run.mark_preempting())
+        self._safe(lambda: self.run.finish(exit_code=exit_code))
         self.run = None
+        if not self._service:  # never started, or already closed
+            return
+        self._service = False
+        try:
+            import wandb
+
+            wandb.teardown(exit_code)
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - a dead service is not our failure
+            log.warning("the W&B service had already stopped (%s); metrics.jsonl has every step", e)
 
     def _safe(self, fn) -> None:
         if self.run is None:
