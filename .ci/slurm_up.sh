@@ -23,7 +23,9 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
 fi
 
 HOST=$(hostname -s)
-CPUS=$(nproc)
+# Not plain nproc: it obeys OMP_NUM_THREADS, which test processes set to 1 (a 1-CPU node
+# would leave every 2-task job pending with reason PartitionConfig).
+CPUS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 MEM_MB=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 9 / 10 ))
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
 cat > /etc/slurm/slurm.conf.new <<CONF
