@@ -9,8 +9,8 @@ python evaluate.py --cfg job   # print the composed config
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from llava_ablate.config_base import run_hydra_main
-from llava_ablate.eval.config import register_eval_configs, validate_evaluate
+from llava_ablate.base.config import run_hydra_main
+from llava_ablate.eval_config import register_eval_configs, validate_evaluate
 
 register_eval_configs()
 

@@ -11,8 +11,8 @@ import os
 import hydra
 from omegaconf import DictConfig
 
+from llava_ablate.base.config import run_hydra_main
 from llava_ablate.config import register_configs, validate
-from llava_ablate.config_base import run_hydra_main
 from llava_ablate.launch.slurm import PREEMPT_SIGNAL
 
 # Slurm's early-warning signal must be the one the training loop checkpoints on; set before

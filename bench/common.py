@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-from llava_ablate.config import register_configs, to_object
+from llava_ablate.config import compose_config, to_object
 from llava_ablate.model.build import build_variant
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,9 +13,7 @@ CACHE = ROOT / ".cache" / "bench"
 
 def variant_from(overrides: list[str], cache_dir: str | Path = CACHE):
     """A variant composed from the project's own config groups (e.g. ["llm=smollm2_135m"])."""
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = to_object(compose(config_name="config", overrides=overrides))
+    cfg = to_object(compose_config(overrides))
     return build_variant(cfg.vision, cfg.llm, cfg.projector, cache_dir=cache_dir)
 
 

@@ -22,13 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import variant_from  # noqa: E402
-from llava_ablate.eval.config import EvalCfg, QuestionsCfg, ScoringCfg  # noqa: E402
 from llava_ablate.eval.datasets import ClassificationDataset, Sample  # noqa: E402
 from llava_ablate.eval.metrics import agreement  # noqa: E402
 from llava_ablate.eval.models import MLLMChoiceModel  # noqa: E402
 from llava_ablate.eval.questions import build_question_set  # noqa: E402
 from llava_ablate.eval.run import item_maker  # noqa: E402
 from llava_ablate.eval.scoring import score_units, units_for  # noqa: E402
+from llava_ablate.eval_config import EvalCfg, QuestionsCfg, ScoringCfg  # noqa: E402
 
 
 def digits_dataset(root: Path, n: int) -> ClassificationDataset:

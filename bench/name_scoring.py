@@ -23,11 +23,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import variant_from  # noqa: E402
 from bench.eval_throughput import digits_dataset  # noqa: E402
-from llava_ablate.eval.config import EvalCfg, QuestionsCfg  # noqa: E402
 from llava_ablate.eval.models import MLLMChoiceModel  # noqa: E402
 from llava_ablate.eval.questions import LETTERS, build_question_set  # noqa: E402
 from llava_ablate.eval.run import item_maker  # noqa: E402
 from llava_ablate.eval.scoring import PromptItem  # noqa: E402
+from llava_ablate.eval_config import EvalCfg, QuestionsCfg  # noqa: E402
 
 PROMPT = "What is shown in this image?"
 

@@ -11,21 +11,10 @@ import logging
 import sys
 from pathlib import Path
 
-from llava_ablate.config import Config, register_configs, to_object
-from llava_ablate.config_base import config_error_lines, report_config_error
+from llava_ablate.base.config import config_error_lines, report_config_error
+from llava_ablate.config import Config, compose_config, to_object
 from llava_ablate.launch.plan import add_plan_command
 from llava_ablate.report.command import add_report_command
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def compose(overrides: list[str]) -> Config:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return to_object(hydra_compose(config_name="config", overrides=overrides))
 
 
 def _token_length(cfg: Config):
@@ -61,7 +50,7 @@ def data_build(args) -> None:
     from llava_ablate.data.builtin import generate_builtin
     from llava_ablate.data.shards import build_mixture
 
-    cfg = compose(args.overrides)
+    cfg = to_object(compose_config(args.overrides))
     if cfg.data.builtin:  # generated offline first, then sharded like any other source
         generate_builtin(cfg.data.builtin, Path(cfg.data.sources[0].path).parent)
     token_length = None if args.no_token_stats else _token_length(cfg)
@@ -91,7 +80,7 @@ def data_exposure(args) -> None:
     )
     from llava_ablate.data.mixture import open_mixture
 
-    cfg = compose(args.overrides)
+    cfg = to_object(compose_config(args.overrides))
     mixture = open_mixture(cfg.data, cfg.train.seed)
     rows = exposure_table(mixture_texts(mixture), load_concepts(Path(args.classes)))
     write_exposure(rows, Path(args.out))

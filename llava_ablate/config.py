@@ -8,23 +8,36 @@ callback before the run directory exists (conf/config.yaml), and again in every 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from llava_ablate.config_base import (
+from llava_ablate.base.config import (
     ConfigError,
     PathsCfg,
     Range,
     ValidateOnStartBase,
     check_known_keys,
 )
-from llava_ablate.eval.config import EvalCfg, register_eval_configs, validate_eval
+from llava_ablate.eval_config import EvalCfg, register_eval_configs, validate_eval
 from llava_ablate.run_identity import register_resolvers
 
-__all__ = ["Config", "ConfigError", "PathsCfg", "register_configs", "to_object", "validate"]
+__all__ = [
+    "CONF_DIR",
+    "Config",
+    "ConfigError",
+    "PathsCfg",
+    "compose_config",
+    "register_configs",
+    "to_object",
+    "validate",
+]
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the Hydra config groups
 
 
 @dataclass
@@ -211,6 +224,26 @@ def register_configs() -> None:
     register_eval_configs()  # the `eval` group (also used by evaluate.py)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
+
+
+def compose_config(
+    overrides: Sequence[str] = (),
+    config_name: str = "config",
+    *,
+    return_hydra_config: bool = False,
+) -> DictConfig:
+    """`conf/<config_name>.yaml` with these overrides, composed as train.py (`config`) or
+    evaluate.py (`evaluate`) compose it outside their `@hydra.main`: the plan, the CLI, the
+    demo, benchmarks and tests. Unvalidated; `to_object` validates and types it."""
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            config_name=config_name,
+            overrides=list(overrides),
+            return_hydra_config=return_hydra_config,
+        )
 
 
 _CHOICES: dict[str, tuple[Any, ...]] = {

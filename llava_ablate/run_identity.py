@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import threading
 from dataclasses import dataclass
@@ -36,7 +35,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from llava_ablate.config_base import ConfigError
+from llava_ablate.base.config import ConfigError
+from llava_ablate.base.files import atomic_write
 
 # Dotted key (with everything below it) -> why it cannot change a finished run's result.
 EXCLUDED: dict[str, str] = {
@@ -68,6 +68,18 @@ ROOTS = ("paths.data_root", "paths.shards_root", "paths.cache_dir", "train.runs_
 RECORD = "run_identity.json"
 EXPORT_MARKER = "export/COMPLETE"  # written last by llava_ablate/model/export.py
 HASH_LEN = 8
+# The config groups an ablation swaps: W&B's top-level keys and the report's columns. The run
+# directory (conf/config.yaml train.run_dir) names all but deepspeed, which only its hash holds.
+AXES = ("vision", "llm", "projector", "data", "recipe", "deepspeed")
+
+
+def axes_of(config: dict) -> dict[str, str]:
+    """The option chosen on each axis the config has (`llm=qwen2`, `projector=mlp2x_gelu`)."""
+    return {
+        axis: str(node.get("name") or node.get("type"))
+        for axis in AXES
+        if isinstance(node := config.get(axis), dict)
+    }
 
 
 class RunConfigMismatch(ConfigError):
@@ -279,9 +291,8 @@ def check_run_identity(cfg: DictConfig, run_dir: Path, *, world_size: int) -> Ru
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # other ranks read it: never half a file
+    with atomic_write(path) as tmp:  # other ranks read it: never half a file
+        tmp.write_text(text)
 
 
 def record_run_identity(cfg: DictConfig, run_dir: Path, ident: RunIdentity) -> None:

@@ -84,13 +84,9 @@ def train_launcher(cache_dir):
 
 
 def compose_config(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
+    from llava_ablate.config import compose_config
 
-    from llava_ablate.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+    return compose_config(overrides)
 
 
 def build_tiny(

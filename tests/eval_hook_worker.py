@@ -11,7 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from test_eval_hook import hook_for  # noqa: E402
 
-from llava_ablate.train.distributed import init_distributed, shutdown_distributed  # noqa: E402
+from llava_ablate.base.distributed import init_distributed, shutdown_distributed  # noqa: E402
 
 from conftest import build_tiny  # noqa: E402
 

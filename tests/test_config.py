@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from llava_ablate.config import Config, ConfigError, register_configs, to_object, validate
+from llava_ablate.config import (
+    CONF_DIR,
+    Config,
+    ConfigError,
+    compose_config,
+    register_configs,
+    to_object,
+    validate,
+)
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONF_DIR
 register_configs()
 
 
 def _compose(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+    return compose_config(overrides)
 
 
 def _options(group: str) -> list[str]:

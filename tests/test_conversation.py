@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from llava_ablate.data.chat_templates import ensure_chat_template, load_chat_template
+from llava_ablate.base.chat_templates import ensure_chat_template, load_chat_template
 from llava_ablate.data.conversation import (
     IGNORE_INDEX,
     EmptySupervision,

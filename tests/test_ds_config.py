@@ -99,7 +99,7 @@ def _lrs_of_each_step(recipe: RecipeCfg, steps: int) -> list[list[float]]:
     import deepspeed
     import torch
 
-    from llava_ablate.train.distributed import init_distributed
+    from llava_ablate.base.distributed import init_distributed
 
     init_distributed()
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))

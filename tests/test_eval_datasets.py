@@ -5,8 +5,9 @@ from __future__ import annotations
 import eval_fixtures as fx
 import pytest
 
-from llava_ablate.eval.config import DatasetCfg
-from llava_ablate.eval.datasets import DatasetLayoutError, load_dataset, subsample
+from llava_ablate.eval.datasets import DatasetLayoutError, subsample
+from llava_ablate.eval.layouts import load_dataset
+from llava_ablate.eval_config import DatasetCfg
 
 
 def _load(kind, root, **kw):

@@ -13,8 +13,8 @@ import eval_fixtures as fx
 import pytest
 import torch
 
-from llava_ablate.eval.config import DatasetCfg, EvalCfg, HookCfg, ScoringCfg
 from llava_ablate.eval.hook import TrainingEvalHook, equal_shares
+from llava_ablate.eval_config import DatasetCfg, EvalCfg, HookCfg, ScoringCfg
 
 from conftest import ROOT, _free_port, build_tiny
 

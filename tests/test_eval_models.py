@@ -14,12 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from llava_ablate.eval.config import DatasetCfg, EvalCfg, QuestionsCfg, ScoringCfg
-from llava_ablate.eval.datasets import load_dataset
-from llava_ablate.eval.models import MLLMChoiceModel, _messages, letter_token_ids, render
+from llava_ablate.base.chat_templates import processor_messages, render
+from llava_ablate.eval.layouts import load_dataset
+from llava_ablate.eval.models import MLLMChoiceModel, letter_token_ids
 from llava_ablate.eval.questions import LETTERS, Question, build_question_set, mcq_prompt
 from llava_ablate.eval.run import evaluate_dataset, item_maker
 from llava_ablate.eval.scoring import PromptItem
+from llava_ablate.eval_config import DatasetCfg, EvalCfg, QuestionsCfg, ScoringCfg
 
 from conftest import ROOT, _free_port, build_tiny
 
@@ -41,11 +42,11 @@ def test_letter_tokens_follow_the_chat_template(cache_dir, llm, smollm2):
     tok = variant.processor.tokenizer
     ids, suffix = letter_token_ids(variant.processor)
     assert [tok.decode([i]).strip() for i in ids] == list(LETTERS)
-    prompt = render(variant.processor, _messages("Q", image=False), True)
+    prompt = render(variant.processor, processor_messages("Q", image=False), True)
     base = tok(prompt + suffix, add_special_tokens=False).input_ids
     if not suffix:  # natural mode: the letter is the first token the template's answer produces
         for letter, i in zip(LETTERS, ids, strict=True):
-            full = render(variant.processor, _messages("Q", letter, image=False), False)
+            full = render(variant.processor, processor_messages("Q", letter, image=False), False)
             full_ids = tok(full, add_special_tokens=False).input_ids
             assert full_ids[: len(base)] == base and full_ids[len(base)] == i
     else:  # bare mode: the template's whitespace is in the prompt, each letter one bare token
@@ -102,7 +103,9 @@ def test_name_likelihood_matches_full_forwards(cache_dir, llm, names_prompt, smo
     prompt_item = PromptItem(q, item.image, names_prompt or item.text)
     for k, option in enumerate(q.options):
         ids = model.answer_ids(answer.format(letter=LETTERS[k], option=option))
-        full = render(variant.processor, _messages(prompt_item.text, tok.decode(ids)), False)
+        full = render(
+            variant.processor, processor_messages(prompt_item.text, tok.decode(ids)), False
+        )
         assert tok.decode(ids).strip() in full  # the answer as the template writes it
         inputs = model._inputs([prompt_item], "right")
         n = inputs["input_ids"].shape[1]

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from llava_ablate.eval.config import QuestionsCfg
 from llava_ablate.eval.datasets import ClassificationDataset, Sample
 from llava_ablate.eval.questions import (
     LETTERS,
@@ -19,6 +18,7 @@ from llava_ablate.eval.questions import (
     frozen_question_set,
 )
 from llava_ablate.eval.text_encoders import LEXICAL_LABEL, TextEncoder, tfidf_char_embed
+from llava_ablate.eval_config import QuestionsCfg
 
 
 def _dataset(num_classes=40, per_class=13, name="toy") -> ClassificationDataset:

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from llava_ablate.eval.config import DatasetCfg, EvalCfg, QuestionsCfg, ScoringCfg
-from llava_ablate.eval.datasets import load_dataset
+from llava_ablate.eval.layouts import load_dataset
 from llava_ablate.eval.parse import parse_choice
 from llava_ablate.eval.questions import LETTERS, build_question_set
 from llava_ablate.eval.run import evaluate_dataset, item_maker
+from llava_ablate.eval_config import DatasetCfg, EvalCfg, QuestionsCfg, ScoringCfg
 
 
 class OracleModel:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from llava_ablate.eval.config import HardCfg
 from llava_ablate.eval.hard import HardClassSelector
 from llava_ablate.eval.stats import bootstrap_accuracy, mcnemar_exact, paired_comparison
+from llava_ablate.eval_config import HardCfg
 
 
 def test_bootstrap_two_samples_by_hand():

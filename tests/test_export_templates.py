@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 from transformers import AutoProcessor
 
+from llava_ablate.base.chat_templates import multimodal_chat_template
 from llava_ablate.config import to_object
-from llava_ablate.data.chat_templates import multimodal_chat_template
 from llava_ablate.data.conversation import IGNORE_INDEX, tokenize_conversation
 from llava_ablate.model.build import build_variant
 from llava_ablate.model.export import save_processor

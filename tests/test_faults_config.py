@@ -9,19 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from llava_ablate.config import ConfigError, register_configs, to_object, validate
-from llava_ablate.eval.config import EvaluateConfig, register_eval_configs, validate_evaluate
+from llava_ablate.config import ConfigError, compose_config, register_configs, to_object, validate
+from llava_ablate.eval_config import EvaluateConfig, register_eval_configs, validate_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
 register_configs()
 
 
 def _compose(overrides: list[str], config_name: str = "config"):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides)
+    return compose_config(overrides, config_name)
 
 
 # --- unknown keys -------------------------------------------------------------------------

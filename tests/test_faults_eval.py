@@ -14,7 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from llava_ablate.eval.config import (
+from llava_ablate.eval.datasets import DatasetLayoutError
+from llava_ablate.eval.layouts import load_dataset
+from llava_ablate.eval.questions import build_question_set
+from llava_ablate.eval.run import evaluate_dataset, item_maker, run_evaluation
+from llava_ablate.eval_config import (
     DatasetCfg,
     EvalCfg,
     EvaluateConfig,
@@ -23,9 +27,6 @@ from llava_ablate.eval.config import (
     ScoringCfg,
     StatsCfg,
 )
-from llava_ablate.eval.datasets import DatasetLayoutError, load_dataset
-from llava_ablate.eval.questions import build_question_set
-from llava_ablate.eval.run import evaluate_dataset, item_maker, run_evaluation
 
 
 class Oracle:

@@ -146,7 +146,7 @@ from pathlib import Path
 from llava_ablate.train.tracking import Tracker
 t = Tracker(enabled=True, project="p", entity=None, group=None, name="n", run_dir=Path(sys.argv[1]),
             config={}, mode="offline")
-assert t.active
+assert t.run is not None
 for p in psutil.Process().children(recursive=True):  # Slurm signals every process of the job
     p.send_signal(signal.SIGTERM)
 psutil.wait_procs(psutil.Process().children(recursive=True), timeout=10)

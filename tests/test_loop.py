@@ -6,6 +6,8 @@ import deepspeed
 import pytest
 import torch
 
+from llava_ablate.base.distributed import init_distributed
+from llava_ablate.base.faults import BatchLoadError, EvaluationFailed
 from llava_ablate.config import DeepSpeedCfg, LearningRates, RecipeCfg, SourceCfg
 from llava_ablate.data.encode import Collator, EncodeOptions, SampleEncoder
 from llava_ablate.data.mixture import open_mixture
@@ -13,9 +15,7 @@ from llava_ablate.data.shards import build_mixture
 from llava_ablate.data.stream import BatchingOptions, ShardStream, StreamingLoader, StreamPlan
 from llava_ablate.data.toy_digits import build_toy_digits
 from llava_ablate.model.freeze import apply_training_plan
-from llava_ablate.train.distributed import init_distributed
 from llava_ablate.train.ds_config import deepspeed_config, plan_batches
-from llava_ablate.train.faults import BatchLoadError, EvaluationFailed
 from llava_ablate.train.loop import LoopOptions, NonFiniteLoss, TrainState, train_loop
 from llava_ablate.train.metrics import MetricsLogger
 

@@ -144,8 +144,8 @@ def test_rerun_with_a_different_config_into_the_same_run_dir_is_refused(tmp_path
 def test_finished_only_when_the_recorded_config_matches(tmp_path, monkeypatch):
     """run_training says "nothing to do" for a finished run only when its config matches."""
     import llava_ablate.train.run as run_mod
+    from llava_ablate.base.distributed import DistInfo
     from llava_ablate.run_identity import RunConfigMismatch, check_run_identity, record_run_identity
-    from llava_ablate.train.distributed import DistInfo
 
     monkeypatch.setattr(run_mod, "init_distributed", lambda *_: DistInfo(0, 0, 1))
     monkeypatch.setattr(run_mod, "shutdown_distributed", lambda: None)

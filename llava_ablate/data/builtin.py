@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llava_ablate.base.files import file_lock
 from llava_ablate.config import DataCfg
 from llava_ablate.data.mini_classify import build_mini_classify
 from llava_ablate.data.shards import StaleShards, build_mixture
 from llava_ablate.data.toy_digits import build_toy_digits
-from llava_ablate.model.sources import file_lock
 
 BUILTINS = {"toy_digits": build_toy_digits, "mini_classify": build_mini_classify}
 

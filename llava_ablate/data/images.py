@@ -6,6 +6,9 @@ from pathlib import Path
 
 from PIL import Image
 
+# What class folders and image directories are read as images (compared lower-cased).
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
 
 def load_rgb(path: Path) -> Image.Image:
     with Image.open(path) as im:

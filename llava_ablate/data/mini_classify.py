@@ -19,12 +19,13 @@ import csv
 import gzip
 import os
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from llava_ablate.base.files import atomic_write
 
 FASHION_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 SIZE = 32
@@ -162,19 +163,17 @@ def build_mini_classify(
     out = Path(out)
     if (out / "classes.csv").exists():
         return out
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     info = classes()
     by_name = {c.name: c.key for c in info}
     rare, absent = [by_name[n] for n in RARE], [by_name[n] for n in ABSENT]
     common = [c.key for c in info if c.key not in rare + absent]
     train = _images("train", train_per_class, seed)
-    _write(tmp / "train_common", train, common, None)
-    _write(tmp / "train_rare", train, rare, rare_per_class)
-    _write(tmp / "train_extra", train, rare + absent, None)
-    _write(tmp / "test", _images("test", test_per_class, seed), [c.key for c in info], None)
-    with (tmp / "classes.csv").open("w", newline="") as fh:
-        csv.writer(fh).writerows((c.key, c.name, c.group) for c in info)
-    (tmp / "names.txt").write_text("".join(f"{c.name}\n" for c in info))
-    os.replace(tmp, out)  # all or nothing: a half-built dataset is never used
+    with atomic_write(out) as tmp:  # all or nothing: a half-built dataset is never used
+        _write(tmp / "train_common", train, common, None)
+        _write(tmp / "train_rare", train, rare, rare_per_class)
+        _write(tmp / "train_extra", train, rare + absent, None)
+        _write(tmp / "test", _images("test", test_per_class, seed), [c.key for c in info], None)
+        with (tmp / "classes.csv").open("w", newline="") as fh:
+            csv.writer(fh).writerows((c.key, c.name, c.group) for c in info)
+        (tmp / "names.txt").write_text("".join(f"{c.name}\n" for c in info))
     return out

@@ -16,7 +16,6 @@ import io
 import json
 import logging
 import multiprocessing as mp
-import os
 import statistics
 from collections import Counter
 from collections.abc import Callable
@@ -27,6 +26,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
+from llava_ablate.base.files import atomic_write
 from llava_ablate.config import DataCfg, SourceCfg
 from llava_ablate.data.conversation import (
     MalformedConversation,
@@ -153,8 +153,18 @@ def _write_shard(i: int) -> dict:
         "text_chars": [],
         "tokens": [],
     }
-    tmp_tar = stem.with_suffix(".tar.tmp")
-    with wds.TarWriter(str(tmp_tar), mtime=0) as sink:  # fixed mtime: byte-identical rebuilds
+    with atomic_write(stem.with_suffix(".tar")) as tmp_tar:
+        _write_records(job, i, tmp_tar, stats)
+        stats["bytes"] = tmp_tar.stat().st_size
+        stats["sha256"] = _sha256(tmp_tar)
+    with atomic_write(stem.with_suffix(".json")) as sidecar:  # last: it means "shard done"
+        sidecar.write_text(json.dumps(stats))
+    return stats
+
+
+def _write_records(job: _Job, i: int, tar: Path, stats: dict) -> None:
+    """Shard `i`'s records into the tar at `tar`, counting what was kept and skipped in `stats`."""
+    with wds.TarWriter(str(tar), mtime=0) as sink:  # fixed mtime: byte-identical rebuilds
         for rec in job.reader.records(i * job.per_shard, (i + 1) * job.per_shard):
             bad = check_record(rec)
             images: dict[str, bytes] = {}
@@ -193,13 +203,6 @@ def _write_shard(i: int) -> dict:
             stats["count"] += 1
             stats["trimmed"] += rec.conversations[-1]["from"] == "human"
             stats["text_chars"].append(sum(len(str(t.get("value", ""))) for t in rec.conversations))
-    stats["bytes"] = tmp_tar.stat().st_size
-    stats["sha256"] = _sha256(tmp_tar)
-    os.replace(tmp_tar, stem.with_suffix(".tar"))
-    sidecar = stem.with_suffix(".json.tmp")
-    sidecar.write_text(json.dumps(stats))
-    os.replace(sidecar, stem.with_suffix(".json"))  # last: its presence means "shard done"
-    return stats
 
 
 def _summary(values: list[float]) -> dict | None:
@@ -324,9 +327,8 @@ def _write_manifest(src: SourceCfg, out_dir: Path, n_shards: int, fp: str, rows:
         # the build ran without a tokenizer.
         "text_tokens": _summary(tokens),
     }
-    tmp = out_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out_dir / MANIFEST)
+    with atomic_write(out_dir / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2))
     if skipped:
         log.warning(
             "source %s: skipped %s (every record in %s)",

@@ -6,11 +6,12 @@ Real images, real labels, no download: the data behind the CPU smoke run and the
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from llava_ablate.base.files import atomic_write
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -70,7 +71,6 @@ def build_toy_digits(out_dir: Path, n_images: int = 256, size: int = 32) -> Path
             }
         )
     for fname, data in (("captions.json", captions), ("instruct.json", rows)):
-        tmp = out_dir / (fname + ".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, out_dir / fname)  # instruct.json last: its presence means "built"
+        with atomic_write(out_dir / fname) as tmp:  # instruct.json last: it means "built"
+            tmp.write_text(json.dumps(data))
     return out_dir

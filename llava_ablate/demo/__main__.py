@@ -91,9 +91,9 @@ class Step:
 
 def run_dir_of(overrides: list[str]) -> Path:
     """The run directory train.py names for these overrides."""
-    from llava_ablate.cli import compose
+    from llava_ablate.config import compose_config, to_object
 
-    return Path(compose(overrides).train.run_dir)
+    return Path(to_object(compose_config(overrides)).train.run_dir)
 
 
 def arm_seeds(llm: str, seeds: tuple[int, ...]) -> tuple[int, ...]:
@@ -204,7 +204,7 @@ def run_step(step: Step, log_dir: Path, nproc: int) -> float | None:
 
 def exposure_table(runs_root: Path, cache_dir: Path) -> Path:
     """Concept exposure of the base mixture: hard classes are its least-mentioned ones."""
-    from llava_ablate.cli import compose
+    from llava_ablate.config import compose_config, to_object
     from llava_ablate.data.builtin import prepare_builtin
     from llava_ablate.data.exposure import exposure_table as table
     from llava_ablate.data.exposure import load_concepts, mixture_texts, write_exposure
@@ -213,7 +213,7 @@ def exposure_table(runs_root: Path, cache_dir: Path) -> Path:
     out = runs_root / "exposure_demo_base.csv"
     if out.exists():
         return out
-    cfg = compose(["data=demo_base", f"paths.cache_dir={cache_dir}"])
+    cfg = to_object(compose_config(["data=demo_base", f"paths.cache_dir={cache_dir}"]))
     prepare_builtin(cfg.data, cfg.train.seed)
     names = Path(cfg.data.sources[0].path).parent / "names.txt"
     rows = table(mixture_texts(open_mixture(cfg.data, cfg.train.seed)), load_concepts(names))

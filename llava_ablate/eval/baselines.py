@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from llava_ablate.eval.scoring import PromptItem
-from llava_ablate.eval.text_encoders import text_tower_limit
+from llava_ablate.eval.text_encoders import pooled, text_features
 
 SIMPLE_TEMPLATES = ["a photo of a {}."]
 
@@ -38,18 +38,12 @@ def load_templates(spec: str) -> list[str]:
     return templates
 
 
-def _features(out) -> torch.Tensor:
-    # transformers returns a tensor, or an output object whose pooler_output is the projection.
-    return out if torch.is_tensor(out) else out.pooler_output
-
-
 class ZeroShotChoiceModel:
     scorers = ("likelihood", "all_classes")
 
     def __init__(self, model, processor, templates: list[str], batch_size: int = 256):
         self.model, self.processor = model.eval(), processor
         self.templates, self.batch_size = templates, batch_size
-        self.siglip = "siglip" in type(model).__name__.lower()
         self._text: dict[str, torch.Tensor] = {}
         self.classnames: list[str] = []
         self._class_matrix: torch.Tensor | None = None
@@ -61,22 +55,11 @@ class ZeroShotChoiceModel:
     @torch.no_grad()
     def _embed_names(self, names: list[str]) -> None:
         todo = [n for n in dict.fromkeys(names) if n not in self._text]
-        prompts = [t.format(n) for n in todo for t in self.templates]
-        feats = []
-        padding = "max_length" if self.siglip else True
-        for i in range(0, len(prompts), self.batch_size):
-            enc = self.processor.tokenizer(
-                prompts[i : i + self.batch_size],
-                padding=padding,
-                truncation=True,  # to the text tower's positions: long names must not crash
-                max_length=text_tower_limit(self.model, self.processor.tokenizer),
-                return_tensors="pt",
-            ).to(self.device)
-            out = _features(self.model.get_text_features(**enc))
-            feats.append(torch.nn.functional.normalize(out.float(), dim=-1))
         if not todo:
             return
-        per_name = torch.cat(feats).view(len(todo), len(self.templates), -1).mean(dim=1)
+        prompts = [t.format(n) for n in todo for t in self.templates]
+        feats = text_features(self.model, self.processor.tokenizer, prompts, self.batch_size)
+        per_name = feats.view(len(todo), len(self.templates), -1).mean(dim=1)
         for name, f in zip(todo, torch.nn.functional.normalize(per_name, dim=-1), strict=True):
             self._text[name] = f
 
@@ -91,7 +74,7 @@ class ZeroShotChoiceModel:
         pixels = self.processor.image_processor(
             images=[it.image for it in items], return_tensors="pt"
         )["pixel_values"].to(self.device, next(self.model.parameters()).dtype)
-        out = _features(self.model.get_image_features(pixel_values=pixels))
+        out = pooled(self.model.get_image_features(pixel_values=pixels))
         return torch.nn.functional.normalize(out.float(), dim=-1)
 
     def _scale(self, sims: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Classification datasets as (class names, samples): the types, generic sources, sub-sampling.
 
-The paper's ten datasets are read from their standard on-disk layouts in `layouts.py`; this module
-holds what every source shares and the generic image-folder / CSV / JSONL / parquet readers.
+The paper's ten datasets are read from their standard on-disk layouts in `layouts.py` (which also
+holds `load_dataset`, picking a reader by kind); this module holds what every source shares and
+the generic image-folder / CSV / JSONL / parquet readers.
 A missing or malformed source raises `DatasetLayoutError` naming the file that was expected; an
 image that cannot be read raises `UnreadableImage` (the evaluator skips, counts and names it).
 """
@@ -21,10 +22,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from llava_ablate.data.images import load_rgb
-from llava_ablate.eval.config import DatasetCfg
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+from llava_ablate.data.images import IMAGE_SUFFIXES, load_rgb
+from llava_ablate.eval_config import DatasetCfg
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -263,35 +262,6 @@ def subsample(
     )
 
 
-def load_dataset(name: str, cfg: DatasetCfg, seed: int = 1234) -> ClassificationDataset:
-    """Read dataset `name` as configured, apply class-name overrides and sub-sampling."""
-    from llava_ablate.eval.layouts import LAYOUTS
-
-    readers = {
-        **LAYOUTS,
-        "image_folder": lambda n, c: from_class_folders(n, _split_dir(Path(c.root), c.split)),
-        "csv": read_csv_source,
-        "jsonl": read_jsonl_source,
-        "parquet": read_parquet_source,
-    }
-    if cfg.kind not in readers:
-        raise ValueError(f"eval.datasets.{name}.kind={cfg.kind!r}; choose from {sorted(readers)}")
-    if cfg.builtin:  # generated offline on first use (the demo's mini-classify)
-        from llava_ablate.data.builtin import generate_builtin
-
-        generate_builtin(cfg.builtin, Path(cfg.root))
-    dataset = readers[cfg.kind](name, cfg)
-    if cfg.classnames:
-        dataset.classnames = rename_classes(name, dataset.classnames, cfg.classnames)
-    if len(set(dataset.classnames)) != len(dataset.classnames):
-        dupes = sorted({c for c in dataset.classnames if dataset.classnames.count(c) > 1})
-        raise DatasetLayoutError(
-            f"{name}: duplicate class names {dupes[:5]} would make options ambiguous; "
-            "disambiguate them in a class-names file (eval.datasets.<name>.classnames)"
-        )
-    return subsample(dataset, cfg.per_class, cfg.total, seed)
-
-
-def _split_dir(root: Path, split: str) -> Path:
+def split_dir(root: Path, split: str) -> Path:
     """`root/<split>/<class>/...` when that folder exists, else `root/<class>/...`."""
     return root / split if (root / split).is_dir() else root

@@ -17,7 +17,7 @@ import logging
 import math
 from pathlib import Path
 
-from llava_ablate.eval.config import HardCfg
+from llava_ablate.eval_config import HardCfg
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from llava_ablate.config_base import ConfigError
-from llava_ablate.eval.config import HOOK_SCORERS, EvalCfg, validate_eval
-from llava_ablate.eval.datasets import ClassificationDataset, load_dataset
+from llava_ablate.base.config import ConfigError
+from llava_ablate.base.distributed import DistInfo, current_world
+from llava_ablate.base.faults import EvaluationFailed, agree
+from llava_ablate.eval.datasets import ClassificationDataset
 from llava_ablate.eval.hard import HardClassSelector
+from llava_ablate.eval.layouts import load_dataset
 from llava_ablate.eval.metrics import (
     per_class_rows,
     scored_subset,
@@ -35,18 +37,12 @@ from llava_ablate.eval.metrics import (
 )
 from llava_ablate.eval.models import MLLMChoiceModel
 from llava_ablate.eval.questions import QuestionSet, frozen_question_set
-from llava_ablate.eval.run import World, item_maker, log_skips
+from llava_ablate.eval.run import item_maker, log_skips
 from llava_ablate.eval.scoring import Prediction, Skip, score_units, units_for
 from llava_ablate.eval.store import PredictionStore
-from llava_ablate.train.faults import EvaluationFailed, agree
+from llava_ablate.eval_config import HOOK_SCORERS, EvalCfg, validate_eval
 
 log = logging.getLogger("llava_ablate.eval")
-
-
-def _world() -> World:
-    if dist.is_available() and dist.is_initialized():
-        return World(dist.get_rank(), dist.get_world_size())
-    return World()
 
 
 def _agreed(what: str, fn: Callable | None = None, *args):
@@ -113,7 +109,7 @@ class TrainingEvalHook:
             return h.at_end
         return bool(h.every_steps) and step > 0 and step % h.every_steps == 0
 
-    def _prepare(self, world: World) -> list[tuple[ClassificationDataset, QuestionSet]]:
+    def _prepare(self, world: DistInfo) -> list[tuple[ClassificationDataset, QuestionSet]]:
         if self._prepared is None:
             q = self.cfg.questions
             datasets = self._datasets or {
@@ -152,7 +148,7 @@ class TrainingEvalHook:
             module.train(was_training)
 
     def _run(self, module: torch.nn.Module, step: int) -> dict:
-        world = _world()
+        world = current_world()
         if self._scorer is None or self._scorer.model is not module:
             sc = self.cfg.scoring
             self._scorer = MLLMChoiceModel(
@@ -163,7 +159,7 @@ class TrainingEvalHook:
             image_processor = getattr(self.processor, "image_processor", None)
             make_item = item_maker(ds, self.cfg, image_processor, self.pad)
             units = units_for(qs.questions, 0)
-            idx, real = equal_shares(len(units), world.size, world.rank)
+            idx, real = equal_shares(len(units), world.world, world.rank)
             skips: list[Skip] = []
             mine: list[Prediction] = _agreed(  # before the all-gather a failed rank would miss
                 f"scoring {ds.name}",
@@ -185,8 +181,8 @@ class TrainingEvalHook:
             mine = list(kept.values())
             skips = list({s.qid: s for s in skips if f"{s.qid}@0" in real_keys}.values())
             gathered = [(mine, skips)]
-            if world.size > 1:
-                gathered = [None] * world.size
+            if world.world > 1:
+                gathered = [None] * world.world
                 dist.all_gather_object(gathered, (mine, skips))
             preds = [p for part, _ in gathered for p in part]
             skipped = sorted((s for _, part in gathered for s in part), key=lambda s: s.qid)
@@ -198,7 +194,7 @@ class TrainingEvalHook:
                 )
             else:
                 _agreed(f"report of {ds.name}")
-        if world.size > 1:
+        if world.world > 1:
             box = [results]
             dist.broadcast_object_list(box, src=0)
             results = box[0]

@@ -1,4 +1,5 @@
-"""Readers for the paper's ten datasets in their standard (as-downloaded) on-disk layouts.
+"""Readers for the paper's ten datasets in their standard (as-downloaded) on-disk layouts, and
+`load_dataset`, which reads any configured dataset with the reader of its kind (`READERS`).
 
 Each reader takes (name, DatasetCfg) and returns a ClassificationDataset; `cfg.root` is the
 directory the archive unpacks to. Splits follow VLMClassifier: ImageNet `val`, the others `test`.
@@ -12,18 +13,23 @@ import re
 from pathlib import Path
 from urllib.parse import unquote
 
-from llava_ablate.eval.config import DatasetCfg
 from llava_ablate.eval.datasets import (
     ClassificationDataset,
     DatasetLayoutError,
     Sample,
-    _split_dir,
     from_class_folders,
     list_images,
+    read_csv_source,
+    read_jsonl_source,
+    read_parquet_source,
     readable,
+    rename_classes,
     require,
     shipped_classnames,
+    split_dir,
+    subsample,
 )
+from llava_ablate.eval_config import DatasetCfg
 
 _WNID = re.compile(r"^n\d{8}$")
 
@@ -70,7 +76,7 @@ def imagenet(name: str, cfg: DatasetCfg) -> ClassificationDataset:
         )
 
     kaggle = root / "ILSVRC" / "Data" / "CLS-LOC" / split
-    image_dir = kaggle if kaggle.is_dir() else _split_dir(root, split)
+    image_dir = kaggle if kaggle.is_dir() else split_dir(root, split)
     folders = [p for p in image_dir.iterdir() if p.is_dir() and _WNID.match(p.name)]
     samples = []
     if folders:
@@ -238,7 +244,7 @@ def gldv2(name: str, cfg: DatasetCfg) -> ClassificationDataset:
 def flickr_sportlogos10(name: str, cfg: DatasetCfg) -> ClassificationDataset:
     """FlickrSportLogos-10 as class folders: `<root>/<split>/<brand>/*` or `<root>/<brand>/*`."""
     root = require(Path(cfg.root), "the FlickrSportLogos-10 directory")
-    return from_class_folders(name, _split_dir(root, cfg.split), lambda f: f.replace("_", " "))
+    return from_class_folders(name, split_dir(root, cfg.split), lambda f: f.replace("_", " "))
 
 
 def flowers102(name: str, cfg: DatasetCfg) -> ClassificationDataset:
@@ -305,3 +311,31 @@ LAYOUTS = {
     "flowers102": flowers102,
     "stanford_cars": stanford_cars,
 }
+# Every `eval.datasets.<name>.kind`: the layouts above and the generic sources.
+READERS = {
+    **LAYOUTS,
+    "image_folder": lambda n, c: from_class_folders(n, split_dir(Path(c.root), c.split)),
+    "csv": read_csv_source,
+    "jsonl": read_jsonl_source,
+    "parquet": read_parquet_source,
+}
+
+
+def load_dataset(name: str, cfg: DatasetCfg, seed: int = 1234) -> ClassificationDataset:
+    """Read dataset `name` as configured, apply class-name overrides and sub-sampling."""
+    if cfg.kind not in READERS:
+        raise ValueError(f"eval.datasets.{name}.kind={cfg.kind!r}; choose from {sorted(READERS)}")
+    if cfg.builtin:  # generated offline on first use (the demo's mini-classify)
+        from llava_ablate.data.builtin import generate_builtin
+
+        generate_builtin(cfg.builtin, Path(cfg.root))
+    dataset = READERS[cfg.kind](name, cfg)
+    if cfg.classnames:
+        dataset.classnames = rename_classes(name, dataset.classnames, cfg.classnames)
+    if len(set(dataset.classnames)) != len(dataset.classnames):
+        dupes = sorted({c for c in dataset.classnames if dataset.classnames.count(c) > 1})
+        raise DatasetLayoutError(
+            f"{name}: duplicate class names {dupes[:5]} would make options ambiguous; "
+            "disambiguate them in a class-names file (eval.datasets.<name>.classnames)"
+        )
+    return subsample(dataset, cfg.per_class, cfg.total, seed)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llava_ablate.eval.questions import LETTERS, QuestionSet
+from llava_ablate.base.mcq import LETTERS
+from llava_ablate.eval.questions import QuestionSet
 from llava_ablate.eval.scoring import Prediction, Skip
 from llava_ablate.eval.stats import paired_on_shared, wilson_accuracy
 

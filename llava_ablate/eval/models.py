@@ -16,33 +16,11 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from llava_ablate.eval.questions import LETTERS
+from llava_ablate.base.chat_templates import processor_messages, render
+from llava_ablate.base.mcq import LETTERS
 from llava_ablate.eval.scoring import PromptItem
 
 log = logging.getLogger(__name__)
-
-
-def _messages(text: str, answer: str | None = None, image: bool = True) -> list[dict]:
-    content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]
-    msgs = [{"role": "user", "content": content}]
-    if answer is not None:
-        msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-    return msgs
-
-
-def render(processor, messages: list[dict], add_generation_prompt: bool) -> str:
-    """The processor's chat template applied to processor-style messages (list content)."""
-    templater = processor if getattr(processor, "chat_template", None) else processor.tokenizer
-    kw = {"add_generation_prompt": add_generation_prompt, "tokenize": False}
-    try:
-        return templater.apply_chat_template(messages, **kw)
-    except TypeError as e:  # a string-only LLM template (e.g. SmolLM2's) in an old export
-        raise ValueError(
-            f"the chat template of this model does not take the standard multimodal message "
-            f"format ({e}); re-export it with this version (exports write a multimodal-aware "
-            "template), or give it one: processor.chat_template = llava_ablate.data."
-            "chat_templates.multimodal_chat_template(processor.tokenizer)"
-        ) from e
 
 
 def letter_token_ids(processor, n: int = 26) -> tuple[list[int], str]:
@@ -54,11 +32,11 @@ def letter_token_ids(processor, n: int = 26) -> tuple[list[int], str]:
     the same way for all 26, so the scores stay comparable.
     """
     tok = processor.tokenizer
-    prompt = render(processor, _messages("Q", image=False), True)
+    prompt = render(processor, processor_messages("Q", image=False), True)
     prompt_ids = tok(prompt, add_special_tokens=False).input_ids
     natural, fulls = [], []
     for letter in LETTERS[:n]:
-        full = render(processor, _messages("Q", letter, image=False), False)
+        full = render(processor, processor_messages("Q", letter, image=False), False)
         full_ids = tok(full, add_special_tokens=False).input_ids
         i = next(
             (j for j, (a, b) in enumerate(zip(prompt_ids, full_ids, strict=False)) if a != b),
@@ -104,7 +82,6 @@ class MLLMChoiceModel:
         processor,
         *,
         max_new_tokens: int = 16,
-        synced_gpus: bool = False,
         names_prompt: str | None = None,
         names_answer: str = "{option}",
     ):
@@ -116,12 +93,10 @@ class MLLMChoiceModel:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         params = inspect.signature(base.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
-        # ZeRO-3: every rank must keep running forwards until all ranks finish generating.
-        self.synced_gpus = synced_gpus
         self.letter_ids, self.answer_prefix = letter_token_ids(processor)
         tok = processor.tokenizer
         # Templates that write bos themselves must not get a second one from the tokenizer.
-        probe = render(processor, _messages("Q", image=False), True)
+        probe = render(processor, processor_messages("Q", image=False), True)
         self.add_special_tokens = not (tok.bos_token and probe.startswith(tok.bos_token))
         log.info(
             "answer letter tokens %s... after %r",
@@ -134,7 +109,7 @@ class MLLMChoiceModel:
         return next(self.model.parameters()).device
 
     def _inputs(self, items: list[PromptItem], side: str, suffix: str = "") -> dict:
-        texts = [render(self.processor, _messages(it.text), True) + suffix for it in items]
+        texts = [render(self.processor, processor_messages(it.text), True) + suffix for it in items]
         with _padding_side(self.processor.tokenizer, side):
             enc = self.processor(
                 images=[it.image for it in items],
@@ -170,8 +145,8 @@ class MLLMChoiceModel:
         """Tokens of `answer` as the template writes it after the generation prompt (with any
         whitespace the template puts first, e.g. vicuna's " "), without the end of turn."""
         if answer not in self._answer_ids:
-            prompt = render(self.processor, _messages("Q", image=False), True)
-            full = render(self.processor, _messages("Q", answer, image=False), False)
+            prompt = render(self.processor, processor_messages("Q", image=False), True)
+            full = render(self.processor, processor_messages("Q", answer, image=False), False)
             if not full.startswith(prompt) or answer not in full[len(prompt) :]:
                 raise ValueError(
                     f"the chat template does not write the answer {answer!r} after its "
@@ -228,7 +203,6 @@ class MLLMChoiceModel:
             **inputs,
             max_new_tokens=self.max_new_tokens,
             do_sample=False,
-            synced_gpus=self.synced_gpus,
         )
         new = out[:, inputs["input_ids"].shape[1] :]
         return self.processor.batch_decode(new, skip_special_tokens=True)

@@ -7,9 +7,8 @@ it wrong (VLMClassifier-style "discard what does not parse" would inflate accura
 from __future__ import annotations
 
 import re
-import string
 
-LETTERS = string.ascii_uppercase
+from llava_ablate.base.mcq import LETTERS
 
 _PREFIX = re.compile(
     r"^\s*(?:the\s+)?(?:correct\s+|best\s+|final\s+)?(?:answer|option|choice)"

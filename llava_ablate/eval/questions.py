@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import string
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from llava_ablate.eval.config import QuestionsCfg
+from llava_ablate.base.files import atomic_write
+from llava_ablate.base.mcq import LETTERS, lettered_options
 from llava_ablate.eval.datasets import ClassificationDataset
+from llava_ablate.eval_config import QuestionsCfg
 
 log = logging.getLogger(__name__)
 
-LETTERS = string.ascii_uppercase
 FORMAT_VERSION = 1
 
 
@@ -67,10 +67,9 @@ class QuestionSet:
 
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
         data = {**asdict(self), "fingerprint": self.fingerprint()}
-        tmp.write_text(json.dumps(data, indent=0), encoding="utf-8")
-        tmp.replace(path)  # atomic: concurrent readers never see half a file
+        with atomic_write(path) as tmp:  # concurrent readers never see half a file
+            tmp.write_text(json.dumps(data, indent=0), encoding="utf-8")
         return path
 
     @classmethod
@@ -86,7 +85,7 @@ class QuestionSet:
 def mcq_prompt(question: Question, qcfg: QuestionsCfg) -> str:
     """The text after the image: question, lettered options, instruction (LLaVA's MCQ format)."""
     lines = [qcfg.question]
-    lines += [f"{LETTERS[i]}. {opt}" for i, opt in enumerate(question.options)]
+    lines += lettered_options(question.options)
     lines.append(qcfg.instruction)
     return "\n".join(lines)
 

@@ -18,18 +18,17 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
+from llava_ablate.base.distributed import DistInfo, dtype_for, join_world, shutdown_distributed
 from llava_ablate.data.images import mean_colour, pad_to_square
-from llava_ablate.eval.config import EvalCfg, EvaluateConfig, model_tag, validate_evaluate
-from llava_ablate.eval.datasets import ClassificationDataset, UnreadableImage, load_dataset
+from llava_ablate.eval.datasets import ClassificationDataset, UnreadableImage
 from llava_ablate.eval.hard import HardClassSelector
+from llava_ablate.eval.layouts import load_dataset
 from llava_ablate.eval.metrics import (
     agreement,
     compare_runs,
@@ -42,19 +41,9 @@ from llava_ablate.eval.metrics import (
 from llava_ablate.eval.questions import Question, QuestionSet, frozen_question_set, mcq_prompt
 from llava_ablate.eval.scoring import ChoiceModel, PromptItem, Skip, score_units, units_for
 from llava_ablate.eval.store import PredictionStore, _read, read_skips
-from llava_ablate.train.distributed import shutdown_distributed
+from llava_ablate.eval_config import EvalCfg, EvaluateConfig, model_tag, validate_evaluate
 
 log = logging.getLogger("llava_ablate.eval")
-
-
-@dataclass
-class World:
-    rank: int = 0
-    size: int = 1
-
-    def barrier(self) -> None:
-        if self.size > 1:
-            dist.barrier()
 
 
 def item_maker(
@@ -87,12 +76,12 @@ def evaluate_dataset(
     *,
     make_item: Callable[[Question], PromptItem],
     scorers: list[str] | None = None,
-    world: World | None = None,
+    world: DistInfo | None = None,
     resume: bool = True,
     model_name: str = "model",
 ) -> dict | None:
     """Score `qset` (skipping finished units when resuming); metrics on rank 0, None elsewhere."""
-    world = world or World()
+    world = world or DistInfo()
     scorers = scorers or list(ecfg.scoring.scorers)
     store = PredictionStore(out_dir, world.rank)
     if not resume and world.rank == 0:
@@ -101,7 +90,7 @@ def evaluate_dataset(
     units = units_for(qset.questions, ecfg.scoring.cyclic_permutations)
     done = store.done(scorers)
     todo = [u for u in units if u.key not in done]
-    mine = todo[world.rank :: world.size]
+    mine = todo[world.rank :: world.world]
     if world.rank == 0:
         log.info(
             "%s: %d of %d units to score (%d done)",
@@ -207,23 +196,7 @@ def dataset_metrics(
     return metrics
 
 
-def _init_world() -> World:
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_initialized():
-        return World(dist.get_rank(), dist.get_world_size())
-    return World()
-
-
-def _dtype(name: str) -> torch.dtype:
-    if name == "auto":
-        gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if gpu_bf16 else torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
-
-
-def load_model(cfg: EvaluateConfig, world: World):
+def load_model(cfg: EvaluateConfig, world: DistInfo):
     """(ChoiceModel, image processor or None) for `model.type`."""
     device = (
         torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -234,7 +207,7 @@ def load_model(cfg: EvaluateConfig, world: World):
     if m.type == "mllm":
         from llava_ablate.eval.models import MLLMChoiceModel, load_mllm
 
-        model, processor = load_mllm(m.path, _dtype(m.dtype), device, m.attn_implementation)
+        model, processor = load_mllm(m.path, dtype_for(m.dtype), device, m.attn_implementation)
         sc = cfg.eval.scoring
         choice = MLLMChoiceModel(
             model,
@@ -246,14 +219,14 @@ def load_model(cfg: EvaluateConfig, world: World):
         return choice, getattr(processor, "image_processor", None)
     from llava_ablate.eval.baselines import load_templates, load_zero_shot
 
-    choice = load_zero_shot(m.path, _dtype(m.dtype), device, load_templates(m.templates))
+    choice = load_zero_shot(m.path, dtype_for(m.dtype), device, load_templates(m.templates))
     return choice, choice.processor.image_processor
 
 
 def run_evaluation(cfg: EvaluateConfig) -> dict:
     """The whole evaluation; returns {dataset: metrics} on rank 0 ({} elsewhere)."""
     validate_evaluate(cfg)
-    world = _init_world()
+    world = join_world()
     out = Path(cfg.out_dir)
     qdir = Path(cfg.eval.questions.dir) if cfg.eval.questions.dir else out / "questions"
     model_name = model_tag(cfg.model.name, cfg.model.path)
@@ -307,7 +280,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     return summary
 
 
-def _claim_out_dir(out: Path, cfg: EvaluateConfig, world: World) -> None:
+def _claim_out_dir(out: Path, cfg: EvaluateConfig, world: DistInfo) -> None:
     """Refuse to resume another model's predictions into this results directory."""
     marker = out / "run.json"
     if world.rank == 0:

@@ -17,8 +17,9 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from llava_ablate.base.mcq import LETTERS
 from llava_ablate.eval.parse import parse_choice
-from llava_ablate.eval.questions import LETTERS, Question
+from llava_ablate.eval.questions import Question
 
 
 @dataclass

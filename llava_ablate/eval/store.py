@@ -13,6 +13,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from llava_ablate.base.files import atomic_write
 from llava_ablate.eval.scoring import Prediction, Skip
 
 MERGED = "predictions.jsonl"
@@ -103,11 +104,9 @@ class PredictionStore:
         """Write the merged file in `order` (unit keys) and drop the per-rank files."""
         rank_of = {k: i for i, k in enumerate(order)}
         preds = sorted(self.load(), key=lambda p: (rank_of.get(p.key, len(order)), p.scorer))
-        tmp = self.dir / (MERGED + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with atomic_write(self.dir / MERGED) as tmp, open(tmp, "w", encoding="utf-8") as fh:
             for p in preds:
                 fh.write(json.dumps(asdict(p)) + "\n")
-        tmp.replace(self.dir / MERGED)
         for f in self.dir.glob("predictions.rank*.jsonl"):
             f.unlink()
         return preds
@@ -116,11 +115,9 @@ class PredictionStore:
         """Write `skipped.jsonl` with the skips of the question ids in `keep` (sorted by id) and
         drop the per-rank files: a question scored on a later attempt is no longer skipped."""
         skips = sorted((s for s in self.load_skips() if s.qid in keep), key=lambda s: s.qid)
-        tmp = self.dir / (SKIPPED + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with atomic_write(self.dir / SKIPPED) as tmp, open(tmp, "w", encoding="utf-8") as fh:
             for s in skips:
                 fh.write(json.dumps(asdict(s)) + "\n")
-        tmp.replace(self.dir / SKIPPED)
         for f in self.dir.glob("skipped.rank*.jsonl"):
             f.unlink()
         return skips

@@ -8,15 +8,13 @@ question set built with it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from sklearn.feature_extraction.text import TfidfVectorizer
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +27,23 @@ class TextEncoder:
     embed: Any  # Callable[[list[str]], np.ndarray]: L2-normalised rows
 
 
-def _char_ngrams(text: str, n: int = 3) -> list[str]:
-    padded = f" {text.lower()} "
-    return [padded[i : i + n] for i in range(max(len(padded) - n + 1, 1))]
+def tfidf_char_embed(texts: list[str]) -> np.ndarray:
+    """Character-3-gram TF-IDF vectors of the names, each padded with one space at either end
+    (so word starts and ends count): scikit-learn's defaults (raw counts, smooth idf, L2 rows)
+    over the exact 3-gram vocabulary of these names.
 
-
-def tfidf_char_embed(texts: list[str], dim: int = 4096) -> np.ndarray:
-    """Hashed character-3-gram TF-IDF vectors (deterministic: md5 buckets, not hash())."""
-    grams = [Counter(_char_ngrams(t)) for t in texts]
-    df = Counter(g for c in grams for g in c)
-    out = np.zeros((len(texts), dim), dtype=np.float32)
-    for row, counts in enumerate(grams):
-        for g, tf in counts.items():
-            bucket = int.from_bytes(hashlib.md5(g.encode()).digest()[:4], "little") % dim
-            out[row, bucket] += tf * (math.log((1 + len(texts)) / (1 + df[g])) + 1)
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    Until 2026-11 this hashed the 3-grams into 4096 md5 buckets; on ImageNet's 1000 names the
+    collisions gave 9411 pairs with no 3-gram in common a non-zero cosine (up to 0.3), so about
+    a quarter of each class's 25 hard distractors changed with the exact vocabulary. Question
+    sets frozen before keep their options (they are reused, not rebuilt).
+    """
+    vectorizer = TfidfVectorizer(
+        analyzer="char",
+        ngram_range=(3, 3),
+        preprocessor=lambda t: f" {t.lower()} ",
+        dtype=np.float32,
+    )
+    return vectorizer.fit_transform(texts).toarray()
 
 
 def text_tower_limit(model, tokenizer) -> int:
@@ -53,6 +53,33 @@ def text_tower_limit(model, tokenizer) -> int:
     config = getattr(model.config, "text_config", model.config)
     limit = getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length
     return int(min(limit, tokenizer.model_max_length))
+
+
+def pooled(out) -> torch.Tensor:
+    """The projected features of a `get_text_features`/`get_image_features` call: transformers
+    returns a tensor, or an output object whose pooler_output is the projection."""
+    return out if torch.is_tensor(out) else out.pooler_output
+
+
+@torch.no_grad()
+def text_features(model, tokenizer, prompts: list[str], batch_size: int = 256) -> torch.Tensor:
+    """L2-normalised float text features of a CLIPModel/SiglipModel, one row a prompt, on the
+    model's device. Prompts longer than the text tower are truncated to it."""
+    # SigLIP was trained on max-length padding; CLIP pads to the longest.
+    padding = "max_length" if "siglip" in type(model).__name__.lower() else True
+    device = next(model.parameters()).device
+    feats = []
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(
+            prompts[i : i + batch_size],
+            padding=padding,
+            truncation=True,
+            max_length=text_tower_limit(model, tokenizer),
+            return_tensors="pt",
+        ).to(device)
+        out = pooled(model.get_text_features(**enc))
+        feats.append(torch.nn.functional.normalize(out.float(), dim=-1))
+    return torch.cat(feats)
 
 
 class HFTextTower:
@@ -68,25 +95,9 @@ class HFTextTower:
 
         return cls(AutoModel.from_pretrained(src), AutoTokenizer.from_pretrained(src))
 
-    @torch.no_grad()
     def __call__(self, texts: list[str]) -> np.ndarray:
-        feats = []
-        # SigLIP was trained on max-length padding; CLIP pads to the longest.
-        padding = "max_length" if "siglip" in type(self.model).__name__.lower() else True
-        for i in range(0, len(texts), self.batch_size):
-            chunk = [self.template.format(t) for t in texts[i : i + self.batch_size]]
-            enc = self.tokenizer(
-                chunk,
-                padding=padding,
-                truncation=True,
-                max_length=text_tower_limit(self.model, self.tokenizer),
-                return_tensors="pt",
-            )
-            enc = {k: v.to(self.model.device) for k, v in enc.items()}
-            out = self.model.get_text_features(**enc)
-            out = out if torch.is_tensor(out) else out.pooler_output
-            feats.append(torch.nn.functional.normalize(out.float(), dim=-1).cpu())
-        return torch.cat(feats).numpy()
+        prompts = [self.template.format(t) for t in texts]
+        return text_features(self.model, self.tokenizer, prompts, self.batch_size).cpu().numpy()
 
 
 def build_text_encoder(spec: str, path: str | None = None) -> TextEncoder:

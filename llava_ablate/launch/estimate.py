@@ -133,27 +133,14 @@ def _vision_config(vision: VisionCfg):
 
 def model_size(cfg: Config) -> ModelSize:
     """Exact parameter counts of the variant and of what its recipe trains (meta device)."""
-    from transformers import LlavaConfig, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
-    from llava_ablate.model.build import _tokens_per_image, build_projector
+    from llava_ablate.model.build import build_projector, llava_config
     from llava_ablate.model.freeze import apply_training_plan
 
     text = _text_config(cfg.llm, cfg.paths.cache_dir)
     tower = _vision_config(cfg.vision)
-    image_tokens, _ = _tokens_per_image(cfg.vision, tower)
-    feature_layer = cfg.vision.feature_layer
-    config = LlavaConfig(
-        vision_config=tower,
-        text_config=text,
-        image_seq_length=image_tokens,
-        image_token_index=0,
-        vision_feature_layer=feature_layer
-        if isinstance(feature_layer, int)
-        else list(feature_layer),
-        vision_feature_select_strategy=cfg.vision.select_strategy,
-        projector_hidden_act="gelu" if cfg.projector.type == "mlp2x_gelu" else "linear",
-        tie_word_embeddings=bool(getattr(text, "tie_word_embeddings", False)),
-    )
+    config = llava_config(cfg.vision, cfg.projector, tower, text, image_token_index=0)
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(config)
         model.model.multi_modal_projector = build_projector(config, cfg.projector)
@@ -176,7 +163,7 @@ def model_size(cfg: Config) -> ModelSize:
         vocab=text.vocab_size,
         vision_hidden=tower.hidden_size,
         vision_layers=tower.num_hidden_layers,
-        image_tokens=image_tokens,
+        image_tokens=config.image_seq_length,
     )
 
 
@@ -248,6 +235,16 @@ def memory_per_rank(
     offload_param: bool = False,
     gpu: bool = True,
 ) -> Memory:
+    """Model states (weights, gradients, Adam) by the ZeRO paper's accounting, then activations.
+
+    DeepSpeed has estimators for the model states (`estimate_zero2_model_states_mem_needs`,
+    `estimate_zero3_model_states_mem_needs`, behind its `..._all_cold` printers). This
+    accounting is kept because those assume that every parameter trains (LLaVA's stage 1
+    trains only the projector: they would size it like a full fine-tune), share one formula
+    for ZeRO-1 and ZeRO-2 and have no fp32 case. Where they apply -- a full fine-tune in bf16
+    under ZeRO-2/3 -- the two differ by one term: DeepSpeed also counts an fp32 gradient
+    partition, 4 (ZeRO-2) or 2 (ZeRO-3) more bytes per parameter and rank, within the margin
+    this plan gives (tests/test_plan.py checks the difference)."""
     wbytes = 4 if precision == "fp32" else 2
     # Adam: fp32 master copy (mixed precision only) + two fp32 moments.
     obytes = 8 if precision == "fp32" else 12

@@ -30,7 +30,6 @@ from llava_ablate.run_identity import RunIdentity
 
 ROOT = Path(__file__).resolve().parents[2]
 GRIDS_DIR = ROOT / "launch"
-CONF_DIR = ROOT / "conf"
 EXPORT_MARKER = "export/COMPLETE"  # written last by llava_ablate/model/export.py
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from llava_ablate.config import Config, ConfigError, register_configs, to_object
+from llava_ablate.config import Config, ConfigError, compose_config, to_object
 from llava_ablate.launch.estimate import (
     DataSize,
     EstimateError,
@@ -22,7 +22,7 @@ from llava_ablate.launch.estimate import (
     model_size,
     train_flops,
 )
-from llava_ablate.launch.grid import CONF_DIR, GridSpec, Job, expand, load_grid
+from llava_ablate.launch.grid import GridSpec, Job, expand, load_grid
 from llava_ablate.run_identity import RunConfigMismatch, check_run_identity
 
 
@@ -74,13 +74,9 @@ def compose_job(job: Job, grid: GridSpec, extra: list[str]) -> tuple[Config, Dic
 
 def _compose(job: Job, grid: GridSpec, extra: list[str]) -> tuple[DictConfig, DictConfig]:
     """compose_job's config as the DictConfig train.py hashes (run_identity.result_config)."""
-    from hydra import compose, initialize_config_dir
-
-    register_configs()
     overrides = [*job.all_overrides(len(grid.stages) == 1), *grid.launcher, *extra]
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            dcfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        dcfg = compose_config(overrides, return_hydra_config=True)
     except Exception as e:  # Hydra's own errors name the bad override
         raise ConfigError(f"grid {grid.name}, job {job.stage}/{job.name}: {e}") from e
     launcher = dcfg.hydra.launcher

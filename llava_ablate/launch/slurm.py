@@ -18,6 +18,10 @@ log = logging.getLogger("llava_ablate.launch")
 # so the launcher, the sbatch script and the tasks all use USR1.
 PREEMPT_SIGNAL = "USR1"
 
+# The Slurm job ids (`<array>_<task>`) that the launcher (hydra_plugins/llava_ablate_launcher)
+# submitted for one multirun, written to its sweep directory as soon as sbatch has returned.
+JOB_IDS_FILE = "slurm_jobs.json"
+
 
 @dataclass
 class TaskEnv:

@@ -2,29 +2,33 @@
 per *unit* of jobs that can share one Slurm job array.
 
 Hydra's submitit launcher submits a sweep as one array and then waits for it, so chaining is
-done with Slurm itself: a job that later stages start from is its own unit (its array id is read
-from the submitit folder as soon as it is submitted), and each unit of later-stage jobs is
-submitted with `--dependency=afterok:<that id>` -- stage 2 queues at once and starts when its own
-stage 1 has succeeded (or is cancelled if that failed). Without Slurm (basic or submitit_local
-launchers) the units run one after the other instead.
+done with Slurm itself: a job that later stages start from is its own unit, and each unit of
+later-stage jobs is submitted with submitit's `dependency=afterok:<that array id>` -- stage 2
+queues at once and starts when its own stage 1 has succeeded (or is cancelled if that failed).
+The array id is submitit's `job.job_id`, which our subclass of the launcher records as soon as
+sbatch has returned (hydra_plugins/llava_ablate_launcher/slurm_array.py). Without Slurm (basic
+or submitit_local launchers) the units run one after the other instead.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
-import re
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llava_ablate.launch.grid import CONF_DIR, ROOT, GridSpec, Job, quote
+from llava_ablate.config import CONF_DIR
+from llava_ablate.launch.grid import ROOT, GridSpec, Job, quote
+from llava_ablate.launch.slurm import JOB_IDS_FILE
 
 log = logging.getLogger("llava_ablate.launch")
 
-_ARRAY_DIR = re.compile(r"^(\d+)(?:_\d+)?$")  # <id> for one job, <id>_<task> for arrays
+# Hydra's submitit Slurm launcher, recording the job ids it submitted (JOB_IDS_FILE).
+SLURM_LAUNCHER = "hydra_plugins.llava_ablate_launcher.slurm_array.SlurmArrayLauncher"
 
 
 @dataclass
@@ -125,15 +129,14 @@ class Submitted:
 
 
 def _wait_for_array_id(sub: Submitted, sweep_dir: Path, timeout_s: float) -> str:
-    """The array id appears as `<sweep>/.submitit/<id>_<task>` right after sbatch returns."""
-    folder = sweep_dir / ".submitit"
+    """The array's Slurm job id: the launcher writes submitit's `job.job_id` of every job
+    (`<array id>_<task>`) to JOB_IDS_FILE once sbatch has returned (Hydra composes the config
+    first, which takes a few seconds)."""
+    record = sweep_dir / JOB_IDS_FILE
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if folder.is_dir():
-            for entry in folder.iterdir():
-                m = _ARRAY_DIR.match(entry.name)
-                if m:
-                    return m.group(1)
+        if record.exists():  # written whole (atomic replace)
+            return json.loads(record.read_text())[0].split("_")[0]
         if sub.process.poll() is not None and sub.process.returncode != 0:
             break
         time.sleep(0.5)
@@ -172,10 +175,11 @@ def submit_grid(
         sweep_dir.mkdir(parents=True, exist_ok=True)
         overrides = unit_overrides(unit, grid, sweep_dir) + list(extra)
         parent = unit.parent
+        if slurm:
+            overrides.append(f"hydra.launcher._target_={SLURM_LAUNCHER}")
         if slurm and parent is not None and not parent.finished:
-            dep = array_of[id(parent)]
-            overrides += [
-                f"+hydra.launcher.additional_parameters.dependency=afterok:{dep}",
+            overrides += [  # submitit's own `dependency`; Slurm's kill-on-invalid-dep beside it
+                f"+hydra.launcher.dependency=afterok:{array_of[id(parent)]}",
                 "+hydra.launcher.additional_parameters.kill_on_invalid_dep=yes",
             ]
         cmd = [sys.executable, str(ROOT / "train.py"), "-m", *overrides]

@@ -30,8 +30,8 @@ from transformers import (
 )
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
+from llava_ablate.base.chat_templates import ensure_chat_template, multimodal_chat_template
 from llava_ablate.config import LLMCfg, ProjectorCfg, VisionCfg
-from llava_ablate.data.chat_templates import ensure_chat_template, multimodal_chat_template
 from llava_ablate.model.sources import resolve_llm_source, resolve_package_dir
 from llava_ablate.model.tiny_tokenizer import build_tiny_tokenizer
 
@@ -131,6 +131,26 @@ def _tokens_per_image(vision_cfg: VisionCfg, tower_config) -> tuple[int, int]:
     return patches + keep_extra, extra
 
 
+def llava_config(
+    vision: VisionCfg, projector: ProjectorCfg, tower_config, text_config, image_token_index: int
+) -> LlavaConfig:
+    """The variant's LlavaConfig around its towers' configs: the one place Llava's keys are set
+    (build_variant, and launch/estimate.py's meta-device model)."""
+    feature_layer = vision.feature_layer
+    return LlavaConfig(
+        vision_config=tower_config,
+        text_config=text_config,
+        image_token_index=image_token_index,
+        image_seq_length=_tokens_per_image(vision, tower_config)[0],
+        vision_feature_layer=feature_layer
+        if isinstance(feature_layer, int)
+        else list(feature_layer),
+        vision_feature_select_strategy=vision.select_strategy,
+        projector_hidden_act="gelu" if projector.type == "mlp2x_gelu" else "linear",
+        tie_word_embeddings=bool(getattr(text_config, "tie_word_embeddings", False)),
+    )
+
+
 def build_variant(
     vision: VisionCfg,
     llm: LLMCfg,
@@ -146,21 +166,9 @@ def build_variant(
     lm = build_llm(llm, len(tokenizer), attn_implementation, dtype, cache_dir)
     num_image_tokens, extra_tokens = _tokens_per_image(vision, tower.config)
 
-    text_config = lm.config
-    text_config.__dict__.pop("quantization_config", None)
-    feature_layer = vision.feature_layer
-    if not isinstance(feature_layer, int):
-        feature_layer = list(feature_layer)
-    config = LlavaConfig(
-        vision_config=tower.config,
-        text_config=text_config,
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=num_image_tokens,
-        vision_feature_layer=feature_layer,
-        vision_feature_select_strategy=vision.select_strategy,
-        projector_hidden_act="gelu" if projector.type == "mlp2x_gelu" else "linear",
-        tie_word_embeddings=bool(getattr(text_config, "tie_word_embeddings", False)),
-    )
+    lm.config.__dict__.pop("quantization_config", None)
+    image_token_index = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    config = llava_config(vision, projector, tower.config, lm.config, image_token_index)
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(config)
     model.model.vision_tower = tower

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from peft import PeftModel
 from transformers import LlavaForConditionalGeneration
 
+from llava_ablate.base.chat_templates import multimodal_chat_template, processor_messages, render
 from llava_ablate.model.lora import merged
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,6 @@ def save_processor(processor, out_dir: Path) -> None:
     and renders what training rendered; reload it and check that stock prompting works."""
     from transformers import AutoProcessor
 
-    from llava_ablate.data.chat_templates import multimodal_chat_template
-
     processor.chat_template = multimodal_chat_template(processor.tokenizer, processor.chat_template)
     processor.save_pretrained(out_dir)
     # The file both the tokenizer and the processor load: the processor writes it last.
@@ -88,10 +87,8 @@ def save_processor(processor, out_dir: Path) -> None:
 def end_of_turn_id(processor) -> int:
     """The token the chat template closes an assistant answer with (ChatML "<|im_end|>",
     vicuna "</s>"): what the model was trained to emit when it is done."""
-    from llava_ablate.eval.models import _messages, render
-
     answer = "Zq"
-    full = render(processor, _messages("Q", answer, image=False), False)
+    full = render(processor, processor_messages("Q", answer, image=False), False)
     after = full[full.rindex(answer) + len(answer) :]
     ids = processor.tokenizer(after, add_special_tokens=False).input_ids
     if not ids:

@@ -24,10 +24,7 @@ import csv
 import hashlib
 import json
 import logging
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +32,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_model
 from tokenizers.processors import TemplateProcessing
+
+from llava_ablate.base.files import atomic_write, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -179,31 +178,24 @@ def build_mini_clip(
         if (step + 1) % 100 == 0:
             log.info("mini-clip step %d loss %.3f", step + 1, np.mean(losses[-100:]))
     _add_text_positions(model, TEXT_POSITIONS)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    # Not `save_pretrained`: under torch.distributed it writes weights on rank 0 only, and
-    # whichever rank holds the lock trains this.
-    save_model(model, str(tmp / "model.safetensors"))
-    model.config.save_pretrained(tmp)
-    CLIPProcessor(image_processor=processor, tokenizer=tok).save_pretrained(tmp)
-    (tmp / "classes.txt").write_text("".join(f"{names[k]}\n" for k in keys))
     window = max(1, steps // 10)
-    (tmp / "training.json").write_text(
-        json.dumps(
-            {
-                "steps": steps,
-                "classes": len(keys),
-                "images": sum(len(v) for v in images.values()),
-                "loss_first": float(np.mean(losses[:window])),
-                "loss_last": float(np.mean(losses[-window:])),
-            },
-            indent=2,
-        )
-    )
-    (tmp / "build.json").write_text(json.dumps({"fingerprint": fingerprint}))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    training = {
+        "steps": steps,
+        "classes": len(keys),
+        "images": sum(len(v) for v in images.values()),
+        "loss_first": float(np.mean(losses[:window])),
+        "loss_last": float(np.mean(losses[-window:])),
+    }
+    with atomic_write(out) as tmp:  # a changed recipe replaces the old tower in one step
+        tmp.mkdir(parents=True)
+        # Not `save_pretrained`: under torch.distributed it writes weights on rank 0 only, and
+        # whichever rank holds the lock trains this.
+        save_model(model, str(tmp / "model.safetensors"))
+        model.config.save_pretrained(tmp)
+        CLIPProcessor(image_processor=processor, tokenizer=tok).save_pretrained(tmp)
+        (tmp / "classes.txt").write_text("".join(f"{names[k]}\n" for k in keys))
+        (tmp / "training.json").write_text(json.dumps(training, indent=2))
+        (tmp / "build.json").write_text(json.dumps({"fingerprint": fingerprint}))
     return out
 
 
@@ -227,7 +219,6 @@ def generate_builtin_tower(name: str, out: Path) -> Path:
     """Train built-in tower `name` into `out` once; mini-classify (its data) lives next to it and
     is generated first if needed. Concurrent ranks wait for the one that trains."""
     from llava_ablate.data.builtin import generate_builtin
-    from llava_ablate.model.sources import file_lock
 
     if name != "mini_clip":
         raise ValueError(f"vision.builtin={name!r}; known: ['mini_clip']")

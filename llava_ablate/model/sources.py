@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import logging
 import os
-import shutil
-from contextlib import contextmanager
 from pathlib import Path
+
+from llava_ablate.base.files import atomic_write, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +26,6 @@ def resolve_package_dir(spec: str) -> str:
             "llm.pretrained at a hub id or a local directory"
         )
     return os.path.dirname(found.origin)
-
-
-@contextmanager
-def file_lock(path: Path):
-    # Several ranks on one node may ask for the same conversion: one does it, the others wait.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def dequantised_checkpoint(src_dir: str, gguf_file: str, cache_dir: str | Path) -> Path:
@@ -63,16 +50,14 @@ def dequantised_checkpoint(src_dir: str, gguf_file: str, cache_dir: str | Path) 
         config.__dict__.pop("quantization_config", None)
         plain = AutoModelForCausalLM.from_config(config)
         plain.load_state_dict(gguf_model.state_dict())
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        # Not `save_pretrained`: under torch.distributed it writes weights on global rank 0 only,
-        # but every node needs its own copy of this local cache.
-        tmp.mkdir(parents=True)
-        save_model(plain, str(tmp / "model.safetensors"))
-        plain.config.save_pretrained(tmp)
-        plain.generation_config.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf_file).save_pretrained(tmp)
-        os.replace(tmp, out)  # atomic: a crash never leaves a half-written directory
+        with atomic_write(out) as tmp:  # a crash never leaves a half-written directory
+            # Not `save_pretrained`: under torch.distributed it writes weights on global rank 0
+            # only, but every node needs its own copy of this local cache.
+            tmp.mkdir(parents=True)
+            save_model(plain, str(tmp / "model.safetensors"))
+            plain.config.save_pretrained(tmp)
+            plain.generation_config.save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf_file).save_pretrained(tmp)
         return out
 
 

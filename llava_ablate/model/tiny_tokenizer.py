@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from llava_ablate.data.chat_templates import load_chat_template
+from llava_ablate.base.chat_templates import load_chat_template
+from llava_ablate.base.files import atomic_write
 
 SPECIAL_TOKENS = ["<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>", "<image>"]
 
@@ -71,13 +69,10 @@ def build_tiny_tokenizer(
     )
     fast.chat_template = template
     # Save next to out_dir and rename, so concurrent ranks never read a half-written directory.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    fast.save_pretrained(tmp)
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
-    shutil.rmtree(out_dir, ignore_errors=True)
     try:
-        os.replace(tmp, out_dir)
+        with atomic_write(out_dir) as tmp:
+            fast.save_pretrained(tmp)
     except OSError:  # another process won the race; its tokenizer is identical
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out_dir / "tokenizer.json").is_file():
+            raise
     return AutoTokenizer.from_pretrained(out_dir)

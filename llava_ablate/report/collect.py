@@ -20,9 +20,9 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from llava_ablate.run_identity import RECORD, config_hash, flatten, result_config
+from llava_ablate.eval.stats import Estimate
+from llava_ablate.run_identity import AXES, RECORD, axes_of, config_hash, flatten, result_config
 
-AXES = ("vision", "llm", "projector", "data", "recipe", "deepspeed")
 SEED_KEY = "train.seed"
 
 
@@ -31,19 +31,11 @@ class ResultsError(ValueError):
 
 
 @dataclass
-class Accuracy:
-    value: float
-    ci_low: float
-    ci_high: float
-    n: int
-
-
-@dataclass
 class DatasetResult:
     dataset: str
     scorer: str
-    accuracy: Accuracy
-    hard: Accuracy | None
+    accuracy: Estimate
+    hard: Estimate | None
     fingerprint: str | None  # the frozen question set: paired comparisons need it equal
     correct: dict[str, bool]  # question id -> right? (unrotated predictions of `scorer`)
     per_class: list[dict]  # per_class.csv rows (class_name, n, hard, accuracy, ci_low, ci_high)
@@ -70,18 +62,9 @@ class RunResult:
         return self.settings.get(SEED_KEY)
 
 
-def _axes(config: dict) -> dict[str, str]:
-    out = {}
-    for axis in AXES:
-        node = config.get(axis)
-        if isinstance(node, dict):
-            out[axis] = str(node.get("name") or node.get("type"))
-    return out
-
-
-def _accuracy(node: dict, where: Path) -> Accuracy:
+def _accuracy(node: dict, where: Path) -> Estimate:
     try:
-        return Accuracy(float(node["value"]), float(node["ci_low"]), float(node["ci_high"]),
+        return Estimate(float(node["value"]), float(node["ci_low"]), float(node["ci_high"]),
                         int(node["n"]))  # fmt: skip
     except (KeyError, TypeError) as e:
         raise ResultsError(f"{where}: accuracy entry lacks {e} (value, ci_low, ci_high, n)") from e
@@ -164,7 +147,7 @@ def read_run(run: Path, scorer: str = "likelihood") -> RunResult:
     curves = []
     if (run / "metrics.jsonl").exists():
         curves = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
-    result = RunResult(run, _axes(config or {}), config_text, curves)
+    result = RunResult(run, axes_of(config or {}), config_text, curves)
     result.config_hash, result.settings = _identity(run, config)
     _seedless_lineage(result.settings, config or {})
     result.eval_dir = find_eval_dir(run)

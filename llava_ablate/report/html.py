@@ -13,7 +13,8 @@ from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 
-from llava_ablate.report.collect import Accuracy, RunResult
+from llava_ablate.eval.stats import Estimate
+from llava_ablate.report.collect import RunResult
 from llava_ablate.report.compare import Delta, Variant, group_variants, seed_spreads
 from llava_ablate.report.svg import bar_chart, line_chart, scatter_chart
 
@@ -30,7 +31,7 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
-def _acc_cell(a: Accuracy | None) -> str:
+def _acc_cell(a: Estimate | None) -> str:
     if a is None:
         return '<td class="num">-</td>'
     return (

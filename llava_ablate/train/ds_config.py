@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from llava_ablate.config import ConfigError, DeepSpeedCfg, RecipeCfg
 
@@ -71,7 +72,8 @@ def deepspeed_config(
         "steps_per_print": 10**9,  # the project's own logger reports progress
         "wall_clock_breakdown": False,
     }
-    return _merge(config, dict(ds.extra))
+    # `extra` merges into, not over, a section (lists and scalars replace): OmegaConf's merge.
+    return OmegaConf.to_container(OmegaConf.merge(config, ds.extra), resolve=True)
 
 
 def warmup_steps(recipe: RecipeCfg, steps: int) -> int:
@@ -122,12 +124,3 @@ def lr_schedule(
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
     return build
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            base[k] = _merge(dict(base[k]), v)
-        else:
-            base[k] = v
-    return base

@@ -13,8 +13,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from llava_ablate.train import checkpoint
-from llava_ablate.train.faults import (
+from llava_ablate.base.faults import (
     BatchLoadError,
     EvaluationFailed,
     NonFiniteLoss,
@@ -22,6 +21,7 @@ from llava_ablate.train.faults import (
     TooManySkipped,
     agree,
 )
+from llava_ablate.train import checkpoint
 from llava_ablate.train.metrics import MetricsLogger, peak_memory_gb
 
 log = logging.getLogger("llava_ablate.train")
@@ -148,33 +148,7 @@ def train_loop(
         state.step += 1
         window["steps"] += 1
         if state.step % opts.log_every == 0 or state.step == opts.total_steps:
-            elapsed = time.perf_counter() - t_window
-            loss_sum, micro, tokens, samples, wait, skipped = _all_sum(
-                [
-                    window["loss_sum"],
-                    window["micro"],
-                    window["tokens"],
-                    window["samples"],
-                    window["data_wait_s"],
-                    sum(state.skipped.values()),
-                ],
-                device,
-            )
-            world = dist.get_world_size()
-            grad_norm = engine.get_global_grad_norm()
-            metrics.log(
-                state.step,
-                {
-                    "loss": loss_sum / max(micro, 1),
-                    **lrs,
-                    "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
-                    "tokens_per_s": tokens / elapsed,
-                    "samples_per_s": samples / elapsed,
-                    "data_wait_frac": wait / world / elapsed,
-                    "peak_mem_gb": peak_memory_gb(),
-                    "skipped_total": int(skipped),
-                },
-            )
+            log_window(engine, metrics, state, window, t_window, lrs)
             window.clear()
             t_window = time.perf_counter()
         if opts.evaluate is not None and state.step < opts.total_steps:
@@ -200,6 +174,45 @@ def train_loop(
             state.stopped_early = True
             return state
     return state
+
+
+def log_window(
+    engine,
+    metrics: MetricsLogger,
+    state: TrainState,
+    window: Counter,
+    started: float,
+    lrs: dict[str, float],
+) -> None:
+    """One metrics line for the optimizer steps since `started`: `window` holds this rank's
+    sums (loss, micro-batches, tokens, samples, data wait); collective, summed over ranks."""
+    elapsed = time.perf_counter() - started
+    loss_sum, micro, tokens, samples, wait, skipped = _all_sum(
+        [
+            window["loss_sum"],
+            window["micro"],
+            window["tokens"],
+            window["samples"],
+            window["data_wait_s"],
+            sum(state.skipped.values()),
+        ],
+        engine.device,
+    )
+    world = dist.get_world_size()
+    grad_norm = engine.get_global_grad_norm()
+    metrics.log(
+        state.step,
+        {
+            "loss": loss_sum / max(micro, 1),
+            **lrs,
+            "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
+            "tokens_per_s": tokens / elapsed,
+            "samples_per_s": samples / elapsed,
+            "data_wait_frac": wait / world / elapsed,
+            "peak_mem_gb": peak_memory_gb(),
+            "skipped_total": int(skipped),
+        },
+    )
 
 
 def _any_rank(flag: bool, device) -> bool:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from llava_ablate.base.files import atomic_write
+
 log = logging.getLogger("llava_ablate.train")
 
 
@@ -59,9 +61,8 @@ class MetricsLogger:
                 continue
             if logged_at <= step:
                 keep.append(line)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        tmp.replace(self.path)  # atomic: a crash here leaves the old file, not half of it
+        with atomic_write(self.path) as tmp:  # a crash here leaves the old file, not half of it
+            tmp.write_text("".join(ln + "\n" for ln in keep))
 
 
 def _fmt(v) -> str:

@@ -1,4 +1,9 @@
-"""One training run, start to finish: config -> variant -> DeepSpeed -> loop -> export."""
+"""One training run, start to finish: config -> variant -> DeepSpeed -> loop -> export.
+
+`run_training` is the list of phases; each phase is a function below, in the same order, and
+hands what the next ones need in a small dataclass (`Run`, `Model`, `Data`, `Tracking`,
+`Resumed`).
+"""
 
 from __future__ import annotations
 
@@ -7,35 +12,44 @@ import logging
 import os
 import random
 import warnings
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from llava_ablate.config import ConfigError, to_object
-from llava_ablate.data.builtin import prepare_builtin
-from llava_ablate.data.encode import Collator, EncodeOptions, SampleEncoder
-from llava_ablate.data.mixture import open_mixture, skip_report
-from llava_ablate.data.stream import BatchingOptions, ShardStream, StreamingLoader, StreamPlan
-from llava_ablate.eval.hook import TrainingEvalHook
-from llava_ablate.model.build import build_variant
-from llava_ablate.model.export import export_engine, is_exported
-from llava_ablate.model.freeze import apply_training_plan, format_plan
-from llava_ablate.model.init_from import load_parts
-from llava_ablate.model.lora import apply_lora
-from llava_ablate.run_identity import check_run_identity, record_run_identity
-from llava_ablate.train import checkpoint
-from llava_ablate.train.distributed import (
+from llava_ablate.base.distributed import (
     DistInfo,
     dtype_for,
     init_distributed,
     resolve_precision,
     shutdown_distributed,
 )
-from llava_ablate.train.ds_config import deepspeed_config, lr_schedule, plan_batches, total_steps
-from llava_ablate.train.faults import RunFault
+from llava_ablate.base.faults import RunFault
+from llava_ablate.config import Config, ConfigError, to_object
+from llava_ablate.data.builtin import prepare_builtin
+from llava_ablate.data.encode import Collator, EncodeOptions, SampleEncoder
+from llava_ablate.data.mixture import BuiltMixture, open_mixture, skip_report
+from llava_ablate.data.stream import BatchingOptions, ShardStream, StreamingLoader, StreamPlan
+from llava_ablate.eval.hook import TrainingEvalHook
+from llava_ablate.model.build import Variant, build_variant
+from llava_ablate.model.export import export_engine, is_exported
+from llava_ablate.model.freeze import apply_training_plan, format_plan
+from llava_ablate.model.init_from import load_parts
+from llava_ablate.model.lora import apply_lora
+from llava_ablate.run_identity import RunIdentity, check_run_identity, record_run_identity
+from llava_ablate.train import checkpoint
+from llava_ablate.train.ds_config import (
+    BatchPlan,
+    deepspeed_config,
+    lr_schedule,
+    plan_batches,
+    total_steps,
+)
 from llava_ablate.train.loop import LoopOptions, TrainState, agreed_evaluation, train_loop
 from llava_ablate.train.metrics import MetricsLogger
 from llava_ablate.train.preemption import StopFlag, ignore_stop_signals
@@ -48,34 +62,62 @@ class TrainingInterrupted(RuntimeError):
     """The run checkpointed and stopped on request (preemption); running it again resumes."""
 
 
-def _setup_logging(info: DistInfo) -> None:
-    import transformers
-
-    level = logging.INFO if info.is_main else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", force=True)
-    transformers.logging.set_verbosity_warning()
-    # DeepSpeed still calls torch.distributed APIs that torch 2.13 deprecates, once per step.
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
-    transformers.logging.disable_progress_bar()
-
-
-def _seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def run_training(dcfg: DictConfig) -> Path:
     """Train the composed variant; returns the export directory. Resumes automatically."""
+    run = start_run(dcfg)  # identity checked, distributed started
+    if is_exported(run.export_dir):
+        log.info("%s already finished (export at %s); nothing to do", run.dir, run.export_dir)
+        shutdown_distributed()
+        return run.export_dir
+    precision = claim_run_dir(run)
+    # Data before the model: a missing file fails in seconds, not after loading 7B weights.
+    mixture = open_data(run.cfg)
+    model = build_model(run.cfg, precision)
+    data = build_stream(run, mixture, model)
+    engine = start_engine(run, model, data)
+    tracking = open_tracking(run)
+    resumed = resume(run, engine, data.loader, tracking.metrics)
+    evaluate = open_evaluation(run, model, engine, tracking.tracker)
+    state, final_eval = train(run, data, engine, tracking, resumed, evaluate)
+    finish(run, data, model, engine, tracking, state, final_eval)
+    return run.export_dir
+
+
+# --- phases, in order -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """Who this run is and where it lives; fixed before any work."""
+
+    dcfg: DictConfig  # as composed (recorded, hashed, sent to W&B)
+    cfg: Config  # validated
+    identity: RunIdentity
+    info: DistInfo
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.cfg.train.run_dir)
+
+    @property
+    def export_dir(self) -> Path:
+        return self.dir / "export"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.dir / "checkpoints"
+
+
+def start_run(dcfg: DictConfig) -> Run:
+    """Validate, check the run directory's identity, start torch.distributed and logging."""
     cfg = to_object(dcfg)  # validation errors surface before any distributed start-up
     run_dir = Path(cfg.train.run_dir)
-    export_dir = run_dir / "export"
     # Before any work: the directory must hold this config (or none yet), so a re-run never
     # resumes, overwrites or calls "finished" another config's run (run_identity.py).
     world = int(os.environ.get("WORLD_SIZE", "1"))
     identity = check_run_identity(dcfg, run_dir, world_size=world)
     init_from = cfg.recipe.init_from
-    if init_from and not is_exported(export_dir) and not Path(init_from).is_dir():
+    if init_from and not is_exported(run_dir / "export") and not Path(init_from).is_dir():
         raise ConfigError(
             f"recipe.init_from={init_from}: no such directory; train the previous stage to "
             "completion first (its export/ directory), or fix the path"
@@ -83,18 +125,23 @@ def run_training(dcfg: DictConfig) -> Path:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     info = init_distributed(cfg.train.dist_timeout_s)
     _setup_logging(info)
-    if is_exported(export_dir):
-        log.info("%s already finished (export at %s); nothing to do", run_dir, export_dir)
-        shutdown_distributed()
-        return export_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if info.is_main:
-        record_run_identity(dcfg, run_dir, identity)  # config.yaml + run_identity.json, once
-        log.info("run %s: config hash %s", run_dir, identity.config_hash)
-    precision = resolve_precision(cfg.train.precision)
-    _seed(cfg.train.seed)
+    return Run(dcfg, cfg, identity, info)
 
-    # Data before the model: a missing file fails in seconds, not after loading 7B weights.
+
+def claim_run_dir(run: Run) -> str:
+    """Record the run's identity (config.yaml + run_identity.json, once) and seed; returns the
+    precision (bf16/fp16/fp32) resolved for this machine."""
+    run.dir.mkdir(parents=True, exist_ok=True)
+    if run.info.is_main:
+        record_run_identity(run.dcfg, run.dir, run.identity)
+        log.info("run %s: config hash %s", run.dir, run.identity.config_hash)
+    precision = resolve_precision(run.cfg.train.precision)
+    _seed(run.cfg.train.seed)
+    return precision
+
+
+def open_data(cfg: Config) -> BuiltMixture:
+    """The mixture's shards (built-in data generated first); logs what each source gives."""
     prepare_builtin(cfg.data, cfg.train.seed)
     mixture = open_mixture(cfg.data, cfg.train.seed)
     log.info(
@@ -108,7 +155,19 @@ def run_training(dcfg: DictConfig) -> Path:
             mixture.build_skips(),
             cfg.data.shards_dir,
         )
+    return mixture
 
+
+@dataclass
+class Model:
+    variant: Variant  # the model as built, with its processor
+    module: torch.nn.Module  # what trains: the variant's model, LoRA-wrapped if configured
+    param_groups: list[dict]  # for the optimizer: what trains, at which lr
+    precision: str  # bf16 | fp16 | fp32: its weights, DeepSpeed's mixed precision
+
+
+def build_model(cfg: Config, precision: str) -> Model:
+    """The variant, its init_from parts, LoRA, and which parameters train (logged)."""
     variant = build_variant(
         cfg.vision,
         cfg.llm,
@@ -134,23 +193,41 @@ def run_training(dcfg: DictConfig) -> Path:
         vision_feature_layer=cfg.vision.feature_layer,
     )
     log.info("trainable parameters per module:\n%s", format_plan(counts))
+    return Model(variant, model, param_groups, precision)
 
+
+@dataclass
+class Data:
+    mixture: BuiltMixture
+    plan: BatchPlan  # micro batch x accumulation x ranks
+    stream: ShardStream  # this rank's micro-batches
+    loader: StreamingLoader  # the stream in worker processes; close() it
+    steps: int  # optimizer steps of the whole run
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return self.stream.batches_per_epoch() * self.plan.micro_batch * self.plan.world
+
+
+def build_stream(run: Run, mixture: BuiltMixture, model: Model) -> Data:
+    """Encoder, this rank's stream of micro-batches and its loader; the run's length in steps."""
+    cfg, recipe, info = run.cfg, run.cfg.recipe, run.info
     plan = plan_batches(recipe, info.world)
     encoder = SampleEncoder(
-        variant.processor,
+        model.variant.processor,
         EncodeOptions(
             prompt_format=recipe.prompt_format,
-            num_image_tokens=variant.num_image_tokens,
+            num_image_tokens=model.variant.num_image_tokens,
             max_length=recipe.max_length,
             overflow=recipe.overflow,
             pad_to_square=cfg.vision.image_aspect == "pad",
         ),
     )
-    placeholder = encoder.image_placeholder(model.config.image_token_index)
+    placeholder = encoder.image_placeholder(model.module.config.image_token_index)
     stream = ShardStream(
         StreamPlan(mixture, cfg.train.seed, shuffle_buffer=1000),
         encoder,
-        Collator(variant.tokenizer.pad_token_id, placeholder),
+        Collator(model.variant.tokenizer.pad_token_id, placeholder),
         BatchingOptions(
             plan.micro_batch, cfg.data.batching.group_by_length, cfg.data.batching.group_buffer
         ),
@@ -160,50 +237,77 @@ def run_training(dcfg: DictConfig) -> Path:
     )
     loader = StreamingLoader(stream, cfg.data.num_workers, worker_init_fn=ignore_stop_signals)
     steps = total_steps(recipe, stream.batches_per_epoch() * plan.micro_batch * info.world)
-    ds_config = deepspeed_config(cfg.deepspeed, recipe, plan, steps, precision)
+    return Data(mixture, plan, stream, loader, steps)
+
+
+def start_engine(run: Run, model: Model, data: Data):
+    """The DeepSpeed engine (config logged and written to `deepspeed.json`)."""
+    import deepspeed
+
+    cfg, plan, precision = run.cfg, data.plan, model.precision
+    ds_config = deepspeed_config(cfg.deepspeed, cfg.recipe, plan, data.steps, precision)
     log.info(
         "%d samples/epoch, %d steps, global batch %d = %d micro x %d accum x %d ranks, %s, ZeRO-%d",
-        stream.batches_per_epoch() * plan.micro_batch * info.world,
-        steps,
+        data.samples_per_epoch,
+        data.steps,
         plan.global_batch,
         plan.micro_batch,
         plan.grad_accum,
-        info.world,
+        run.info.world,
         precision,
         cfg.deepspeed.zero_stage,
     )
-    if info.is_main:
-        (run_dir / "deepspeed.json").write_text(json.dumps(ds_config, indent=2))
-
-    import deepspeed
-
-    optimizer = torch.optim.AdamW(param_groups, betas=(0.9, 0.999), eps=1e-8)
+    if run.info.is_main:
+        (run.dir / "deepspeed.json").write_text(json.dumps(ds_config, indent=2))
+    optimizer = torch.optim.AdamW(model.param_groups, betas=(0.9, 0.999), eps=1e-8)
     engine, _, _, _ = deepspeed.initialize(
-        model=model,
+        model=model.module,
         optimizer=optimizer,
         config=ds_config,
-        lr_scheduler=lr_schedule(recipe, steps),  # warmup from step 1, not lr 0 (ds_config.py)
+        lr_scheduler=lr_schedule(cfg.recipe, data.steps),  # warmup from step 1 (ds_config.py)
     )
+    return engine
 
-    state = TrainState()
+
+@dataclass
+class Tracking:
+    tracker: Tracker | None  # W&B, on rank 0 only
+    metrics: MetricsLogger  # metrics.jsonl (rank 0), mirrored to the tracker
+
+    def close(self, exit_code: int = 0, *, preempted: bool = False) -> None:
+        if self.tracker is not None:
+            self.tracker.finish(exit_code=exit_code, preempted=preempted)
+
+
+def open_tracking(run: Run) -> Tracking:
     tracker = None
-    if info.is_main:
-        w = cfg.wandb
+    if run.info.is_main:
+        w = run.cfg.wandb
         tracker = Tracker(
             enabled=w.enabled,
             project=w.project,
             entity=w.entity,
             group=w.group,
-            name=w.name or run_dir.name,
-            run_dir=run_dir,
-            run_id=identity.wandb_id,  # the same identity as the directory and the report
-            run_hash=identity.run_hash,
+            name=w.name or run.dir.name,
+            run_dir=run.dir,
+            run_id=run.identity.wandb_id,  # the same identity as the directory and the report
+            run_hash=run.identity.run_hash,
             mode=w.mode,
-            config=OmegaConf.to_container(dcfg, resolve=True),  # type: ignore[arg-type]
+            config=OmegaConf.to_container(run.dcfg, resolve=True),  # type: ignore[arg-type]
         )
-    metrics = MetricsLogger(run_dir, enabled=info.is_main, tracker=tracker)
-    ckpt_dir = run_dir / "checkpoints"
-    latest = checkpoint.latest_complete(ckpt_dir)
+    return Tracking(tracker, MetricsLogger(run.dir, enabled=run.info.is_main, tracker=tracker))
+
+
+@dataclass
+class Resumed:
+    state: TrainState  # where training continues (a fresh state when nothing was saved)
+    from_step: int  # the step of the checkpoint it resumed from; -1: none
+
+
+def resume(run: Run, engine, loader: StreamingLoader, metrics: MetricsLogger) -> Resumed:
+    """Load the latest complete checkpoint, if any: engine, data position, counts, RNG."""
+    state = TrainState()
+    latest = checkpoint.latest_complete(run.checkpoint_dir)
     if latest is not None:
         client, rank_state = checkpoint.load(engine, latest)
         state.step, state.nonfinite = client["step"], client["nonfinite"]
@@ -213,101 +317,170 @@ def run_training(dcfg: DictConfig) -> Path:
         checkpoint.set_rng_state(rank_state["rng"])
         log.info("resumed from %s at step %d", latest, state.step)
     metrics.truncate_after(state.step)  # also drops lines of an attempt that never checkpointed
+    return Resumed(state, int(latest.name.split("_")[1]) if latest else -1)
 
-    def rank_state_now(s: TrainState) -> dict:
-        return {
-            "samples": s.samples,
-            "skipped": dict(s.skipped),
-            "data": loader.state_dict(),
-            "rng": checkpoint.rng_state(),
-        }
 
-    hook = TrainingEvalHook(
-        cfg.eval, variant.processor, run_dir, pad_to_square=cfg.vision.image_aspect == "pad"
-    )
+def rank_state(state: TrainState, loader: StreamingLoader) -> dict:
+    """What this rank saves beside the engine: its counts, data position and RNG."""
+    return {
+        "samples": state.samples,
+        "skipped": dict(state.skipped),
+        "data": loader.state_dict(),
+        "rng": checkpoint.rng_state(),
+    }
 
-    def evaluate(step: int, final: bool) -> dict | None:
-        results = hook.maybe_run(engine.module, step, final=final)  # collective: every rank
-        if results and tracker is not None:
-            for name, rows in hook.last_per_class.items():
-                tracker.log_table(f"eval/{name}/per_class", rows, step=step)
+
+@dataclass
+class Evaluator:
+    """The training evaluation hook on the engine's module; per-class tables go to W&B."""
+
+    hook: TrainingEvalHook
+    engine: Any
+    tracker: Tracker | None
+
+    def __call__(self, step: int, final: bool = False) -> dict | None:
+        results = self.hook.maybe_run(self.engine.module, step, final=final)  # every rank
+        if results and self.tracker is not None:
+            for name, rows in self.hook.last_per_class.items():
+                self.tracker.log_table(f"eval/{name}/per_class", rows, step=step)
         return results
 
+
+def open_evaluation(run: Run, model: Model, engine, tracker: Tracker | None) -> Evaluator:
+    hook = TrainingEvalHook(
+        run.cfg.eval,
+        model.variant.processor,
+        run.dir,
+        pad_to_square=run.cfg.vision.image_aspect == "pad",
+    )
+    return Evaluator(hook, engine, tracker)
+
+
+def train(
+    run: Run, data: Data, engine, tracking: Tracking, resumed: Resumed, evaluate: Evaluator
+) -> tuple[TrainState, dict | None]:
+    """The loop, then the final checkpoint and evaluation; returns (state, final results).
+
+    A fault closes W&B (every rank raised the same `RunFault`: they leave the process group
+    together); a stop signal checkpoints and raises `TrainingInterrupted`. The loader's
+    workers are stopped either way.
+    """
+    cfg = run.cfg
+    on_checkpoint = partial(rank_state, loader=data.loader)
     stop_flag = StopFlag()
     opts = LoopOptions(
-        total_steps=steps,
+        total_steps=data.steps,
         log_every=cfg.train.log_every,
         save_every=cfg.train.save_every,
         keep_checkpoints=cfg.train.keep_checkpoints,
         nan_skip_limit=cfg.train.nan_skip_limit,
         max_bad_fraction=cfg.data.max_bad_fraction,
-        checkpoint_dir=ckpt_dir,
-        micro_batch=plan.micro_batch,
+        checkpoint_dir=run.checkpoint_dir,
+        micro_batch=data.plan.micro_batch,
         stop_requested=stop_flag,
-        evaluate=lambda step: evaluate(step, final=False),
+        evaluate=evaluate,
     )
+    final_eval = None
     try:
-        state = train_loop(engine, iter(loader), state, opts, metrics, rank_state_now)
+        state = train_loop(
+            engine, iter(data.loader), resumed.state, opts, tracking.metrics, on_checkpoint
+        )
         if not state.stopped_early:
-            if state.step > (int(latest.name.split("_")[1]) if latest else -1):
+            if state.step > resumed.from_step:
                 checkpoint.save(
                     engine,
-                    ckpt_dir,
+                    run.checkpoint_dir,
                     state.step,
                     state.client_state(),
-                    rank_state_now(state),
+                    on_checkpoint(state),
                     cfg.train.keep_checkpoints,
                 )
-            final_eval = agreed_evaluation(lambda s: evaluate(s, final=True), state.step)
+            final_eval = agreed_evaluation(partial(evaluate, final=True), state.step)
     except BaseException as e:
-        if tracker is not None:
-            tracker.finish(exit_code=1)
+        tracking.close(exit_code=1)
         if isinstance(e, RunFault):  # every rank raised this same fault: leave together
             shutdown_distributed()
         raise
     finally:
         stop_flag.restore()
-        loader.close()  # its workers ignore SIGTERM: stop them before anything else can hang
+        data.loader.close()  # its workers ignore SIGTERM: stop them before anything can hang
     if state.stopped_early:
         log.warning(
-            "stopped at step %d of %d after a stop signal; re-run to resume", state.step, steps
+            "stopped at step %d of %d after a stop signal; re-run to resume", state.step, data.steps
         )
-        if tracker is not None:
-            tracker.finish(exit_code=1, preempted=True)
+        tracking.close(exit_code=1, preempted=True)
         shutdown_distributed()  # every rank checkpointed and stops here
-        raise TrainingInterrupted(f"stopped at step {state.step} of {steps} (signal)")
+        raise TrainingInterrupted(f"stopped at step {state.step} of {data.steps} (signal)")
+    return state, final_eval
+
+
+def finish(
+    run: Run,
+    data: Data,
+    model: Model,
+    engine,
+    tracking: Tracking,
+    state: TrainState,
+    final_eval: dict | None,
+) -> None:
+    """Log the final evaluation and the skips, export, close W&B and the process group."""
     if final_eval:
-        metrics.log(state.step, final_eval)
+        tracking.metrics.log(state.step, final_eval)
+    report_skips(run, data.mixture, state, tracking.tracker)
+    if run.cfg.train.export:
+        export_engine(
+            engine,
+            model.variant.processor,
+            run.export_dir,
+            {
+                "variant": {
+                    k: OmegaConf.to_container(run.dcfg[k], resolve=True)
+                    for k in ("vision", "llm", "projector", "data", "recipe")
+                },
+                "steps": state.step,
+                "precision": model.precision,
+            },
+        )
+    tracking.close()
+    shutdown_distributed()
+
+
+def report_skips(
+    run: Run, mixture: BuiltMixture, state: TrainState, tracker: Tracker | None
+) -> None:
+    """Samples skipped on every rank, next to the build's skips, in `data_skips.json`."""
     skipped = _global_skips(state)
     if tracker is not None:
         tracker.log({f"data/skipped_{k}": v for k, v in skipped.items()}, step=state.step)
-    if info.is_main:
+    if run.info.is_main:
         report = skip_report(mixture, skipped)  # run-time counts next to the build's
-        (run_dir / "data_skips.json").write_text(json.dumps(report, indent=2))
+        (run.dir / "data_skips.json").write_text(json.dumps(report, indent=2))
         if skipped or report["build"]:
             log.warning(
                 "samples skipped during training, by reason: %s; at build time: %s",
                 skipped,
                 report["build"],
             )
-    if cfg.train.export:
-        export_engine(
-            engine,
-            variant.processor,
-            export_dir,
-            {
-                "variant": {
-                    k: OmegaConf.to_container(dcfg[k], resolve=True)
-                    for k in ("vision", "llm", "projector", "data", "recipe")
-                },
-                "steps": state.step,
-                "precision": precision,
-            },
-        )
-    if tracker is not None:
-        tracker.finish()
-    shutdown_distributed()
-    return export_dir
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _setup_logging(info: DistInfo) -> None:
+    import transformers
+
+    level = logging.INFO if info.is_main else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", force=True)
+    transformers.logging.set_verbosity_warning()
+    # DeepSpeed still calls torch.distributed APIs that torch 2.13 deprecates, once per step.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+    transformers.logging.disable_progress_bar()
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _global_skips(state: TrainState) -> dict[str, int]:

@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from llava_ablate.run_identity import axes_of
 
-AXES = ("vision", "llm", "projector", "data", "recipe", "deepspeed")
+log = logging.getLogger(__name__)
 
 
 def _has_credentials() -> bool:
@@ -22,15 +22,6 @@ def _has_credentials() -> bool:
         return True
     netrc = Path.home() / ".netrc"
     return netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
-
-
-def axes_of(config: dict) -> dict[str, str]:
-    """The ablation axes as top-level keys (`llm=qwen2`, `data=si32m`, ...)."""
-    out = {}
-    for axis in AXES:
-        node = config.get(axis) or {}
-        out[axis] = node.get("name") or node.get("type")
-    return out
 
 
 class Tracker:
@@ -74,10 +65,6 @@ class Tracker:
         except Exception as e:  # noqa: BLE001 - tracking must never take the run down
             log.warning("W&B disabled: %s", e)
             self.run = None
-
-    @property
-    def active(self) -> bool:
-        return self.run is not None
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self._safe(lambda: self.run.log(metrics, step=step))

@@ -11,13 +11,10 @@ import json
 import random
 from pathlib import Path
 
+from llava_ablate.base.mcq import LETTERS, lettered_options
 from llava_ablate.config import SourceCfg
+from llava_ablate.data.images import IMAGE_SUFFIXES
 from llava_ablate.data.sources import RawRecord, SourceError, require_files
-
-_IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def _read_class_names(path: Path) -> dict[str, tuple[str, str]]:
@@ -45,7 +42,7 @@ class ClassificationReader:
             items = [
                 (p, p.parent.name)
                 for p in sorted(path.glob("*/*"))
-                if p.suffix.lower() in _IMAGE_EXT
+                if p.suffix.lower() in IMAGE_SUFFIXES
             ]
         elif path.suffix == ".csv":
             with path.open() as fh:
@@ -102,13 +99,13 @@ class ClassificationReader:
             question = rng.choice(self.src.questions)
             name = self.class_name(label)
             if rng.random() < self.src.mcq_fraction and len(labels) > 1:
-                k = min(self.src.mcq_options, len(labels), len(_LETTERS))
+                k = min(self.src.mcq_options, len(labels), len(LETTERS))
                 options = rng.sample([x for x in labels if x != label], k - 1) + [label]
                 rng.shuffle(options)
                 lines = [question]
-                lines += [f"{_LETTERS[i]}. {self.class_name(o)}" for i, o in enumerate(options)]
+                lines += lettered_options([self.class_name(o) for o in options])
                 question = "\n".join([*lines, self.src.mcq_instruction])
-                answer = _LETTERS[options.index(label)]
+                answer = LETTERS[options.index(label)]
             else:
                 group = self.names.get(label, ("", ""))[1]
                 answer = self.src.answer.format(name=name, label=label, group=group)

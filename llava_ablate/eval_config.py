@@ -1,7 +1,9 @@
 """Structured configs of the classification evaluator (`conf/eval/`, `conf/evaluate.yaml`).
 
 `EvalCfg` is the part shared by the standalone `evaluate.py` and the training hook; `EvaluateConfig`
-is `evaluate.py`'s primary config (which model, where results go, plus `eval`).
+is `evaluate.py`'s primary config (which model, where results go, plus `eval`). It sits beside
+`config.py` (which embeds `EvalCfg`), below every package, so data, model and eval may all import
+the schemas and nothing imports upwards.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from llava_ablate.config_base import (
+from llava_ablate.base.config import (
     ConfigError,
     PathsCfg,
     Range,

@@ -16,7 +16,7 @@ import logging
 import torch
 import torch.distributed as dist
 
-log = logging.getLogger("llava_ablate.train")
+log = logging.getLogger("llava_ablate.train")  # a run's faults are logged with its training
 
 
 class RunFault(RuntimeError):

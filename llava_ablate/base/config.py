@@ -1,6 +1,6 @@
-"""The config pieces every layer shares (kept apart so eval/config.py and config.py can both
-import them without a cycle): the error type, range checks, the unknown-key walk, and how the
-entry points report a config error (its own message last, before any work)."""
+"""The config pieces every layer shares: the error type, range checks, the unknown-key walk, and
+how the entry points report a config error (its own message last, before any work). The schemas
+themselves sit one layer up: `config.py` (a training run) and `eval_config.py` (the evaluator)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Jinja chat templates shipped with the project, for LLMs whose tokenizer lacks a usable one, and
-the multimodal wrapper every processor (and so every export) gets."""
+"""Chat rendering shared by data, model (build, export) and eval: the Jinja chat templates shipped
+with the project, for LLMs whose tokenizer lacks a usable one; the multimodal wrapper every
+processor (and so every export) gets; and rendering processor-style messages through them."""
 
 from __future__ import annotations
 
@@ -104,6 +105,31 @@ def multimodal_chat_template(
         raise ValueError(
             "the chat template renders the standard multimodal message format differently from "
             "LLaVA's string form even with the multimodal preamble; ship a template for this LLM "
-            "in llava_ablate/data/chat_templates/ and set llm.chat_template + force_chat_template"
+            "in llava_ablate/base/chat_templates/ and set llm.chat_template + force_chat_template"
         )
     return wrapped
+
+
+def processor_messages(text: str, answer: str | None = None, image: bool = True) -> list[dict]:
+    """One user turn (an image first unless `image` is False, then `text`) and, with `answer`,
+    the assistant's reply, in the processor-style format (content as a list of parts)."""
+    content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]
+    msgs = [{"role": "user", "content": content}]
+    if answer is not None:
+        msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return msgs
+
+
+def render(processor, messages: list[dict], add_generation_prompt: bool) -> str:
+    """The processor's chat template applied to processor-style messages (list content)."""
+    templater = processor if getattr(processor, "chat_template", None) else processor.tokenizer
+    kw = {"add_generation_prompt": add_generation_prompt, "tokenize": False}
+    try:
+        return templater.apply_chat_template(messages, **kw)
+    except TypeError as e:  # a string-only LLM template (e.g. SmolLM2's) in an old export
+        raise ValueError(
+            f"the chat template of this model does not take the standard multimodal message "
+            f"format ({e}); re-export it with this version (exports write a multimodal-aware "
+            "template), or give it one: processor.chat_template = llava_ablate.base."
+            "chat_templates.multimodal_chat_template(processor.tokenizer)"
+        ) from e

@@ -1,0 +1,1 @@
+"""Hydra launcher plugins of llava-ablate (Hydra finds plugins only under `hydra_plugins`)."""
