@@ -217,3 +217,18 @@ def test_requeued_job_checkpoints_and_resumes_at_the_exact_step(slurm, cache_dir
     assert steps == list(range(1, 401))  # no gap, no repeat: each attempt went on exactly
     assert (run / "export/COMPLETE").exists()
     assert _restarts(job) == 2
+
+
+def test_master_port_is_per_job_and_below_the_ephemeral_range():
+    """Every task of a job derives the same rendezvous port, outside the range the kernel hands
+    to outgoing connections (submitit's 20000-60000 overlaps it: EADDRINUSE on rank 0 was seen
+    in CI while rank 1 waited)."""
+    from pathlib import Path
+
+    from llava_ablate.launch.slurm import EPHEMERAL_RANGE, master_port
+
+    low = int(Path(EPHEMERAL_RANGE).read_text().split()[0])
+    ports = {job: master_port(job) for job in (f"{n}_{t}" for n in range(200) for t in range(3))}
+    assert all(20000 <= p < low for p in ports.values())
+    assert master_port("26_0") == master_port("26_0")
+    assert len(set(ports.values())) > 500  # jobs spread over the range

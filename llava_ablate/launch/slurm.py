@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger("llava_ablate.launch")
 
@@ -21,6 +23,9 @@ PREEMPT_SIGNAL = "USR1"
 # The Slurm job ids (`<array>_<task>`) that the launcher (hydra_plugins/llava_ablate_launcher)
 # submitted for one multirun, written to its sweep directory as soon as sbatch has returned.
 JOB_IDS_FILE = "slurm_jobs.json"
+
+
+EPHEMERAL_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
 
 
 @dataclass
@@ -50,6 +55,20 @@ def detect_scheduler(environ: dict[str, str] | None = None) -> str:
     return "none"
 
 
+def master_port(job_id: str) -> int:
+    """The rendezvous port of a job: the same on every task, derived from the job id, and below
+    the kernel's ephemeral port range -- submitit's own choice (20000-60000) overlaps it, so an
+    outgoing connection on the node could already hold the port (EADDRINUSE on rank 0 while the
+    other ranks wait for it)."""
+    try:
+        ephemeral_low = int(Path(EPHEMERAL_RANGE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768  # Linux's default
+    low = 20000
+    high = max(ephemeral_low - 1, low + 1000)
+    return random.Random(job_id).randint(low, high)
+
+
 def export_distributed_env() -> TaskEnv:
     """Set RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT from the scheduler.
 
@@ -65,8 +84,8 @@ def export_distributed_env() -> TaskEnv:
 
         if scheduler == "slurm":
             # sbatch exports the submitting shell's env: a MASTER_PORT set there would be shared
-            # by every concurrent job on a node (EADDRINUSE); submitit derives one per job id.
-            os.environ.pop("MASTER_PORT", None)
+            # by every concurrent job on a node (EADDRINUSE), so derive one per job id.
+            os.environ["MASTER_PORT"] = str(master_port(submitit.JobEnvironment().job_id))
         dist_env = submitit.helpers.TorchDistributedEnvironment().export(
             set_cuda_visible_devices=False
         )
