@@ -85,10 +85,13 @@ def export_distributed_env() -> TaskEnv:
         if scheduler == "slurm":
             # sbatch exports the submitting shell's env: a MASTER_PORT set there would be shared
             # by every concurrent job on a node (EADDRINUSE), so derive one per job id.
-            os.environ["MASTER_PORT"] = str(master_port(submitit.JobEnvironment().job_id))
+            os.environ.pop("MASTER_PORT", None)  # submitit's export refuses a preset one
         dist_env = submitit.helpers.TorchDistributedEnvironment().export(
             set_cuda_visible_devices=False
         )
+        if scheduler == "slurm":
+            dist_env.master_port = master_port(submitit.JobEnvironment().job_id)
+            os.environ["MASTER_PORT"] = str(dist_env.master_port)
         job_id = submitit.JobEnvironment().job_id
         env = TaskEnv(
             scheduler, dist_env.rank, dist_env.local_rank, dist_env.world_size, job_id, restarts
