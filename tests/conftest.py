@@ -29,6 +29,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture
+def world_of_one(monkeypatch):
+    """A world of one in this process; the env is restored afterwards, so processes that later
+    tests spawn (torchrun, Slurm jobs) do not inherit a MASTER_PORT/RANK meant for this one."""
+
+    before = set(os.environ)
+    for key, value in {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }.items():
+        monkeypatch.setenv(key, value)
+    yield
+    for key in set(os.environ) - before:  # whatever DeepSpeed's init exported
+        monkeypatch.delenv(key, raising=False)
+
+
 def launch(
     overrides: list[str],
     *,

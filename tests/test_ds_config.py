@@ -72,27 +72,6 @@ def test_constant_schedule_keeps_lr_after_warmup():
     assert no_warmup(0) == 1.0  # warmup_ratio=0: the first step at the full lr
 
 
-@pytest.fixture
-def world_of_one(monkeypatch):
-    """A world of one in this process (restored afterwards, as in test_loop.py)."""
-    import os
-
-    from conftest import _free_port
-
-    before = set(os.environ)
-    for key, value in {
-        "RANK": "0",
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": "1",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
-    }.items():
-        monkeypatch.setenv(key, value)
-    yield
-    for key in set(os.environ) - before:
-        monkeypatch.delenv(key, raising=False)
-
-
 def _lrs_of_each_step(recipe: RecipeCfg, steps: int) -> list[list[float]]:
     """The lr of every param group during each optimizer step of a real DeepSpeed engine,
     built as train/run.py builds it."""

@@ -184,7 +184,14 @@ def _last_line(text: str) -> str:
     return [line for line in text.splitlines() if line.strip()][-1]
 
 
-def test_train_rejects_an_unknown_key_before_any_work(tmp_path):
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("+recipe.not_a_key=1", "recipe.not_a_key"),  # an unknown key, even added with `+`
+        ("recipe.micro_batch_size=-4", "recipe.micro_batch_size=-4"),  # out of range
+    ],
+)
+def test_train_rejects_a_bad_config_before_any_work(tmp_path, override, named):
     runs = tmp_path / "runs"
     out = _run(
         "train.py",
@@ -192,28 +199,12 @@ def test_train_rejects_an_unknown_key_before_any_work(tmp_path):
         "recipe.init_from=null",
         "recipe.max_steps=1",
         f"train.runs_root={runs}",
-        "+recipe.not_a_key=1",
+        override,
         tmp=tmp_path,
     )
     assert out.returncode != 0
-    assert "recipe.not_a_key" in _last_line(out.stderr), out.stderr
+    assert named in _last_line(out.stderr), out.stderr
     assert not runs.exists(), "a run directory was created for a config that cannot run"
-
-
-def test_train_rejects_an_out_of_range_value_before_any_work(tmp_path):
-    runs = tmp_path / "runs"
-    out = _run(
-        "train.py",
-        "+experiment=tiny_finetune",
-        "recipe.init_from=null",
-        "recipe.max_steps=1",
-        f"train.runs_root={runs}",
-        "recipe.micro_batch_size=-4",
-        tmp=tmp_path,
-    )
-    assert out.returncode != 0
-    assert "recipe.micro_batch_size=-4" in _last_line(out.stderr), out.stderr
-    assert not runs.exists()
 
 
 def test_composition_error_message_is_the_last_line(tmp_path):

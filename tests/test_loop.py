@@ -19,28 +19,8 @@ from llava_ablate.train.ds_config import deepspeed_config, plan_batches
 from llava_ablate.train.loop import LoopOptions, NonFiniteLoss, TrainState, train_loop
 from llava_ablate.train.metrics import MetricsLogger
 
-from conftest import _free_port, build_tiny
+from conftest import build_tiny
 from datagen import data_cfg
-
-
-@pytest.fixture
-def world_of_one(monkeypatch):
-    """A world of one in this process; the env is restored afterwards, so processes that later
-    tests spawn (torchrun, Slurm jobs) do not inherit a MASTER_PORT/RANK meant for this one."""
-    import os
-
-    before = set(os.environ)
-    for key, value in {
-        "RANK": "0",
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": "1",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
-    }.items():
-        monkeypatch.setenv(key, value)
-    yield
-    for key in set(os.environ) - before:  # whatever DeepSpeed's init exported
-        monkeypatch.delenv(key, raising=False)
 
 
 def _setup(cache_dir, tmp_path, poison_at: int, fail_at: int | None = None):

@@ -147,6 +147,8 @@ def test_finished_only_when_the_recorded_config_matches(tmp_path, monkeypatch):
     from llava_ablate.base.distributed import DistInfo
     from llava_ablate.run_identity import RunConfigMismatch, check_run_identity, record_run_identity
 
+    # Only the identity decision is under test here, so no process group is started;
+    # test_train_e2e's re-run test takes the real torchrun path to "nothing to do".
     monkeypatch.setattr(run_mod, "init_distributed", lambda *_: DistInfo(0, 0, 1))
     monkeypatch.setattr(run_mod, "shutdown_distributed", lambda: None)
     run = tmp_path / "run"

@@ -104,20 +104,20 @@ class PredictionStore:
         """Write the merged file in `order` (unit keys) and drop the per-rank files."""
         rank_of = {k: i for i, k in enumerate(order)}
         preds = sorted(self.load(), key=lambda p: (rank_of.get(p.key, len(order)), p.scorer))
-        with atomic_write(self.dir / MERGED) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-            for p in preds:
-                fh.write(json.dumps(asdict(p)) + "\n")
-        for f in self.dir.glob("predictions.rank*.jsonl"):
-            f.unlink()
+        self._replace_rank_files(MERGED, "predictions.rank*.jsonl", preds)
         return preds
 
     def merge_skips(self, keep: set[str]) -> list[Skip]:
         """Write `skipped.jsonl` with the skips of the question ids in `keep` (sorted by id) and
         drop the per-rank files: a question scored on a later attempt is no longer skipped."""
         skips = sorted((s for s in self.load_skips() if s.qid in keep), key=lambda s: s.qid)
-        with atomic_write(self.dir / SKIPPED) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-            for s in skips:
-                fh.write(json.dumps(asdict(s)) + "\n")
-        for f in self.dir.glob("skipped.rank*.jsonl"):
-            f.unlink()
+        self._replace_rank_files(SKIPPED, "skipped.rank*.jsonl", skips)
         return skips
+
+    def _replace_rank_files(self, name: str, rank_files: str, rows: list) -> None:
+        """Write `rows` (dataclasses) to `name` as JSON lines, then drop the per-rank files."""
+        with atomic_write(self.dir / name) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(asdict(row)) + "\n")
+        for f in self.dir.glob(rank_files):
+            f.unlink()
