@@ -114,9 +114,10 @@ def test_html_report_values_deltas_and_cis_equal_the_results_files(two_runs):
             acc = m["accuracy"]
             assert f"{pct(acc['value'])} <span class=\"ci\">[{pct(acc['ci_low'])}, " \
                    f"{pct(acc['ci_high'])}]" in html  # fmt: skip
-    assert len(data["deltas"]) == 2
+    overall = [d for d in data["deltas"] if d["subset"] == "all questions"]
+    assert len(overall) == 2 and len(data["deltas"]) == 4
     assert all(d.single_seed for d in items) and "single seed" in html
-    for d in data["deltas"]:
+    for d in overall:
         assert d["seeds"] == "single seed"
         a, b = base_files[d["dataset"]][0], var_files[d["dataset"]][0]
         assert d["delta"] == pytest.approx(b.mean() - a.mean(), abs=1e-12)
@@ -130,9 +131,24 @@ def test_html_report_values_deltas_and_cis_equal_the_results_files(two_runs):
         assert (d["a_only"], d["b_only"]) == (a_only, b_only)
         assert d["mcnemar_p"] == mcnemar_exact(a_only, b_only)
         assert f'{100 * d["delta"]:+.2f} <span class="ci">[{100 * d["delta_ci_low"]:+.2f}' in html
-    digits = next(d for d in data["deltas"] if d["dataset"] == "digits")
+    digits = next(d for d in overall if d["dataset"] == "digits")
     assert digits["mcnemar_p"] < 0.001  # 55% -> 75% on 400 questions is a real difference
-    assert "Hard-class accuracy" in html and "per-class accuracy vs concept exposure" in html
+    # The hard classes (owl: every 4th question) get the same paired CI and McNemar test.
+    hard = [d for d in data["deltas"] if d["subset"] == "hard classes"]
+    assert [d["dataset"] for d in hard] == ["digits", "shapes"] and "Hard-class deltas" in html
+    owl = np.arange(400) % len(CLASSES) == CLASSES.index("owl")
+    for d in hard:
+        a, b = base_files[d["dataset"]][0][owl], var_files[d["dataset"]][0][owl]
+        ref = paired_comparison(a, b, 2000, 0)
+        assert d["n"] == 100 and d["delta"] == pytest.approx(b.mean() - a.mean(), abs=1e-12)
+        assert d["acc_a"] == pytest.approx(base_files[d["dataset"]][1]["hard_accuracy"]["value"])
+        assert (d["delta_ci_low"], d["delta_ci_high"]) == (ref.delta_ci_low, ref.delta_ci_high)
+        assert d["mcnemar_p"] == mcnemar_exact(int((a & ~b).sum()), int((~a & b).sum()))
+    assert "Hard-class accuracy" in html and "accuracy by concept exposure" in html
+    # Exposure groups: one per distinct count (fox has none), accuracy pooled over the group.
+    assert all(f'text-anchor="middle">{x}</text>' in html for x in ("0", "10", "1000"))
+    cat = np.arange(400) % len(CLASSES) == CLASSES.index("cat")
+    assert f"{pct(base_files['digits'][0][cat].mean())}% [" in html
     assert "<svg" in html and "Training loss" in html
     assert "arch: llama" in html  # each variant's exact config
     assert "http" not in html.replace("http://www.w3.org/2000/svg", "")  # self-contained
@@ -174,7 +190,7 @@ def test_report_names_the_keys_runs_differ_in_beyond_the_axes(tmp_path):
     assert [r.label for r in runs] == ["llm=tiny_llama,recipe.lr.llm=2e-05",
                                        "llm=tiny_qwen2,recipe.lr.llm=2e-05",
                                        "llm=tiny_llama,recipe.lr.llm=0.0001"]  # fmt: skip
-    assert len({r.config_hash for r in runs}) == 3 and len(items) == 2
+    assert len({r.config_hash for r in runs}) == 3 and len(items) == 4  # 2 overall, 2 hard
     html = render_html(runs, base, items, title="t", n_boot=200, seed=0)
     assert "beyond the axes" in html and "<code>recipe.lr.llm=0.0001</code>" in html
     assert _report_data(html)["variants"]["llm=tiny_llama,recipe.lr.llm=0.0001"]["differs"] == {
@@ -193,8 +209,10 @@ def test_runs_differing_only_in_seed_are_aggregated_over_seeds_and_questions(tmp
     runs, base, items = build(_args([str(grid)], baseline="llm=tiny_llama"))
     assert [r.label for r in runs][:3] == [f"llm=tiny_llama,seed={s}" for s in (1, 2, 3)]
     assert base.label == "llm=tiny_llama" and base.seeds == [1, 2, 3]
-    (d,) = items
+    d, hard = items  # all questions, then the hard classes' own seeds x questions comparison
     assert not d.single_seed and d.seeds == "3 vs 3 seeds"
+    assert hard.subset == "hard classes" and hard.seeds == "3 vs 3 seeds"
+    assert hard.comparison.n == 100 and hard.comparison.mcnemar_p is None
     accs = {k: v[1]["accuracy"]["value"] for k, v in files.items()}
     mean_a = np.mean([accs[("tiny_llama", s)] for s in (1, 2, 3)])
     mean_b = np.mean([accs[("tiny_qwen2", s)] for s in (1, 2, 3)])

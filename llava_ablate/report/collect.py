@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,13 @@ class DatasetResult:
     correct: dict[str, bool]  # question id -> right? (unrotated predictions of `scorer`)
     per_class: list[dict]  # per_class.csv rows (class_name, n, hard, accuracy, ci_low, ci_high)
     source: Path  # the dataset's results directory
+    labels: dict[str, str] = field(default_factory=dict)  # question id -> true class
+    hard_classes: frozenset[str] = frozenset()  # per_class.csv's `hard` column
+
+    def hard_only(self) -> DatasetResult:
+        """The same results restricted to the questions whose true class is hard."""
+        keep = {q: c for q, c in self.correct.items() if self.labels.get(q) in self.hard_classes}
+        return replace(self, correct=keep, accuracy=self.hard or self.accuracy)
 
 
 @dataclass
@@ -94,6 +101,7 @@ def read_dataset(directory: Path, scorer: str) -> DatasetResult:
     if scored is None:
         raise ResultsError(f"{metrics_file} has no results for scorer {scorer!r}")
     correct: dict[str, bool] = {}
+    labels: dict[str, str] = {}
     preds = directory / "predictions.jsonl"
     if preds.exists():
         for line in preds.read_text().splitlines():
@@ -102,6 +110,7 @@ def read_dataset(directory: Path, scorer: str) -> DatasetResult:
             p = json.loads(line)
             if p.get("scorer") == scorer and p.get("shift", 0) == 0:
                 correct[p["qid"]] = bool(p["correct"])
+                labels[p["qid"]] = p.get("label")
     per_class = []
     pc = directory / "per_class.csv"
     if pc.exists():
@@ -117,7 +126,13 @@ def read_dataset(directory: Path, scorer: str) -> DatasetResult:
         correct=correct,
         per_class=per_class,
         source=directory,
+        labels=labels,
+        hard_classes=frozenset(r["class_name"] for r in per_class if _true(r.get("hard"))),
     )
+
+
+def _true(value) -> bool:
+    return str(value).strip().lower() in ("true", "1", "yes")
 
 
 _STEP = re.compile(r"^step_(\d+)$")

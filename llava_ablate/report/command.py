@@ -7,8 +7,9 @@ import argparse
 from pathlib import Path
 
 from llava_ablate.report.collect import ResultsError, discover_runs, label_runs, read_run
-from llava_ablate.report.compare import deltas, group_variants, pick_baseline
-from llava_ablate.report.html import read_exposure, render_html
+from llava_ablate.report.compare import deltas, group_variants, hard_deltas, pick_baseline
+from llava_ablate.report.exposure import read_exposure
+from llava_ablate.report.html import render_html
 
 
 def build(args: argparse.Namespace):
@@ -18,6 +19,7 @@ def build(args: argparse.Namespace):
     variants = group_variants(runs)
     base = pick_baseline(variants, args.baseline)
     items = deltas(variants, base, args.bootstrap, args.seed)
+    items += hard_deltas(variants, base, args.bootstrap, args.seed)  # Delta.subset tells apart
     return runs, base, items
 
 
