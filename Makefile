@@ -21,6 +21,9 @@ $(VENV)/.installed: pyproject.toml
 	# Fashion-MNIST (Debian) is one of the demo dataset's three real-image sources.
 	test -d /usr/share/datasets/fashion-mnist || $(SUDO) apt-get install -y -q --no-install-recommends dataset-fashion-mnist \
 	  || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends dataset-fashion-mnist)
+	# Debian's chromium renders the HTML report headless in tests/test_report_browser.py.
+	command -v chromium >/dev/null || $(SUDO) apt-get install -y -q --no-install-recommends chromium \
+	  || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends chromium)
 	touch $@
 
 # The paper in miniature (llava_ablate/demo): mini-classify + a mini-CLIP tower built offline,

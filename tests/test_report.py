@@ -53,14 +53,14 @@ def _write_dataset(out: Path, name: str, correct: np.ndarray, hard: set[str], fp
 
 def _write_run(
     root: Path, llm: str, rng, p_right: dict[str, float], *, seed: int = 42, lr: float = 2e-5,
-    log_every: int = 5, name: str | None = None,
+    log_every: int = 5, name: str | None = None, data: str = "toy_instruct",
 ) -> tuple[Path, dict]:  # fmt: skip
     run = root / (name or f"llm={llm}")
     run.mkdir(parents=True)
     arch = "qwen2" if "qwen" in llm else "llama"
     (run / "config.yaml").write_text(
         f"vision: {{name: tiny_clip}}\nllm: {{name: {llm}, arch: {arch}}}\n"
-        "projector: {type: mlp2x_gelu}\ndata: {name: toy_instruct}\n"
+        f"projector: {{type: mlp2x_gelu}}\ndata: {{name: {data}}}\n"
         f"recipe: {{name: finetune, lr: {{llm: {lr:.1e}}}}}\ndeepspeed: {{name: zero2}}\n"
         f"train: {{seed: {seed}, log_every: {log_every}}}\n"
     )
@@ -286,3 +286,20 @@ def test_save_report_is_the_only_network_call_and_explains_failures():
     assert save_report(ok) == Fake.url and ok.saved
     with pytest.raises(RuntimeError, match="wandb login"):
         save_report(Fake(True))
+
+
+def test_loss_axis_fits_the_data_and_labels_steps():
+    import re
+
+    from llava_ablate.report.svg import line_chart
+
+    svg = line_chart("loss", {"a": [(s, 6.2 - 0.001 * s) for s in range(10, 210, 10)]},
+                     "optimizer step", "loss")  # fmt: skip
+    labels = [
+        float(t.replace(",", ""))
+        for t in re.findall(r'text-anchor="(?:end|middle)">([\d.,]+)<', svg)
+    ]
+    y = [v for v in labels if v < 10]
+    x = [v for v in labels if v >= 10]
+    assert min(y) >= 5.9 and max(y) <= 6.3 and len(y) >= 3  # not 0-based: 6.0-6.2 is visible
+    assert x[0] >= 10 and x[-1] <= 200 and len(x) >= 4  # steps are labelled along the x axis

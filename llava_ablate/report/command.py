@@ -36,8 +36,9 @@ def report_command(args: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
     n_variants = len({r.variant for r in runs})
-    print(f"{len(runs)} runs, {n_variants} variants, {len(items)} comparisons against "
-          f"{base.label}: {out}")  # fmt: skip
+    hard = sum(d.subset != "all questions" for d in items)
+    print(f"{len(runs)} runs, {n_variants} variants, {len(items) - hard} comparisons (+{hard} on "
+          f"hard classes) against {base.label}: {out}")  # fmt: skip
     if args.wandb:
         from llava_ablate.report.wandb_report import build_report, save_report
 

@@ -18,7 +18,7 @@ from llava_ablate.report.exposure import binned_accuracy, exposure_bins
 from llava_ablate.report.svg import bar_chart, colour, dodged_points_chart, line_chart
 
 CSS = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+body{font-family:system-ui,sans-serif;margin:2em auto;padding:0 1em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;padding:4px 8px}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .ci{color:#777;font-size:0.85em}.sig{font-weight:bold}.base{background:#fffbe6}
