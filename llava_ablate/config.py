@@ -112,6 +112,17 @@ class BatchingCfg:
 
 
 @dataclass
+class SourceSize:
+    """A source's published size, which `llava-ablate plan` estimates steps, tokens and GPU-hours
+    from before the shards exist (the build's manifests replace it; training never reads it)."""
+
+    samples: int = MISSING  # rows in the source file, before `sampling`
+    text_tokens: float | None = None  # typical (mean) text tokens per sample; None = assumed
+    images: float = 1.0  # images per sample (mean): 0 for a text-only source
+    basis: str = ""  # where the numbers come from
+
+
+@dataclass
 class DataCfg:
     name: str = MISSING
     stage: str | None = None  # the stage the mixture is meant for (align | finetune), a label
@@ -124,6 +135,7 @@ class DataCfg:
     max_bad_fraction: float = 0.01  # fail the run when more samples than this are skipped
     on_bad_shard: str = "error"  # a shard short of its manifest: error | skip (counted bad_shard)
     batching: BatchingCfg = field(default_factory=BatchingCfg)
+    sizes: dict[str, SourceSize] = field(default_factory=dict)  # source name -> published size
 
 
 @dataclass

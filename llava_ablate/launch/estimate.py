@@ -15,7 +15,7 @@ real peak within ~20%, and read it as "does it fit", not as a measurement.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -167,6 +167,11 @@ def model_size(cfg: Config) -> ModelSize:
     )
 
 
+# A typical text length for sources that publish none (data.sizes without text_tokens): about
+# LLaVA-665K's mean. The plan says where it assumed it.
+ASSUMED_TEXT_TOKENS = 270
+
+
 @dataclass
 class DataSize:
     samples: int | None  # per epoch, after the mixture's sampling strategies
@@ -174,10 +179,15 @@ class DataSize:
     images_per_sample: float | None
     source: str  # where the numbers come from
     longest: int | None = None  # tokens of the longest sample (capped at recipe.max_length)
+    estimated: bool = False  # from the mixture's declared sizes (data.sizes), before the build
+    lower_bound: bool = False  # some sources declare no size: samples are at least this
+    notes: list[str] = field(default_factory=list)  # what an estimate leaves out or assumes
+    unreleased: list[str] = field(default_factory=list)  # never-published sources it lists
 
 
 def data_size(cfg: Config, image_tokens: int) -> DataSize:
-    """Samples and mean tokens per sample from the built shard manifests, if built."""
+    """Samples and mean tokens per sample from the built shard manifests, if built; else an
+    estimate from the mixture's declared sizes (`declared_size`)."""
     import json
 
     from llava_ablate.data.mixture import MixtureNotBuilt, open_mixture
@@ -186,7 +196,7 @@ def data_size(cfg: Config, image_tokens: int) -> DataSize:
     try:
         mixture = open_mixture(cfg.data, cfg.train.seed)
     except (MixtureNotBuilt, ValueError) as e:
-        return DataSize(None, None, None, f"not built ({str(e).split(';')[0]})")
+        return declared_size(cfg, image_tokens, str(e).split(";")[0])
     samples, tokens, images, longest, with_tokens = 0, 0.0, 0.0, 0, True
     for src in mixture.sources:
         m = json.loads((src.dir / MANIFEST).read_text())
@@ -205,6 +215,51 @@ def data_size(cfg: Config, image_tokens: int) -> DataSize:
     how = "manifests" if with_tokens else "manifests (tokens ~ chars/4)"
     n = max(samples, 1)
     return DataSize(samples, tokens / n, images / n, how, min(longest, cfg.recipe.max_length))
+
+
+def declared_size(cfg: Config, image_tokens: int, not_built: str) -> DataSize:
+    """Before the build: samples after each source's `sampling`, from `data.sizes` (published
+    sizes in the mixture's YAML), and mean tokens per sample from their typical text length plus
+    the image placeholders. Sources without a declared size are left out (a lower bound), as are
+    never-released ones (flagged: the mixture cannot be built as declared)."""
+    from llava_ablate.data.mixture import select_positions
+
+    data = cfg.data
+    unreleased = [s.name for s in data.sources if not s.released]
+    released = [s for s in data.sources if s.released]
+    known = [s for s in released if s.name in data.sizes]
+    unknown = [s.name for s in released if s.name not in data.sizes]
+    notes = []
+    if unreleased:
+        notes.append(f"lists {len(unreleased)} never-released source(s) ({', '.join(unreleased)}): "
+                     "it cannot be built as declared; the estimate leaves them out")  # fmt: skip
+    if not known:
+        why = f"not built ({not_built}) and no declared sizes (data.sizes in data_recipes/)"
+        return DataSize(None, None, None, why, notes=notes, unreleased=unreleased)
+    samples, tokens, images, assumed = 0, 0.0, 0.0, []
+    for s in known:
+        size = data.sizes[s.name]
+        if not isinstance(size.samples, int) or size.samples < 1 or size.images < 0:
+            raise EstimateError(f"data={data.name}: data.sizes.{s.name} needs samples >= 1 and "
+                                f"images >= 0 (got samples={size.samples}, images={size.images})")  # fmt: skip
+        n = len(select_positions(size.samples, s.sampling, cfg.train.seed))
+        text = size.text_tokens
+        if text is None:
+            text = ASSUMED_TEXT_TOKENS
+            assumed.append(s.name)
+        samples += n
+        tokens += min(text + image_tokens * size.images, cfg.recipe.max_length) * n
+        images += size.images * n
+    if unknown:
+        notes.append(f"{len(unknown)} source(s) declare no size ({', '.join(unknown[:4])}"
+                     f"{', ...' if len(unknown) > 4 else ''}): samples, steps and GPU-hours are "
+                     "lower bounds")  # fmt: skip
+    if assumed:
+        notes.append(f"{len(assumed)} of {len(known)} sized source(s) publish no typical length: "
+                     f"{ASSUMED_TEXT_TOKENS} text tokens assumed")  # fmt: skip
+    return DataSize(samples, tokens / samples, images / samples,
+                    "declared sizes (estimate)", estimated=True, lower_bound=bool(unknown),
+                    notes=notes, unreleased=unreleased)  # fmt: skip
 
 
 @dataclass
