@@ -303,3 +303,20 @@ def test_loss_axis_fits_the_data_and_labels_steps():
     x = [v for v in labels if v >= 10]
     assert min(y) >= 5.9 and max(y) <= 6.3 and len(y) >= 3  # not 0-based: 6.0-6.2 is visible
     assert x[0] >= 10 and x[-1] <= 200 and len(x) >= 4  # steps are labelled along the x axis
+
+
+def test_exposure_groups_pool_the_questions_of_their_classes():
+    from llava_ablate.eval.stats import wilson_accuracy
+    from llava_ablate.report.exposure import binned_accuracy, exposure_bins
+
+    many = exposure_bins([0, 1, 5, 7, 12, 99, 100, 2500])  # > 6 distinct counts: decades
+    assert [b.label for b in many] == ["0", "1-9", "10-99", "100-999", "1,000-9,999"]
+    few = exposure_bins([0, 3, 3, 60])
+    assert [b.label for b in few] == ["0", "3", "60"] and not few[1].holds(3.5)
+    rows = [{"class_name": c, "n": n, "accuracy": a}
+            for c, n, a in (("cat", 4, 0.5), ("dog", 6, 1.0), ("owl", 5, 0.2))]  # fmt: skip
+    got = binned_accuracy(rows, {"cat": 3, "dog": 3, "owl": 60, "fox": 0}, few)
+    assert got[0] is None  # fox is in no run's results
+    ref = wilson_accuracy(np.array([1] * 8 + [0] * 2))  # cat 2/4 + dog 6/6 right
+    assert (got[1].value, got[1].ci_low, got[1].ci_high) == (ref.value, ref.ci_low, ref.ci_high)
+    assert got[1].classes == ["cat", "dog"] and got[2].questions == 5
