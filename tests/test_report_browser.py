@@ -44,6 +44,7 @@ for (const s of document.querySelectorAll('section')) {
     filled: s.querySelectorAll('tr').length > 1 || s.querySelectorAll('svg, h3').length > 0,
     why: Array.from(s.querySelectorAll('.why')).map(p => p.textContent)});
 }
+out.pageWidth = [document.documentElement.scrollWidth, vw];
 const pre = document.createElement('pre');
 pre.id = 'probe';
 pre.textContent = JSON.stringify(out);
@@ -68,7 +69,7 @@ def render(chromium: str, page: Path, tmp_path: Path) -> tuple[str, dict]:
     probed = tmp_path / f"probed-{page.name}"
     probed.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
     proc = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1000,3000",
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=900,3000",
          "--dump-dom", probed.as_uri()],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -105,6 +106,7 @@ def test_report_renders_with_every_series_label_visible(chromium, tmp_path):
         assert [x["text"] for x in shown] == labels, fig  # every series, its whole label
         assert all(x["visible"] for x in shown), [x for x in shown if not x["visible"]]
     assert probe["outside"] == []  # no tick, title or axis label outside its chart
+    assert probe["pageWidth"][0] <= probe["pageWidth"][1]  # no table wider than the window
     for s in probe["sections"]:
         assert s["filled"] or s["why"], s
     titles = [s["title"] for s in probe["sections"]]

@@ -20,7 +20,7 @@ from llava_ablate.report.svg import bar_chart, colour, dodged_points_chart, line
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;padding:0 1em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;padding:4px 8px}
-th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f3f3f3}tr>th:first-child{max-width:24em}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .ci{color:#777;font-size:0.85em}.sig{font-weight:bold}.base{background:#fffbe6}
 pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:0.8em}
 .why{color:#555;font-style:italic}figure.chart{margin:1em 0 1.5em}
@@ -32,6 +32,11 @@ pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:0.8em}
 
 def pct(x: float) -> str:
     return f"{100 * x:.2f}"
+
+
+def _label(text: str) -> str:
+    """A variant label that may break after its commas, so a wide table fits the page."""
+    return escape(text).replace(",", ",<wbr>")
 
 
 def _acc_cell(a: Estimate | None) -> str:
@@ -56,7 +61,7 @@ def _accuracy_table(runs, datasets, base, hard: bool) -> str:
             )  # fmt: skip
             for d in datasets
         )
-        rows.append(f"<tr{cls}><th>{escape(r.label)}</th>{cells}</tr>")
+        rows.append(f"<tr{cls}><th>{_label(r.label)}</th>{cells}</tr>")
     return f"<table><tr><th>variant</th>{head}</tr>{''.join(rows)}</table>"
 
 
@@ -69,7 +74,7 @@ def _delta_table(items: list[Delta], alpha: float = 0.05) -> str:
         only = "-" if c.b_only is None else f"{c.b_only} / {c.a_only}"
         p_cell = "-" if p is None else f'<span data-value="{p!r}">{p:.3g}</span>'
         rows.append(
-            f"<tr><th>{escape(d.variant)}</th><td>{escape(d.dataset)}</td>"
+            f"<tr><th>{_label(d.variant)}</th><td>{escape(d.dataset)}</td>"
             f"<td>{escape(d.seeds)}</td>"
             f'<td class="num">{pct(c.acc_a)}</td><td class="num">{pct(c.acc_b)}</td>'
             f'<td{sig} data-value="{c.delta!r}">{100 * c.delta:+.2f}'
@@ -96,7 +101,7 @@ def _seed_table(variants: list[Variant]) -> str:
         values = ", ".join(f"{pct(v)} (seed {seed})" for seed, v in zip(s.seeds, s.values,
                                                                        strict=True))  # fmt: skip
         rows.append(
-            f"<tr><th>{escape(s.variant)}</th><td>{escape(s.dataset)}</td>"
+            f"<tr><th>{_label(s.variant)}</th><td>{escape(s.dataset)}</td>"
             f'<td class="num">{len(s.values)}</td><td class="num" data-value="{s.mean!r}">'
             f'{pct(s.mean)}</td><td class="num">{pct(s.sd)}</td>'
             f'<td class="num">{pct(min(s.values))} &ndash; {pct(max(s.values))}</td>'
