@@ -1,6 +1,7 @@
 """What a job will cost before it is submitted: parameters per module (exact, from a model built
-on the meta device and the real freezing plan), steps and tokens (from the built shard manifests),
-GPU memory per rank under its ZeRO stage, and GPU-hours.
+on the meta device and the real freezing plan), steps and tokens (from the built shard manifests,
+or before the build an estimate from the mixture's published sizes, `data.sizes`), GPU memory per
+rank under its ZeRO stage, and GPU-hours.
 
 Memory follows the ZeRO paper's accounting (Rajbhandari et al. 2020): with mixed precision each
 parameter costs 2 bytes of weights, each trainable one 2 bytes of gradient and 12 bytes of Adam

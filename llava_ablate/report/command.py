@@ -37,7 +37,7 @@ def report_command(args: argparse.Namespace) -> None:
     out.write_text(html, encoding="utf-8")
     n_variants = len({r.variant for r in runs})
     hard = sum(d.subset != "all questions" for d in items)
-    print(f"{len(runs)} runs, {n_variants} variants, {len(items) - hard} comparisons (+{hard} on "
+    print(f"{len(runs)} runs, {n_variants} variants, {len(items) - hard} comparison(s) (+{hard} on "
           f"hard classes) against {base.label}: {out}")  # fmt: skip
     if args.wandb:
         from llava_ablate.report.wandb_report import build_report, save_report
