@@ -241,8 +241,10 @@ def declared_size(cfg: Config, image_tokens: int, not_built: str) -> DataSize:
     for s in known:
         size = data.sizes[s.name]
         if not isinstance(size.samples, int) or size.samples < 1 or size.images < 0:
-            raise EstimateError(f"data={data.name}: data.sizes.{s.name} needs samples >= 1 and "
-                                f"images >= 0 (got samples={size.samples}, images={size.images})")  # fmt: skip
+            raise EstimateError(
+                f"data={data.name}: data.sizes.{s.name} needs samples >= 1 and images >= 0 "
+                f"(got samples={size.samples}, images={size.images})"
+            )
         n = len(select_positions(size.samples, s.sampling, cfg.train.seed))
         text = size.text_tokens
         if text is None:

@@ -338,8 +338,8 @@ def _memory_lines(rows: list[PlanRow]) -> str:
                                 ("max", r.memory, r.max_len, r.fits)):  # fmt: skip
             if m is None:
                 continue
-            parts = " + ".join(fmt_bytes(x) for x in
-                               (m.weights, m.gradients, m.optimizer, m.activations, m.overhead))  # fmt: skip
+            terms = (m.weights, m.gradients, m.optimizer, m.activations, m.overhead)
+            parts = " + ".join(fmt_bytes(x) for x in terms)
             cap = f" > {r.gpu_mem_gib:.0f} GiB: will not fit" if not ok else ""
             est = "~" if label == "typical" and r.data.estimated else ""
             out.append(

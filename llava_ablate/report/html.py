@@ -20,7 +20,8 @@ from llava_ablate.report.svg import bar_chart, colour, dodged_points_chart, line
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;padding:0 1em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;padding:4px 8px}
-th{background:#f3f3f3}tr>th:first-child{max-width:24em}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f3f3f3}tr>th:first-child{max-width:24em}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
 .ci{color:#777;font-size:0.85em}.sig{font-weight:bold}.base{background:#fffbe6}
 pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:0.8em}
 .why{color:#555;font-style:italic}figure.chart{margin:1em 0 1.5em}
@@ -134,7 +135,8 @@ def _figure(svg: str, names: list[str]) -> str:
         f'<span class="series-label">{escape(name)}</span></li>'
         for i, name in enumerate(names)
     )
-    return f'<figure class="chart">{svg}<figcaption><ul class="legend">{items}</ul></figcaption></figure>'
+    legend = f'<figcaption><ul class="legend">{items}</ul></figcaption>'
+    return f'<figure class="chart">{svg}{legend}</figure>'
 
 
 def _no_results(runs: list[RunResult]) -> str:
