@@ -3,7 +3,7 @@
 llava-ablate lmms export-task --out lmms_tasks eval/datasets=[imagenet] eval=hard
 python -m lmms_eval --model llava_hf --model_args pretrained=runs/x/export \\
     --tasks llava_ablate_imagenet_generate --include_path lmms_tasks --log_samples --output_path o
-llava-ablate lmms import o/<model>/<date>_samples_llava_ablate_imagenet_generate.jsonl \\
+llava-ablate lmms import --samples o/<model>/<date>_samples_llava_ablate_imagenet_generate.jsonl \\
     --task-dir lmms_tasks/llava_ablate_imagenet --out results/x-lmms
 """
 
@@ -98,7 +98,7 @@ def add_lmms_command(subparsers) -> None:
                          "evaluate.py's model.image_aspect=pad (default: images as read)")  # fmt: skip
     ex.set_defaults(func=export_command)
     im = sub.add_parser("import", help="an lmms-eval --log_samples file -> our predictions")
-    im.add_argument("samples", help="lmms-eval's <date>_samples_<task>.jsonl")
+    im.add_argument("--samples", required=True, help="lmms-eval's <date>_samples_<task>.jsonl")
     im.add_argument("overrides", nargs="*", help="evaluate.py overrides (eval.stats, eval.hard)")
     im.add_argument("--task-dir", required=True, help="the exported llava_ablate_<dataset>/ dir")
     im.add_argument("--out", required=True, help="results directory (evaluate.py's layout)")
