@@ -47,66 +47,9 @@ OUTPUT_TYPES = {"generate": "generate_until", "choice": "multiple_choice"}
 # The scorer each output type becomes in our results: `report --scorer` pairs equal names.
 DEFAULT_SCORER = {"generate": "generate", "choice": "likelihood"}
 
-# The task's Python side. It scores with our parser at run time (lmms-eval's own accuracy); the
-# import re-parses the raw text anyway, so what our results hold never depends on this file.
-UTILS_PY = '''"""lmms-eval hooks of a llava-ablate question set (written by `llava-ablate lmms
-export-task`; the import re-scores from the logged responses, so edits here change only
-lmms-eval's own printed accuracy)."""
-
-import ast
-from pathlib import Path
-
-import numpy as np
-from PIL import Image
-
-from llava_ablate.eval.parse import parse_choice
-
-HERE = Path(__file__).resolve().parent
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-
-def doc_to_visual(doc):
-    with Image.open(HERE / doc["image"]) as image:
-        return [image.convert("RGB")]
-
-
-def doc_to_text(doc, lmms_eval_specific_kwargs=None):
-    return doc["prompt"]  # the exact text our evaluator puts after the image
-
-
-def doc_to_choice(doc):
-    return list(LETTERS[: len(doc["options"])])
-
-
-def doc_to_target(doc):
-    return doc["answer"]
-
-
-def _logged(doc, letter):
-    # Logged with each sample (lmms-eval drops the doc from its log): what the import checks.
-    return {"qid": doc["qid"], "fingerprint": doc["fingerprint"], "choice": letter}
-
-
-def process_generate(doc, results):
-    letter = parse_choice(results[0], doc["options"])
-    return {"accuracy": float(letter == doc["answer"]), "llava_ablate": _logged(doc, letter)}
-
-
-def loss(result):
-    # (loss, is_greedy); lmms-eval 0.7.3 hands it over as the string "(loss, is_greedy)".
-    return float((ast.literal_eval(result) if isinstance(result, str) else result)[0])
-
-
-def process_choice(doc, results):
-    # lmms-eval's LLaVA models return the continuation's loss (mean NLL): the lowest wins, as
-    # in lmms-eval's own multiple_choice scoring.
-    letter = LETTERS[int(np.argmin([loss(r) for r in results]))]
-    return {"accuracy": float(letter == doc["answer"]), "llava_ablate": _logged(doc, letter)}
-
-
-def count_questions(items):
-    return len(items)
-'''
+# The task's Python side (doc_to_visual, doc_to_text, process_results): a module of ours, copied
+# into every task directory as utils.py, which is where lmms-eval's `!function` looks.
+TASK_HOOKS = Path(__file__).with_name("lmms_task_hooks.py")
 
 
 class BridgeError(ValueError):
@@ -226,7 +169,7 @@ def export_task(
         for s in skipped:
             fh.write(json.dumps(asdict(s)) + "\n")
     qset.save(staging / "question_set.json")
-    (staging / "utils.py").write_text(UTILS_PY, encoding="utf-8")
+    shutil.copyfile(TASK_HOOKS, staging / "utils.py")
     if directory.exists():
         shutil.rmtree(directory)
     staging.rename(directory)  # the YAML names docs.jsonl by its final, absolute path
@@ -393,20 +336,8 @@ def predictions_from_log(
         else:
             scores = -np.asarray(s.response, dtype=np.float64)  # loss -> higher is better
             best = int(np.argmax(scores))  # ties: the earliest letter, as our scorer
-            preds.append(
-                Prediction(
-                    q.qid,
-                    scorer,
-                    0,
-                    q.label,
-                    q.answer,
-                    LETTERS[best],
-                    q.options[best],
-                    best == q.answer_index,
-                    json.dumps(s.response),
-                )  # fmt: skip
-            )
-            continue
+            p = Prediction(q.qid, scorer, 0, q.label, q.answer, LETTERS[best], q.options[best],
+                           best == q.answer_index, json.dumps(s.response))  # fmt: skip
         preds.append(p)
     return preds
 
@@ -459,16 +390,6 @@ def import_samples(
     }
     summary_file.write_text(json.dumps(summary, indent=2))
     return metrics
-
-
-def find_samples_file(output_path: Path, task: str) -> Path:
-    """The newest `*_samples_<task>.jsonl` lmms-eval wrote below `output_path`."""
-    found = sorted(
-        Path(output_path).rglob(f"*_samples_{task}.jsonl"), key=lambda p: p.stat().st_mtime
-    )
-    if not found:
-        raise BridgeError(f"no *_samples_{task}.jsonl below {output_path} (run with --log_samples)")
-    return found[-1]
 
 
 def load_image_fill(processor_path: str) -> tuple[int, int, int]:
