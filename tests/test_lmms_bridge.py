@@ -20,8 +20,9 @@ import eval_fixtures as fx
 import numpy as np
 import pytest
 from PIL import Image
+from transformers import AutoImageProcessor
 
-from llava_ablate.data.images import pad_to_square
+from llava_ablate.data.images import mean_colour, pad_to_square
 from llava_ablate.eval.layouts import load_dataset
 from llava_ablate.eval.lmms_bridge import (
     BridgeError,
@@ -272,9 +273,13 @@ def test_llava_hf_generate_agrees_with_our_generate_scorer(cache_dir, tmp_path):
     _, _, items = build(args)
     (item,) = items
     assert item.comparison.delta == 0 and item.comparison.mcnemar_p == 1.0
-    # A task exported from another question set refuses this log.
+    # A task exported from another question set refuses this log (padded with the export's
+    # mean colour this time, as evaluate.py's image_aspect=pad).
+    processor = AutoImageProcessor.from_pretrained(export)
     _cli("lmms", "export-task", "--out", str(tmp_path / "other"), *overrides,
-         "eval.questions.seed=7", cwd=tmp_path)  # fmt: skip
+         "eval.questions.seed=7", "--pad-fill-from", str(export), cwd=tmp_path)  # fmt: skip
+    info = json.loads((tmp_path / "other/llava_ablate_image_folder/bridge.json").read_text())
+    assert info["image_aspect"] == "pad" and info["pad_fill"] == list(mean_colour(processor))
     with pytest.raises(BridgeError, match="different questions"):
         import_samples(samples, tmp_path / "other" / "llava_ablate_image_folder",
                        tmp_path / "x", EvalCfg(stats=StatsCfg(bootstrap=200)))  # fmt: skip
