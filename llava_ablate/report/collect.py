@@ -185,7 +185,8 @@ def discover_runs(paths: list[Path]) -> list[Path]:
         if (p / "config.yaml").exists() or find_eval_dir(p) is not None and not _has_runs(p):
             runs.append(p)
             continue
-        found = sorted(c.parent for c in p.rglob("config.yaml") if ".launch" not in c.parts)
+        found = sorted(c.parent for c in p.rglob("config.yaml")
+                       if ".launch" not in c.parts and not _hydra_record(c))  # fmt: skip
         if not found:
             raise ResultsError(f"{p}: no run directories (config.yaml) below it")
         runs += found
@@ -193,7 +194,13 @@ def discover_runs(paths: list[Path]) -> list[Path]:
 
 
 def _has_runs(p: Path) -> bool:
-    return any(p.rglob("config.yaml"))
+    return any(not _hydra_record(c) for c in p.rglob("config.yaml"))
+
+
+def _hydra_record(config: Path) -> bool:
+    """Hydra's own output subdir (config.yaml beside hydra.yaml): evaluate.py writes one into
+    its results directory; it is not a run."""
+    return (config.parent / "hydra.yaml").exists()
 
 
 def _identity(run: Path, config: dict | None) -> tuple[str | None, dict[str, Any]]:
