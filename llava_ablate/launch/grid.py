@@ -131,9 +131,12 @@ def read_grid(name: str, overrides: Sequence[str] = ()) -> tuple[DictConfig, Pat
                 f"of your own: a YAML file path, or {GRID_GROUP}/<name>.yaml in a folder added "
                 "with hydra.searchpath=[file:///abs/folder]"
             )
-        raw = compose(config_name=f"{GRID_GROUP}/{name}", overrides=searchpath)
+        # Selected as an option of its group, not as the primary config: Hydra looks a primary
+        # config up before hydra.searchpath extends the search path.
+        raw = compose(config_name=None, overrides=[f"+{GRID_GROUP}={name}", *searchpath])
     # As written: Hydra's struct flag off, interpolations unresolved (like OmegaConf.load).
-    return OmegaConf.create(OmegaConf.to_container(raw)), Path(GRID_GROUP, f"{name}.yaml")
+    grid = OmegaConf.create(OmegaConf.to_container(raw[GRID_GROUP]))
+    return grid, Path(GRID_GROUP, f"{name}.yaml")
 
 
 def _strings(node, where: str) -> tuple[str, ...]:
