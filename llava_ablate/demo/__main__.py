@@ -309,7 +309,7 @@ def summary(stage2: list[Step], baseline: Path) -> str:
     return "\n".join(lines + seed_spread_lines(scores))
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> Path | None:
     parser = argparse.ArgumentParser(
         prog="python -m llava_ablate.demo",
         description=__doc__,
@@ -332,6 +332,11 @@ def main(argv: list[str] | None = None) -> Path:
         help=f"train.seed values: {', '.join(SEEDED)} trains once per seed (its spread over seeds "
         f"is printed), the other arms on the first (default: {DEFAULT_SEED})",
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build the data and the exposure table, print each step's command; train nothing",
+    )
     args = parser.parse_args(argv)
     if len(set(args.seeds)) < len(args.seeds):
         parser.error(f"--seeds {' '.join(map(str, args.seeds))}: each seed once")
@@ -346,6 +351,11 @@ def main(argv: list[str] | None = None) -> Path:
     exposure = exposure_table(runs_root, cache_dir)
     budget = QUICK if args.quick else FULL
     steps = plan(runs_root, cache_dir, exposure, budget, args.llms, tuple(args.seeds))
+    if args.dry_run:
+        for step in steps:
+            todo = "finished" if step.finished() else shlex.join(command(step, args.nproc))
+            print(f"{step.label:<40} {todo}")
+        return None
     bar = tqdm(steps, desc="demo", unit="step")
     for step in bar:
         bar.set_postfix_str(step.label)
