@@ -20,6 +20,7 @@ import venv
 from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 
 from conftest import ROOT, _free_port
 
@@ -133,6 +134,13 @@ def test_every_command_of_the_installed_package_from_another_directory(
          f"--master_port={_free_port()}", "--no-python", cli, "train", *train], work, env)  # fmt: skip
     (export,) = (work / "runs").glob("*/export")
     assert (export / "COMPLETE").exists()
+    card = ModelCard.load(export / "README.md")  # the model card, with the run's own evaluation
+    assert card.data.library_name == "transformers" and "llm:tiny_qwen2" in card.data.tags
+    assert "llava-ablate train +experiment=tiny_align llm=tiny_qwen2" in card.text
+    tokens = json.loads((export / "llava_ablate.json").read_text())["tokens"]
+    assert 0 < tokens <= 4 * 8 * 128  # steps x global batch x max_length
+    assert f"tokens seen: {tokens:,}" in card.text
+    assert "| mini_classify | likelihood | 26 |" in card.text and "this run, step 4" in card.text
     out = run([python, "-m", "llava_ablate.launch.train_app", *train, "--cfg", "job"], work, env)
     assert "name: tiny_qwen2" in out and "max_steps: 4" in out
 
@@ -142,6 +150,10 @@ def test_every_command_of_the_installed_package_from_another_directory(
          "eval.stats.bootstrap=200", "model.dtype=fp32"], work, env)  # fmt: skip
     metrics = json.loads((results / "mini_classify" / "metrics.json").read_text())
     assert metrics["n_questions"] == 30  # 30 classes x 1 image
+    card = ModelCard.load(export / "README.md")  # the same questions: evaluate's result now
+    assert "`llava-ablate evaluate`" in card.text and "this run, step 4" not in card.text
+    acc = metrics["scorers"]["likelihood"]["accuracy"]
+    assert card.data.eval_results[0].metric_value == round(acc["value"], 4)
 
     run([cli, "report", export.parent, "--out", work / "report.html"], work, env)
     assert "tiny_qwen2" in (work / "report.html").read_text()
