@@ -64,8 +64,11 @@ def evaluations_in(results_dir: Path, source: str) -> list[CardEvaluation]:
                     ci_low=acc["ci_low"],
                     ci_high=acc["ci_high"],
                     n=acc["n"],
-                    num_options=int(m.get("num_options") or 0),
-                    fingerprint=str((m.get("question_set") or {}).get("fingerprint") or ""),
+                    num_options=int(m.get("num_options") or 0),  # 0: not recorded
+                    # evaluate.py records it with the question set, the hook at the top level
+                    fingerprint=str(
+                        (m.get("question_set") or {}).get("fingerprint") or m.get("fingerprint")
+                    ),
                     source=source,
                     hard=scored.get("hard_accuracy"),
                 )
