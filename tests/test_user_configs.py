@@ -62,7 +62,9 @@ def test_users_own_groups_compose_through_the_search_path(user_dir):
     assert (cfg.llm.name, cfg.vision.name, cfg.data.name) == ("my_llm", "my_tower", "my_mix")
     assert cfg.llm.config["hidden_size"] == 96 and cfg.vision.config["num_hidden_layers"] == 3
     assert cfg.data.samples_per_shard == 32
-    # Our own options stay reachable beside them, and nothing was added to the package.
+    # Our own options stay reachable beside them and win a name clash (README says: new names).
+    clash = user_dir / "my_conf/llm/tiny_qwen2.yaml"
+    clash.write_text((user_dir / "my_conf/llm/my_llm.yaml").read_text())
     assert to_object(compose_config(["llm=tiny_qwen2", SEARCHPATH])).llm.config["hidden_size"] == 64
     assert not (CONF_DIR / "llm/my_llm.yaml").exists()
     with pytest.raises(ConfigCompositionException, match="Could not find 'llm/my_llm'"):
