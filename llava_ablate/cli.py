@@ -99,7 +99,8 @@ HYDRA_APPS = {
 }
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int | None:
+    """The exit status (None: 0)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in HYDRA_APPS:
         import importlib

@@ -8,7 +8,6 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from conftest import ROOT
 from llava_ablate.config import (
     CONF_DIR,
     Config,
@@ -18,6 +17,8 @@ from llava_ablate.config import (
     to_object,
     validate,
 )
+
+from conftest import ROOT
 
 CONF = CONF_DIR
 register_configs()

@@ -141,6 +141,10 @@ def test_every_command_of_the_installed_package_from_another_directory(
     assert 0 < tokens <= 4 * 8 * 128  # steps x global batch x max_length
     assert f"tokens seen: {tokens:,}" in card.text
     assert "| mini_classify | likelihood | 26 |" in card.text and "this run, step 4" in card.text
+    load = ("from transformers import AutoModelForImageTextToText as M, AutoProcessor as P; "
+            f"m = M.from_pretrained({str(export)!r}); P.from_pretrained({str(export)!r}); "
+            "print(type(m).__name__)")  # the card's own snippet  # fmt: skip
+    assert "LlavaForConditionalGeneration" in run([python, "-c", load], work, env)
     out = run([python, "-m", "llava_ablate.launch.train_app", *train, "--cfg", "job"], work, env)
     assert "name: tiny_qwen2" in out and "max_steps: 4" in out
 

@@ -131,13 +131,13 @@ def render_model_card(info: dict, evaluations: list[CardEvaluation], name: str) 
             f"# {name}",
             "",
             "A LLaVA-style model (vision tower -> projector -> LLM) trained by llava-ablate, for "
-            "ablations measured by image classification. It is a stock `LlavaForConditionalGeneration` checkpoint with its processor and chat "
-            "template:",
+            "ablations measured by image classification. It loads with transformers' stock "
+            "classes, processor and chat template included:",
             "",
             "```python",
-            "from transformers import AutoProcessor, LlavaForConditionalGeneration",
+            "from transformers import AutoModelForImageTextToText, AutoProcessor",
             "",
-            'model = LlavaForConditionalGeneration.from_pretrained("<this directory>")',
+            'model = AutoModelForImageTextToText.from_pretrained("<this directory>")',
             'processor = AutoProcessor.from_pretrained("<this directory>")',
             "```",
             "",
@@ -202,7 +202,9 @@ def _variant_section(variant: dict, info: dict) -> list[str]:
 def _training_section(variant: dict, info: dict) -> list[str]:
     recipe = variant["recipe"]
     tokens = info.get("tokens")
-    lrs = ", ".join(f"{k} {v}" for k, v in (recipe.get("lr") or {}).items())
+    lrs = ", ".join(
+        f"{k} {'frozen' if v is None else v}" for k, v in (recipe.get("lr") or {}).items()
+    )
     return [
         "## Training",
         "",
