@@ -28,6 +28,7 @@ from llava_ablate.run_identity import register_resolvers
 
 __all__ = [
     "CONF_DIR",
+    "CONF_SOURCE",
     "Config",
     "ConfigError",
     "PathsCfg",
@@ -37,7 +38,13 @@ __all__ = [
     "validate",
 ]
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the Hydra config groups
+# Where the Hydra config groups are: the package `llava_ablate.conf` (the repository's `conf/`,
+# linked into the package so that a wheel ships it), read through Hydra's own pkg:// source, so
+# an installed package finds them from any directory. Users' own groups join through Hydra's
+# search path (`hydra.searchpath=[file:///abs/my_conf]`), not by editing these.
+CONF_MODULE = "llava_ablate.conf"
+CONF_SOURCE = f"pkg://{CONF_MODULE}"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # the same files, for listing them
 
 
 @dataclass
@@ -244,13 +251,13 @@ def compose_config(
     *,
     return_hydra_config: bool = False,
 ) -> DictConfig:
-    """`conf/<config_name>.yaml` with these overrides, composed as train.py (`config`) or
+    """`conf/<config_name>.yaml` (CONF_SOURCE) with these overrides, composed as train.py (`config`) or
     evaluate.py (`evaluate`) compose it outside their `@hydra.main`: the plan, the CLI, the
     demo, benchmarks and tests. Unvalidated; `to_object` validates and types it."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
 
     register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         return compose(
             config_name=config_name,
             overrides=list(overrides),

@@ -42,6 +42,8 @@ from llava_ablate.eval.questions import Question, QuestionSet, frozen_question_s
 from llava_ablate.eval.scoring import ChoiceModel, PromptItem, Skip, score_units, units_for
 from llava_ablate.eval.store import PredictionStore, _read, read_skips
 from llava_ablate.eval_config import EvalCfg, EvaluateConfig, model_tag, validate_evaluate
+from llava_ablate.model.card import INFO as CARD_INFO
+from llava_ablate.model.card import evaluations_in, record_evaluations
 
 log = logging.getLogger("llava_ablate.eval")
 
@@ -274,10 +276,24 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
             _wandb_log(wandb_run, name, metrics)
     if world.rank == 0:
         (out / "metrics.json").write_text(json.dumps({"model": model_name, **summary}, indent=2))
+        _update_model_card(cfg, out)
         if wandb_run is not None:
             wandb_run.finish()
     shutdown_distributed()
     return summary
+
+
+def _update_model_card(cfg: EvaluateConfig, out: Path) -> None:
+    """An export of ours lists these results in its model card (model/card.py)."""
+    export = Path(cfg.model.path or "")
+    if cfg.model.type != "mllm" or not (export / CARD_INFO).exists():
+        return  # a hub model or a baseline: not ours to annotate
+    try:
+        card = record_evaluations(export, evaluations_in(out, f"`llava-ablate evaluate`, {out}"))
+    except OSError as e:  # a read-only copy of the export: the results stand without the card
+        log.warning("results not added to %s's model card: %s", export, e)
+        return
+    log.info("model card updated: %s", card)
 
 
 def _claim_out_dir(out: Path, cfg: EvaluateConfig, world: DistInfo) -> None:

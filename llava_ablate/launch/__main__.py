@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        grid = load_grid(args.grid, runs_root=args.runs_root)
+        grid = load_grid(args.grid, runs_root=args.runs_root, overrides=args.overrides)
         if args.gpu:
             grid = GridSpec(**{**grid.__dict__, "gpu": args.gpu})
         jobs = None

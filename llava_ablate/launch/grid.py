@@ -20,16 +20,18 @@ refused, naming the jobs and keys (allow a deliberate change with
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from llava_ablate.config import ConfigError
+from llava_ablate.config import CONF_MODULE, ConfigError
 from llava_ablate.run_identity import RunIdentity
 
-ROOT = Path(__file__).resolve().parents[2]
-GRIDS_DIR = ROOT / "launch"
+# Grids are the config group `grid` (conf/grid links to launch/), so ours ship in the package and
+# a user's `<folder>/grid/<name>.yaml` is found through `hydra.searchpath` like any config.
+GRID_GROUP = "grid"
 EXPORT_MARKER = "export/COMPLETE"  # written last by llava_ablate/model/export.py
 
 
@@ -109,15 +111,32 @@ def quote(value: str) -> str:
     return value
 
 
-def grid_path(name: str) -> Path:
+def read_grid(name: str, overrides: Sequence[str] = ()) -> tuple[DictConfig, Path]:
+    """A grid's YAML and where it came from: `name` is a grid file, or a grid in the config
+    group `grid` on Hydra's search path -- ours (launch/) and the folders a
+    `hydra.searchpath=[...]` among `overrides` adds."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.exists():
-        return path
-    path = GRIDS_DIR / f"{name}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in GRIDS_DIR.glob("*.yaml"))
-        raise ConfigError(f"no grid named {name!r} in {GRIDS_DIR}; known grids: {known}")
-    return path
+        return OmegaConf.load(path), path
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    searchpath = [o for o in overrides if o.split("=", 1)[0].lstrip("+") == "hydra.searchpath"]
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        known = loader.get_group_options(GRID_GROUP, overrides=searchpath)
+        if name not in known:
+            raise ConfigError(
+                f"no grid named {name!r} on the config search path; known grids: {known}. A grid "
+                f"of your own: a YAML file path, or {GRID_GROUP}/<name>.yaml in a folder added "
+                "with hydra.searchpath=[file:///abs/folder]"
+            )
+        # Selected as an option of its group, not as the primary config: Hydra looks a primary
+        # config up before hydra.searchpath extends the search path.
+        raw = compose(config_name=None, overrides=[f"+{GRID_GROUP}={name}", *searchpath])
+    # As written: Hydra's struct flag off, interpolations unresolved (like OmegaConf.load).
+    grid = OmegaConf.create(OmegaConf.to_container(raw[GRID_GROUP]))
+    return grid, Path(GRID_GROUP, f"{name}.yaml")
 
 
 def _strings(node, where: str) -> tuple[str, ...]:
@@ -132,9 +151,9 @@ _GRID_KEYS = {"name", "description", "axes", "stages", "common", "launcher", "gp
 _STAGE_KEYS = {"name", "overrides", "vary", "after"}
 
 
-def load_grid(name: str, runs_root: str | None = None) -> GridSpec:
-    path = grid_path(name)
-    raw = OmegaConf.load(path)
+def load_grid(name: str, runs_root: str | None = None, overrides: Sequence[str] = ()) -> GridSpec:
+    """`overrides`: the command line's, for the `hydra.searchpath` that finds a user's grid."""
+    raw, path = read_grid(name, overrides)
     if not isinstance(raw, DictConfig):
         raise ConfigError(f"{path}: a grid is a mapping with axes and stages")
     unknown = set(raw.keys()) - _GRID_KEYS

@@ -373,7 +373,7 @@ def _data_lines(rows: list[PlanRow]) -> list[str]:
 
 
 def plan_command(args: argparse.Namespace) -> None:
-    grid = load_grid(args.grid, runs_root=args.runs_root)
+    grid = load_grid(args.grid, runs_root=args.runs_root, overrides=args.overrides)
     if args.gpu:
         grid = GridSpec(**{**grid.__dict__, "gpu": args.gpu})
     try:
@@ -384,7 +384,10 @@ def plan_command(args: argparse.Namespace) -> None:
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("grid", help="a grid in launch/ (e.g. llm_x_data) or a grid YAML file")
+    parser.add_argument(
+        "grid",
+        help="a grid in launch/ (e.g. llm_x_data), one on hydra.searchpath, or a YAML file",
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
     parser.add_argument("--runs-root", default=None, help="where run directories go (runs)")
     parser.add_argument("--gpu", default=None, help="GPU to size for (a100-80gb, h100-80gb...)")

@@ -22,13 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llava_ablate.config import CONF_DIR
-from llava_ablate.launch.grid import ROOT, GridSpec, Job, quote
+from llava_ablate.launch.grid import GridSpec, Job, quote
 from llava_ablate.launch.slurm import JOB_IDS_FILE
 
 log = logging.getLogger("llava_ablate.launch")
 
 # Hydra's submitit Slurm launcher, recording the job ids it submitted (JOB_IDS_FILE).
 SLURM_LAUNCHER = "hydra_plugins.llava_ablate_launcher.slurm_array.SlurmArrayLauncher"
+# train.py, as a module of the installed package: runs from any directory (relative paths in a
+# grid, --runs-root and hydra.searchpath mean the same to the jobs as to this process).
+TRAIN_APP = "llava_ablate.launch.train_app"
 
 
 @dataclass
@@ -182,12 +185,12 @@ def submit_grid(
                 f"+hydra.launcher.dependency=afterok:{array_of[id(parent)]}",
                 "+hydra.launcher.additional_parameters.kill_on_invalid_dep=yes",
             ]
-        cmd = [sys.executable, str(ROOT / "train.py"), "-m", *overrides]
+        cmd = [sys.executable, "-m", TRAIN_APP, "-m", *overrides]
         log_path = sweep_dir / "launcher.log"
         (sweep_dir / "command.txt").write_text(" ".join(map(quote_shell, cmd)) + "\n")
         with open(log_path, "ab") as fh:
             proc = subprocess.Popen(
-                cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+                cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
             )
         sub = Submitted(unit, proc, log_path)
         if slurm:

@@ -35,6 +35,7 @@ class TrainState:
     samples: int = 0  # samples drawn on this rank (used or skipped)
     skipped: Counter = field(default_factory=Counter)  # reason -> count, this rank
     nonfinite: int = 0  # micro-batches skipped for a NaN/Inf loss (all ranks agree)
+    tokens: int = 0  # tokens trained on by this rank (attention mask, placeholder rows excluded)
     stopped_early: bool = False  # a stop was requested (preemption): checkpointed, not finished
 
     def client_state(self) -> dict:
@@ -141,7 +142,9 @@ def train_loop(
             window["micro"] += 1
             placeholder = batch.get("placeholder_rows", 0)  # not data: excluded from tokens/s
             mask = inputs["attention_mask"]
-            window["tokens"] += int(mask[: mask.shape[0] - placeholder].sum())
+            tokens = int(mask[: mask.shape[0] - placeholder].sum())
+            window["tokens"] += tokens
+            state.tokens += tokens
             window["samples"] += len(batch["ids"])
         if not boundary:
             continue

@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import random
+import shlex
+import sys
 import warnings
 from dataclasses import dataclass
 from functools import partial
@@ -37,6 +39,7 @@ from llava_ablate.data.mixture import BuiltMixture, open_mixture, skip_report
 from llava_ablate.data.stream import BatchingOptions, ShardStream, StreamingLoader, StreamPlan
 from llava_ablate.eval.hook import TrainingEvalHook
 from llava_ablate.model.build import Variant, build_variant
+from llava_ablate.model.card import evaluations_in, record_evaluations
 from llava_ablate.model.export import export_engine, is_exported
 from llava_ablate.model.freeze import apply_training_plan, format_plan
 from llava_ablate.model.init_from import load_parts
@@ -312,6 +315,7 @@ def resume(run: Run, engine, loader: StreamingLoader, metrics: MetricsLogger) ->
         client, rank_state = checkpoint.load(engine, latest)
         state.step, state.nonfinite = client["step"], client["nonfinite"]
         state.samples = rank_state["samples"]
+        state.tokens = rank_state.get("tokens", 0)  # absent from checkpoints older than the count
         state.skipped.update(rank_state["skipped"])
         loader.load_state_dict(rank_state["data"])
         checkpoint.set_rng_state(rank_state["rng"])
@@ -324,6 +328,7 @@ def rank_state(state: TrainState, loader: StreamingLoader) -> dict:
     """What this rank saves beside the engine: its counts, data position and RNG."""
     return {
         "samples": state.samples,
+        "tokens": state.tokens,
         "skipped": dict(state.skipped),
         "data": loader.state_dict(),
         "rng": checkpoint.rng_state(),
@@ -427,6 +432,7 @@ def finish(
     if final_eval:
         tracking.metrics.log(state.step, final_eval)
     report_skips(run, data.mixture, state, tracking.tracker)
+    tokens = _all_sum_int(state.tokens)  # collective: before the rank-0-only writes
     if run.cfg.train.export:
         export_engine(
             engine,
@@ -438,9 +444,19 @@ def finish(
                     for k in ("vision", "llm", "projector", "data", "recipe")
                 },
                 "steps": state.step,
+                "tokens": tokens,
                 "precision": model.precision,
+                "world_size": run.info.world,
+                "config_hash": run.identity.config_hash,
+                "command": training_command(),
             },
         )
+        if run.info.is_main:  # the card, with the run's own final evaluation (model/card.py)
+            final = run.dir / "eval" / f"step_{state.step}"
+            evaluations = (
+                evaluations_in(final, f"this run, step {state.step}") if final_eval else []
+            )
+            record_evaluations(run.export_dir, evaluations)
     tracking.close()
     shutdown_distributed()
 
@@ -481,6 +497,24 @@ def _seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def training_command() -> str:
+    """The command that trains this run again: Hydra's record of the job's own overrides (the
+    same under torchrun, a multirun and a Slurm array), else this process's arguments."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # not inside a Hydra job (run_training called directly)
+        overrides = sys.argv[1:]
+    return shlex.join(["llava-ablate", "train", *overrides])
+
+
+def _all_sum_int(value: int) -> int:
+    gathered: list[int] = [0] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)  # any backend, exact
+    return sum(gathered)
 
 
 def _global_skips(state: TrainState) -> dict[str, int]:
