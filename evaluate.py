@@ -4,10 +4,11 @@ python evaluate.py model.path=runs/<variant>/export eval/datasets=[imagenet,cub2
 python evaluate.py model.type=clip model.path=openai/clip-vit-large-patch14-336
 torchrun --nproc_per_node=8 evaluate.py model.path=llava-hf/llava-1.5-7b-hf eval=hard
 python evaluate.py --cfg job   # print the composed config
+python -m llava_ablate.launch paper_models   # many models x datasets: an evaluation grid
 """
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from llava_ablate.base.config import run_hydra_main
 from llava_ablate.eval_config import register_eval_configs, validate_evaluate
@@ -18,9 +19,9 @@ register_eval_configs()
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     validate_evaluate(cfg)  # unknown keys, choices, ranges: before any model loads
-    from llava_ablate.eval.run import run_evaluation  # heavy imports after composition
+    from llava_ablate.launch.task import eval_task  # heavy imports after composition
 
-    run_evaluation(OmegaConf.to_object(cfg))
+    eval_task(cfg)  # Slurm tasks (evaluation grids) join as ranks, as under torchrun
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from llava_ablate.base.distributed import DistInfo, dtype_for, join_world, shutdown_distributed
+from llava_ablate.base.files import atomic_write, file_lock
 from llava_ablate.data.images import mean_colour, pad_to_square
 from llava_ablate.eval.datasets import ClassificationDataset, UnreadableImage
 from llava_ablate.eval.hard import HardClassSelector
@@ -238,11 +239,15 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
         dataset = load_dataset(name, dcfg, cfg.eval.questions.seed)
         sub = {"per_class": dcfg.per_class, "total": dcfg.total}
         if world.rank == 0:  # one rank builds (and freezes) the questions; the others read them
-            frozen_question_set(dataset, cfg.eval.questions, qdir, sub)
+            # Jobs of an evaluation grid (other models, same dataset) share the directory.
+            with file_lock(qdir / f".{name}.lock"):
+                frozen_question_set(dataset, cfg.eval.questions, qdir, sub)
         world.barrier()
         prepared.append(
             (name, dataset, frozen_question_set(dataset, cfg.eval.questions, qdir, sub))
         )
+        # A missing exposure table or reference run fails now, not after the scoring.
+        HardClassSelector(cfg.eval.hard).select(dataset.classnames, dataset.name)
     model, image_processor = load_model(cfg, world)
     scorers = list(cfg.eval.scoring.scorers)
     if cfg.model.type != "mllm" and "all_classes" not in scorers:
@@ -273,11 +278,22 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
             summary[name]["skipped"] = metrics["skipped"]["by_reason"]
             _wandb_log(wandb_run, name, metrics)
     if world.rank == 0:
-        (out / "metrics.json").write_text(json.dumps({"model": model_name, **summary}, indent=2))
+        write_summary(out, model_name, summary)
         if wandb_run is not None:
             wandb_run.finish()
     shutdown_distributed()
     return summary
+
+
+def write_summary(out: Path, model_name: str, summary: dict) -> None:
+    """`<out>/metrics.json`: this run's datasets merged into those already there -- the jobs of
+    an evaluation grid score one dataset each into the same model's results directory."""
+    path = out / "metrics.json"
+    with file_lock(out / ".metrics.lock"):
+        merged = json.loads(path.read_text()) if path.exists() else {}
+        merged.update({"model": model_name, **summary})
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(merged, indent=2))
 
 
 def _claim_out_dir(out: Path, cfg: EvaluateConfig, world: DistInfo) -> None:

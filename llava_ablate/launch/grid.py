@@ -25,7 +25,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from llava_ablate.config import ConfigError
+from llava_ablate.config import CONF_DIR, ConfigError
+from llava_ablate.eval_config import DISTRACTORS
 from llava_ablate.run_identity import RunIdentity
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +43,17 @@ class StageSpec:
 
 
 @dataclass(frozen=True)
+class EvalStageSpec:
+    """What an evaluation (a grid of kind `evaluate`, or a training grid's eval stage) scores."""
+
+    name: str
+    datasets: tuple[str, ...]
+    distractors: tuple[str, ...] = ("random",)
+    overrides: tuple[str, ...] = ()  # evaluate.py overrides for every job of the stage
+    after: str | None = None  # training grids: the stage whose exports are scored
+
+
+@dataclass(frozen=True)
 class GridSpec:
     name: str
     axes: dict[str, tuple[str, ...]]  # axis -> values, in the order given
@@ -52,6 +64,7 @@ class GridSpec:
     gpu: str = "a100-80gb"  # for the plan's memory check and GPU-hours
     mfu: float = 0.4  # model FLOPs utilisation assumed for GPU-hours
     runs_root: str = "runs"
+    eval_stages: tuple[EvalStageSpec, ...] = ()  # score a stage's exports (launch/evalgrid.py)
 
 
 @dataclass
@@ -125,11 +138,53 @@ def _strings(node, where: str) -> tuple[str, ...]:
         return ()
     if not isinstance(node, (list, ListConfig)):
         raise ConfigError(f"{where} must be a list of Hydra overrides, got {node!r}")
-    return tuple(str(x) for x in node)
+    # Unresolved: an interpolation (`${paths.data_root}`) belongs to the composed job config.
+    items = OmegaConf.to_container(node, resolve=False) if isinstance(node, ListConfig) else node
+    return tuple(str(x) for x in items)
+
+
+def _dataset_names(node, where: str) -> tuple[str, ...]:
+    names = _strings(node, where)
+    if not names:
+        raise ConfigError(f"{where} has no datasets")
+    known = sorted(p.stem for p in (CONF_DIR / "eval" / "datasets").glob("*.yaml"))
+    for n in names:
+        if n not in known:
+            raise ConfigError(f"{where}: {n!r} is not in conf/eval/datasets/; known: {known}")
+    return names
+
+
+def _distractors(node, where: str) -> tuple[str, ...]:
+    values = _strings(node, where) or ("random",)
+    for v in values:
+        if v not in DISTRACTORS:
+            raise ConfigError(f"{where}: {v!r} is not a distractor strategy; {list(DISTRACTORS)}")
+    return values
+
+
+_EVAL_STAGE_KEYS = {"name", "datasets", "distractors", "overrides", "after"}
+
+
+def eval_stage(node: DictConfig, where: str) -> EvalStageSpec:
+    """A training grid's stage with `datasets`: scores every export of stage `after`
+    (expanded by llava_ablate/launch/evalgrid.py)."""
+    extra = set(node.keys()) - _EVAL_STAGE_KEYS
+    if extra:
+        raise ConfigError(f"{where} has unknown keys {sorted(extra)}; an evaluation stage "
+                          f"takes {sorted(_EVAL_STAGE_KEYS)}")  # fmt: skip
+    if not node.get("after"):
+        raise ConfigError(f"{where}: an evaluation stage needs `after: <training stage>`")
+    return EvalStageSpec(
+        name=str(node.name),
+        datasets=_dataset_names(node.get("datasets"), f"{where}.datasets"),
+        distractors=_distractors(node.get("distractors"), f"{where}.distractors"),
+        overrides=_strings(node.get("overrides"), f"{where}.overrides"),
+        after=str(node.after),
+    )
 
 
 _GRID_KEYS = {"name", "description", "axes", "stages", "common", "launcher", "gpu", "mfu"}
-_STAGE_KEYS = {"name", "overrides", "vary", "after"}
+_STAGE_KEYS = {"name", "overrides", "vary", "after"}  # a training stage
 
 
 def load_grid(name: str, runs_root: str | None = None) -> GridSpec:
@@ -144,8 +199,15 @@ def load_grid(name: str, runs_root: str | None = None) -> GridSpec:
     for axis, values in axes.items():
         if not values:
             raise ConfigError(f"{path}: axes.{axis} has no values")
-    stages = []
+    stages, eval_stages = [], []
     for i, s in enumerate(raw.get("stages") or OmegaConf.create([{"name": "train"}])):
+        if s.get("datasets") is not None:  # scores the exports of stage `after`
+            ev = eval_stage(s, f"{path}: stages[{i}]")
+            if ev.after not in [st.name for st in stages]:
+                raise ConfigError(f"{path}: stages[{i}].after={ev.after!r} is not an earlier "
+                                  f"training stage ({[st.name for st in stages]})")  # fmt: skip
+            eval_stages.append(ev)
+            continue
         extra = set(s.keys()) - _STAGE_KEYS
         if extra:
             raise ConfigError(f"{path}: stages[{i}] has unknown keys {sorted(extra)}")
@@ -164,7 +226,7 @@ def load_grid(name: str, runs_root: str | None = None) -> GridSpec:
         stages.append(
             StageSpec(str(s.name), _strings(s.get("overrides"), f"stages[{i}]"), vary, after)
         )
-    names = [s.name for s in stages]
+    names = [s.name for s in stages] + [s.name for s in eval_stages]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: stage names must be unique, got {names}")
     return GridSpec(
@@ -177,6 +239,7 @@ def load_grid(name: str, runs_root: str | None = None) -> GridSpec:
         gpu=str(raw.get("gpu") or GridSpec.gpu),
         mfu=float(raw.get("mfu") or GridSpec.mfu),
         runs_root=runs_root or GridSpec.runs_root,
+        eval_stages=tuple(eval_stages),
     )
 
 

@@ -301,26 +301,8 @@ def format_plan(grid: GridSpec, rows: list[PlanRow]) -> str:
     return "\n".join(out)
 
 
-def plan_command(args: argparse.Namespace) -> None:
-    grid = load_grid(args.grid, runs_root=args.runs_root)
-    if args.gpu:
-        grid = GridSpec(**{**grid.__dict__, "gpu": args.gpu})
-    try:
-        rows = plan_grid(grid, args.overrides)
-    except (ConfigError, EstimateError) as e:
-        raise SystemExit(f"plan failed: {e}") from e
-    print(format_plan(grid, rows))
-
-
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("grid", help="a grid in launch/ (e.g. llm_x_data) or a grid YAML file")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
     parser.add_argument("--runs-root", default=None, help="where run directories go (runs)")
     parser.add_argument("--gpu", default=None, help="GPU to size for (a100-80gb, h100-80gb...)")
-
-
-def add_plan_command(subparsers) -> None:
-    """`llava-ablate plan`: registered by llava_ablate/cli.py."""
-    p = subparsers.add_parser("plan", help="print a grid's jobs, resources, memory, GPU-hours")
-    add_plan_arguments(p)
-    p.set_defaults(func=plan_command)
