@@ -18,9 +18,9 @@ import eval_fixtures as fx
 import numpy as np
 import pytest
 from test_report import _write_dataset
+from test_slurm_grid import _env, slurm  # noqa: F401 - the session fixture
 
 from conftest import ROOT, build_tiny
-from test_slurm_grid import _env, slurm  # noqa: F401 - the session fixture
 
 PAPER_DATASETS = ["imagenet", "imagenetv2", "objectnet", "caltech101", "cub200", "food101",
                   "gldv2", "flickr_sportlogos10", "flowers102", "stanford_cars"]  # fmt: skip
@@ -68,6 +68,7 @@ def test_paper_models_is_composed_and_planned_without_downloads(tmp_path, monkey
 def test_training_grids_end_with_their_evaluation(grid_name, stage2, tmp_path):
     from llava_ablate.launch.evalgrid import expand_eval_stages, make_eval_units
     from llava_ablate.launch.grid import expand, load_grid, quote
+    from llava_ablate.launch.submit import make_units
 
     grid = load_grid(grid_name, runs_root=str(tmp_path))
     jobs = expand(grid)
@@ -81,6 +82,9 @@ def test_training_grids_end_with_their_evaluation(grid_name, stage2, tmp_path):
         assert "eval.hard.exposure_table=${paths.data_root}/exposure/llava665k.csv" in job.overrides
     assert {j.dataset for j in evals} == set(PAPER_DATASETS)
     assert {id(u.parent) for u in make_eval_units(evals)} == {id(j) for j in exports}
+    # Each export's training job is an array of its own, so its evaluations wait for it alone.
+    stage2_units = [u for u in make_units(jobs) if u.stage == stage2]
+    assert sorted(len(u.jobs) for u in stage2_units) == [1, 1, 1, 1]
 
 
 def test_an_evaluation_stage_must_follow_a_training_stage(tmp_path):
@@ -140,7 +144,9 @@ def test_table_figures_equal_the_results_files_and_flag_paired_tests(tmp_path):
             assert float(row["accuracy"]) == pytest.approx(acc["value"], abs=1e-12)
             assert float(row["ci_low"]) == pytest.approx(acc["ci_low"], abs=1e-12)
             assert float(row["ci_high"]) == pytest.approx(acc["ci_high"], abs=1e-12)
-            cell = f"{100 * acc['value']:.1f} [{100 * acc['ci_low']:.1f}, {100 * acc['ci_high']:.1f}]"
+            cell = (
+                f"{100 * acc['value']:.1f} [{100 * acc['ci_low']:.1f}, {100 * acc['ci_high']:.1f}]"
+            )
             assert cell in md
         mean = np.mean([files[d]["accuracy"]["value"] for d in ("digits", "shapes")])
         assert float(rows[(model, "average")]["accuracy"]) == pytest.approx(mean)
@@ -215,7 +221,8 @@ def test_eval_grid_2x2_on_slurm_then_the_table_equals_the_results(
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "4 evaluation jobs, 4 to run in 2 Slurm arrays" in proc.stdout
     for model in ("tiny_clip", "tiny_llava"):
-        assert f"submitted evaluate/{model}/random (2 datasets): Slurm array" in proc.stdout
+        line = f"submitted evaluate/{model}/random: image_folder, caltech101: Slurm array"
+        assert line in proc.stdout
     results = runs / "tiny_eval" / "random"
     script = next((runs / "tiny_eval/.launch").glob("*/.submitit/*/*_submission.sh")).read_text()
     assert "#SBATCH --array=0-1" in script and "#SBATCH --ntasks-per-node=2" in script
@@ -230,7 +237,9 @@ def test_eval_grid_2x2_on_slurm_then_the_table_equals_the_results(
     assert len(fingerprints) == 2  # both models answered the identical frozen questions
 
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "0 to run" in again.stdout and "nothing to submit" in again.stdout
+    assert (
+        again.returncode == 0 and "0 to run" in again.stdout and "nothing to submit" in again.stdout
+    )
 
     out = tmp_path / "report" / "tiny_eval.html"
     rep = subprocess.run(

@@ -200,8 +200,13 @@ def expand_eval_stages(grid: GridSpec, jobs: list[Job]) -> list[EvalJob]:
                      f"model.path={quote(str(parent.run_dir / 'export'))}"]  # fmt: skip
             for strategy in stage.distractors:
                 for d in stage.datasets:
-                    out.append(EvalJob(grid.name, stage.name, parent.name, model, d, strategy,
-                                       root, list(stage.overrides), parent=parent))  # fmt: skip
+                    job = EvalJob(grid.name, stage.name, parent.name, model, d, strategy, root,
+                                  list(stage.overrides), parent=parent)  # fmt: skip
+                    # A training job with evaluations waiting is an array of its own (as one
+                    # with later training stages): each evaluation waits for its own job only.
+                    if not any(c is job for c in parent.children):
+                        parent.children.append(job)
+                    out.append(job)
     return out
 
 
@@ -217,7 +222,7 @@ class EvalUnit:
     @property
     def label(self) -> str:
         first = self.jobs[0]
-        return f"{first.model}/{first.distractors} ({len(self.jobs)} datasets)"
+        return f"{first.model}/{first.distractors}: {', '.join(j.dataset for j in self.jobs)}"
 
     def overrides(self, launcher: list[str], sweep_dir: Path) -> list[str]:
         datasets = [j.dataset for j in self.jobs]
@@ -248,6 +253,7 @@ _TRAIN_ONLY = {"llm", "vision", "projector", "data", "recipe", "deepspeed", "tra
 def evaluation_overrides(extra: list[str]) -> list[str]:
     """A training grid's command-line overrides that its evaluation jobs get too: the
     launcher's and evaluate.py's (`eval.*`, `paths.*`), not train.py's own groups."""
+
     def key(o: str) -> str:
         return o.lstrip("+~").split("=", 1)[0].split(".")[0].split("/")[0]
 

@@ -160,7 +160,9 @@ def plan_eval_jobs(
     for job in jobs:
         key = (job.stage, job.model, job.distractors, id(job.parent))
         if key not in composed:
-            same = [j.dataset for j in jobs if (j.stage, j.model, j.distractors, id(j.parent)) == key]
+            same = [
+                j.dataset for j in jobs if (j.stage, j.model, j.distractors, id(j.parent)) == key
+            ]
             overrides = [*job.base_overrides(), f"eval/datasets=[{','.join(same)}]", *launcher,
                          *extra]  # fmt: skip
             try:
@@ -183,7 +185,11 @@ def plan_eval_jobs(
         units, chars = _count_units(job, cfg)
         known = units is not None
         dcfg = cfg.eval.datasets[job.dataset]
-        if units is None and job.dataset in KNOWN_SPLIT_SIZES and not (dcfg.per_class or dcfg.total):
+        if (
+            units is None
+            and job.dataset in KNOWN_SPLIT_SIZES
+            and not (dcfg.per_class or dcfg.total)
+        ):
             units = KNOWN_SPLIT_SIZES[job.dataset] * max(1, cfg.eval.scoring.cyclic_permutations)
         per = tokens_per_unit(cfg, scale, chars, cfg.model.type)
         tokens = units * per if units is not None and per is not None else None

@@ -76,7 +76,8 @@ class Job:
     stage_overrides: list[str]  # the stage's own (and the hand-over from its parent)
     run_dir: Path
     parent: Job | None = None
-    children: list[Job] = field(default_factory=list)
+    # Jobs that wait for this one: later training stages' Jobs and evaluation stages' EvalJobs.
+    children: list = field(default_factory=list)
     # Set by launch/plan.py check_identities: the directory holds this job's config (or none).
     identity: RunIdentity | None = None
 

@@ -11,7 +11,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from llava_ablate.config import Config, ConfigError, compose_config, to_object
 from llava_ablate.launch.estimate import (
     DataSize,
-    EstimateError,
     Memory,
     ModelSize,
     data_size,
@@ -22,7 +21,7 @@ from llava_ablate.launch.estimate import (
     model_size,
     train_flops,
 )
-from llava_ablate.launch.grid import GridSpec, Job, expand, load_grid
+from llava_ablate.launch.grid import GridSpec, Job, expand
 from llava_ablate.run_identity import RunConfigMismatch, check_run_identity
 
 

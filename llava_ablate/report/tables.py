@@ -176,7 +176,10 @@ def footnote_lines(t: PaperTable, arrows: str = "↑/↓") -> list[str]:
 
 def to_markdown(t: PaperTable) -> str:
     head = ["model", *_columns(t)]
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    out = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+    ]
     for row in t.rows:
         label = f"**{row.label}** (baseline)" if row.baseline else row.label
         out.append("| " + " | ".join([label, *map(_text_cell, _row_cells(row, t))]) + " |")
