@@ -87,6 +87,18 @@ def test_training_grids_end_with_their_evaluation(grid_name, stage2, tmp_path):
     assert sorted(len(u.jobs) for u in stage2_units) == [1, 1, 1, 1]
 
 
+def test_plan_of_a_training_grid_sizes_its_evaluations_from_the_training_plan(tmp_path):
+    """Before stage 2 has exported anything, its evaluations are sized from its own plan."""
+    from llava_ablate.launch.plan_any import plan_any
+
+    grid, jobs, evals, text = plan_any(_plan_args("tiny_chain", tmp_path))
+    assert "evaluation stage eval: 2 evaluation jobs, 2 to run in 2 Slurm arrays" in text
+    for job in (j for j in jobs if j.stage == "finetune"):
+        line = next(x for x in text.splitlines() if f" finetune/{job.name} " in x)
+        assert " eval " in line and " image_folder " in line and " random " in line
+        assert line.split()[-2] != "?"  # params: from the training job's plan
+
+
 def test_an_evaluation_stage_must_follow_a_training_stage(tmp_path):
     from llava_ablate.config import ConfigError
     from llava_ablate.launch.grid import load_grid
@@ -175,14 +187,19 @@ def _digits_layouts(root: Path) -> Path:
     return root
 
 
-def _tiny_models(cache_dir: Path, root: Path) -> dict[str, Path]:
-    """A tiny LLaVA export (random init) and a tiny CLIP (the zero-shot baseline's type)."""
-    from test_eval_models import _tiny_clip
-
+def _tiny_llava(cache_dir: Path, root: Path) -> Path:
     llava = root / "tiny_llava"
     variant = build_tiny(cache_dir, llm="tiny_qwen2")
     variant.model.save_pretrained(llava)
     variant.processor.save_pretrained(llava)
+    return llava
+
+
+def _tiny_models(cache_dir: Path, root: Path) -> dict[str, Path]:
+    """A tiny LLaVA export (random init) and a tiny CLIP (the zero-shot baseline's type)."""
+    from test_eval_models import _tiny_clip
+
+    llava = _tiny_llava(cache_dir, root)
     clip = root / "tiny_clip"
     model, processor = _tiny_clip(cache_dir)
     model.save_pretrained(clip)
@@ -190,7 +207,9 @@ def _tiny_models(cache_dir: Path, root: Path) -> dict[str, Path]:
     return {"tiny_llava": llava, "tiny_clip": clip}
 
 
-def _eval_grid_file(tmp_path: Path, models: dict[str, Path], data_root: Path, launcher) -> Path:
+def _eval_grid_file(
+    tmp_path: Path, models: dict[str, Path], data_root: Path, launcher: str, shards: int = 1
+) -> Path:
     grid = tmp_path / "tiny_eval.yaml"
     grid.write_text(
         "name: tiny_eval\nkind: evaluate\n"
@@ -199,7 +218,7 @@ def _eval_grid_file(tmp_path: Path, models: dict[str, Path], data_root: Path, la
         "baseline: tiny_clip\ndatasets: [image_folder, caltech101]\ndistractors: [random]\n"
         f"common: [paths.data_root={data_root}, eval.stats.bootstrap=200,"
         " eval.scoring.batch_size=8]\n"
-        f"launcher: {launcher}\ngpu: cpu\n"
+        f"launcher: {launcher}\ngpu: cpu\nshards: {shards}\n"
     )
     return grid
 
@@ -266,23 +285,77 @@ def test_eval_grid_2x2_on_slurm_then_the_table_equals_the_results(
     assert "**tiny_clip** (baseline)" in md
 
 
+@pytest.mark.slow
 def test_eval_grid_runs_without_slurm_and_resumes(cache_dir, tmp_path):
-    """The same grid with Hydra's basic launcher (no scheduler): the arrays run one after the
-    other; a re-launch after removing one dataset's metrics re-scores nothing that is done."""
+    """The same grid with Hydra's basic launcher (no scheduler), each dataset split into 2
+    shards: the arrays (shards, then their merge) run one after the other; a re-launch after
+    removing one dataset's metrics re-scores nothing that is done. ~2 min on 2 busy cores."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     models = _tiny_models(cache_dir, tmp_path / "models")
     data = _digits_layouts(tmp_path / "data")
-    grid = _eval_grid_file(tmp_path, models, data, "[hydra/launcher=basic]")
+    grid = _eval_grid_file(tmp_path, models, data, "[hydra/launcher=basic]", shards=2)
     runs = tmp_path / "runs"
     cmd = [sys.executable, "-m", "llava_ablate.launch", str(grid), "--runs-root", str(runs)]
     env = _env(cache_dir)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "4 evaluation jobs, 4 to run in 4 Slurm arrays" in proc.stdout
+    assert "running evaluate/tiny_llava/random: image_folder, caltech101 x 2 shards" in proc.stdout
+    assert "running evaluate/tiny_llava/random: image_folder, caltech101 (merge)" in proc.stdout
     done = runs / "tiny_eval" / "random" / "tiny_llava" / "caltech101"
     preds = (done / "predictions.jsonl").read_text()
     (done / "metrics.json").unlink()  # as if the job had stopped after scoring
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "4 evaluation jobs, 1 to run in 1 Slurm arrays" in again.stdout
+    assert "4 evaluation jobs, 1 to run in 2 Slurm arrays" in again.stdout
     assert (done / "predictions.jsonl").read_text() == preds  # resumed: nothing re-scored
     assert (done / "metrics.json").exists()
+
+
+def test_sharded_evaluation_merges_exactly_without_loading_the_model(cache_dir, tmp_path,
+                                                                    monkeypatch):  # fmt: skip
+    """Two array tasks (shard.index=0,1 of 2) then the merge (shard.count=1): the same metrics
+    and predictions as one job; the merge finds every question predicted and loads no model."""
+    from llava_ablate.config import compose_config
+    from llava_ablate.eval import run as eval_run
+
+    llava = _tiny_llava(cache_dir, tmp_path / "models")
+    data = _digits_layouts(tmp_path / "data")
+
+    def evaluate(out: str, *extra: str) -> None:
+        overrides = [f"model.path={llava}", "model.name=tiny", f"out_dir={out}",
+                     f"paths.data_root={data}", "eval/datasets=[image_folder]",
+                     f"eval.questions.dir={tmp_path / 'questions'}", "eval.stats.bootstrap=200",
+                     "eval.scoring.scorers=[likelihood,name_likelihood]", *extra]  # fmt: skip
+        cfg = compose_config(overrides, "evaluate")
+        from omegaconf import OmegaConf
+
+        eval_run.run_evaluation(OmegaConf.to_object(cfg))
+
+    evaluate(str(tmp_path / "one"))
+    sharded = tmp_path / "sharded"
+    evaluate(str(sharded), "shard.index=0", "shard.count=2")
+    evaluate(str(sharded), "shard.index=1", "shard.count=2")
+    ds = sharded / "image_folder"
+    assert not (ds / "metrics.json").exists()  # a shard writes predictions only
+    assert sorted(p.name for p in ds.glob("predictions.*")) == [
+        "predictions.rank0.shard0.jsonl", "predictions.rank0.shard1.jsonl"]  # fmt: skip
+
+    def no_model(*_):
+        raise AssertionError("the merge must not load the model")
+
+    monkeypatch.setattr(eval_run, "load_model", no_model)
+    evaluate(str(sharded))
+    one = json.loads((tmp_path / "one" / "image_folder" / "metrics.json").read_text())
+    merged = json.loads((ds / "metrics.json").read_text())
+    assert merged["scorers"] == one["scorers"]
+    assert merged["question_set"] == one["question_set"] and merged["n_scored"] == 20
+
+    def predicted(path: Path) -> list:
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+        return [(r["qid"], r["scorer"], r["pred"], r["correct"]) for r in rows]
+
+    assert predicted(ds / "predictions.jsonl") == predicted(
+        tmp_path / "one" / "image_folder" / "predictions.jsonl"
+    )
+    assert not list(ds.glob("predictions.rank*"))  # merged into predictions.jsonl

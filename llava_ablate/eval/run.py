@@ -80,17 +80,23 @@ def evaluate_dataset(
     world: DistInfo | None = None,
     resume: bool = True,
     model_name: str = "model",
+    shard: tuple[int, int] = (0, 1),
 ) -> dict | None:
-    """Score `qset` (skipping finished units when resuming); metrics on rank 0, None elsewhere."""
+    """Score `qset` (skipping finished units when resuming); metrics on rank 0, None elsewhere.
+
+    `shard=(i, k)`, k > 1: score only units i, i+k, ... into files of this shard's own and
+    return None; a later run with k = 1 finds them all predicted, merges and scores exactly as
+    one job would have."""
     world = world or DistInfo()
     scorers = scorers or list(ecfg.scoring.scorers)
-    store = PredictionStore(out_dir, world.rank)
+    index, count = shard
+    store = PredictionStore(out_dir, world.rank, f".shard{index}" if count > 1 else "")
     if not resume and world.rank == 0:
         store.clear()
     world.barrier()
     units = units_for(qset.questions, ecfg.scoring.cyclic_permutations)
     done = store.done(scorers)
-    todo = [u for u in units if u.key not in done]
+    todo = [u for u in units[index::count] if u.key not in done]
     mine = todo[world.rank :: world.world]
     if world.rank == 0:
         log.info(
@@ -102,7 +108,8 @@ def evaluate_dataset(
         )
     bar = tqdm(total=len(mine), desc=f"{dataset.name} [{model_name}]", disable=world.rank != 0)
     skips: list[Skip] = []
-    for preds in score_units(mine, model, scorers, make_item, ecfg.scoring.batch_size, skips):
+    scored = score_units(mine, model, scorers, make_item, ecfg.scoring.batch_size, skips)
+    for preds in scored if mine else ():  # nothing left: the model may not even be loaded
         store.append(preds)
         bar.update(len(preds) // len(scorers) + len(skips))
         if skips:
@@ -111,6 +118,8 @@ def evaluate_dataset(
             skips.clear()
     bar.close()
     world.barrier()
+    if count > 1:  # merging now would race the other shards' writers
+        return None
     result = None
     if world.rank == 0:
         preds = store.merge([u.key for u in units])
@@ -248,10 +257,16 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
         )
         # A missing exposure table or reference run fails now, not after the scoring.
         HardClassSelector(cfg.eval.hard).select(dataset.classnames, dataset.name)
-    model, image_processor = load_model(cfg, world)
     scorers = list(cfg.eval.scoring.scorers)
     if cfg.model.type != "mllm" and "all_classes" not in scorers:
         scorers.append("all_classes")  # the classic zero-shot number comes for free
+    shard = (cfg.shard.index, cfg.shard.count)
+    pending = (_pending(out / name, qset, cfg.eval, scorers, shard) for name, _, qset in prepared)
+    if not cfg.resume or any(pending):
+        model, image_processor = load_model(cfg, world)
+    else:  # a finished run again, or the merge after the shards: the files hold everything
+        log.info("every question is predicted: metrics only, the model is not loaded")
+        model, image_processor = None, None
     wandb_run = _wandb_init(cfg, model_name) if world.rank == 0 else None
     summary: dict = {}
     for name, dataset, qset in prepared:
@@ -269,6 +284,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
             world=world,
             resume=cfg.resume,
             model_name=model_name,
+            shard=shard,
         )
         if metrics is not None:
             summary[name] = {s: metrics["scorers"][s]["accuracy"] for s in scorers}
@@ -283,6 +299,15 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
             wandb_run.finish()
     shutdown_distributed()
     return summary
+
+
+def _pending(directory: Path, qset: QuestionSet, ecfg: EvalCfg, scorers, shard) -> bool:
+    """Whether this run (this shard) has a unit of `qset` left to score."""
+    if not directory.exists():
+        return True
+    units = units_for(qset.questions, ecfg.scoring.cyclic_permutations)[shard[0] :: shard[1]]
+    done = PredictionStore(directory).done(scorers)
+    return any(u.key not in done for u in units)
 
 
 def write_summary(out: Path, model_name: str, summary: dict) -> None:

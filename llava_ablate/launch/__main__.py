@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--detach", action="store_true", help="return once submitted (launchers keep running)"
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides before or after the options
     try:
         grid, jobs, evals, text = plan_any(args, show=args.dry_run or not args.no_plan)
         if text:

@@ -18,7 +18,7 @@ finished when its dataset's metrics.json exists; a re-submitted unfinished job r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -29,11 +29,12 @@ from llava_ablate.launch.grid import (
     EvalStageSpec,
     GridSpec,
     Job,
-    _dataset_names,
-    _distractors,
-    _strings,
+    dataset_names,
+    distractor_names,
     grid_path,
     quote,
+    shard_count,
+    string_list,
 )
 
 EVAL_KIND = "evaluate"
@@ -86,8 +87,7 @@ class EvalJob:
     results_root: Path  # <runs_root>/<grid>/[<stage>/]: <distractors>/<model>/ below it
     common: list[str]
     parent: Job | None = None  # training grids: the job whose export this scores
-    info: EvalModel | None = None  # eval grids: the model as declared
-    children: list = field(default_factory=list)  # never depended on; as Job for make_units
+    shards: int = 1  # >1: array tasks each score a part, then one merge job scores the whole
 
     @property
     def out_dir(self) -> Path:
@@ -136,7 +136,7 @@ def _model(name: str, node, where: str) -> EvalModel:
 
 
 _GRID_KEYS = {"name", "kind", "description", "models", "datasets", "distractors", "common",
-              "launcher", "gpu", "mfu", "baseline"}  # fmt: skip
+              "launcher", "gpu", "mfu", "baseline", "shards"}  # fmt: skip
 
 
 def is_eval_grid(name: str) -> bool:
@@ -164,11 +164,12 @@ def load_eval_grid(name: str, runs_root: str | None = None) -> EvalGridSpec:
         models=models,
         stage=EvalStageSpec(
             name=EVAL_KIND,
-            datasets=_dataset_names(raw.get("datasets"), f"{path}: datasets"),
-            distractors=_distractors(raw.get("distractors"), f"{path}: distractors"),
+            datasets=dataset_names(raw.get("datasets"), f"{path}: datasets"),
+            distractors=distractor_names(raw.get("distractors"), f"{path}: distractors"),
+            shards=shard_count(raw.get("shards"), f"{path}: shards"),
         ),
-        common=_strings(raw.get("common"), f"{path}: common"),
-        launcher=_strings(raw.get("launcher"), f"{path}: launcher"),
+        common=string_list(raw.get("common"), f"{path}: common"),
+        launcher=string_list(raw.get("launcher"), f"{path}: launcher"),
         description=str(raw.get("description") or ""),
         gpu=str(raw.get("gpu") or EvalGridSpec.gpu),
         mfu=float(raw.get("mfu") or EvalGridSpec.mfu),
@@ -182,7 +183,7 @@ def expand_eval_grid(grid: EvalGridSpec) -> list[EvalJob]:
     root = Path(grid.runs_root) / grid.name
     return [
         EvalJob(grid.name, grid.stage.name, m.name, m.overrides, d, strategy, root,
-                list(grid.common), info=m)
+                list(grid.common), shards=grid.stage.shards)
         for m in grid.models
         for strategy in grid.stage.distractors
         for d in grid.stage.datasets
@@ -201,7 +202,8 @@ def expand_eval_stages(grid: GridSpec, jobs: list[Job]) -> list[EvalJob]:
             for strategy in stage.distractors:
                 for d in stage.datasets:
                     job = EvalJob(grid.name, stage.name, parent.name, model, d, strategy, root,
-                                  list(stage.overrides), parent=parent)  # fmt: skip
+                                  list(stage.overrides), parent=parent,
+                                  shards=stage.shards)  # fmt: skip
                     # A training job with evaluations waiting is an array of its own (as one
                     # with later training stages): each evaluation waits for its own job only.
                     if not any(c is job for c in parent.children):
@@ -213,23 +215,34 @@ def expand_eval_stages(grid: GridSpec, jobs: list[Job]) -> list[EvalJob]:
 @dataclass
 class EvalUnit:
     """Jobs submitted by one `evaluate.py -m` (one Slurm array): one model and distractor
-    strategy, its unfinished datasets swept."""
+    strategy, its unfinished datasets swept -- and, when sharded, `shard.index` too (then a
+    merge unit with `shard.count=1` follows, after the shards' array)."""
 
     stage: str
     jobs: list[EvalJob]
-    parent: Job | None
+    parent: Job | EvalJob | None  # what the array waits for (afterok)
+    shards: int = 1  # >1: every dataset split into this many array tasks
+    merge: bool = False  # the job after the shards: merges their predictions, writes metrics
 
     @property
     def label(self) -> str:
         first = self.jobs[0]
-        return f"{first.model}/{first.distractors}: {', '.join(j.dataset for j in self.jobs)}"
+        what = f"{first.model}/{first.distractors}: {', '.join(j.dataset for j in self.jobs)}"
+        if self.shards > 1:
+            return f"{what} x {self.shards} shards"
+        return f"{what} (merge)" if self.merge else what
 
     def overrides(self, launcher: list[str], sweep_dir: Path) -> list[str]:
         datasets = [j.dataset for j in self.jobs]
         sweep = ",".join(datasets) if len(datasets) > 1 else f"[{datasets[0]}]"
+        shards = []
+        if self.shards > 1:
+            shards = [f"shard.index={','.join(map(str, range(self.shards)))}",
+                      f"shard.count={self.shards}"]  # fmt: skip
         return [
             *self.jobs[0].base_overrides(),
             f"eval/datasets={sweep}",
+            *shards,
             *launcher,
             f"hydra.sweep.dir={quote(str(sweep_dir))}",
             "hydra.sweep.subdir=${hydra.job.num}",
@@ -237,13 +250,22 @@ class EvalUnit:
 
 
 def make_eval_units(jobs: list[EvalJob]) -> list[EvalUnit]:
-    units: dict[tuple, EvalUnit] = {}
+    """Unfinished jobs grouped per (stage, model, distractors, training parent); a sharded
+    group is two units: the shards' array, then the merge after it."""
+    groups: dict[tuple, list[EvalJob]] = {}
     for job in jobs:
-        if job.finished:
-            continue
-        key = (job.stage, job.model, job.distractors, id(job.parent))
-        units.setdefault(key, EvalUnit(job.stage, [], job.parent)).jobs.append(job)
-    return list(units.values())
+        if not job.finished:
+            key = (job.stage, job.model, job.distractors, id(job.parent), job.shards)
+            groups.setdefault(key, []).append(job)
+    units = []
+    for members in groups.values():
+        first = members[0]
+        if first.shards > 1:
+            units.append(EvalUnit(first.stage, members, first.parent, shards=first.shards))
+            units.append(EvalUnit(first.stage, members, first, merge=True))
+        else:
+            units.append(EvalUnit(first.stage, members, first.parent))
+    return units
 
 
 _TRAIN_ONLY = {"llm", "vision", "projector", "data", "recipe", "deepspeed", "train", "wandb",

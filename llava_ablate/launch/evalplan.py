@@ -205,7 +205,8 @@ def format_eval_plan(title: str, rows: list[EvalPlanRow], gpu: str, mfu: float) 
     units = make_eval_units([r.job for r in rows])
     out = [
         f"{title}: {len(rows)} evaluation jobs, {len(todo)} to run in {len(units)} Slurm "
-        f"arrays (one per model and distractor strategy), {len(rows) - len(todo)} finished",
+        f"arrays (per model and distractor strategy; sharded: + a merge), "
+        f"{len(rows) - len(todo)} finished",
         f"assumed GPU {gpu}" + (f", MFU {mfu:.0%} (forward passes only)" if gpu != "cpu" else ""),
         "",
     ]
@@ -215,6 +216,8 @@ def format_eval_plan(title: str, rows: list[EvalPlanRow], gpu: str, mfu: float) 
         alloc = f"{res.nodes}x{res.tasks_per_node}" + (
             f" ({res.gpus} GPU)" if res.gpus_per_node else " (CPU)"
         )
+        if r.job.shards > 1:
+            alloc += f" x{r.job.shards} shards"
         after = f"{r.job.parent.stage}/{r.job.parent.name}" if r.job.parent else "-"
         table.append([
             str(i), r.job.stage, r.job.model, r.job.dataset, r.job.distractors, r.status, after,

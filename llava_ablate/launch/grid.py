@@ -51,6 +51,7 @@ class EvalStageSpec:
     distractors: tuple[str, ...] = ("random",)
     overrides: tuple[str, ...] = ()  # evaluate.py overrides for every job of the stage
     after: str | None = None  # training grids: the stage whose exports are scored
+    shards: int = 1  # >1: each (model, dataset) split over this many array tasks, then merged
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def grid_path(name: str) -> Path:
     return path
 
 
-def _strings(node, where: str) -> tuple[str, ...]:
+def string_list(node, where: str) -> tuple[str, ...]:
     if node is None:
         return ()
     if not isinstance(node, (list, ListConfig)):
@@ -144,8 +145,8 @@ def _strings(node, where: str) -> tuple[str, ...]:
     return tuple(str(x) for x in items)
 
 
-def _dataset_names(node, where: str) -> tuple[str, ...]:
-    names = _strings(node, where)
+def dataset_names(node, where: str) -> tuple[str, ...]:
+    names = string_list(node, where)
     if not names:
         raise ConfigError(f"{where} has no datasets")
     known = sorted(p.stem for p in (CONF_DIR / "eval" / "datasets").glob("*.yaml"))
@@ -155,15 +156,23 @@ def _dataset_names(node, where: str) -> tuple[str, ...]:
     return names
 
 
-def _distractors(node, where: str) -> tuple[str, ...]:
-    values = _strings(node, where) or ("random",)
+def distractor_names(node, where: str) -> tuple[str, ...]:
+    values = string_list(node, where) or ("random",)
     for v in values:
         if v not in DISTRACTORS:
             raise ConfigError(f"{where}: {v!r} is not a distractor strategy; {list(DISTRACTORS)}")
     return values
 
 
-_EVAL_STAGE_KEYS = {"name", "datasets", "distractors", "overrides", "after"}
+def shard_count(node, where: str) -> int:
+    if node is None:
+        return 1
+    if isinstance(node, bool) or not isinstance(node, int) or node < 1:
+        raise ConfigError(f"{where}={node!r}: a number of array tasks per dataset, >= 1")
+    return node
+
+
+_EVAL_STAGE_KEYS = {"name", "datasets", "distractors", "overrides", "after", "shards"}
 
 
 def eval_stage(node: DictConfig, where: str) -> EvalStageSpec:
@@ -177,10 +186,11 @@ def eval_stage(node: DictConfig, where: str) -> EvalStageSpec:
         raise ConfigError(f"{where}: an evaluation stage needs `after: <training stage>`")
     return EvalStageSpec(
         name=str(node.name),
-        datasets=_dataset_names(node.get("datasets"), f"{where}.datasets"),
-        distractors=_distractors(node.get("distractors"), f"{where}.distractors"),
-        overrides=_strings(node.get("overrides"), f"{where}.overrides"),
+        datasets=dataset_names(node.get("datasets"), f"{where}.datasets"),
+        distractors=distractor_names(node.get("distractors"), f"{where}.distractors"),
+        overrides=string_list(node.get("overrides"), f"{where}.overrides"),
         after=str(node.after),
+        shards=shard_count(node.get("shards"), f"{where}.shards"),
     )
 
 
@@ -196,7 +206,7 @@ def load_grid(name: str, runs_root: str | None = None) -> GridSpec:
     unknown = set(raw.keys()) - _GRID_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; allowed {sorted(_GRID_KEYS)}")
-    axes = {str(k): _strings(v, f"{path}: axes.{k}") for k, v in (raw.get("axes") or {}).items()}
+    axes = {str(k): string_list(v, f"{path}: axes.{k}") for k, v in (raw.get("axes") or {}).items()}
     for axis, values in axes.items():
         if not values:
             raise ConfigError(f"{path}: axes.{axis} has no values")
@@ -212,7 +222,7 @@ def load_grid(name: str, runs_root: str | None = None) -> GridSpec:
         extra = set(s.keys()) - _STAGE_KEYS
         if extra:
             raise ConfigError(f"{path}: stages[{i}] has unknown keys {sorted(extra)}")
-        vary = None if s.get("vary") is None else _strings(s.vary, f"{path}: stages[{i}].vary")
+        vary = None if s.get("vary") is None else string_list(s.vary, f"{path}: stages[{i}].vary")
         for axis in vary or ():
             if axis not in axes:
                 raise ConfigError(
@@ -225,7 +235,7 @@ def load_grid(name: str, runs_root: str | None = None) -> GridSpec:
                 f"({[st.name for st in stages]})"
             )
         stages.append(
-            StageSpec(str(s.name), _strings(s.get("overrides"), f"stages[{i}]"), vary, after)
+            StageSpec(str(s.name), string_list(s.get("overrides"), f"stages[{i}]"), vary, after)
         )
     names = [s.name for s in stages] + [s.name for s in eval_stages]
     if len(set(names)) != len(names):
@@ -234,8 +244,8 @@ def load_grid(name: str, runs_root: str | None = None) -> GridSpec:
         name=str(raw.get("name") or path.stem),
         axes=axes,
         stages=tuple(stages),
-        common=_strings(raw.get("common"), f"{path}: common"),
-        launcher=_strings(raw.get("launcher"), f"{path}: launcher"),
+        common=string_list(raw.get("common"), f"{path}: common"),
+        launcher=string_list(raw.get("launcher"), f"{path}: launcher"),
         description=str(raw.get("description") or ""),
         gpu=str(raw.get("gpu") or GridSpec.gpu),
         mfu=float(raw.get("mfu") or GridSpec.mfu),
