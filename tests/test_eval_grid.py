@@ -180,6 +180,49 @@ def test_table_figures_equal_the_results_files_and_flag_paired_tests(tmp_path):
     assert r"clip \emph{(baseline)}" in tex and "fp-digits (all 2 rows)" in tex
 
 
+def test_average_and_hard_columns_combine_the_paired_deltas(tmp_path):
+    """`average` and `hard` flags: the per-dataset paired deltas (all questions; the hard
+    classes' questions, as compare.py's hard-class deltas mark them) combined as independent
+    normal errors; flagged exactly when that interval excludes zero."""
+    from types import SimpleNamespace
+
+    from llava_ablate.eval.stats import paired_comparison
+    from llava_ablate.report.collect import discover_runs, label_runs, read_run
+    from llava_ablate.report.compare import deltas, group_variants, pick_baseline
+    from llava_ablate.report.tables import Z95, build_table
+
+    rng = np.random.default_rng(11)
+    grid = tmp_path / "random"
+    _write_model(grid, "base", {"digits": 0.5, "shapes": 0.5}, rng, {})
+    _write_model(grid, "better", {"digits": 0.6, "shapes": 0.6}, rng, {})
+    runs = [read_run(p) for p in discover_runs([grid])]
+    label_runs(runs)
+    variants = group_variants(runs)
+    base = pick_baseline(variants, "base")
+    items = deltas(variants, base, 500, 0)
+    hard_items = []
+    for ds in ("digits", "shapes"):  # the questions of the hard class ("owl") only
+        a, b = (next(r for r in runs if r.path.name == m).datasets[ds] for m in ("base", "better"))
+        lines = (grid / "base" / ds / "predictions.jsonl").read_text().splitlines()
+        owl = [json.loads(x)["qid"] for x in lines if json.loads(x)["label"] == "owl"]
+        c = paired_comparison(np.array([a.correct[q] for q in owl]),
+                              np.array([b.correct[q] for q in owl]), 500, 0)  # fmt: skip
+        hard_items.append(SimpleNamespace(variant="better", dataset=ds, comparison=c,
+                                          subset="hard classes"))  # fmt: skip
+    table = build_table(runs, base, items + hard_items, scorer="likelihood")
+    row = next(r for r in table.rows if r.label == "better")
+    for cell, source in ((row.average, items), (row.hard, hard_items)):
+        cs = [d.comparison for d in source if d.variant == "better"]
+        mean = np.mean([c.delta for c in cs])
+        se = np.sqrt(sum(((c.delta_ci_high - c.delta_ci_low) / (2 * Z95)) ** 2 for c in cs)) / 2
+        assert cell.delta == pytest.approx(mean)
+        excludes_zero = mean - Z95 * se > 0 or mean + Z95 * se < 0
+        assert cell.flag == (("up" if mean > 0 else "down") if excludes_zero else None)
+    # The dataset cells stay on the all-questions tests (the hard ones do not overwrite them).
+    digits = next(d for d in items if d.variant == "better" and d.dataset == "digits")
+    assert row.cells["digits"].p_value == digits.comparison.mcnemar_p
+
+
 def _digits_layouts(root: Path) -> Path:
     """Two generated datasets in real layouts: an image folder and Caltech-101's."""
     fx.digits_folder(root / "my_dataset", per_class=2)  # conf/eval/datasets/image_folder.yaml

@@ -37,10 +37,10 @@ def report_command(args: argparse.Namespace) -> None:
 
     table = build_table(runs, base, items, scorer=args.scorer)
     tables = write_tables(table, out.with_suffix(""))  # the paper-style table, beside the HTML
+    print(f"table (models x datasets): {', '.join(map(str, tables))}")
     n_variants = len({r.variant for r in runs})
     print(f"{len(runs)} runs, {n_variants} variants, {len(items)} comparisons against "
           f"{base.label}: {out}")  # fmt: skip
-    print(f"table (models x datasets): {', '.join(map(str, tables))}")
     if args.wandb:
         from llava_ablate.report.wandb_report import build_report, save_report
 

@@ -11,7 +11,8 @@ Every figure comes from the results files (collect.py) or the paired tests of co
   flag combine the per-dataset intervals (dataset accuracies, or paired deltas) as independent
   normal errors: se = sqrt(sum se_i^2) / k with se_i = CI width / (2 x 1.96);
 - `hard` is the mean over datasets of the hard-class accuracy (eval.hard), CI as for the
-  average; it has no paired flag.
+  average; its flag combines the paired deltas on the hard classes' questions
+  (compare.py's `hard_deltas`, `Delta.subset == "hard classes"`) the same way, when present.
 The question-set fingerprints of every column go in a footnote: one per column means every row
 answered the identical questions (the paired tests refuse anything else).
 """
@@ -62,6 +63,24 @@ class PaperTable:
     baseline: str
 
 
+ALL, HARD = "all questions", "hard classes"  # Delta.subset (compare.py)
+
+
+def _subset(delta: Delta) -> str:
+    return getattr(delta, "subset", ALL)
+
+
+def _combined_delta(cell: Cell, deltas: list) -> None:
+    """Set `cell`'s delta and flag from per-dataset paired deltas (all must be there)."""
+    if not deltas or not all(deltas):
+        return
+    mean, low, high = _combined([(d.comparison.delta, d.comparison.delta_ci_low,
+                                  d.comparison.delta_ci_high) for d in deltas])  # fmt: skip
+    cell.delta = mean
+    if low > 0 or high < 0:
+        cell.flag = UP if mean > 0 else DOWN
+
+
 def significant(delta: Delta, alpha: float) -> bool:
     c = delta.comparison
     if c.mcnemar_p is not None:
@@ -94,7 +113,8 @@ def build_table(
     alpha: float = 0.05,
 ) -> PaperTable:
     datasets = list(dict.fromkeys(d for r in runs for d in r.datasets))
-    by_key = {(d.variant, d.dataset): d for d in items}
+    by_key = {(d.variant, d.dataset): d for d in items if _subset(d) == ALL}
+    hard_key = {(d.variant, d.dataset): d for d in items if _subset(d) == HARD}
     rows, fingerprints = [], {d: {} for d in datasets}
     for r in runs:
         is_base = r.variant == base.label
@@ -117,18 +137,16 @@ def build_table(
         if datasets and all(cells[d] is not None for d in datasets):
             mean, lo, hi = _combined([(c.value, c.ci_low, c.ci_high) for c in cells.values()])
             average = Cell(mean, lo, hi)
-            deltas = [by_key.get((r.variant, d)) for d in datasets]
-            if not is_base and all(deltas):
-                dm, dlo, dhi = _combined([(d.comparison.delta, d.comparison.delta_ci_low,
-                                           d.comparison.delta_ci_high) for d in deltas])  # fmt: skip
-                average.delta = dm
-                if dlo > 0 or dhi < 0:
-                    average.flag = UP if dm > 0 else DOWN
-        hards = [r.datasets[d].hard for d in datasets if d in r.datasets and r.datasets[d].hard]
+            if not is_base:
+                _combined_delta(average, [by_key.get((r.variant, d)) for d in datasets])
+        with_hard = [d for d in datasets if d in r.datasets and r.datasets[d].hard]
         hard = None
-        if hards:
+        if with_hard:
+            hards = [r.datasets[d].hard for d in with_hard]
             mean, lo, hi = _combined([(h.value, h.ci_low, h.ci_high) for h in hards])
             hard = Cell(mean, lo, hi, sum(h.n for h in hards))
+            if not is_base:
+                _combined_delta(hard, [hard_key.get((r.variant, d)) for d in with_hard])
         rows.append(TableRow(r.label, is_base, cells, average, hard))
     return PaperTable(datasets, rows, fingerprints, scorer, alpha, base.label)
 
@@ -159,8 +177,9 @@ def footnote_lines(t: PaperTable, arrows: str = "↑/↓") -> list[str]:
         f"Accuracy (%) of the {t.scorer} scorer with its 95% CI; {arrows}: significantly above/"
         f"below the baseline ({t.baseline}) by a paired test on the same frozen questions "
         f"(exact McNemar, p < {t.alpha}; over seeds: the seeds x questions bootstrap interval). "
-        "average: mean over the datasets; hard: mean hard-class accuracy (no paired test); "
-        "their CIs combine the per-dataset intervals as independent normal errors.",
+        "average: mean over the datasets; hard: mean hard-class accuracy; their CIs (and "
+        "flags: the paired deltas) combine the per-dataset intervals as independent normal "
+        "errors.",
         "Question sets (fingerprints):",
     ]
     for d in t.datasets:
