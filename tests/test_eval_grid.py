@@ -57,6 +57,8 @@ def test_paper_models_is_composed_and_planned_without_downloads(tmp_path, monkey
     line = next(x for x in text.splitlines() if " llava15_7b " in x and " imagenet " in x)
     assert "~50,000" in line and "7.06B" in line
     assert "GPU-hours to run: " in text and "GPU-hours: unknown" not in text
+    report = f"llava-ablate report {tmp_path / 'paper_models' / 'random'} --baseline clip_l14_336"
+    assert report in text
     one = evals[0]
     assert one.out_dir == tmp_path / "paper_models" / "random" / "llava15_7b"
     assert "model.path=llava-hf/llava-1.5-7b-hf" in one.overrides

@@ -35,7 +35,14 @@ def plan_any(
             return egrid, [], evals, ""
         rows = plan_eval_jobs(evals, list(egrid.launcher), args.overrides, egrid.gpu, egrid.mfu)
         title = f"grid {egrid.name}" + (f" -- {egrid.description}" if egrid.description else "")
-        return egrid, [], evals, format_eval_plan(title, rows, egrid.gpu, egrid.mfu)
+        text = format_eval_plan(title, rows, egrid.gpu, egrid.mfu)
+        root = evals[0].results_root if evals else egrid.name
+        base = f" --baseline {egrid.baseline}" if egrid.baseline else ""
+        text += "\ntables, once it has run: " + "; ".join(
+            f"llava-ablate report {root / d}{base} --out {egrid.name}_{d}.html"
+            for d in egrid.stage.distractors
+        )
+        return egrid, [], evals, text
     grid = load_grid(args.grid, runs_root=args.runs_root)
     if args.gpu:
         grid = GridSpec(**{**grid.__dict__, "gpu": args.gpu})
