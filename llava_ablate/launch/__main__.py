@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return 0
         print(flush=True)
-        if is_eval_grid(args.grid):
+        if is_eval_grid(args.grid, args.overrides):
             failed = submit_eval_grid(grid, evals, args.overrides, wait=not args.detach)
         else:
             failed = submit_grid(grid, jobs, args.overrides, wait=not args.detach, evals=evals)

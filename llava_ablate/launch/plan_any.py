@@ -26,8 +26,8 @@ def plan_any(
 ) -> tuple[GridSpec | EvalGridSpec, list[Job], list[EvalJob], str]:
     """(grid, training jobs, evaluation jobs, the plan's text). `show=False` skips the
     estimates (a training grid's existing runs are still checked by submit_grid)."""
-    if is_eval_grid(args.grid):
-        egrid = load_eval_grid(args.grid, runs_root=args.runs_root)
+    if is_eval_grid(args.grid, args.overrides):
+        egrid = load_eval_grid(args.grid, runs_root=args.runs_root, overrides=args.overrides)
         if args.gpu:
             egrid = EvalGridSpec(**{**egrid.__dict__, "gpu": args.gpu})
         evals = expand_eval_grid(egrid)
