@@ -326,15 +326,17 @@ def _claim_out_dir(out: Path, cfg: EvaluateConfig, world: DistInfo) -> None:
     marker = out / "run.json"
     if world.rank == 0:
         mine = {"model_type": cfg.model.type, "model_path": cfg.model.path}
-        if marker.exists() and cfg.resume:
-            theirs = json.loads(marker.read_text())
-            if theirs != mine:
-                raise ValueError(
-                    f"{out} holds results of {theirs}; set out_dir (or model.name) per model, "
-                    "or resume=false to overwrite"
-                )
-        out.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(mine))
+        # An evaluation grid's jobs (one per dataset) claim the same directory at once.
+        with file_lock(out / ".run.lock"):
+            if marker.exists() and cfg.resume:
+                theirs = json.loads(marker.read_text())
+                if theirs != mine:
+                    raise ValueError(
+                        f"{out} holds results of {theirs}; set out_dir (or model.name) per "
+                        "model, or resume=false to overwrite"
+                    )
+            with atomic_write(marker) as tmp:
+                tmp.write_text(json.dumps(mine))
     world.barrier()
 
 
