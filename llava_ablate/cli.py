@@ -18,7 +18,7 @@ from pathlib import Path
 from llava_ablate.base.config import config_error_lines, report_config_error
 from llava_ablate.config import Config, compose_config, to_object
 from llava_ablate.eval.lmms_command import add_lmms_command
-from llava_ablate.launch.plan import add_plan_command
+from llava_ablate.launch.plan_any import add_plan_command
 from llava_ablate.report.command import add_report_command
 
 

@@ -143,12 +143,21 @@ class ModelCfg:
 
 
 @dataclass
+class ShardCfg:
+    """One array task's part of every dataset's questions (an evaluation grid's `shards`)."""
+
+    index: int = 0  # this task scores the question units index, index + count, ...
+    count: int = 1  # >1: predictions only; a run with count=1 afterwards merges and scores
+
+
+@dataclass
 class EvaluateConfig:
     model: ModelCfg = field(default_factory=ModelCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
     paths: PathsCfg = field(default_factory=PathsCfg)
     out_dir: str = MISSING
     resume: bool = True  # skip question ids already in predictions
+    shard: ShardCfg = field(default_factory=ShardCfg)
 
 
 def model_tag(name: str | None, path: str) -> str:
@@ -240,6 +249,11 @@ def validate_evaluate(cfg: EvaluateConfig) -> None:
         raise ConfigError("eval.scoring.scorers=all_classes is for model.type=clip|siglip only")
     if not cfg.eval.datasets:
         raise ConfigError("no dataset selected: e.g. eval/datasets=[imagenet,cub200]")
+    Range(low=1).check("shard.count", cfg.shard.count)
+    Range(0, cfg.shard.count - 1).check("shard.index", cfg.shard.index)
+    if cfg.shard.count > 1 and not cfg.resume:
+        raise ConfigError("resume=false would delete the other shards' predictions; "
+                          "delete the results directory instead")  # fmt: skip
     validate_eval(cfg.eval)
 
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from llava_ablate.base.config import run_hydra_main
 from llava_ablate.config import CONF_SOURCE
@@ -25,9 +25,9 @@ register_eval_configs()
 @hydra.main(config_path=CONF_SOURCE, config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     validate_evaluate(cfg)  # unknown keys, choices, ranges: before any model loads
-    from llava_ablate.eval.run import run_evaluation  # heavy imports after composition
+    from llava_ablate.launch.task import eval_task  # heavy imports after composition
 
-    run_evaluation(OmegaConf.to_object(cfg))
+    eval_task(cfg)  # Slurm tasks (evaluation grids) join as ranks, as under torchrun
 
 
 def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:

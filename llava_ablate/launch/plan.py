@@ -11,7 +11,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from llava_ablate.config import Config, ConfigError, compose_config, to_object
 from llava_ablate.launch.estimate import (
     DataSize,
-    EstimateError,
     Memory,
     ModelSize,
     data_size,
@@ -22,7 +21,7 @@ from llava_ablate.launch.estimate import (
     model_size,
     train_flops,
 )
-from llava_ablate.launch.grid import GridSpec, Job, expand, load_grid
+from llava_ablate.launch.grid import GridSpec, Job, expand
 from llava_ablate.run_identity import RunConfigMismatch, check_run_identity
 
 
@@ -372,17 +371,6 @@ def _data_lines(rows: list[PlanRow]) -> list[str]:
     return out
 
 
-def plan_command(args: argparse.Namespace) -> None:
-    grid = load_grid(args.grid, runs_root=args.runs_root, overrides=args.overrides)
-    if args.gpu:
-        grid = GridSpec(**{**grid.__dict__, "gpu": args.gpu})
-    try:
-        rows = plan_grid(grid, args.overrides)
-    except (ConfigError, EstimateError) as e:
-        raise SystemExit(f"plan failed: {e}") from e
-    print(format_plan(grid, rows))
-
-
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "grid",
@@ -391,10 +379,3 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
     parser.add_argument("--runs-root", default=None, help="where run directories go (runs)")
     parser.add_argument("--gpu", default=None, help="GPU to size for (a100-80gb, h100-80gb...)")
-
-
-def add_plan_command(subparsers) -> None:
-    """`llava-ablate plan`: registered by llava_ablate/cli.py."""
-    p = subparsers.add_parser("plan", help="print a grid's jobs, resources, memory, GPU-hours")
-    add_plan_arguments(p)
-    p.set_defaults(func=plan_command)

@@ -24,6 +24,7 @@ from llava_ablate.eval.stats import Estimate
 from llava_ablate.run_identity import AXES, RECORD, axes_of, config_hash, flatten, result_config
 
 SEED_KEY = "train.seed"
+EVAL_MARKER = "run.json"  # evaluate.py's results directory (one model), llava_ablate/eval/run.py
 
 
 class ResultsError(ValueError):
@@ -182,6 +183,11 @@ def discover_runs(paths: list[Path]) -> list[Path]:
     for p in map(Path, paths):
         if not p.is_dir():
             raise ResultsError(f"{p} is not a directory")
+        if not (p / EVAL_MARKER).exists() and not _has_runs(p):
+            results = sorted(c.parent for c in p.rglob(EVAL_MARKER) if ".launch" not in c.parts)
+            if results:  # evaluate.py results directories below: an evaluation grid's
+                runs += results
+                continue
         if (p / "config.yaml").exists() or find_eval_dir(p) is not None and not _has_runs(p):
             runs.append(p)
             continue

@@ -35,6 +35,11 @@ def report_command(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
+    from llava_ablate.report.tables import build_table, write_tables
+
+    table = build_table(runs, base, items, scorer=args.scorer)
+    tables = write_tables(table, out.with_suffix(""))  # the paper-style table, beside the HTML
+    print(f"table (models x datasets): {', '.join(map(str, tables))}")
     n_variants = len({r.variant for r in runs})
     hard = sum(d.subset != "all questions" for d in items)
     print(f"{len(runs)} runs, {n_variants} variants, {len(items) - hard} comparison(s) (+{hard} on "
