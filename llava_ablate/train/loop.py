@@ -26,7 +26,8 @@ from llava_ablate.train.metrics import MetricsLogger, peak_memory_gb
 
 log = logging.getLogger("llava_ablate.train")
 
-_MODEL_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values")
+# attention_mask for one sample per row; position_ids (restarting per sample) for packed rows.
+_MODEL_KEYS = ("input_ids", "labels", "attention_mask", "position_ids", "pixel_values")
 
 
 @dataclass
@@ -50,7 +51,6 @@ class LoopOptions:
     nan_skip_limit: int
     max_bad_fraction: float
     checkpoint_dir: Path
-    micro_batch: int
     # Polled after every optimizer step (e.g. a preemption signal arrived); when any rank says
     # yes, all ranks checkpoint and return early so the job can requeue and resume.
     stop_requested: Callable[[], bool] | None = None
@@ -95,7 +95,8 @@ def train_loop(
         window["data_wait_s"] += time.perf_counter() - t0
         empty = batch is not None and "input_ids" not in batch
         if batch is not None:
-            state.samples += opts.micro_batch
+            # A packed micro-batch holds micro_batch samples only on average over its window.
+            state.samples += len(batch["ids"]) + len(batch["skip_details"])
             for skip in batch["skip_details"]:
                 if state.skipped[skip.reason] < 3:  # name the first few of each kind
                     log.warning("skipped sample %s (%s) %s", skip.id, skip.reason, skip.detail)
@@ -139,9 +140,7 @@ def train_loop(
         if not empty:
             window["loss_sum"] += loss.item()
             window["micro"] += 1
-            placeholder = batch.get("placeholder_rows", 0)  # not data: excluded from tokens/s
-            mask = inputs["attention_mask"]
-            window["tokens"] += int(mask[: mask.shape[0] - placeholder].sum())
+            window["tokens"] += batch["real_tokens"]  # the placeholder row is not data
             window["samples"] += len(batch["ids"])
         if not boundary:
             continue
