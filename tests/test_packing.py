@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from llava_ablate.data.batching import BatchingOptions, micro_batches, pack_window
 from llava_ablate.data.encode import Collator, EncodeOptions, SampleEncoder, Skip, Tokenized
 
-from conftest import build_tiny
+from conftest import build_tiny, read_metrics
 from datagen import image_bytes
 
 KEYS = ("input_ids", "labels", "attention_mask", "position_ids", "pixel_values")
@@ -221,3 +221,61 @@ def test_packed_gradients_equal_unpacked_under_deepspeed(cache_dir, world_of_one
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_a_step_is_the_mean_over_the_global_batchs_supervised_tokens(
+    cache_dir, tmp_path, world_of_one
+):
+    """Micro-batches of very different token counts (a short one-per-row batch and a long
+    packed one) accumulate to the gradient of one forward over all their samples: the loss is a
+    mean over the step's supervised tokens, not a mean of micro-batch means."""
+    import deepspeed
+
+    from llava_ablate.base.distributed import init_distributed
+    from llava_ablate.train.loop import LoopOptions, TrainState, train_loop
+    from llava_ablate.train.metrics import MetricsLogger
+
+    init_distributed()
+    variant = build_tiny(cache_dir, llm="tiny_qwen2")
+    with_images = [True, False, True, True, False, True, False]
+    toks, whole, _ = _batches(variant, with_images, 256)
+    encoder = SampleEncoder(
+        variant.processor, EncodeOptions("chat", variant.num_image_tokens, 256, "skip", True)
+    )
+    finished = [encoder.finish(t) for t in toks]
+    pad = variant.tokenizer.pad_token_id
+    short = Collator(pad)(finished[:1])
+    rows = pack_window(toks[1:], 1, 256)[0]
+    by_id = {x["id"]: x for x in finished}
+    long = Collator(pad, packed=True).rows([[by_id[x.id] for x in r] for r in rows])
+
+    reference = copy.deepcopy(variant.model).train()
+    reference(**{k: whole[k] for k in KEYS if k in whole}, use_cache=False).loss.backward()
+    torch.optim.SGD(reference.parameters(), lr=0.5).step()
+
+    config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 2,
+        "gradient_clipping": 0.0,  # DeepSpeed clips at 1.0 by default
+    }
+    model = copy.deepcopy(variant.model).train()
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5), config=config
+    )
+    opts = LoopOptions(
+        total_steps=1,
+        log_every=1,
+        save_every=0,
+        keep_checkpoints=1,
+        nan_skip_limit=0,
+        max_bad_fraction=0.01,
+        checkpoint_dir=tmp_path / "ckpt",
+    )
+    metrics = MetricsLogger(tmp_path, enabled=True)
+    train_loop(engine, iter([short, long]), TrainState(), opts, metrics, lambda s: {})
+    trained = dict(engine.module.named_parameters())
+    for name, q in reference.named_parameters():
+        torch.testing.assert_close(trained[name], q, atol=1e-6, rtol=1e-5, msg=name)
+    with torch.no_grad():
+        ref_loss = variant.model(**{k: whole[k] for k in KEYS if k in whole}, use_cache=False)
+    assert read_metrics(tmp_path)[0]["loss"] == pytest.approx(ref_loss.loss.item(), rel=1e-5)
