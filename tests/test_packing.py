@@ -192,7 +192,14 @@ def test_without_position_resets_samples_would_see_each_other(variant):
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_packed_gradients_equal_unpacked_under_deepspeed(cache_dir, world_of_one, stage):
+@pytest.mark.parametrize(
+    "with_images",
+    [[True, False, True, True, False, True], [False, False, False, False]],  # text-only:
+    ids=["mixed", "text_only"],  # the placeholder image row that keeps ZeRO-3 ranks in step
+)
+def test_packed_gradients_equal_unpacked_under_deepspeed(
+    cache_dir, world_of_one, stage, with_images
+):
     import deepspeed
     from deepspeed.utils import safe_get_full_grad
 
@@ -200,7 +207,8 @@ def test_packed_gradients_equal_unpacked_under_deepspeed(cache_dir, world_of_one
 
     init_distributed()
     variant = build_tiny(cache_dir, llm="tiny_qwen2")
-    _, plain, packed = _batches(variant, [True, False, True, True, False, True], 256, True)
+    _, plain, packed = _batches(variant, with_images, 256, placeholder=True)
+    assert ("placeholder_rows" in packed) == (not any(with_images))
     config = {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
