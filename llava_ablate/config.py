@@ -118,10 +118,15 @@ class DataCfg:
     # How a micro-batch's samples become padded rows (data/batching.py):
     #   none:  in stream order, one sample per row;
     #   group: sort `group_buffer` micro-batches' worth of samples by (modality, length) and cut
-    #          (LLaVA's group_by_modality_length): 6.4% of tokens are padding on a LLaVA-like mix;
+    #          (LLaVA's group_by_modality_length): ~6% of tokens are padding on a LLaVA-like mix;
     #   pack:  several samples per row up to recipe.max_length, each attending only to itself
-    #          (position_ids restart per sample): 0.x% padding, same samples per micro-batch.
-    # Default: PACK_DEFAULT_REASON
+    #          (position_ids restart per sample): 0.5% padding, the same samples per step on
+    #          average, the loss normalised the same way (README: sequence packing).
+    # Default group: packing did not win tokens/s where measured (bench/padding_waste.py, CPU,
+    # sdpa: 1.00x and 0.85x grouping in two runs). With sdpa a packed row gets a 4D block-diagonal mask, so each row's
+    # whole attention matrix is computed and masked: what padding saved is likely spent on
+    # cross-sample scores. flash_attention_2 runs packed samples as varlen sequences without
+    # that cost: try pack there (the GPU bench measures it).
     batching: str = "group"
     group_buffer: int = 32  # micro-batches' worth of samples grouped (or packed) together
 
