@@ -74,6 +74,19 @@ def test_unknown_mode_is_refused():
         BatchingOptions(4, "packed")
 
 
+def test_packed_rows_restart_positions_and_mask_each_samples_first_label():
+    def sample(i, n):
+        return {"id": str(i), "input_ids": torch.arange(1, n + 1), "labels": torch.arange(1, n + 1)}
+
+    batch = Collator(0, packed=True).rows([[sample(0, 3), sample(1, 2)], [sample(2, 4)]])
+    assert "attention_mask" not in batch and batch["real_tokens"] == 9
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 2, 3, 0]]
+    assert batch["labels"].tolist() == [[-100, 2, 3, -100, 2], [-100, 2, 3, 4, -100]]
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 1, 2], [1, 2, 3, 4, 0]]
+    plain = Collator(0)([sample(0, 3), sample(2, 4)])
+    assert "position_ids" not in plain and plain["labels"][0].tolist() == [1, 2, 3, -100]
+
+
 # --- packed == unpacked -------------------------------------------------------------------
 
 QUESTIONS = ["Say alpha?", "What is drawn here, in a few words?", "Name it.", "Count: one two?"]

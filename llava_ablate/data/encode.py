@@ -188,8 +188,7 @@ class Collator:
         ids = torch.full((len(good), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(good), width), -100, dtype=torch.long)
         mask = torch.zeros((len(good), width), dtype=torch.long)
-        # A padded tail restarts at 0 too: its own segment, attended by no sample.
-        positions = torch.arange(width).repeat(len(good), 1)
+        positions = torch.zeros((len(good), width), dtype=torch.long)
         for i, row in enumerate(good):
             start = 0
             for x in row:
@@ -201,6 +200,7 @@ class Collator:
                 positions[i, start:end] = torch.arange(end - start)
                 start = end
             mask[i, :start] = 1
+            # A padded tail restarts at 0 too: its own segment, attended by no sample.
             positions[i, start:] = torch.arange(width - start)
         batch.update(input_ids=ids, labels=labels)
         if self.packed:
