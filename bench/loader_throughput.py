@@ -124,7 +124,7 @@ def main(argv=None) -> dict:
                 StreamPlan(open_mixture(data, 0), 0, 256),
                 encoder,
                 collate,
-                BatchingOptions(args.micro, True, 8),
+                BatchingOptions(args.micro, "group", 8),
                 rank=0,
                 world=1,
                 workers=args.workers,

@@ -111,13 +111,6 @@ class SourceCfg:
 
 
 @dataclass
-class BatchingCfg:
-    # Sort a buffer of samples by (modality, length) and cut it into micro-batches: batches of
-    # similar length waste little compute on padding (LLaVA's group_by_modality_length).
-    group_by_length: bool = True
-    group_buffer: int = 32  # micro-batches' worth of samples sorted together
-
-
 @dataclass
 class SourceSize:
     """A source's published size, which `llava-ablate plan` estimates steps, tokens and GPU-hours
@@ -141,7 +134,20 @@ class DataCfg:
     num_workers: int = 2  # DataLoader workers per rank
     max_bad_fraction: float = 0.01  # fail the run when more samples than this are skipped
     on_bad_shard: str = "error"  # a shard short of its manifest: error | skip (counted bad_shard)
-    batching: BatchingCfg = field(default_factory=BatchingCfg)
+    # How a micro-batch's samples become padded rows (data/batching.py):
+    #   none:  in stream order, one sample per row;
+    #   group: sort `group_buffer` micro-batches' worth of samples by (modality, length) and cut
+    #          (LLaVA's group_by_modality_length): ~6% of tokens are padding on a LLaVA-like mix;
+    #   pack:  several samples per row up to recipe.max_length, each attending only to itself
+    #          (position_ids restart per sample): 0.5% padding, the same samples per step on
+    #          average, the loss normalised the same way (README: sequence packing).
+    # Default group: packing did not win tokens/s where measured (bench/padding_waste.py, CPU,
+    # sdpa: 1.00x and 0.85x grouping in two runs). With sdpa a packed row gets a 4D block-diagonal mask, so each row's
+    # whole attention matrix is computed and masked: what padding saved is likely spent on
+    # cross-sample scores. flash_attention_2 runs packed samples as varlen sequences without
+    # that cost: try pack there (the GPU bench measures it).
+    batching: str = "group"
+    group_buffer: int = 32  # micro-batches' worth of samples grouped (or packed) together
     sizes: dict[str, SourceSize] = field(default_factory=dict)  # source name -> published size
 
 
@@ -275,6 +281,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "recipe.schedule": ("cosine", "constant"),
     "recipe.overflow": ("truncate", "skip"),
     "data.on_bad_shard": ("error", "skip"),
+    "data.batching": ("none", "group", "pack"),
     "deepspeed.zero_stage": (0, 1, 2, 3),
     "train.precision": ("auto", "bf16", "fp16", "fp32"),
     "train.attn_implementation": ("sdpa", "eager", "flash_attention_2"),
@@ -303,7 +310,7 @@ _RANGES: dict[str, Range] = {
     "data.build_workers": _POSITIVE,
     "data.num_workers": _COUNT,  # 0: load in the training process
     "data.max_bad_fraction": _FRACTION,
-    "data.batching.group_buffer": _POSITIVE,
+    "data.group_buffer": _POSITIVE,
     "train.seed": Range(0, 2**32 - 1),  # numpy's seed range
     "train.log_every": _POSITIVE,
     "train.save_every": _COUNT,  # 0: only at the end

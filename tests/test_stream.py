@@ -47,7 +47,7 @@ def _loader(
         StreamPlan(mixture, seed, shuffle_buffer=16),
         encoder,
         Collator(variant.tokenizer.pad_token_id),
-        BatchingOptions(micro, group, 4),
+        BatchingOptions(micro, "group" if group else "none", 4),
         rank=rank,
         world=world,
         workers=workers,

@@ -139,45 +139,75 @@ class ImagePlaceholder:
 
 
 class Collator:
-    """Right-pad a micro-batch; skipped samples are dropped from it and reported by reason."""
+    """Right-pad a micro-batch's rows; skipped samples are dropped and reported by reason.
 
-    def __init__(self, pad_token_id: int, placeholder: ImagePlaceholder | None = None):
+    A row holds one sample, or with `packed` several laid end to end (data/batching.py). Packed
+    batches carry position_ids that restart at 0 for every sample (and for a row's padded tail)
+    and no attention_mask: transformers then builds a block-diagonal causal mask from the
+    position_ids (masking_utils.find_packed_sequence_indices, sdpa/eager) or runs varlen
+    flash-attention, so a sample never attends to its neighbour. Each sample's first label is
+    -100: unpacked, that token is never a target (nothing precedes it), packed it would be
+    predicted from the previous sample's last token.
+    """
+
+    def __init__(
+        self, pad_token_id: int, placeholder: ImagePlaceholder | None = None, packed: bool = False
+    ):
         self.pad_token_id = pad_token_id
         self.placeholder = placeholder
+        self.packed = packed
 
     def __call__(self, items: list[dict | Skip]) -> dict:
-        good = [x for x in items if not isinstance(x, Skip)]
-        skips = [x for x in items if isinstance(x, Skip)]
+        """One sample per row."""
+        return self.rows([[x] for x in items])
+
+    def rows(self, rows: list[list[dict | Skip]]) -> dict:
+        skips = [x for row in rows for x in row if isinstance(x, Skip)]
+        good = [[x for x in row if not isinstance(x, Skip)] for row in rows]
+        good = [row for row in good if row]
         batch: dict = {
             "skipped": dict(Counter(x.reason for x in skips)),
             "skip_details": skips,
-            "ids": [x["id"] for x in good],
+            "ids": [x["id"] for row in good for x in row],
         }
         if not good:
             return batch
-        if self.placeholder is not None and not any("pixel_values" in x for x in good):
+        batch["real_tokens"] = sum(len(x["input_ids"]) for row in good for x in row)
+        if self.placeholder is not None and not any("pixel_values" in x for r in good for x in r):
             p = self.placeholder
             ids = torch.full((p.num_tokens,), p.token_id)
-            good = good + [
-                {
-                    "id": None,
-                    "input_ids": ids,
-                    "labels": torch.full_like(ids, -100),
-                    "pixel_values": p.pixel_values,
-                }
-            ]
+            placeholder = {
+                "id": None,
+                "input_ids": ids,
+                "labels": torch.full_like(ids, -100),
+                "pixel_values": p.pixel_values,
+            }
+            good = good + [[placeholder]]
             batch["placeholder_rows"] = 1
-        width = max(len(x["input_ids"]) for x in good)
+        width = max(sum(len(x["input_ids"]) for x in row) for row in good)
         ids = torch.full((len(good), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(good), width), -100, dtype=torch.long)
         mask = torch.zeros((len(good), width), dtype=torch.long)
-        for i, x in enumerate(good):
-            n = len(x["input_ids"])
-            ids[i, :n] = x["input_ids"]
-            labels[i, :n] = x["labels"]
-            mask[i, :n] = 1
-        batch.update(input_ids=ids, labels=labels, attention_mask=mask)
-        pixels = [x["pixel_values"] for x in good if "pixel_values" in x]
-        if pixels:
+        positions = torch.zeros((len(good), width), dtype=torch.long)
+        for i, row in enumerate(good):
+            start = 0
+            for x in row:
+                end = start + len(x["input_ids"])
+                ids[i, start:end] = x["input_ids"]
+                labels[i, start:end] = x["labels"]
+                if self.packed:
+                    labels[i, start] = -100
+                positions[i, start:end] = torch.arange(end - start)
+                start = end
+            mask[i, :start] = 1
+            # A padded tail restarts at 0 too: its own segment, attended by no sample.
+            positions[i, start:] = torch.arange(width - start)
+        batch.update(input_ids=ids, labels=labels)
+        if self.packed:
+            batch["position_ids"] = positions
+        else:
+            batch["attention_mask"] = mask
+        pixels = [x["pixel_values"] for row in good for x in row if "pixel_values" in x]
+        if pixels:  # in row order: the model fills image tokens in the same order
             batch["pixel_values"] = torch.cat(pixels)
         return batch

@@ -28,6 +28,7 @@ from pathlib import Path
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from llava_ablate.data.batching import BatchingOptions, micro_batches
 from llava_ablate.data.encode import Collator, SampleEncoder, Skip, Tokenized
 from llava_ablate.data.mixture import BadShard, BuiltMixture, BuiltSource, bad_shard_message
 
@@ -180,47 +181,6 @@ class StreamPlan:
                 yield next(streams[k])
 
 
-@dataclass
-class BatchingOptions:
-    micro_batch: int
-    group_by_length: bool
-    group_buffer: int  # micro-batches' worth of samples sorted together
-
-
-def micro_batches(
-    items: Iterator[Tokenized | Skip], opts: BatchingOptions, rng: random.Random
-) -> Iterator[list[Tokenized | Skip]]:
-    """Cut a slot's stream into full micro-batches, grouped by (modality, length) if asked.
-
-    Skips stay in the batch they fell into (and are counted there), so the number of
-    micro-batches per slot is floor(samples / micro_batch) whatever the data holds.
-    """
-    b = opts.micro_batch
-    window = b * (opts.group_buffer if opts.group_by_length else 1)
-
-    def key(x):
-        return (0, 0) if isinstance(x, Skip) else (bool(x.images), x.length)
-
-    buf: list = []
-    for item in items:
-        buf.append(item)
-        if len(buf) == window:
-            yield from _cut(buf, b, key, opts.group_by_length, rng)
-            buf = []
-    full = len(buf) - len(buf) % b
-    if full:
-        yield from _cut(buf[:full], b, key, opts.group_by_length, rng)
-
-
-def _cut(buf, b, key, group, rng):
-    if group:
-        buf = sorted(buf, key=key)
-    chunks = [buf[i : i + b] for i in range(0, len(buf), b)]
-    if group:
-        rng.shuffle(chunks)  # long and short batches interleave instead of arriving in order
-    yield from chunks
-
-
 class ShardStream(IterableDataset):
     """One epoch of one rank's micro-batches; each DataLoader worker serves one slot."""
 
@@ -264,8 +224,10 @@ class ShardStream(IterableDataset):
         for k, batch in enumerate(micro_batches(tokens, self.batching, rng)):
             if k < skip:
                 continue
-            items = [x if isinstance(x, Skip) else self.encoder.finish(x) for x in batch]
-            yield self.collate(items)
+            rows = [
+                [x if isinstance(x, Skip) else self.encoder.finish(x) for x in r] for r in batch
+            ]
+            yield self.collate.rows(rows)
 
 
 class SampleLoadError(RuntimeError):

@@ -230,9 +230,9 @@ def build_stream(run: Run, mixture: BuiltMixture, model: Model) -> Data:
     stream = ShardStream(
         StreamPlan(mixture, cfg.train.seed, shuffle_buffer=1000),
         encoder,
-        Collator(model.variant.tokenizer.pad_token_id, placeholder),
+        Collator(model.variant.tokenizer.pad_token_id, placeholder, cfg.data.batching == "pack"),
         BatchingOptions(
-            plan.micro_batch, cfg.data.batching.group_by_length, cfg.data.batching.group_buffer
+            plan.micro_batch, cfg.data.batching, cfg.data.group_buffer, recipe.max_length
         ),
         rank=info.rank,
         world=info.world,
@@ -381,7 +381,6 @@ def train(
         nan_skip_limit=cfg.train.nan_skip_limit,
         max_bad_fraction=cfg.data.max_bad_fraction,
         checkpoint_dir=run.checkpoint_dir,
-        micro_batch=data.plan.micro_batch,
         stop_requested=stop_flag,
         evaluate=evaluate,
     )
