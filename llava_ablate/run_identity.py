@@ -1,9 +1,11 @@
 """Run identity: which config a run directory holds, as a short hash, and the guard that keeps
 one directory to one config.
 
-The default run directory is `<runs_root>/<llm>-<vision>-<projector>-<data>-<recipe>-<hash8>`
-(conf/config.yaml): readable axes, then `config_hash` of the *result-affecting* part of the
-resolved config, so a grid over any key (a learning rate, `train.seed`) never collides.
+The default run directory is
+`<runs_root>/[<arch>-]<llm>-<vision>-<projector>-<data>-<recipe>-<hash8>` (conf/config.yaml;
+`<arch>-` unless it is LLaVA-1.5's `llava`): readable axes, then `config_hash` of the
+*result-affecting* part of the resolved config, so a grid over any key (a learning rate,
+`train.seed`) never collides.
 
 Result-affecting = everything except `EXCLUDED` below: keys that cannot change the trained
 weights or the reported numbers of a run that finishes. Paths are not excluded wholesale: a
@@ -69,8 +71,9 @@ RECORD = "run_identity.json"
 EXPORT_MARKER = "export/COMPLETE"  # written last by llava_ablate/model/export.py
 HASH_LEN = 8
 # The config groups an ablation swaps: W&B's top-level keys and the report's columns. The run
-# directory (conf/config.yaml train.run_dir) names all but deepspeed, which only its hash holds.
-AXES = ("vision", "llm", "projector", "data", "recipe", "deepspeed")
+# directory (conf/config.yaml train.run_dir) names all but deepspeed, which only its hash holds
+# (and arch only when it is not the default llava).
+AXES = ("arch", "vision", "llm", "projector", "data", "recipe", "deepspeed")
 
 
 def axes_of(config: dict) -> dict[str, str]:
@@ -177,8 +180,16 @@ def _finished_run_resolver(prefix: str) -> str:
     return str(candidates[0]) if candidates else prefix
 
 
+def _arch_prefix_resolver(arch: str) -> str:
+    """The run directory's leading `<arch>-`, left out for the default `llava` so that the
+    LLaVA-1.5 runs keep the names they always had (the hash holds every arch key anyway)."""
+    return "" if arch == "llava" else f"{arch}-"
+
+
 def register_resolvers() -> None:
-    """`${run_hash:}` and `${finished_run:...}` for conf/ (idempotent)."""
+    """`${run_hash:}`, `${finished_run:...}` and `${arch_prefix:...}` for conf/ (idempotent)."""
+    if not OmegaConf.has_resolver("arch_prefix"):
+        OmegaConf.register_new_resolver("arch_prefix", _arch_prefix_resolver)
     if not OmegaConf.has_resolver("run_hash"):
         OmegaConf.register_new_resolver("run_hash", _run_hash_resolver)
     if not OmegaConf.has_resolver("finished_run"):
