@@ -29,5 +29,5 @@ def allow_video_processors() -> None:
 
     # The class check resolves names in its own handle on the transformers namespace, which
     # exports the mixin only with torchvision.
-    setattr(processing_utils.transformers_module, "VideoProcessorMixin", VideoProcessorMixin)
+    processing_utils.transformers_module.VideoProcessorMixin = VideoProcessorMixin
     AutoVideoProcessor.register(LlavaOnevisionConfig, LlavaOnevisionVideoProcessor, exist_ok=True)

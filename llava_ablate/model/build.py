@@ -220,7 +220,9 @@ def build_variant(
     model.model.language_model = lm.model
     model.lm_head = lm.lm_head
     model.model.multi_modal_projector = build_projector(config, projector, arch).to(dtype)
-    if arch.type == "llava_onevision":  # the row separator of anyres features, as OneVision inits it
+    if (
+        arch.type == "llava_onevision"
+    ):  # the row separator of anyres features, as OneVision inits it
         hidden = config.text_config.hidden_size
         newline = torch.randn(hidden, dtype=dtype) / math.sqrt(hidden)
         model.model.image_newline = torch.nn.Parameter(newline)
@@ -248,6 +250,16 @@ def build_variant(
             chat_template=chat_template,
             image_token=IMAGE_TOKEN,
             vision_aspect_ratio=arch.vision_aspect_ratio,
+        )
+        log.info(
+            "arch=%s: anyres over grids of 1..%d crops of %d px per side (%d pinpoints), "
+            "%s, %d tokens per view",
+            arch.name,
+            arch.grid_tiles,
+            tower.config.image_size,
+            len(config.image_grid_pinpoints),
+            arch.vision_aspect_ratio,
+            num_image_tokens,
         )
         return Variant(model, processor, num_image_tokens, anyres=True)
     processor = LlavaProcessor(

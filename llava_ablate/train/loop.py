@@ -26,7 +26,15 @@ from llava_ablate.train.metrics import MetricsLogger, peak_memory_gb
 
 log = logging.getLogger("llava_ablate.train")
 
-_MODEL_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values")
+# image_sizes and batch_num_images: anyres (arch=llava_onevision) batches only.
+_MODEL_KEYS = (
+    "input_ids",
+    "labels",
+    "attention_mask",
+    "pixel_values",
+    "image_sizes",
+    "batch_num_images",
+)
 
 
 @dataclass
