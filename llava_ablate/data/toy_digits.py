@@ -42,9 +42,7 @@ def build_toy_digits(
         pixels = (digits.images[i] / 16.0 * 255).astype(np.uint8)
         name = f"images/{i:05d}.png"
         shape = sizes[i % len(sizes)] if sizes else (size, size)
-        Image.fromarray(pixels).resize(shape, Image.NEAREST).convert("RGB").save(
-            out_dir / name
-        )
+        Image.fromarray(pixels).resize(shape, Image.NEAREST).convert("RGB").save(out_dir / name)
         label = NAMES[int(digits.target[i])]
         captions.append(
             {

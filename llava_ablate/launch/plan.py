@@ -154,7 +154,7 @@ def plan_job(job: Job, grid: GridSpec, extra: list[str]) -> PlanRow:
     except ConfigError as e:
         raise ConfigError(f"grid {grid.name}, job {job.name}: {e}") from e
     size = model_size(cfg)
-    data = data_size(cfg, size.image_tokens)
+    data = data_size(cfg, size.image_tokens, size.anyres)
     if cfg.recipe.max_steps:
         steps: int | None = cfg.recipe.max_steps
     elif data.samples is not None:
@@ -186,6 +186,7 @@ def plan_job(job: Job, grid: GridSpec, extra: list[str]) -> PlanRow:
             data.tokens_per_sample,
             data.images_per_sample or 0.0,
             cfg.train.gradient_checkpointing,
+            data.vision_tokens,
         )
         gpu_hours = flops / (peak_flops * grid.mfu) / 3600
     return PlanRow(
@@ -283,6 +284,18 @@ def format_plan(grid: GridSpec, rows: list[PlanRow]) -> str:
         )
         cap = f" > {r.gpu_mem_gib:.0f} GiB: will not fit" if not r.fits else ""
         out.append(f"  #{i} {parts} = {fmt_bytes(m.total)}{cap}")
+    for i, r in enumerate(rows, 1):
+        if r.size.anyres is not None:
+            typical = (
+                f"{r.data.image_tokens:,.0f} (tower {r.data.vision_tokens:,.0f}) at the mean "
+                "image size"
+                if r.data.image_tokens is not None
+                else "typical unknown until the data is built"
+            )
+            out.append(
+                f"  #{i} anyres image tokens per image: up to {r.size.image_tokens:,} "
+                f"(tower {r.size.vision_tokens:,}, the largest grid); {typical}"
+            )
     unknown = sorted({r.data.source for r in rows if r.steps is None})
     for why in unknown:
         out.append(f"  steps unknown: data {why}")

@@ -1,0 +1,213 @@
+"""The arch axis: LLaVA-OneVision (anyres) built as transformers' own classes, with image-token
+counts that depend on each image's size flowing through encoding, batching, the ZeRO-3
+placeholder row, the stage hand-over and the plan. Tiny shapes: a 32 px SigLIP tower, grids of
+up to 3x3 crops, at most 4 crops' worth of features (arch=tiny_onevision), so both OneVision
+paths run: plain unpadding and the downsampling beyond anyres_max_N."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+import torch
+from PIL import Image
+from transformers import (
+    LlavaForConditionalGeneration,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionProcessor,
+)
+
+from llava_ablate.config import LearningRates, compose_config, to_object
+from llava_ablate.data.anyres import anyres_token_counts, size_only_processor
+from llava_ablate.data.encode import Collator, EncodeOptions, SampleEncoder
+from llava_ablate.launch.estimate import memory_per_rank, model_size
+from llava_ablate.model.build import anyres_pinpoints
+from llava_ablate.model.freeze import apply_training_plan
+from llava_ablate.model.init_from import load_parts
+
+from conftest import build_tiny
+
+OV = ("arch=tiny_onevision",)
+# (width, height): square, wide, tall, a 3x3 grid beyond anyres_max_4, an odd aspect
+SIZES = [(32, 32), (64, 32), (32, 64), (96, 40), (40, 96), (96, 96), (50, 40)]
+MODEL_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values", "image_sizes",
+              "batch_num_images")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ov(cache_dir):
+    return build_tiny(cache_dir, "tiny_siglip", "tiny_qwen2", overrides=OV)
+
+
+def _prompt(processor, images: int = 1, question: str = "What is it?") -> str:
+    content = [{"type": "image"}] * images + [{"type": "text", "text": question}]
+    return processor.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True
+    )
+
+
+def _png(size, colour=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _sample(i: int, sizes: list[tuple[int, int]], answer: str = "A red box.") -> dict:
+    tags = "".join("<image>\n" for _ in sizes)
+    meta = {
+        "id": f"s{i}",
+        "conversations": [
+            {"from": "human", "value": tags + "What is it?"},
+            {"from": "gpt", "value": answer},
+        ],
+        "images": [f"img{k}.png" for k in range(len(sizes))],
+    }
+    return {"json": json.dumps(meta), **{f"img{k}.png": _png(s) for k, s in enumerate(sizes)}}
+
+
+def test_onevision_builds_as_its_own_transformers_classes(ov):
+    assert type(ov.model) is LlavaOnevisionForConditionalGeneration
+    assert type(ov.processor) is LlavaOnevisionProcessor and ov.anyres
+    config = ov.model.config
+    assert config.image_grid_pinpoints == [[32 * i, 32 * j] for i in (1, 2, 3) for j in (1, 2, 3)]
+    assert config.vision_aspect_ratio == "anyres_max_4"
+    assert ov.processor.image_processor.image_grid_pinpoints == config.image_grid_pinpoints
+    assert ov.processor.num_image_tokens == 16 == ov.num_image_tokens  # (32 / 8)^2, SigLIP
+    # OneVision's image_newline is part of the connector: it trains with the projector.
+    _, counts = apply_training_plan(
+        ov.model, LearningRates(projector=1e-3), weight_decay=0.0, lora=False,
+        vision_feature_layer=-1,
+    )  # fmt: skip
+    assert ov.model.model.image_newline.requires_grad
+    proj = sum(p.numel() for p in ov.model.model.multi_modal_projector.parameters())
+    assert counts["projector"].trainable == proj + ov.model.model.image_newline.numel()
+    assert counts["llm"].trainable == counts["vision"].trainable == 0
+
+
+def test_real_onevision_pinpoints_are_llava_hf_s():
+    cfg = to_object(compose_config(["+experiment=onevision_si_7b"]))
+    assert cfg.arch.type == "llava_onevision" and cfg.vision.name == "siglip_so400m"
+    from transformers import LlavaOnevisionConfig
+
+    assert anyres_pinpoints(cfg.arch, 384) == LlavaOnevisionConfig().image_grid_pinpoints
+
+
+def test_token_counts_are_the_processors_and_the_models(ov):
+    """The count computed from the size alone (before decoding) equals what the processor
+    expands and what the model's features fill, for single images of every shape and for a
+    multi-image sample (base views only); the plan's size-only processor agrees."""
+    image_id = ov.processor.image_token_id
+    plan_counter = size_only_processor(32, ov.model.config.image_grid_pinpoints, 16,
+                                       "anyres_max_4", "full")  # fmt: skip
+    cases = [[s] for s in SIZES] + [[(64, 64), (40, 96)]]
+    seen = set()
+    for sizes in cases:
+        images = [Image.new("RGB", s) for s in sizes]
+        enc = ov.processor(images=[images], text=[_prompt(ov.processor, len(sizes))],
+                           return_tensors="pt")  # fmt: skip
+        expanded = int((enc["input_ids"] == image_id).sum())
+        hw = [(h, w) for w, h in sizes]
+        assert sum(anyres_token_counts(ov.processor, hw)) == expanded, sizes
+        assert anyres_token_counts(plan_counter, hw) == anyres_token_counts(ov.processor, hw)
+        with torch.no_grad():
+            ov.model(**enc)  # a count off by one raises "Image features and image tokens..."
+        seen.add(expanded)
+    assert len(seen) >= 6, f"the shapes should give different counts: {seen}"
+
+
+def test_encoded_lengths_batches_and_the_placeholder_row(ov):
+    enc = SampleEncoder(ov.processor, EncodeOptions("chat", 16, 512, "skip", False, anyres=True))
+    small, wide, multi = (enc.tokenize(_sample(i, s)) for i, s in
+                          enumerate([[(32, 32)], [(96, 40)], [(64, 64), (40, 96)]]))  # fmt: skip
+    text_only = enc.tokenize(_sample(3, []))
+    counts = {k: anyres_token_counts(ov.processor, [(h, w) for w, h in s]) for k, s in
+              (("small", [(32, 32)]), ("wide", [(96, 40)]), ("multi", [(64, 64), (40, 96)]))}  # fmt: skip
+    # The encoded length (what length grouping and max_length see) holds the real counts.
+    image_id = ov.model.config.image_token_index
+    for t, k in ((small, "small"), (wide, "wide"), (multi, "multi")):
+        assert t.input_ids.count(image_id) == sum(counts[k])
+    assert wide.length - small.length == counts["wide"][0] - counts["small"][0] > 0
+    placeholder = enc.image_placeholder(image_id)
+    batch = Collator(ov.tokenizer.pad_token_id, placeholder)(
+        [enc.finish(t) for t in (small, wide, multi, text_only)]
+    )
+    assert batch["pixel_values"].shape[:2] == (4, 7)  # 4 images, views padded to the 3x3 grid's
+    assert batch["batch_num_images"].tolist() == [1, 1, 2, 0]
+    assert batch["image_sizes"].tolist() == [[32, 32], [40, 96], [64, 64], [96, 40]]
+    assert "placeholder_rows" not in batch
+    loss = ov.model(**{k: batch[k] for k in MODEL_KEYS}).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert ov.model.model.image_newline.grad.abs().sum() > 0  # the newline reaches the loss
+    ov.model.zero_grad()
+    # A text-only micro-batch gets one masked image row so ZeRO-3 ranks run the same modules;
+    # the loss does not change.
+    items = [enc.finish(text_only), enc.finish(enc.tokenize(_sample(4, [], "Two words.")))]
+    plain = Collator(ov.tokenizer.pad_token_id)(items)
+    padded = Collator(ov.tokenizer.pad_token_id, placeholder)(items)
+    assert padded["placeholder_rows"] == 1 and padded["batch_num_images"].tolist() == [0, 0, 1]
+    assert int((padded["input_ids"][2] == image_id).sum()) == placeholder.num_tokens
+    with torch.no_grad():
+        a = ov.model(**{k: plain[k] for k in MODEL_KEYS if k in plain}).loss
+        b = ov.model(**{k: padded[k] for k in MODEL_KEYS if k in padded}).loss
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_sample_with_tags_and_images_disagreeing_is_a_counted_skip(ov):
+    enc = SampleEncoder(ov.processor, EncodeOptions("chat", 16, 512, "skip", False, anyres=True))
+    sample = _sample(0, [(32, 32)])
+    meta = json.loads(sample["json"])
+    meta["images"].append("img1.png")
+    sample |= {"json": json.dumps(meta), "img1.png": _png((40, 96))}
+    skip = enc.tokenize(sample)
+    assert skip.reason == "image_tag_mismatch" and "1 <image> tag(s), 2 image(s)" in skip.detail
+    sample["img1.png"] = b"not an image"
+    assert enc.tokenize(sample).reason == "corrupt_image"
+
+
+def test_stage_hand_over_between_archs(cache_dir, ov, tmp_path, caplog):
+    llava = build_tiny(cache_dir, "tiny_siglip", "tiny_qwen2")
+    assert type(llava.model) is LlavaForConditionalGeneration
+    llava.model.save_pretrained(tmp_path / "llava")
+    target = build_tiny(cache_dir, "tiny_siglip", "tiny_qwen2", overrides=OV).model
+    newline = target.model.image_newline.detach().clone()
+    with caplog.at_level(logging.WARNING, logger="llava_ablate.model.init_from"):
+        load_parts(target, tmp_path / "llava", ["projector"])
+    # OneVision's stage 1 is LLaVA's fixed-resolution alignment: its projector carries over and
+    # image_newline, which LLaVA has not, keeps its initialisation (and the log says so).
+    a, b = llava.model.model.multi_modal_projector, target.model.multi_modal_projector
+    assert torch.equal(a.linear_1.weight, b.linear_1.weight)
+    assert torch.equal(target.model.image_newline, newline)
+    assert "model.image_newline" in caplog.text
+    ov.model.save_pretrained(tmp_path / "ov")
+    load_parts(target, tmp_path / "ov", ["projector"])
+    assert torch.equal(target.model.image_newline, ov.model.model.image_newline)
+    with pytest.raises(KeyError, match="another arch"):
+        load_parts(llava.model, tmp_path / "ov", ["projector"])
+
+
+def test_plan_sizes_anyres_by_the_largest_grid(cache_dir, ov):
+    cfg = to_object(compose_config(
+        ["vision=tiny_siglip", "llm=tiny_qwen2", *OV, f"paths.cache_dir={cache_dir}"]
+    ))  # fmt: skip
+    size = model_size(cfg)
+    assert size.params == sum(p.numel() for p in ov.model.parameters())
+    pinpoints = ov.model.config.image_grid_pinpoints
+    largest = max(anyres_token_counts(ov.processor, [tuple(p)]) [0] for p in pinpoints)
+    assert size.image_tokens == largest == 88  # 3x3 crops downsampled to anyres_max_4
+    assert size.vision_tokens == (1 + 9) * 16  # the tower sees the base view and 9 crops
+
+    # The real OneVision SI job. The most LLM tokens come from a tall 5x2 grid: 135 x 54
+    # features stay under the 1.1 downsampling threshold of anyres_max_9 (+ 135 newlines + the
+    # 729 of the base view); the tower encodes up to 1 + 36 views of 729 (a 6x6 grid).
+    real = to_object(compose_config(["+experiment=onevision_si_7b"]))
+    ov7 = model_size(real)
+    assert (ov7.image_tokens, ov7.vision_tokens) == (135 * 54 + 135 + 729, 37 * 729)
+    flat = model_size(to_object(compose_config(["+experiment=onevision_si_7b", "arch=llava"])))
+    assert flat.image_tokens == 729 and flat.vision_tokens is None
+    assert ov7.total["projector"] == flat.total["projector"] + 3584  # + image_newline
+    kw = dict(zero_stage=3, world=8, precision="bf16", micro_batch=1, seq_len=8192,
+              gradient_checkpointing=True)  # fmt: skip
+    assert memory_per_rank(ov7, **kw).activations > memory_per_rank(flat, **kw).activations
