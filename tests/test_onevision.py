@@ -195,7 +195,7 @@ def test_plan_sizes_anyres_by_the_largest_grid(cache_dir, ov):
     size = model_size(cfg)
     assert size.params == sum(p.numel() for p in ov.model.parameters())
     pinpoints = ov.model.config.image_grid_pinpoints
-    largest = max(anyres_token_counts(ov.processor, [tuple(p)]) [0] for p in pinpoints)
+    largest = max(anyres_token_counts(ov.processor, [tuple(p)])[0] for p in pinpoints)
     assert size.image_tokens == largest == 88  # 3x3 crops downsampled to anyres_max_4
     assert size.vision_tokens == (1 + 9) * 16  # the tower sees the base view and 9 crops
 
@@ -211,3 +211,75 @@ def test_plan_sizes_anyres_by_the_largest_grid(cache_dir, ov):
     kw = dict(zero_stage=3, world=8, precision="bf16", micro_batch=1, seq_len=8192,
               gradient_checkpointing=True)  # fmt: skip
     assert memory_per_rank(ov7, **kw).activations > memory_per_rank(flat, **kw).activations
+
+
+TINY_OV = [*OV, "vision=tiny_siglip", "llm=tiny_qwen2", "recipe.max_length=256",
+           "recipe.max_steps=4"]  # fmt: skip
+
+
+@pytest.mark.slow  # two torchrun x DeepSpeed launches + evaluate.py: ~2 CPU-minutes
+def test_two_stages_under_zero3_export_generate_and_evaluate(train_launcher, tmp_path):
+    """Stage 1 (ZeRO-2) -> stage 2 (ZeRO-3, projector frozen) on images of seven shapes, the
+    export loaded the stock way and asked with generate, then evaluate.py on multi-tile
+    images with likelihood and generate."""
+    from safetensors.torch import load_file
+
+    from conftest import read_metrics
+
+    s1, s2 = tmp_path / "stage1", tmp_path / "stage2"
+    train_launcher(["+experiment=tiny_align", *TINY_OV, "data=toy_captions_anyres",
+                    "deepspeed=zero2", f"train.run_dir={s1}"])  # fmt: skip
+    out = train_launcher(["+experiment=tiny_finetune", *TINY_OV, "data=toy_instruct_anyres",
+                          "deepspeed=zero3", f"train.run_dir={s2}",
+                          f"recipe.init_from={s1 / 'export'}", "recipe.lr.projector=null"])  # fmt: skip
+    assert "anyres over grids of 1..3 crops" in out.stderr + out.stdout
+    assert all(r["loss"] == r["loss"] for r in read_metrics(s2))  # finite, logged every step
+    w1, w2 = load_file(s1 / "export/model.safetensors"), load_file(s2 / "export/model.safetensors")
+    # The connector (projector + image_newline) was handed over under ZeRO-3 and stayed frozen.
+    connector = [k for k in w1 if "multi_modal_projector" in k or k == "image_newline"]
+    assert "image_newline" in connector and all(torch.equal(w1[k], w2[k]) for k in connector)
+    llm = [k for k in w1 if "layers.0.self_attn.q_proj" in k]
+    assert llm and not all(torch.equal(w1[k], w2[k]) for k in llm)
+
+    _export_generates_and_evaluates(s2 / "export", tmp_path)
+
+
+def _export_generates_and_evaluates(export, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import eval_fixtures as fx
+    from transformers import AutoProcessor
+
+    from llava_ablate.base.video_processors import allow_video_processors
+
+    from conftest import ROOT
+
+    allow_video_processors()  # this machine has no torchvision (a no-op where it is installed)
+    model = LlavaOnevisionForConditionalGeneration.from_pretrained(export)
+    processor = AutoProcessor.from_pretrained(export)
+    assert type(processor) is LlavaOnevisionProcessor
+    inputs = processor(images=Image.new("RGB", (96, 40)), text=_prompt(processor),
+                       return_tensors="pt")  # fmt: skip
+    assert inputs["pixel_values"].shape[1] == 7  # base view + a 2x3 grid of crops
+    generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert inputs["input_ids"].shape[1] < generated.shape[1] <= inputs["input_ids"].shape[1] + 4
+
+    root = tmp_path / "shapes"
+    for c, name in enumerate(["red", "green", "blue"]):
+        for i, size in enumerate(SIZES[1:5]):
+            fx.img(root / name / f"{i}.png", c * 10 + i, size=size)
+    cmd = [sys.executable, str(ROOT / "evaluate.py"), f"model.path={export}",
+           "eval/datasets=[image_folder]", f"eval.datasets.image_folder.root={root}",
+           "eval.scoring.scorers=[likelihood,generate]", "eval.scoring.max_new_tokens=3",
+           "eval.scoring.batch_size=4", "eval.stats.bootstrap=100", "model.dtype=fp32",
+           f"eval.questions.dir={tmp_path / 'questions'}", f"out_dir={tmp_path / 'eval'}"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "no pad-to-square" in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    preds = [json.loads(x) for x in
+             (tmp_path / "eval/image_folder/predictions.jsonl").read_text().splitlines()]  # fmt: skip
+    assert sorted({p["scorer"] for p in preds}) == ["generate", "likelihood"]
+    assert len(preds) == 2 * 12 and all(p["pred"] in ("A", "B", "C", None) for p in preds)
