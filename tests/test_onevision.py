@@ -283,3 +283,39 @@ def _export_generates_and_evaluates(export, tmp_path):
              (tmp_path / "eval/image_folder/predictions.jsonl").read_text().splitlines()]  # fmt: skip
     assert sorted({p["scorer"] for p in preds}) == ["generate", "likelihood"]
     assert len(preds) == 2 * 12 and all(p["pred"] in ("A", "B", "C", None) for p in preds)
+
+
+def test_plan_of_an_anyres_job_on_built_data(cache_dir, ov, monkeypatch, tmp_path):
+    """With the shards built, the plan counts image tokens at each source's mean image size
+    (labelled an estimate) and sizes the longest sample by the largest grid."""
+    from llava_ablate.data.builtin import prepare_builtin
+    from llava_ablate.data.mixture import open_mixture
+    from llava_ablate.data.shards import MANIFEST
+    from llava_ablate.launch.grid import expand, load_grid
+    from llava_ablate.launch.plan import compose_job, format_plan, plan_grid
+
+    monkeypatch.setenv("LLAVA_CACHE_DIR", str(cache_dir))
+    grid_yaml = tmp_path / "ov.yaml"
+    grid_yaml.write_text(
+        "name: ov\naxes: {arch: [llava, tiny_onevision]}\n"
+        "common: [+experiment=tiny_finetune, recipe.init_from=null, vision=tiny_siglip, "
+        "llm=tiny_qwen2, data=toy_instruct_anyres, recipe.max_length=256]\n"
+        "launcher: [hydra/launcher=slurm, hydra.launcher.tasks_per_node=1, "
+        "hydra.launcher.gpus_per_node=1]\ngpu: a100-80gb\n"
+    )
+    grid = load_grid(str(grid_yaml), runs_root=str(tmp_path / "runs"))
+    cfg = compose_job(expand(grid)[0], grid, [])[0]
+    prepare_builtin(cfg.data, cfg.train.seed)
+    llava, anyres = plan_grid(grid)
+    assert llava.size.anyres is None and llava.data.image_tokens is None
+    src = open_mixture(cfg.data, cfg.train.seed).sources[0]
+    m = json.loads((src.dir / MANIFEST).read_text())
+    mean = (round(m["image_height"]["mean"]), round(m["image_width"]["mean"]))
+    assert anyres.data.image_tokens == anyres_token_counts(ov.processor, [mean])[0]
+    assert anyres.data.tokens_per_sample > llava.data.tokens_per_sample  # more than 16 a image
+    assert anyres.data.longest > llava.data.longest
+    text = format_plan(grid, [llava, anyres])
+    assert "#2 anyres image tokens per image: up to 88 (tower 160, the largest grid)" in text
+    assert "at the mean image size" in text and "anyres tokens at the mean image size" in (
+        anyres.data.source
+    )
