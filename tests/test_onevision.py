@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from llava_ablate.config import LearningRates, compose_config, to_object
-from llava_ablate.data.anyres import anyres_token_counts, size_only_processor
+from llava_ablate.data.anyres import anyres_token_counts, size_only_processor, tower_views
 from llava_ablate.data.encode import Collator, EncodeOptions, SampleEncoder
 from llava_ablate.launch.estimate import memory_per_rank, model_size
 from llava_ablate.model.build import anyres_pinpoints
@@ -319,3 +319,41 @@ def test_plan_of_an_anyres_job_on_built_data(cache_dir, ov, monkeypatch, tmp_pat
     assert "at the mean image size" in text and "anyres tokens at the mean image size" in (
         anyres.data.source
     )
+
+
+def test_every_scorer_on_multi_tile_images(ov, tmp_path):
+    """The evaluator's three scorers on the in-memory variant (as the training hook uses it):
+    batches of images on different grids, likelihood agreeing with a full forward per item."""
+    import eval_fixtures as fx
+
+    from llava_ablate.eval.layouts import load_dataset
+    from llava_ablate.eval.models import MLLMChoiceModel
+    from llava_ablate.eval.questions import build_question_set
+    from llava_ablate.eval.run import evaluate_dataset, item_maker
+    from llava_ablate.eval_config import DatasetCfg, EvalCfg, ScoringCfg
+
+    for c, name in enumerate(["red", "green", "blue"]):
+        for i, size in enumerate(SIZES[2:6]):
+            fx.img(tmp_path / "shapes" / name / f"{i}.png", c * 10 + i, size=size)
+    data = load_dataset("shapes", DatasetCfg(kind="image_folder", root=str(tmp_path / "shapes")))
+    ecfg = EvalCfg(scoring=ScoringCfg(scorers=["likelihood", "name_likelihood", "generate"],
+                                      batch_size=4, max_new_tokens=3))  # fmt: skip
+    questions = build_question_set(data, ecfg.questions)
+    model = MLLMChoiceModel(ov.model.eval(), ov.processor, max_new_tokens=3)
+    make = item_maker(data, ecfg, ov.processor.image_processor, pad=False)
+    m = evaluate_dataset(model, data, questions, ecfg, tmp_path / "out", make_item=make,
+                         model_name="ov")  # fmt: skip
+    assert m["n_questions"] == 12
+    preds = [json.loads(x) for x in (tmp_path / "out/predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 36 and {p["scorer"] for p in preds} == set(ecfg.scoring.scorers)
+    # The batched, right-padded letter scores equal one plain forward per question.
+    items = [make(q) for q in questions.questions[:4]]
+    views = {tower_views(ov.processor, (it.image.height, it.image.width)) for it in items}
+    assert len(views) > 1 and max(views) > 2, views  # one batch, images on different grids
+    batched = model.letter_scores(items)
+    for row, it in zip(batched, items, strict=True):
+        text = model._inputs([it], "right", model.answer_prefix)
+        with torch.no_grad():
+            logits = ov.model(**text).logits[0, -1]
+        single = torch.log_softmax(logits.float(), -1)[model.letter_ids].numpy()
+        assert abs(row - single).max() < 1e-4
