@@ -357,3 +357,38 @@ def test_every_scorer_on_multi_tile_images(ov, tmp_path):
             logits = ov.model(**text).logits[0, -1]
         single = torch.log_softmax(logits.float(), -1)[model.letter_ids].numpy()
         assert abs(row - single).max() < 1e-4
+
+
+def test_arch_names_the_run_and_enters_its_hash(tmp_path):
+    from pathlib import Path
+
+    from llava_ablate.run_identity import axes_of, config_hash, result_config
+
+    def compose(*extra):
+        return compose_config(["llm=qwen2", "vision=siglip_so400m", "data=si32m",
+                               f"train.runs_root={tmp_path}", *extra])  # fmt: skip
+
+    llava, onevision = compose(), compose("arch=llava_onevision")
+    flat, anyres = Path(llava.train.run_dir).name, Path(onevision.train.run_dir).name
+    assert flat.startswith("qwen2-siglip_so400m-mlp2x_gelu-si32m-finetune-")  # names kept
+    assert anyres.startswith("llava_onevision-qwen2-siglip_so400m-mlp2x_gelu-si32m-finetune-")
+    assert flat[-8:] != anyres[-8:]
+    grid = compose("arch=llava_onevision", "arch.grid_tiles=4")  # any arch key is hashed
+    assert config_hash(result_config(grid)) != config_hash(result_config(onevision))
+    axes = axes_of(result_config(onevision))
+    assert axes["arch"] == "llava_onevision" and list(axes)[0] == "arch"
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("arch.type=llava_next", r"^arch\.type='llava_next' is not allowed"),
+        ("arch.vision_aspect_ratio=max9", r"^arch\.vision_aspect_ratio='max9': give anyres_max_"),
+        ("arch.grid_tiles=0", r"^arch\.grid_tiles=0 is out of range"),
+    ],
+)
+def test_bad_arch_values_fail_naming_the_key(override, match):
+    from llava_ablate.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        to_object(compose_config(["arch=llava_onevision", override]))
