@@ -13,7 +13,8 @@ value under one of the roots (`paths.*`, `train.runs_root`) is hashed relative t
 moving the data or the runs to another disk keeps the identity while pointing a source at
 another file changes it. Deliberately *included*: `data.num_workers` (the stream's slots are
 world size x workers, which orders the samples), every `eval.*` key that changes what is scored,
-labels such as `experiment`. The world size is no config key; it is recorded next to the hash
+labels such as `experiment`; the `arch` node unless it is LLaVA-1.5's `llava` (see
+`_without_default_arch`). The world size is no config key; it is recorded next to the hash
 and compared on re-runs the same way.
 
 `run_identity.json` in the run directory records the hash, the hashed config and any allowed
@@ -137,7 +138,17 @@ def result_config(cfg: DictConfig) -> dict[str, Any]:
             return [walk(_child(node, i, f"{path}[{i}]"), f"{path}[{i}]") for i in range(len(node))]
         return norm(node)
 
-    return walk(cfg, "")
+    return _without_default_arch(walk(cfg, ""))
+
+
+def _without_default_arch(part: dict[str, Any]) -> dict[str, Any]:
+    """LLaVA-1.5's `arch=llava` is what every run was before the arch axis existed, and its
+    anyres keys (`arch.grid_tiles`, `arch.vision_aspect_ratio`) cannot change a llava run:
+    leaving its node out keeps those runs' identities. Any other arch is hashed whole."""
+    arch = part.get("arch")
+    if isinstance(arch, dict) and arch.get("type") == "llava":
+        part = {k: v for k, v in part.items() if k != "arch"}
+    return part
 
 
 def _child(node: DictConfig | ListConfig, k: Any, key: str) -> Any:

@@ -375,6 +375,11 @@ def test_arch_names_the_run_and_enters_its_hash(tmp_path):
     assert flat[-8:] != anyres[-8:]
     grid = compose("arch=llava_onevision", "arch.grid_tiles=4")  # any arch key is hashed
     assert config_hash(result_config(grid)) != config_hash(result_config(onevision))
+    # arch=llava, what every run was before the axis, leaves the hash (and names) of those runs
+    # as they were; its anyres keys cannot change a llava run and are not hashed either.
+    assert "arch" not in result_config(llava)
+    inert = compose("arch.grid_tiles=4")
+    assert Path(inert.train.run_dir).name == flat
     axes = axes_of(result_config(onevision))
     assert axes["arch"] == "llava_onevision" and list(axes)[0] == "arch"
 
