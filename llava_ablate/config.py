@@ -8,6 +8,7 @@ callback before the run directory exists (conf/config.yaml), and again in every 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from llava_ablate.run_identity import register_resolvers
 __all__ = [
     "CONF_DIR",
     "CONF_SOURCE",
+    "ArchCfg",
     "Config",
     "ConfigError",
     "PathsCfg",
@@ -48,6 +50,21 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"  # the same files, for listi
 
 
 @dataclass
+class ArchCfg:
+    """Which transformers architecture the variant is: LLaVA-1.5's fixed-resolution `llava`, or
+    LLaVA-OneVision's `llava_onevision` (anyres: the image is tiled at its aspect ratio onto a
+    grid of tower-sized crops, plus a base view; `image_newline` ends each row of features)."""
+
+    name: str = MISSING
+    type: str = "llava"  # llava | llava_onevision
+    # llava_onevision: grids of 1..grid_tiles crops per side, i.e. image_grid_pinpoints
+    # [i*s, j*s] for the tower's image size s (LLaVA-OneVision: (1x1),...,(6x6), s=384).
+    grid_tiles: int = 6
+    # At most N crops' worth of features per image; larger grids are downsampled (bilinear).
+    vision_aspect_ratio: str = "anyres_max_9"
+
+
+@dataclass
 class VisionCfg:
     name: str = MISSING
     arch: str = "clip"  # clip | siglip
@@ -57,7 +74,9 @@ class VisionCfg:
     config: dict[str, Any] = field(default_factory=dict)  # HF vision-config overrides
     feature_layer: Any = -2  # int, or a list of ints whose features are concatenated
     select_strategy: str = "default"  # default: drop CLS (CLIP); full: keep all (SigLIP)
-    image_aspect: str = "pad"  # pad: LLaVA pad-to-square with the mean colour; resize
+    # pad: LLaVA pad-to-square with the mean colour; resize. arch=llava only: anyres
+    # (arch=llava_onevision) keeps the aspect ratio by tiling instead.
+    image_aspect: str = "pad"
     builtin: str | None = None  # a tower the project trains offline into `pretrained` (demo)
 
 
@@ -231,6 +250,7 @@ class WandbCfg:
 
 @dataclass
 class Config:
+    arch: ArchCfg = MISSING
     vision: VisionCfg = MISSING
     llm: LLMCfg = MISSING
     projector: ProjectorCfg = MISSING
@@ -272,6 +292,7 @@ def compose_config(
 
 
 _CHOICES: dict[str, tuple[Any, ...]] = {
+    "arch.type": ("llava", "llava_onevision"),
     "vision.arch": ("clip", "siglip"),
     "vision.select_strategy": ("default", "full"),
     "vision.image_aspect": ("pad", "resize"),
@@ -294,6 +315,7 @@ _INIT_PARTS = ("projector", "vision", "llm", "all")
 _POSITIVE, _COUNT, _FRACTION = Range(low=1), Range(low=0), Range(0, 1)
 _LR = Range(low=0, nullable=True)  # null freezes the module
 _RANGES: dict[str, Range] = {
+    "arch.grid_tiles": _POSITIVE,
     "recipe.global_batch_size": _POSITIVE,
     "recipe.micro_batch_size": _POSITIVE,
     "recipe.epochs": Range(low=0, low_open=True),
@@ -341,6 +363,7 @@ def validate(cfg: DictConfig | Config) -> None:
     for key, allowed_range in _RANGES.items():
         allowed_range.check(key, _get(cfg, key))
     _check_feature_layer(cfg.vision.feature_layer)
+    _check_aspect_ratio(cfg.arch.vision_aspect_ratio)
     _check_sources(cfg.data.sources)
     if cfg.recipe.lora is not None:
         for key, allowed_range in _LORA_RANGES.items():
@@ -390,6 +413,14 @@ def _check_feature_layer(layer: Any) -> None:
         raise ConfigError(
             f"vision.feature_layer={layer!r}: give a layer index (e.g. -2) or a non-empty list "
             "of them (their features are concatenated)"
+        )
+
+
+def _check_aspect_ratio(value: Any) -> None:
+    if not (isinstance(value, str) and re.fullmatch(r"anyres_max_[1-9][0-9]*", value)):
+        raise ConfigError(
+            f"arch.vision_aspect_ratio={value!r}: give anyres_max_<N> (N crops' worth of "
+            "features per image at most, e.g. anyres_max_9)"
         )
 
 

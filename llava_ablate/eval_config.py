@@ -139,7 +139,9 @@ class ModelCfg:
     dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU | bf16 | fp16 | fp32
     attn_implementation: str = "sdpa"
     templates: str = "simple"  # clip/siglip: simple ("a photo of a {}.") | openai80 | a file
-    image_aspect: str = "pad"  # pad: LLaVA-1.5's pad-to-square | native: as the processor takes it
+    # pad: LLaVA-1.5's pad-to-square (never for anyres processors, e.g. LLaVA-OneVision, which
+    # tile at the image's aspect ratio) | native: as the processor takes it
+    image_aspect: str = "pad"
 
 
 @dataclass

@@ -32,7 +32,9 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["vision", "llm", "projector", "data", "recipe", "deepspeed"])
+@pytest.mark.parametrize(
+    "group", ["arch", "vision", "llm", "projector", "data", "recipe", "deepspeed"]
+)
 def test_every_group_option_composes_and_validates(group):
     options = _options(group)
     assert len(options) >= 2, f"{group} should offer alternatives"

@@ -8,9 +8,13 @@ from llava_ablate.base.files import file_lock
 from llava_ablate.config import DataCfg
 from llava_ablate.data.mini_classify import build_mini_classify
 from llava_ablate.data.shards import StaleShards, build_mixture
-from llava_ablate.data.toy_digits import build_toy_digits
+from llava_ablate.data.toy_digits import build_toy_digits, build_toy_digits_anyres
 
-BUILTINS = {"toy_digits": build_toy_digits, "mini_classify": build_mini_classify}
+BUILTINS = {
+    "toy_digits": build_toy_digits,
+    "toy_digits_anyres": build_toy_digits_anyres,
+    "mini_classify": build_mini_classify,
+}
 
 
 def generate_builtin(name: str, out: Path) -> Path:

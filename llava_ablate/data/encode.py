@@ -14,8 +14,10 @@ from dataclasses import dataclass
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from llava_ablate.data.anyres import anyres_token_counts, image_size
 from llava_ablate.data.conversation import (
     EmptySupervision,
+    ImageTagMismatch,
     MalformedConversation,
     SampleTooLong,
     SpecialTokenInText,
@@ -41,6 +43,9 @@ class EncodeOptions:
     max_length: int
     overflow: str
     pad_to_square: bool
+    # LLaVA-OneVision's anyres: an image's token count follows from its size (data/anyres.py)
+    # and its pixels are a stack of views; num_image_tokens is then that of one view.
+    anyres: bool = False
 
 
 @dataclass
@@ -57,6 +62,11 @@ class Tokenized:
 
 class SampleEncoder:
     def __init__(self, processor, options: EncodeOptions):
+        if options.anyres and options.pad_to_square:
+            raise ValueError(
+                "anyres tiles each image at its own aspect ratio: padding it to a square first "
+                "would change the size its token count is computed from"
+            )
         self.processor = processor
         self.options = options
         self._fill = mean_colour(processor.image_processor)
@@ -67,13 +77,20 @@ class SampleEncoder:
         meta = json.loads(meta) if isinstance(meta, bytes | str) else meta
         sample_id = str(meta.get("id", sample.get("__key__")))
         opt = self.options
+        images = [sample[k] for k in meta.get("images", [])]
+        counts: int | list[int] = opt.num_image_tokens
+        if opt.anyres:
+            try:
+                counts = anyres_token_counts(self.processor, [image_size(x) for x in images])
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                return Skip(sample_id, "corrupt_image", str(e))
         try:
             t = tokenize_conversation(
                 sample_id,
                 meta["conversations"],
                 self.processor.tokenizer,
                 prompt_format=opt.prompt_format,
-                num_image_tokens=opt.num_image_tokens,
+                num_image_tokens=counts,
                 max_length=opt.max_length,
                 overflow=opt.overflow,
             )
@@ -81,13 +98,13 @@ class SampleEncoder:
             SampleTooLong,
             EmptySupervision,
             MalformedConversation,
+            ImageTagMismatch,
             SpecialTokenInText,
             # Never trained on with a wrong mask; one odd sample is skipped and counted, a template
             # that mismatches systematically trips data.max_bad_fraction and stops the run.
             TokenizationMismatch,
         ) as e:
             return Skip(sample_id, e.reason, str(e))
-        images = [sample[k] for k in meta.get("images", [])]
         if t.num_images != len(images):
             return Skip(
                 sample_id, "image_tag_mismatch", f"{t.num_images} tags, {len(images)} images"
@@ -113,14 +130,27 @@ class SampleEncoder:
                 decoded.append(
                     pad_to_square(image, self._fill) if self.options.pad_to_square else image
                 )
-            pixels = self.processor.image_processor(decoded, return_tensors="pt")["pixel_values"]
-            out["pixel_values"] = pixels
+            out.update(self._pixels(decoded))
         return out
+
+    def _pixels(self, images: list[Image.Image]) -> dict:
+        """pixel_values (llava: [n, C, H, W]; anyres: [n, views, C, H, W] and image_sizes)."""
+        process = self.processor.image_processor
+        if not self.options.anyres:
+            return {"pixel_values": process(images, return_tensors="pt")["pixel_values"]}
+        # One nested list = one sample: several images are processed as multi-image (base views).
+        enc = process([images], return_tensors="pt")
+        return {"pixel_values": enc["pixel_values"], "image_sizes": enc["image_sizes"]}
 
     def image_placeholder(self, image_token_id: int) -> ImagePlaceholder:
         blank = Image.new("RGB", (64, 64), self._fill)
-        pixels = self.processor.image_processor([blank], return_tensors="pt")["pixel_values"]
-        return ImagePlaceholder(image_token_id, self.options.num_image_tokens, pixels)
+        tokens = self.options.num_image_tokens
+        if self.options.anyres:
+            tokens = anyres_token_counts(self.processor, [(64, 64)])[0]
+        pixels = self._pixels([blank])
+        return ImagePlaceholder(
+            image_token_id, tokens, pixels["pixel_values"], pixels.get("image_sizes")
+        )
 
 
 @dataclass
@@ -136,6 +166,7 @@ class ImagePlaceholder:
     token_id: int
     num_tokens: int
     pixel_values: torch.Tensor
+    image_sizes: torch.Tensor | None = None  # anyres
 
 
 class Collator:
@@ -176,13 +207,11 @@ class Collator:
         if self.placeholder is not None and not any("pixel_values" in x for r in good for x in r):
             p = self.placeholder
             ids = torch.full((p.num_tokens,), p.token_id)
-            placeholder = {
-                "id": None,
-                "input_ids": ids,
-                "labels": torch.full_like(ids, -100),
-                "pixel_values": p.pixel_values,
-            }
-            good = good + [[placeholder]]
+            row = {"id": None, "input_ids": ids, "labels": torch.full_like(ids, -100)}
+            row["pixel_values"] = p.pixel_values
+            if p.image_sizes is not None:
+                row["image_sizes"] = p.image_sizes
+            good = good + [[row]]
             batch["placeholder_rows"] = 1
         width = max(sum(len(x["input_ids"]) for x in row) for row in good)
         ids = torch.full((len(good), width), self.pad_token_id, dtype=torch.long)
@@ -209,5 +238,21 @@ class Collator:
             batch["attention_mask"] = mask
         pixels = [x["pixel_values"] for row in good for x in row if "pixel_values" in x]
         if pixels:  # in row order: the model fills image tokens in the same order
-            batch["pixel_values"] = torch.cat(pixels)
+            batch["pixel_values"] = _stack_images(pixels)
+        sizes = [x["image_sizes"] for row in good for x in row if "image_sizes" in x]
+        if sizes:  # anyres: each image's size, and how many images each row carries
+            batch["image_sizes"] = torch.cat(sizes)
+            batch["batch_num_images"] = torch.tensor(
+                [sum(len(x.get("image_sizes", ())) for x in row) for row in good]
+            )
         return batch
+
+
+def _stack_images(pixels: list[torch.Tensor]) -> torch.Tensor:
+    """All images of a micro-batch in one tensor; anyres views ([n, views, C, H, W]) are padded
+    with zeros to the most views (the model reads each image's own count from its size)."""
+    if pixels[0].dim() == 4:
+        return torch.cat(pixels)
+    most = max(p.shape[1] for p in pixels)
+    return torch.cat([torch.nn.functional.pad(p, (0, 0, 0, 0, 0, 0, 0, most - p.shape[1]))
+                      for p in pixels])  # fmt: skip

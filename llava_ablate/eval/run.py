@@ -235,6 +235,16 @@ def load_model(cfg: EvaluateConfig, world: DistInfo):
     return choice, choice.processor.image_processor
 
 
+def _pads_to_square(cfg: EvaluateConfig, image_processor) -> bool:
+    """LLaVA-1.5 evaluates padded-to-square images (model.image_aspect=pad); an anyres processor
+    (LLaVA-OneVision: `image_grid_pinpoints`) tiles the image at its own aspect ratio instead."""
+    pad = cfg.model.type == "mllm" and cfg.model.image_aspect == "pad"
+    if pad and getattr(image_processor, "image_grid_pinpoints", None):
+        log.info("anyres image processor: images keep their aspect ratio (no pad-to-square)")
+        return False
+    return pad
+
+
 def run_evaluation(cfg: EvaluateConfig) -> dict:
     """The whole evaluation; returns {dataset: metrics} on rank 0 ({} elsewhere)."""
     validate_evaluate(cfg)
@@ -271,10 +281,10 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
         model, image_processor = None, None
     wandb_run = _wandb_init(cfg, model_name) if world.rank == 0 else None
     summary: dict = {}
+    pad = _pads_to_square(cfg, image_processor)
     for name, dataset, qset in prepared:
         if hasattr(model, "with_classes"):
             model.with_classes(dataset.classnames)
-        pad = cfg.model.type == "mllm" and cfg.model.image_aspect == "pad"
         metrics = evaluate_dataset(
             model,
             dataset,

@@ -66,6 +66,34 @@ KNOWN_VISION = {
 }  # fmt: skip
 
 
+@dataclass
+class AnyresImages:
+    """Tokens per image under anyres, from the processor's own arithmetic (data/anyres.py)."""
+
+    processor: object  # a size-only LlavaOnevisionProcessor
+    tokens_per_view: int  # placeholder tokens of one view (no newline)
+
+    def placeholders(self, height: float, width: float) -> int:
+        from llava_ablate.data.anyres import anyres_token_counts
+
+        return anyres_token_counts(self.processor, [(round(height), round(width))])[0]
+
+    def tower_tokens(self, height: float, width: float) -> int:
+        from llava_ablate.data.anyres import tower_views
+
+        size = (round(height), round(width))
+        return tower_views(self.processor, size) * self.tokens_per_view
+
+    def largest(self) -> tuple[int, int]:
+        """(placeholder, tower) tokens of the largest images: one that fills a grid exactly
+        is never unpadded, so the most tokens come from a pinpoint-shaped image."""
+        sizes = self.processor.image_processor.image_grid_pinpoints
+        return (
+            max(self.placeholders(h, w) for h, w in sizes),
+            max(self.tower_tokens(h, w) for h, w in sizes),
+        )
+
+
 class EstimateError(ValueError):
     """The plan cannot size this job; the message says which key or file to provide."""
 
@@ -79,7 +107,11 @@ class ModelSize:
     vocab: int
     vision_hidden: int
     vision_layers: int
-    image_tokens: int  # placeholder tokens per image
+    image_tokens: int  # placeholder tokens per image (anyres: for the largest grid)
+    # Tokens the tower encodes per image, over all its views (anyres: largest grid); None = as
+    # image_tokens (one view).
+    vision_tokens: int | None = None
+    anyres: AnyresImages | None = None  # arch=llava_onevision: counts for any image size
 
     @property
     def params(self) -> int:
@@ -134,17 +166,15 @@ def _vision_config(vision: VisionCfg):
 
 def model_size(cfg: Config) -> ModelSize:
     """Exact parameter counts of the variant and of what its recipe trains (meta device)."""
-    from transformers import LlavaForConditionalGeneration
-
-    from llava_ablate.model.build import build_projector, llava_config
+    from llava_ablate.model.build import ARCHS, build_projector, llava_config
     from llava_ablate.model.freeze import apply_training_plan
 
     text = _text_config(cfg.llm, cfg.paths.cache_dir)
     tower = _vision_config(cfg.vision)
-    config = llava_config(cfg.vision, cfg.projector, tower, text, image_token_index=0)
+    config = llava_config(cfg.vision, cfg.projector, tower, text, 0, cfg.arch)
     with torch.device("meta"):
-        model = LlavaForConditionalGeneration(config)
-        model.model.multi_modal_projector = build_projector(config, cfg.projector)
+        model = ARCHS[cfg.arch.type][0](config)
+        model.model.multi_modal_projector = build_projector(config, cfg.projector, cfg.arch)
         if cfg.recipe.lora is not None:
             from llava_ablate.model.lora import apply_lora
 
@@ -156,6 +186,10 @@ def model_size(cfg: Config) -> ModelSize:
         lora=cfg.recipe.lora is not None,
         vision_feature_layer=cfg.vision.feature_layer,
     )
+    image_tokens, vision_tokens, anyres = getattr(config, "image_seq_length", 0), None, None
+    if cfg.arch.type == "llava_onevision":
+        anyres = _anyres_images(cfg, tower, config)
+        image_tokens, vision_tokens = anyres.largest()
     return ModelSize(
         total={m: c.total for m, c in counts.items()},
         trainable={m: c.trainable for m, c in counts.items()},
@@ -164,13 +198,30 @@ def model_size(cfg: Config) -> ModelSize:
         vocab=text.vocab_size,
         vision_hidden=tower.hidden_size,
         vision_layers=tower.num_hidden_layers,
-        image_tokens=config.image_seq_length,
+        image_tokens=image_tokens,
+        vision_tokens=vision_tokens,
+        anyres=anyres,
     )
 
 
 # A typical text length for sources that publish none (data.sizes without text_tokens): about
 # LLaVA-665K's mean. The plan says where it assumed it.
 ASSUMED_TEXT_TOKENS = 270
+
+
+def _anyres_images(cfg: Config, tower, config) -> AnyresImages:
+    from llava_ablate.data.anyres import size_only_processor
+
+    patches = (tower.image_size // tower.patch_size) ** 2
+    extra = 1 if cfg.vision.arch == "clip" else 0  # CLIP's CLS (dropped again by "default")
+    processor = size_only_processor(
+        tower.image_size,
+        config.image_grid_pinpoints,
+        patches + extra,
+        cfg.arch.vision_aspect_ratio,
+        cfg.vision.select_strategy,
+    )
+    return AnyresImages(processor, patches)
 
 
 @dataclass
@@ -184,11 +235,16 @@ class DataSize:
     lower_bound: bool = False  # some sources declare no size: samples are at least this
     notes: list[str] = field(default_factory=list)  # what an estimate leaves out or assumes
     unreleased: list[str] = field(default_factory=list)  # never-published sources it lists
+    # anyres: mean placeholder / tower tokens per image, at the manifests' mean image size
+    image_tokens: float | None = None
+    vision_tokens: float | None = None
 
 
-def data_size(cfg: Config, image_tokens: int) -> DataSize:
+def data_size(cfg: Config, image_tokens: int, anyres: AnyresImages | None = None) -> DataSize:
     """Samples and mean tokens per sample from the built shard manifests, if built; else an
-    estimate from the mixture's declared sizes (`declared_size`)."""
+    estimate from the mixture's declared sizes (`declared_size`). With `anyres`, an image's
+    tokens follow from the mean image size of its source (an estimate: the count is not linear
+    in the size), the longest sample from the largest grid."""
     import json
 
     from llava_ablate.data.mixture import MixtureNotBuilt, open_mixture
@@ -199,9 +255,17 @@ def data_size(cfg: Config, image_tokens: int) -> DataSize:
     except (MixtureNotBuilt, ValueError) as e:
         return declared_size(cfg, image_tokens, str(e).split(";")[0])
     samples, tokens, images, longest, with_tokens = 0, 0.0, 0.0, 0, True
+    placeholders, tower = 0.0, 0.0  # anyres: summed over the images of the selected samples
     for src in mixture.sources:
         m = json.loads((src.dir / MANIFEST).read_text())
         count = max(m["count"], 1)
+        per_image = image_tokens
+        if anyres is not None and m.get("image_height"):
+            h, w = m["image_height"]["mean"], m["image_width"]["mean"]
+            per_image = anyres.placeholders(h, w)
+            n_images = m.get("images", 0) / count * src.selected
+            placeholders += per_image * n_images
+            tower += anyres.tower_tokens(h, w) * n_images
         if m.get("text_tokens"):
             text, text_max = m["text_tokens"]["mean"], m["text_tokens"]["max"]
         else:  # no tokenizer at build time: ~4 characters per token for English text
@@ -209,13 +273,17 @@ def data_size(cfg: Config, image_tokens: int) -> DataSize:
             with_tokens = False
         longest = max(longest, int(text_max) + image_tokens * (1 if m.get("images") else 0))
         image_frac = m.get("images", count) / count
-        per = min(text + image_tokens * image_frac, cfg.recipe.max_length)
+        per = min(text + per_image * image_frac, cfg.recipe.max_length)
         samples += src.selected
         tokens += per * src.selected
         images += image_frac * src.selected
     how = "manifests" if with_tokens else "manifests (tokens ~ chars/4)"
     n = max(samples, 1)
-    return DataSize(samples, tokens / n, images / n, how, min(longest, cfg.recipe.max_length))
+    out = DataSize(samples, tokens / n, images / n, how, min(longest, cfg.recipe.max_length))
+    if anyres is not None and images:
+        out.image_tokens, out.vision_tokens = placeholders / images, tower / images
+        out.source += ", anyres tokens at the mean image size"
+    return out
 
 
 def declared_size(cfg: Config, image_tokens: int, not_built: str) -> DataSize:
@@ -324,7 +392,7 @@ def memory_per_rank(
     logits = b * s * size.vocab * (wbytes + 4)
     acts = llm_acts + logits
     if size.trainable["vision"]:
-        tokens = b * size.image_tokens
+        tokens = b * (size.vision_tokens or size.image_tokens)  # anyres: every view of an image
         acts += size.vision_layers * 34 * tokens * size.vision_hidden * act_scale
     overhead = 1.0 * GIB if gpu else 0.0  # CUDA context, NCCL and allocator slack
     return Memory(weights, gradients, optimizer, acts, overhead)
@@ -336,17 +404,20 @@ def train_flops(
     tokens_per_sample: float,
     images_per_sample: float,
     gradient_checkpointing: bool,
+    vision_tokens_per_image: float | None = None,
 ) -> float:
     """~FLOPs of training on `samples` samples: per token 6N for trained LLM weights, 4N when
     the LLM is frozen but gradients flow through it to the projector, +2N recompute with
     gradient checkpointing; the tower runs over its patches once per image (2N frozen, 6N
-    trained). Attention's s^2 term is left out (small at LLaVA's lengths)."""
+    trained; anyres: over all its views, `vision_tokens_per_image`). Attention's s^2 term is
+    left out (small at LLaVA's lengths)."""
     llm = size.total["llm"]
     per_token = 6 * llm if size.trainable["llm"] else 4 * llm
     if gradient_checkpointing:
         per_token += 2 * llm
     vision_factor = 6 if size.trainable["vision"] else 2
-    per_image = vision_factor * size.total["vision"] * size.image_tokens
+    per_image_tokens = vision_tokens_per_image or size.vision_tokens or size.image_tokens
+    per_image = vision_factor * size.total["vision"] * per_image_tokens
     return samples * (tokens_per_sample * per_token + images_per_sample * per_image)
 
 

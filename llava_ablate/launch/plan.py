@@ -168,7 +168,7 @@ def plan_job(job: Job, grid: GridSpec, extra: list[str]) -> PlanRow:
     except ConfigError as e:
         raise ConfigError(f"grid {grid.name}, job {job.name}: {e}") from e
     size = model_size(cfg)
-    data = data_size(cfg, size.image_tokens)
+    data = data_size(cfg, size.image_tokens, size.anyres)
     if cfg.recipe.max_steps:
         steps: int | None = cfg.recipe.max_steps
     elif data.samples is not None:
@@ -200,6 +200,8 @@ def plan_job(job: Job, grid: GridSpec, extra: list[str]) -> PlanRow:
     # the mean; the longest sets the peak. Both are shown: a plan that only says "will not fit"
     # at max length hides that the typical step fits with room to spare.
     typical_len = round(data.tokens_per_sample) if data.tokens_per_sample else None
+    if cfg.data.batching == "pack":  # packed rows are filled up to the maximum length
+        typical_len = None
     gpu_hours = None
     if on_gpu and samples and data.tokens_per_sample is not None:
         flops = train_flops(
@@ -208,6 +210,7 @@ def plan_job(job: Job, grid: GridSpec, extra: list[str]) -> PlanRow:
             data.tokens_per_sample,
             data.images_per_sample or 0.0,
             cfg.train.gradient_checkpointing,
+            data.vision_tokens,
         )
         gpu_hours = flops / (peak_flops * grid.mfu) / 3600
     return PlanRow(
@@ -296,7 +299,20 @@ def format_plan(grid: GridSpec, rows: list[PlanRow]) -> str:
             table,
         )
     )
-    out += ["", _memory_lines(rows), *_data_lines(rows)]
+    out += ["", _memory_lines(rows)]
+    for i, r in enumerate(rows, 1):
+        if r.size.anyres is not None:
+            typical = (
+                f"{r.data.image_tokens:,.0f} (tower {r.data.vision_tokens:,.0f}) at the mean "
+                "image size"
+                if r.data.image_tokens is not None
+                else "typical unknown until the data is built"
+            )
+            out.append(
+                f"  #{i} anyres image tokens per image: up to {r.size.image_tokens:,} "
+                f"(tower {r.size.vision_tokens:,}, the largest grid); {typical}"
+            )
+    out += _data_lines(rows)
     hours = [r for r in todo if r.gpu_hours is not None]
     if grid.gpu != "cpu":
         total = sum(r.gpu_hours for r in hours)

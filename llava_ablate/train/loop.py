@@ -26,8 +26,17 @@ from llava_ablate.train.metrics import MetricsLogger, peak_memory_gb
 
 log = logging.getLogger("llava_ablate.train")
 
-# attention_mask for one sample per row; position_ids (restarting per sample) for packed rows.
-_MODEL_KEYS = ("input_ids", "labels", "attention_mask", "position_ids", "pixel_values")
+# attention_mask for one sample per row; position_ids (restarting per sample) for packed rows;
+# image_sizes and batch_num_images: anyres (arch=llava_onevision) batches only.
+_MODEL_KEYS = (
+    "input_ids",
+    "labels",
+    "attention_mask",
+    "position_ids",
+    "pixel_values",
+    "image_sizes",
+    "batch_num_images",
+)
 
 
 @dataclass

@@ -175,6 +175,7 @@ def build_model(cfg: Config, precision: str) -> Model:
         cfg.vision,
         cfg.llm,
         cfg.projector,
+        arch=cfg.arch,
         cache_dir=cfg.paths.cache_dir,
         attn_implementation=cfg.train.attn_implementation,
         dtype=dtype_for(precision),
@@ -223,7 +224,8 @@ def build_stream(run: Run, mixture: BuiltMixture, model: Model) -> Data:
             num_image_tokens=model.variant.num_image_tokens,
             max_length=recipe.max_length,
             overflow=recipe.overflow,
-            pad_to_square=cfg.vision.image_aspect == "pad",
+            pad_to_square=_pads_to_square(cfg),
+            anyres=model.variant.anyres,
         ),
     )
     placeholder = encoder.image_placeholder(model.module.config.image_token_index)
@@ -356,7 +358,7 @@ def open_evaluation(run: Run, model: Model, engine, tracker: Tracker | None) -> 
         run.cfg.eval,
         model.variant.processor,
         run.dir,
-        pad_to_square=run.cfg.vision.image_aspect == "pad",
+        pad_to_square=_pads_to_square(run.cfg),
     )
     return Evaluator(hook, engine, tracker)
 
@@ -440,7 +442,7 @@ def finish(
             {
                 "variant": {
                     k: OmegaConf.to_container(run.dcfg[k], resolve=True)
-                    for k in ("vision", "llm", "projector", "data", "recipe")
+                    for k in ("arch", "vision", "llm", "projector", "data", "recipe")
                 },
                 "steps": state.step,
                 "tokens": tokens,
@@ -490,6 +492,11 @@ def _setup_logging(info: DistInfo) -> None:
     # DeepSpeed still calls torch.distributed APIs that torch 2.13 deprecates, once per step.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     transformers.logging.disable_progress_bar()
+
+
+def _pads_to_square(cfg: Config) -> bool:
+    """LLaVA-1.5's pad-to-square (vision.image_aspect=pad); anyres keeps the aspect ratio."""
+    return cfg.vision.image_aspect == "pad" and cfg.arch.type == "llava"
 
 
 def _seed(seed: int) -> None:
