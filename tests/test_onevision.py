@@ -21,6 +21,7 @@ from transformers import (
 
 from llava_ablate.config import LearningRates, compose_config, to_object
 from llava_ablate.data.anyres import anyres_token_counts, size_only_processor, tower_views
+from llava_ablate.data.batching import pack_window
 from llava_ablate.data.encode import Collator, EncodeOptions, SampleEncoder
 from llava_ablate.launch.estimate import memory_per_rank, model_size
 from llava_ablate.model.build import anyres_pinpoints
@@ -397,3 +398,24 @@ def test_bad_arch_values_fail_naming_the_key(override, match):
 
     with pytest.raises(ConfigError, match=match):
         to_object(compose_config(["arch=llava_onevision", override]))
+
+
+def test_packed_anyres_rows_give_the_unpacked_loss(ov):
+    """Packing (data.batching=pack) puts several samples' images in one row; OneVision tiles an
+    image only when its *sample* has one image (batch_num_images), so the count must be per
+    sample, not per packed row, or the features no longer match the expanded tokens."""
+    enc = SampleEncoder(ov.processor, EncodeOptions("chat", 16, 512, "skip", False, anyres=True))
+    toks = [enc.tokenize(_sample(i, s, "A red box " * (i + 1))) for i, s in
+            enumerate([[(32, 32)], [(96, 40)], [], [(64, 64), (40, 96)], [(50, 40)]])]  # fmt: skip
+    rows = pack_window(toks, 1, 512)[0]
+    assert max(len(r) for r in rows) > 1 and sum(len(r) for r in rows) == len(toks)
+    finished = {t.id: enc.finish(t) for t in toks}
+    pad = ov.tokenizer.pad_token_id
+    plain = Collator(pad)([finished[t.id] for t in toks])
+    packed = Collator(pad, packed=True).rows([[finished[x.id] for x in r] for r in rows])
+    assert packed["input_ids"].shape[0] < plain["input_ids"].shape[0]
+    keys = (*MODEL_KEYS, "position_ids")
+    with torch.no_grad():
+        a = ov.model(**{k: plain[k] for k in keys if k in plain}, use_cache=False).loss
+        b = ov.model(**{k: packed[k] for k in keys if k in packed}, use_cache=False).loss
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)

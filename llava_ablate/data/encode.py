@@ -240,10 +240,12 @@ class Collator:
         if pixels:  # in row order: the model fills image tokens in the same order
             batch["pixel_values"] = _stack_images(pixels)
         sizes = [x["image_sizes"] for row in good for x in row if "image_sizes" in x]
-        if sizes:  # anyres: each image's size, and how many images each row carries
+        if sizes:  # anyres: each image's size, and how many images each *sample* carries
             batch["image_sizes"] = torch.cat(sizes)
+            # Per sample, not per (packed) row: OneVision tiles an image only when its sample
+            # has exactly one, which is how the tokens were expanded at encoding.
             batch["batch_num_images"] = torch.tensor(
-                [sum(len(x.get("image_sizes", ())) for x in row) for row in good]
+                [len(x.get("image_sizes", ())) for row in good for x in row]
             )
         return batch
 
