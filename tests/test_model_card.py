@@ -32,7 +32,7 @@ def export_dir(tmp_path, overrides=("llm=qwen2", "data=llava665k")):
     info = {
         "variant": {
             k: OmegaConf.to_container(dcfg[k], resolve=True)
-            for k in ("vision", "llm", "projector", "data", "recipe")
+            for k in ("arch", "vision", "llm", "projector", "data", "recipe")
         },
         "steps": 5198,
         "tokens": 1_234_567_890,
@@ -53,19 +53,20 @@ HOOK = CardEvaluation("imagenet", "likelihood", 0.6123, 0.6001, 0.6244, 5000, 26
 
 
 def test_card_metadata_and_sections_read_back_with_huggingface_hub(tmp_path):
-    out = export_dir(tmp_path)
+    out = export_dir(tmp_path, ("llm=qwen2", "data=llava665k", "arch=llava_onevision"))
     record_evaluations(out, [HOOK])
     card = ModelCard.load(out / CARD)
     meta = card.data.to_dict()
     assert meta["library_name"] == "transformers"
     assert meta["pipeline_tag"] == "image-text-to-text"
     assert meta["base_model"] == ["openai/clip-vit-large-patch14-336", "Qwen/Qwen2-7B-Instruct"]
-    assert {"llava", "llm:qwen2", "data:llava665k"} <= set(meta["tags"])
+    assert {"llava", "llm:qwen2", "data:llava665k", "arch:llava_onevision"} <= set(meta["tags"])
     (result,) = card.data.eval_results
     assert (result.dataset_name, result.metric_type, result.metric_value) == (
         "imagenet", "accuracy", 0.6123)  # fmt: skip
     text = card.text
     assert "| llm | qwen2 | `Qwen/Qwen2-7B-Instruct` |" in text
+    assert "| arch | llava_onevision | transformers `llava_onevision` |" in text
     assert "steps: 5198 optimizer steps of global batch 128" in text
     assert "tokens seen: 1,234,567,890" in text
     assert COMMAND in text and "on 8 rank(s)" in text and "a7043dbd" in text

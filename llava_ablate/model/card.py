@@ -172,7 +172,8 @@ def base_models(variant: dict) -> list[str]:
 
 
 def _axis_tags(variant: dict) -> list[str]:
-    return [f"{axis}:{variant[axis]['name']}" for axis in ("vision", "llm", "data", "recipe")]
+    axes = ("arch", "vision", "llm", "data", "recipe")  # arch: absent from older exports
+    return [f"{axis}:{variant[axis]['name']}" for axis in axes if axis in variant]
 
 
 def _variant_section(variant: dict, info: dict) -> list[str]:
@@ -186,6 +187,11 @@ def _variant_section(variant: dict, info: dict) -> list[str]:
         "",
         "| axis | choice | from |",
         "| --- | --- | --- |",
+        *(
+            [f"| arch | {variant['arch']['name']} | transformers `{variant['arch']['type']}` |"]
+            if "arch" in variant
+            else []
+        ),  # fmt: skip
         f"| vision | {variant['vision']['name']} | {source('vision')} |",
         f"| llm | {variant['llm']['name']} | {source('llm')} |",
         f"| projector | {variant['projector']['type']} | |",
