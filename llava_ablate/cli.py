@@ -49,6 +49,7 @@ def _token_length(cfg: Config):
 def data_build(args) -> None:
     from llava_ablate.data.builtin import generate_builtin
     from llava_ablate.data.shards import build_mixture
+    from llava_ablate.model.build import shard_image_side
 
     cfg = to_object(compose_config(args.overrides))
     if cfg.data.builtin:  # generated offline first, then sharded like any other source
@@ -60,6 +61,7 @@ def data_build(args) -> None:
         force=args.force,
         token_length=token_length,
         workers=args.workers,
+        max_image_side=shard_image_side(cfg.vision, cfg.data.max_image_side),
     )
     width = max(len(n) for n in manifests)
     print(f"{'source':<{width}}  {'samples':>9}  {'skipped':>8}  shards")

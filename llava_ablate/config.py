@@ -121,6 +121,12 @@ class DataCfg:
     samples_per_shard: int = 1000
     build_workers: int = 2  # processes converting sources to shards
     num_workers: int = 2  # DataLoader workers per rank
+    prefetch_factor: int = 4  # micro-batches each worker keeps ready (torch's default: 2)
+    # Longest image side stored in the shards (px): larger images are re-encoded at build, the
+    # originals untouched. auto: what the vision tower reads (its size with pad-to-square, 2x
+    # with resize, an anyres grid's largest side); null: the original bytes. A run refuses
+    # shards built smaller than its own setting.
+    max_image_side: Any = "auto"
     max_bad_fraction: float = 0.01  # fail the run when more samples than this are skipped
     on_bad_shard: str = "error"  # a shard short of its manifest: error | skip (counted bad_shard)
     batching: BatchingCfg = field(default_factory=BatchingCfg)
@@ -283,6 +289,7 @@ _RANGES: dict[str, Range] = {
     "data.samples_per_shard": _POSITIVE,
     "data.build_workers": _POSITIVE,
     "data.num_workers": _COUNT,  # 0: load in the training process
+    "data.prefetch_factor": _POSITIVE,
     "data.max_bad_fraction": _FRACTION,
     "data.batching.group_buffer": _POSITIVE,
     "train.seed": Range(0, 2**32 - 1),  # numpy's seed range
@@ -316,6 +323,12 @@ def validate(cfg: DictConfig | Config) -> None:
         allowed_range.check(key, _get(cfg, key))
     _check_feature_layer(cfg.vision.feature_layer)
     _check_sources(cfg.data.sources)
+    side = cfg.data.max_image_side
+    if not (side in (None, "auto") or (type(side) is int and side > 0)):
+        raise ConfigError(
+            f"data.max_image_side={side!r}; use auto (from the vision tower), a number of pixels "
+            "or null (store the original images)"
+        )
     if cfg.recipe.lora is not None:
         for key, allowed_range in _LORA_RANGES.items():
             allowed_range.check(f"recipe.lora.{key}", getattr(cfg.recipe.lora, key))

@@ -55,6 +55,7 @@ EXCLUDED: dict[str, str] = {
     "data.max_bad_fraction": "a guard: it only decides whether the run stops",
     "data.shards_dir": "where the shards live",
     "data.build_workers": "each shard is written by one task: same bytes for any count",
+    "data.prefetch_factor": "how far the loader reads ahead, not what it delivers",
     "wandb": "experiment tracking",
     "eval.hook.every_steps": "evaluation scheduling",
     "eval.hook.at_end": "evaluation scheduling",
