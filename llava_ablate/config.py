@@ -120,7 +120,10 @@ class DataCfg:
     shards_dir: str = "${paths.shards_root}"
     samples_per_shard: int = 1000
     build_workers: int = 2  # processes converting sources to shards
-    num_workers: int = 2  # DataLoader workers per rank
+    # DataLoader workers per rank, or auto (this node's CPUs per local rank, minus the trainer's
+    # own, at most 8). It orders the samples (a resume needs the same count), hence not auto by
+    # default: a job requeued onto a node with another CPU count would be refused.
+    num_workers: Any = 2
     prefetch_factor: int = 4  # micro-batches each worker keeps ready (torch's default: 2)
     # Longest image side stored in the shards (px): larger images are re-encoded at build, the
     # originals untouched. auto: what the vision tower reads (its size with pad-to-square, 2x
@@ -288,7 +291,6 @@ _RANGES: dict[str, Range] = {
     "recipe.lr.llm": _LR,
     "data.samples_per_shard": _POSITIVE,
     "data.build_workers": _POSITIVE,
-    "data.num_workers": _COUNT,  # 0: load in the training process
     "data.prefetch_factor": _POSITIVE,
     "data.max_bad_fraction": _FRACTION,
     "data.batching.group_buffer": _POSITIVE,
@@ -323,6 +325,8 @@ def validate(cfg: DictConfig | Config) -> None:
         allowed_range.check(key, _get(cfg, key))
     _check_feature_layer(cfg.vision.feature_layer)
     _check_sources(cfg.data.sources)
+    if cfg.data.num_workers != "auto":
+        _COUNT.check("data.num_workers", cfg.data.num_workers)  # 0: load in the training process
     side = cfg.data.max_image_side
     if not (side in (None, "auto") or (type(side) is int and side > 0)):
         raise ConfigError(

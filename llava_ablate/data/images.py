@@ -8,12 +8,14 @@ import io
 import math
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 # What class folders and image directories are read as images (compared lower-cased).
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # PIL's own `thumbnail` default: reduce by whole factors (JPEG draft) only while the image stays
 # at least this many times the target, then resample properly; "very close to fair resampling".
+# Used when decoding for training; the build resamples from the full decode.
 REDUCING_GAP = 2.0
 # Re-encoded JPEGs: high quality and no chroma subsampling (the source was already compressed
 # once; this second pass should add little). Other formats are re-encoded losslessly (PNG).
@@ -89,8 +91,8 @@ def decode_rgb(data: bytes, min_side: int | None = None) -> Image.Image:
         if min_side and im.format == "JPEG":
             w, h = im.size
             scale = REDUCING_GAP * min_side / max(w, h)
-            if scale <= 0.5:
-                im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
+            if scale <= 0.5:  # floor: a side like 427/2 must still allow the 1/2 scale
+                im.draft("RGB", (math.floor(w * scale), math.floor(h * scale)))
         im.load()  # decode now so a truncated file fails here, not in the processor
         return im.convert("RGB")
 
@@ -103,13 +105,33 @@ def shrink_encoded(data: bytes, max_side: int) -> tuple[bytes, str, tuple[int, i
         if max(im.size) <= max_side:
             return None
         is_jpeg = im.format == "JPEG"
-        # PIL's thumbnail: aspect kept, JPEG draft up to REDUCING_GAP, then bicubic (as CLIP's
-        # and SigLIP's processors resample).
-        im.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=REDUCING_GAP)
-        out = io.BytesIO()
-        if is_jpeg:
-            im.convert("RGB").save(out, "JPEG", **REENCODE_JPEG)
-        else:
-            png_modes = {"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"}
-            (im if im.mode in png_modes else im.convert("RGB")).save(out, "PNG")
-        return out.getvalue(), "jpg" if is_jpeg else "png", im.size
+        png_modes = {"1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16"}
+        image = im.convert("RGB") if is_jpeg or im.mode not in png_modes else im.copy()
+    small = _resize_like_pad(image, max_side)
+    out = io.BytesIO()
+    small.save(out, *(("JPEG",) if is_jpeg else ("PNG",)), **(REENCODE_JPEG if is_jpeg else {}))
+    return out.getvalue(), "jpg" if is_jpeg else "png", small.size
+
+
+def _resize_like_pad(image: Image.Image, side: int) -> Image.Image:
+    """Bicubic resize to longer side `side`, sampling exactly the source area that LLaVA's
+    pad-to-square then a resize to `side` maps onto each stored pixel (the shorter side is
+    rounded to whole pixels and centred by whole pixels; a plain resize would shift the image
+    by up to half a pixel against the full path). Edges are replicated for the sliver of
+    margin that alignment reads outside the image."""
+    w, h = image.size
+    longer = max(w, h)
+
+    def axis(n: int) -> tuple[int, float, float]:
+        stored = max(1, round(n * side / longer))
+        start = (side - stored) // 2 * longer / side - (longer - n) // 2
+        return stored, start, start + stored * longer / side
+
+    (sw, x0, x1), (sh, y0, y1) = axis(w), axis(h)
+    m = math.ceil(longer / side) + 2  # covers the margin the box and the bicubic kernel read
+    mode = image.mode if image.mode in ("RGB", "RGBA", "L", "LA") else "RGBA"
+    array = np.asarray(image.convert(mode))
+    pad = ((m, m), (m, m)) + (((0, 0),) if array.ndim == 3 else ())
+    padded = Image.fromarray(np.pad(array, pad, mode="edge"))
+    box = (x0 + m, y0 + m, x1 + m, y1 + m)
+    return padded.resize((sw, sh), Image.Resampling.BICUBIC, box=box)

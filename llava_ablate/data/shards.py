@@ -64,11 +64,12 @@ def covers(built: int | None, needed: int | None) -> bool:
 
 
 def too_small(source: str, out_dir: Path, built: int | None, needed: int | None) -> str:
+    reads = "the original images" if needed is None else f"images up to {needed} px"
     return (
-        f"source {source!r}: the shards in {out_dir} hold {side_text(built)} "
-        f"(built with data.max_image_side={built}), this run needs {side_text(needed)} "
-        f"(data.max_image_side={needed}, from the vision tower unless set). Rebuild them with "
-        "`llava-ablate data build data=<mixture> <this run's vision=...> --force`, or set "
+        f"source {source!r}: the shards in {out_dir} were built with data.max_image_side="
+        f"{built} (images stored at most {built} px on their longer side), but this run reads "
+        f"{reads} (data.max_image_side={needed}; auto: from the vision tower). Rebuild them "
+        "with `llava-ablate data build data=<mixture> <this run's vision=...> --force`, or set "
         f"data.max_image_side={built} to train on the smaller images knowingly"
     )
 

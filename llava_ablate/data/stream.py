@@ -20,6 +20,7 @@ import bisect
 import copy
 import json
 import logging
+import os
 import random
 import tarfile
 from collections.abc import Callable, Iterator
@@ -288,6 +289,16 @@ def _tokenize(encoder: SampleEncoder, sample: dict, mixture: str) -> Tokenized |
             f"({type(e).__name__}: {e}); if the shard is damaged, `llava-ablate data build "
             f"data={mixture}` verifies and rebuilds it"
         ) from e
+
+
+def resolve_workers(setting: int | str) -> int:
+    """data.num_workers; auto: the CPUs this process may use per local rank (torchrun's
+    LOCAL_WORLD_SIZE), one left to the trainer itself, at most 8."""
+    if setting != "auto":
+        return int(setting)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    per_rank = (cpus or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, per_rank - 1))
 
 
 class _Epochs(IterableDataset):

@@ -35,7 +35,13 @@ from llava_ablate.data.builtin import prepare_builtin
 from llava_ablate.data.encode import Collator, EncodeOptions, SampleEncoder
 from llava_ablate.data.mixture import BuiltMixture, check_image_side, open_mixture, skip_report
 from llava_ablate.data.shards import side_text
-from llava_ablate.data.stream import BatchingOptions, ShardStream, StreamingLoader, StreamPlan
+from llava_ablate.data.stream import (
+    BatchingOptions,
+    ShardStream,
+    StreamingLoader,
+    StreamPlan,
+    resolve_workers,
+)
 from llava_ablate.eval.hook import TrainingEvalHook
 from llava_ablate.model.build import Variant, build_variant, shard_image_side
 from llava_ablate.model.export import export_engine, is_exported
@@ -233,6 +239,13 @@ def build_stream(run: Run, mixture: BuiltMixture, model: Model) -> Data:
         ),
     )
     placeholder = encoder.image_placeholder(model.module.config.image_token_index)
+    workers = resolve_workers(cfg.data.num_workers)
+    log.info(
+        "data loading: %d worker(s) per rank (data.num_workers=%s), each %d micro-batches ahead",
+        workers,
+        cfg.data.num_workers,
+        cfg.data.prefetch_factor,
+    )
     stream = ShardStream(
         StreamPlan(mixture, cfg.train.seed, shuffle_buffer=1000),
         encoder,
@@ -242,11 +255,11 @@ def build_stream(run: Run, mixture: BuiltMixture, model: Model) -> Data:
         ),
         rank=info.rank,
         world=info.world,
-        workers=cfg.data.num_workers,
+        workers=workers,
     )
     loader = StreamingLoader(
         stream,
-        cfg.data.num_workers,
+        workers,
         worker_init_fn=ignore_stop_signals,
         prefetch_factor=cfg.data.prefetch_factor,
     )
