@@ -62,11 +62,12 @@ class SampleEncoder:
         self.processor = processor
         self.options = options
         self._fill = mean_colour(processor.image_processor)
-        self._min_side = (
-            tower_side(processor.image_processor, options.pad_to_square)
-            if options.draft_decode
-            else None
-        )
+        self._min_side = None  # None: every image decoded at full size
+        if options.draft_decode:
+            try:
+                self._min_side = tower_side(processor.image_processor, options.pad_to_square)
+            except ValueError:  # a processor of unknown geometry: the draft is only a speed-up
+                pass
 
     def tokenize(self, sample: dict) -> Tokenized | Skip:
         """`sample`: a webdataset sample (`json` metadata + `img<k>.<ext>` image bytes)."""
