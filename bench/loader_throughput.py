@@ -191,9 +191,11 @@ def main(argv=None) -> dict:
     )
     out = {"fast_psnr_db": psnr}
     for step_ms, (b, o, f) in results.items():
+        # With no step the trainer does nothing but wait: its wait fraction says nothing.
+        waits = [f"{w:.1%}" if step_ms else "-" for w in (b[1], o[1], f[1])]
         print(
             f"{step_ms:>11.0f} ms {b[0]:>8.1f} s/s {o[0]:>8.1f} s/s {f[0]:>8.1f} s/s"
-            f" {f[0] / b[0]:>9.2f}x {f[0] / o[0]:>8.2f}x {b[1]:>10.1%} {o[1]:>9.1%} {f[1]:>10.1%}"
+            f" {f[0] / b[0]:>9.2f}x {f[0] / o[0]:>8.2f}x {waits[0]:>10} {waits[1]:>9} {waits[2]:>10}"
         )
         out[f"samples_per_s_ratio@{step_ms:.0f}ms"] = f[0] / b[0]
         out[f"fast_vs_old_shards@{step_ms:.0f}ms"] = f[0] / o[0]
