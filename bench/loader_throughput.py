@@ -94,6 +94,17 @@ def consume(batches, n_batches: int, step_ms: float) -> tuple[float, float, int]
     return samples / total, wait / total, samples
 
 
+def cpu_ms_per_sample(batches, n_batches: int) -> float:
+    """CPU time (this process, no workers) per delivered sample: what the loading costs,
+    whatever else the machine runs; wall-clock figures depend on the load, this one hardly."""
+    it = iter(batches)
+    next(it)
+    samples, t = 0, time.process_time()
+    for _ in range(n_batches):
+        samples += len(next(it)["ids"])
+    return 1000 * (time.process_time() - t) / samples
+
+
 def closeness(src: SourceCfg, shards: Path, full: SampleEncoder, fast: SampleEncoder, n: int):
     """Lowest PSNR (dB, on [0, 1] intensities) of the fast path's pixel values against the full
     decode of the original files, over the first `n` stored samples."""
@@ -167,6 +178,24 @@ def main(argv=None) -> dict:
         psnr = closeness(src, root / "fast" / "bench", full, fast, 48)
         assert psnr >= 30, f"fast path output differs from the full decode: {psnr:.1f} dB"
         n_batches = args.samples // args.micro // 2
+        in_process = dict(args.__dict__, workers=0)
+        cpu = [
+            cpu_ms_per_sample(
+                DataLoader(
+                    LazyJsonDataset(src, full),
+                    batch_size=args.micro,
+                    shuffle=True,
+                    collate_fn=collate,
+                ),
+                n_batches,
+            ),
+            cpu_ms_per_sample(
+                _stream_loader(old, full, collate, argparse.Namespace(**in_process), 2), n_batches
+            ),
+            cpu_ms_per_sample(
+                _stream_loader(new, fast, collate, argparse.Namespace(**in_process), 4), n_batches
+            ),
+        ]
         results = {}
         for step_ms in (0.0, args.step_ms):
             baseline = DataLoader(
@@ -189,7 +218,12 @@ def main(argv=None) -> dict:
         f"{'trainer step':>14} {'LLaVA lazy':>12} {'old shards':>12} {'fast path':>12}"
         f" {'fast/lazy':>10} {'fast/old':>9} {'wait lazy':>10} {'wait old':>9} {'wait fast':>10}"
     )
-    out = {"fast_psnr_db": psnr}
+    print(
+        f"{'CPU per sample':>14} {cpu[0]:>7.2f} ms {cpu[1]:>7.2f} ms {cpu[2]:>7.2f} ms"
+        f" {cpu[0] / cpu[2]:>9.2f}x {cpu[1] / cpu[2]:>8.2f}x   (in-process, CPU time: hardly"
+        " load-dependent)"
+    )
+    out = {"fast_psnr_db": psnr, "cpu_ratio_lazy_over_fast": cpu[0] / cpu[2]}
     for step_ms, (b, o, f) in results.items():
         # With no step the trainer does nothing but wait: its wait fraction says nothing.
         waits = [f"{w:.1%}" if step_ms else "-" for w in (b[1], o[1], f[1])]
