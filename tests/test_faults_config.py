@@ -126,6 +126,14 @@ def test_out_of_range_value_fails_naming_the_key(override, key):
 
 
 @pytest.mark.parametrize(
+    "override",
+    ["data.num_workers=auto", "data.max_image_side=null", "data.max_image_side=1152"],
+)
+def test_the_image_path_settings_accept_their_special_values(override):
+    validate(_compose([override]))
+
+
+@pytest.mark.parametrize(
     "overrides,key",
     [
         (["recipe=lora", "recipe.lora.r=0"], "recipe.lora.r"),
