@@ -54,17 +54,24 @@ def _token_length(cfg: Config):
 def data_build(args) -> None:
     from llava_ablate.data.builtin import generate_builtin
     from llava_ablate.data.shards import build_mixture
+    from llava_ablate.model.build import shard_image_side
 
     cfg = to_object(compose_config(args.overrides))
     if cfg.data.builtin:  # generated offline first, then sharded like any other source
         generate_builtin(cfg.data.builtin, Path(cfg.data.sources[0].path).parent)
     token_length = None if args.no_token_stats else _token_length(cfg)
+    side = shard_image_side(cfg.vision, cfg.data.max_image_side)
+    print(
+        f"images: {'original bytes' if side is None else f'at most {side} px on the longer side'}"
+        f" (data.max_image_side={cfg.data.max_image_side}, vision={cfg.vision.name})"
+    )
     manifests = build_mixture(
         cfg.data,
         seed=cfg.train.seed,
         force=args.force,
         token_length=token_length,
         workers=args.workers,
+        max_image_side=side,
     )
     width = max(len(n) for n in manifests)
     print(f"{'source':<{width}}  {'samples':>9}  {'skipped':>8}  shards")

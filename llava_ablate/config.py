@@ -150,7 +150,16 @@ class DataCfg:
     shards_dir: str = "${paths.shards_root}"
     samples_per_shard: int = 1000
     build_workers: int = 2  # processes converting sources to shards
-    num_workers: int = 2  # DataLoader workers per rank
+    # DataLoader workers per rank, or auto (this node's CPUs per local rank, minus the trainer's
+    # own, at most 8). It orders the samples (a resume needs the same count), hence not auto by
+    # default: a job requeued onto a node with another CPU count would be refused.
+    num_workers: Any = 2
+    prefetch_factor: int = 4  # micro-batches each worker keeps ready (torch's default: 2)
+    # Longest image side stored in the shards (px): larger images are re-encoded at build, the
+    # originals untouched. auto: what the vision tower reads (its size with pad-to-square, 2x
+    # with resize, an anyres grid's largest side); null: the original bytes. A run refuses
+    # shards built smaller than its own setting.
+    max_image_side: Any = "auto"
     max_bad_fraction: float = 0.01  # fail the run when more samples than this are skipped
     on_bad_shard: str = "error"  # a shard short of its manifest: error | skip (counted bad_shard)
     # How a micro-batch's samples become padded rows (data/batching.py):
@@ -330,7 +339,7 @@ _RANGES: dict[str, Range] = {
     "recipe.lr.llm": _LR,
     "data.samples_per_shard": _POSITIVE,
     "data.build_workers": _POSITIVE,
-    "data.num_workers": _COUNT,  # 0: load in the training process
+    "data.prefetch_factor": _POSITIVE,
     "data.max_bad_fraction": _FRACTION,
     "data.group_buffer": _POSITIVE,
     "train.seed": Range(0, 2**32 - 1),  # numpy's seed range
@@ -365,6 +374,14 @@ def validate(cfg: DictConfig | Config) -> None:
     _check_feature_layer(cfg.vision.feature_layer)
     _check_aspect_ratio(cfg.arch.vision_aspect_ratio)
     _check_sources(cfg.data.sources)
+    if cfg.data.num_workers != "auto":
+        _COUNT.check("data.num_workers", cfg.data.num_workers)  # 0: load in the training process
+    side = cfg.data.max_image_side
+    if not (side in (None, "auto") or (type(side) is int and side > 0)):
+        raise ConfigError(
+            f"data.max_image_side={side!r}; use auto (from the vision tower), a number of pixels "
+            "or null (store the original images)"
+        )
     if cfg.recipe.lora is not None:
         for key, allowed_range in _LORA_RANGES.items():
             allowed_range.check(f"recipe.lora.{key}", getattr(cfg.recipe.lora, key))

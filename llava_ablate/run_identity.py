@@ -59,6 +59,7 @@ EXCLUDED: dict[str, str] = {
     "data.shards_dir": "where the shards live",
     "data.build_workers": "each shard is written by one task: same bytes for any count",
     "data.sizes": "published sizes that only `plan` reads, before the build",
+    "data.prefetch_factor": "how far the loader reads ahead, not what it delivers",
     "wandb": "experiment tracking",
     "eval.hook.every_steps": "evaluation scheduling",
     "eval.hook.at_end": "evaluation scheduling",

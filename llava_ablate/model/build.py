@@ -46,6 +46,7 @@ from transformers.models.llava_onevision.video_processing_llava_onevision import
 from llava_ablate.base.chat_templates import ensure_chat_template, multimodal_chat_template
 from llava_ablate.base.video_processors import allow_video_processors
 from llava_ablate.config import ArchCfg, LLMCfg, ProjectorCfg, VisionCfg
+from llava_ablate.data.images import resolve_max_image_side, tower_side
 from llava_ablate.model.sources import resolve_llm_source, resolve_package_dir
 from llava_ablate.model.tiny_tokenizer import build_tiny_tokenizer
 
@@ -114,28 +115,51 @@ def build_tokenizer(llm: LLMCfg, cache_dir: str | Path) -> PreTrainedTokenizerBa
 
 
 def build_vision_tower(cfg: VisionCfg, attn: str, dtype: torch.dtype):
-    config_cls, model_cls, processor_cls = _VISION[cfg.arch]
+    config_cls, model_cls, _ = _VISION[cfg.arch]
     # SigLIP's pooling head is never used by Llava, and an unused module breaks DDP-style
     # reductions; drop it at construction.
     extra = {"vision_use_head": False} if cfg.arch == "siglip" else {}
+    processor = build_image_processor(cfg)  # first: it generates a built-in tower once
+    if cfg.pretrained:
+        src = resolve_package_dir(cfg.pretrained)
+        tower = model_cls.from_pretrained(src, dtype=dtype, attn_implementation=attn, **extra)
+    else:
+        config = config_cls(**{**cfg.config, **extra})
+        config._attn_implementation = attn
+        tower = model_cls(config).to(dtype)
+    return tower, processor
+
+
+def build_image_processor(cfg: VisionCfg):
+    """The tower's image processor alone (no weights): what the data path needs to know, e.g.
+    the image side a shard build keeps (data.max_image_side=auto)."""
+    config_cls, _, processor_cls = _VISION[cfg.arch]
     if cfg.builtin:  # trained offline on first use (the demo's mini-CLIP)
         from llava_ablate.model.mini_clip import generate_builtin_tower
 
         generate_builtin_tower(cfg.builtin, Path(cfg.pretrained or ""))
     if cfg.pretrained:
-        src = resolve_package_dir(cfg.pretrained)
-        tower = model_cls.from_pretrained(src, dtype=dtype, attn_implementation=attn, **extra)
-        processor = processor_cls.from_pretrained(src)
-    else:
-        config = config_cls(**{**cfg.config, **extra})
-        config._attn_implementation = attn
-        tower = model_cls(config).to(dtype)
-        size = config.image_size
-        if cfg.arch == "clip":
-            processor = processor_cls(size={"shortest_edge": size}, crop_size=size)
-        else:
-            processor = processor_cls(size={"height": size, "width": size})
-    return tower, processor
+        return processor_cls.from_pretrained(resolve_package_dir(cfg.pretrained))
+    size = config_cls(**cfg.config).image_size
+    if cfg.arch == "clip":
+        return processor_cls(size={"shortest_edge": size}, crop_size=size)
+    return processor_cls(size={"height": size, "width": size})
+
+
+def shard_image_side(vision: VisionCfg, setting) -> int | None:
+    """data.max_image_side (`setting`) in pixels for this tower: auto reads the tower's image
+    processor (`data.images.tower_side`); None keeps the original images."""
+    if setting != "auto":
+        return resolve_max_image_side(setting, None)
+    try:
+        processor = build_image_processor(vision)
+    except OSError as e:
+        raise OSError(
+            f"data.max_image_side=auto reads the image size of vision={vision.name} "
+            f"({vision.pretrained}), which cannot be loaded ({e}); make it available, or set "
+            "data.max_image_side to a number of pixels (or null: keep the original images)"
+        ) from e
+    return resolve_max_image_side("auto", tower_side(processor, vision.image_aspect == "pad"))
 
 
 def build_llm(cfg: LLMCfg, vocab_size: int, attn: str, dtype: torch.dtype, cache_dir):

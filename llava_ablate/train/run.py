@@ -35,10 +35,17 @@ from llava_ablate.base.faults import RunFault
 from llava_ablate.config import Config, ConfigError, to_object
 from llava_ablate.data.builtin import prepare_builtin
 from llava_ablate.data.encode import Collator, EncodeOptions, SampleEncoder
-from llava_ablate.data.mixture import BuiltMixture, open_mixture, skip_report
-from llava_ablate.data.stream import BatchingOptions, ShardStream, StreamingLoader, StreamPlan
+from llava_ablate.data.mixture import BuiltMixture, check_image_side, open_mixture, skip_report
+from llava_ablate.data.shards import side_text
+from llava_ablate.data.stream import (
+    BatchingOptions,
+    ShardStream,
+    StreamingLoader,
+    StreamPlan,
+    resolve_workers,
+)
 from llava_ablate.eval.hook import TrainingEvalHook
-from llava_ablate.model.build import Variant, build_variant
+from llava_ablate.model.build import Variant, build_variant, shard_image_side
 from llava_ablate.model.card import evaluations_in, record_evaluations
 from llava_ablate.model.export import export_engine, is_exported
 from llava_ablate.model.freeze import apply_training_plan, format_plan
@@ -145,8 +152,16 @@ def claim_run_dir(run: Run) -> str:
 
 def open_data(cfg: Config) -> BuiltMixture:
     """The mixture's shards (built-in data generated first); logs what each source gives."""
-    prepare_builtin(cfg.data, cfg.train.seed)
+    image_side = shard_image_side(cfg.vision, cfg.data.max_image_side)
+    prepare_builtin(cfg.data, cfg.train.seed, image_side)
     mixture = open_mixture(cfg.data, cfg.train.seed)
+    check_image_side(mixture, image_side)  # a 336 px build under a 1152 px run is refused
+    log.info(
+        "images: this run reads %s (data.max_image_side=%s); decoding at reduced scale where "
+        "the source is much larger",
+        side_text(image_side),
+        cfg.data.max_image_side,
+    )
     log.info(
         "mixture %s: %s",
         mixture.name,
@@ -229,6 +244,13 @@ def build_stream(run: Run, mixture: BuiltMixture, model: Model) -> Data:
         ),
     )
     placeholder = encoder.image_placeholder(model.module.config.image_token_index)
+    workers = resolve_workers(cfg.data.num_workers)
+    log.info(
+        "data loading: %d worker(s) per rank (data.num_workers=%s), each %d micro-batches ahead",
+        workers,
+        cfg.data.num_workers,
+        cfg.data.prefetch_factor,
+    )
     stream = ShardStream(
         StreamPlan(mixture, cfg.train.seed, shuffle_buffer=1000),
         encoder,
@@ -238,9 +260,14 @@ def build_stream(run: Run, mixture: BuiltMixture, model: Model) -> Data:
         ),
         rank=info.rank,
         world=info.world,
-        workers=cfg.data.num_workers,
+        workers=workers,
     )
-    loader = StreamingLoader(stream, cfg.data.num_workers, worker_init_fn=ignore_stop_signals)
+    loader = StreamingLoader(
+        stream,
+        workers,
+        worker_init_fn=ignore_stop_signals,
+        prefetch_factor=cfg.data.prefetch_factor,
+    )
     steps = total_steps(recipe, stream.batches_per_epoch() * plan.micro_batch * info.world)
     return Data(mixture, plan, stream, loader, steps)
 
