@@ -60,7 +60,7 @@ def data_build(args) -> None:
     if cfg.data.builtin:  # generated offline first, then sharded like any other source
         generate_builtin(cfg.data.builtin, Path(cfg.data.sources[0].path).parent)
     token_length = None if args.no_token_stats else _token_length(cfg)
-    side = shard_image_side(cfg.vision, cfg.data.max_image_side)
+    side = shard_image_side(cfg.vision, cfg.data.max_image_side, cfg.arch)
     print(
         f"images: {'original bytes' if side is None else f'at most {side} px on the longer side'}"
         f" (data.max_image_side={cfg.data.max_image_side}, vision={cfg.vision.name})"

@@ -169,3 +169,16 @@ def test_a_corrupt_large_jpeg_is_a_counted_skip_on_the_draft_path(tiny_variant):
     cut = _encoded((1024, 768), "JPEG")[:2000]
     out = encoder.finish(Tokenized("x", [1, 2], [-100, 2], [cut]))
     assert isinstance(out, Skip) and out.reason == "corrupt_image"
+
+
+def test_auto_side_of_a_onevision_run_is_its_largest_grid():
+    """arch=llava_onevision tiles an image onto grids of up to grid_tiles crops per side: shards
+    for it keep that much (not the single tower view's side, which would lose detail)."""
+    from llava_ablate.config import ArchCfg
+
+    tower = VisionCfg(name="t", arch="siglip", config={"image_size": 48, "patch_size": 8},
+                      image_aspect="resize")  # fmt: skip
+    ov = ArchCfg(name="ov", type="llava_onevision", grid_tiles=3)
+    assert shard_image_side(tower, "auto") == 96
+    assert shard_image_side(tower, "auto", ov) == 144  # 3 crops of 48 px per side
+    assert shard_image_side(tower, 1152, ov) == 1152

@@ -146,9 +146,10 @@ def build_image_processor(cfg: VisionCfg):
     return processor_cls(size={"height": size, "width": size})
 
 
-def shard_image_side(vision: VisionCfg, setting) -> int | None:
-    """data.max_image_side (`setting`) in pixels for this tower: auto reads the tower's image
-    processor (`data.images.tower_side`); None keeps the original images."""
+def shard_image_side(vision: VisionCfg, setting, arch: ArchCfg = LLAVA) -> int | None:
+    """data.max_image_side (`setting`) in pixels for this tower and arch: auto reads the
+    tower's image processor (`data.images.tower_side`) -- for anyres (llava_onevision), with the
+    arch's grid, whose largest side it keeps; None keeps the original images."""
     if setting != "auto":
         return resolve_max_image_side(setting, None)
     try:
@@ -159,6 +160,9 @@ def shard_image_side(vision: VisionCfg, setting) -> int | None:
             f"({vision.pretrained}), which cannot be loaded ({e}); make it available, or set "
             "data.max_image_side to a number of pixels (or null: keep the original images)"
         ) from e
+    if arch.type == "llava_onevision":  # the grid the processor tiles onto, as build_variant sets
+        side = int(processor.size.get("height") or processor.size.get("shortest_edge"))
+        processor.image_grid_pinpoints = anyres_pinpoints(arch, side)
     return resolve_max_image_side("auto", tower_side(processor, vision.image_aspect == "pad"))
 
 

@@ -152,7 +152,7 @@ def claim_run_dir(run: Run) -> str:
 
 def open_data(cfg: Config) -> BuiltMixture:
     """The mixture's shards (built-in data generated first); logs what each source gives."""
-    image_side = shard_image_side(cfg.vision, cfg.data.max_image_side)
+    image_side = shard_image_side(cfg.vision, cfg.data.max_image_side, cfg.arch)
     prepare_builtin(cfg.data, cfg.train.seed, image_side)
     mixture = open_mixture(cfg.data, cfg.train.seed)
     check_image_side(mixture, image_side)  # a 336 px build under a 1152 px run is refused
