@@ -358,9 +358,16 @@ def test_eval_grid_runs_without_slurm_and_resumes(cache_dir, tmp_path):
 
 
 def test_sharded_evaluation_merges_exactly_without_loading_the_model(cache_dir, tmp_path,
-                                                                    monkeypatch):  # fmt: skip
+                                                                    monkeypatch, world_of_one):  # fmt: skip
     """Two array tasks (shard.index=0,1 of 2) then the merge (shard.count=1): the same metrics
-    and predictions as one job; the merge finds every question predicted and loads no model."""
+    and predictions as one job; the merge finds every question predicted and loads no model.
+    Called in-process inside a caller's process group, the evaluation leaves that group alone
+    (it only leaves a group it joined itself)."""
+    import torch.distributed as dist
+
+    ours = not dist.is_initialized()  # an earlier test's group may still be up: as good
+    if ours:
+        dist.init_process_group("gloo")
     from llava_ablate.config import compose_config
     from llava_ablate.eval import run as eval_run
 
@@ -391,6 +398,9 @@ def test_sharded_evaluation_merges_exactly_without_loading_the_model(cache_dir, 
 
     monkeypatch.setattr(eval_run, "load_model", no_model)
     evaluate(str(sharded))
+    assert dist.is_initialized()  # the caller's group survived four evaluations
+    if ours:
+        dist.destroy_process_group()
     one = json.loads((tmp_path / "one" / "image_folder" / "metrics.json").read_text())
     merged = json.loads((ds / "metrics.json").read_text())
     assert merged["scorers"] == one["scorers"]

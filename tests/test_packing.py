@@ -199,9 +199,12 @@ def test_without_position_resets_samples_would_see_each_other(variant):
         position_ids=torch.arange(packed["input_ids"].shape[1]).expand_as(packed["input_ids"]),
     )
     with torch.no_grad():
-        leaky_loss = variant.model(**{k: leaky[k] for k in KEYS if k in leaky}, use_cache=False)
+        leaky_logits = variant.model(**{k: leaky[k] for k in KEYS if k in leaky}, use_cache=False)
         right = variant.model(**{k: packed[k] for k in KEYS if k in packed}, use_cache=False)
-    assert not torch.allclose(leaky_loss.loss, right.loss, atol=1e-4)
+    # Per position, not the mean loss: a random-init model's near-uniform attention moves the
+    # mean by less than float noise for some seeds, while the logits of later samples move.
+    gap = (leaky_logits.logits - right.logits).abs().amax()
+    assert gap > 1e-3, gap
 
 
 @pytest.mark.parametrize("stage", [2, 3])

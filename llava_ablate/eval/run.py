@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
@@ -248,7 +249,11 @@ def _pads_to_square(cfg: EvaluateConfig, image_processor) -> bool:
 def run_evaluation(cfg: EvaluateConfig) -> dict:
     """The whole evaluation; returns {dataset: metrics} on rank 0 ({} elsewhere)."""
     validate_evaluate(cfg)
+    # Leave only a process group joined here: an in-process caller's group (a notebook, a test,
+    # a DeepSpeed job) is theirs, and DeepSpeed keeps a handle to it.
+    joined = not dist.is_initialized()
     world = join_world()
+    joined = joined and dist.is_initialized()
     out = Path(cfg.out_dir)
     qdir = Path(cfg.eval.questions.dir) if cfg.eval.questions.dir else out / "questions"
     model_name = model_tag(cfg.model.name, cfg.model.path)
@@ -310,7 +315,8 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
         _update_model_card(cfg, out)
         if wandb_run is not None:
             wandb_run.finish()
-    shutdown_distributed()
+    if joined:
+        shutdown_distributed()
     return summary
 
 
