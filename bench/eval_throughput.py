@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,6 +135,39 @@ def measure(
     return {"rate": rate, "choices": choices}
 
 
+def prefill_sharing(
+    model, processor, ds: ClassificationDataset, questions: list[Question], rotations: int = 3
+) -> dict:
+    """Both likelihood scorers over `rotations` option orders: the previous computation (letters
+    batched, one prefill per item for the names) against `choice_scores` (one image prefix per
+    question, the letter and name scorers sharing the prompt's forward)."""
+    ecfg = EvalCfg(questions=QuestionsCfg())
+    make = item_maker(ds, ecfg, processor.image_processor)
+    ours = MLLMChoiceModel(model, processor)
+    units = units_for(questions, rotations)
+    items = [make(u.question.rotated(u.shift)) for u in units]
+    ours.choice_scores(items[:rotations], ["likelihood", "name_likelihood"])  # warm-up
+    t0 = time.perf_counter()
+    letters = ours.letter_scores(items)
+    names = np.concatenate([ours.name_scores([it]) for it in items])
+    t_before = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    shared = ours.choice_scores(items, ["likelihood", "name_likelihood"])
+    t_shared = time.perf_counter() - t0
+    finite = np.isfinite(names)
+    diff = max(
+        float(np.abs(shared["likelihood"] - letters).max()),
+        float(np.abs(shared["name_likelihood"][finite] - names[finite]).max()),
+    )
+    print(
+        f"both likelihood scorers, {rotations} rotations, {len(questions)} questions: "
+        f"previous {len(questions) / t_before:.2f} q/s, shared prefills "
+        f"{len(questions) / t_shared:.2f} q/s ({t_before / t_shared:.2f}x), "
+        f"max |score diff| {diff:.1e}"
+    )
+    return {"shared_over_previous": t_before / t_shared, "max_score_diff": diff}
+
+
 def agreement(choices: dict[str, list], a: str, b: str) -> float:
     """Fraction of questions where two paths chose the same letter (both unparsed counts)."""
     pairs = list(zip(choices[a], choices[b], strict=True))
@@ -169,6 +203,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--questions", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=16, help="our generate scorer")
+    p.add_argument(
+        "--prefill-sharing",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only: both likelihood scorers on N questions x 3 rotations, "
+        "previous vs shared prefills",
+    )
     p.add_argument("--cache-dir", default=str(ROOT / ".cache" / "llava_ablate"))
     args = p.parse_args(argv)
     torch.manual_seed(0)
@@ -181,6 +223,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"{qs.num_options} options; our batch {args.batch_size}; torch threads "
         f"{torch.get_num_threads()}, {'cuda' if torch.cuda.is_available() else 'cpu'}"
     )
+    if args.prefill_sharing:
+        model = variant.model.eval()
+        return prefill_sharing(model, variant.processor, ds, questions[: args.prefill_sharing])
     result = measure(
         variant.model.eval(),
         variant.processor,

@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT
 
 
-@pytest.mark.slow  # ~1 min on an idle 2-core CPU (3 min measured under load 4+)
+@pytest.mark.slow  # 529 s on the 2-core CPU at load 10-15, fresh cache (toy data, mini-classify)
 def test_gpu_bench_smoke_reports_every_figure(cache_dir, tmp_path):
     out = tmp_path / "results.json"
     cmd = [sys.executable, "-m", "bench", "gpu", "--smoke", "--peak-tflops", "1"]
