@@ -168,7 +168,9 @@ class MLLMChoiceModel:
         before the options; the likelihood and name scorers share the prompt's forward when
         their prompts are the same text; the name answers run on copies of its KV cache.
         `score_units` calls this whenever it saves work; every score is the same forward's
-        arithmetic split at other points (tests/test_eval_prefill.py)."""
+        arithmetic split at other points (tests/test_eval_prefill.py). The number of forwards
+        depends on the config and on how many rotations share a batch, never on the images or
+        answers: the training hook (no rotations) keeps ZeRO-3 ranks in step."""
         out = {s: np.full((len(items), 26), -np.inf) for s in scorers}
         for rows in _same_question(items):
             uses: dict[str, list[tuple[int, str]]] = {}  # prompt text -> [(row, scorer)]
@@ -177,9 +179,8 @@ class MLLMChoiceModel:
                 if "likelihood" in scorers:
                     uses.setdefault(mcq + self.answer_prefix, []).append((r, "likelihood"))
                 if "name_likelihood" in scorers:
-                    names = self.names_prompt
-                    text = mcq if names is None else render(
-                        self.processor, processor_messages(names), True
+                    text = mcq if self.names_prompt is None else render(
+                        self.processor, processor_messages(self.names_prompt), True
                     )  # fmt: skip
                     uses.setdefault(text, []).append((r, "name_likelihood"))
             texts = list(uses)
