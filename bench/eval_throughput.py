@@ -122,6 +122,7 @@ def measure(
         t0 = time.perf_counter()
         preds = [p for b in score_units(units, ours, [scorer], make, batch_size) for p in b]
         rate[scorer] = len(units) / (time.perf_counter() - t0)
+        print(f"  {scorer}: {rate[scorer]:.2f} questions/s", flush=True)
         by_qid = {p.qid: p.pred for p in preds}
         choices[scorer] = [by_qid[q.qid] for q in questions]
     items = [make(q) for q in questions]  # the same prompts and images our scorers read
@@ -130,6 +131,7 @@ def measure(
         t0 = time.perf_counter()
         texts = peer_generate(model, processor, items, peer)
         rate[peer.name] = len(items) / (time.perf_counter() - t0)
+        print(f"  {peer.name}: {rate[peer.name]:.2f} questions/s", flush=True)
         parsed = zip(texts, questions, strict=True)
         choices[peer.name] = [parse_choice(t, q.options) for t, q in parsed]
     return {"rate": rate, "choices": choices}
