@@ -275,7 +275,8 @@ def memory_per_rank(
 def config_memory(
     cfg: Config, size: ModelSize, data: DataSize, world: int, precision: str, gpu: bool
 ) -> Memory:
-    """`memory_per_rank` for a composed config: what `llava-ablate plan` prints for a job."""
+    """`memory_per_rank` for a composed config at its longest batch, with the arguments
+    `llava-ablate plan` passes for a job (launch/plan.py `plan_job`)."""
     return memory_per_rank(
         size,
         zero_stage=cfg.deepspeed.zero_stage,

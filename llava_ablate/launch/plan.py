@@ -14,11 +14,11 @@ from llava_ablate.launch.estimate import (
     EstimateError,
     Memory,
     ModelSize,
-    config_memory,
     data_size,
     fmt_bytes,
     fmt_count,
     gpu_spec,
+    memory_per_rank,
     model_size,
     train_flops,
 )
@@ -166,7 +166,18 @@ def plan_job(job: Job, grid: GridSpec, extra: list[str]) -> PlanRow:
     precision = cfg.train.precision
     if precision == "auto":
         precision = "bf16" if on_gpu else "fp32"
-    memory = config_memory(cfg, size, data, res.world, precision, on_gpu)
+    memory = memory_per_rank(
+        size,
+        zero_stage=cfg.deepspeed.zero_stage,
+        world=res.world,
+        precision=precision,
+        micro_batch=cfg.recipe.micro_batch_size,
+        seq_len=data.longest or cfg.recipe.max_length,
+        gradient_checkpointing=cfg.train.gradient_checkpointing,
+        offload_optimizer=cfg.deepspeed.offload_optimizer,
+        offload_param=cfg.deepspeed.offload_param,
+        gpu=on_gpu,
+    )
     gpu_hours = None
     if on_gpu and samples and data.tokens_per_sample is not None:
         flops = train_flops(
