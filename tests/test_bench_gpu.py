@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT
 
 
-@pytest.mark.slow  # 529 s on the 2-core CPU at load 10-15, fresh cache (toy data, mini-classify)
+@pytest.mark.slow  # 2-core CPU: 77 s with a warm cache (load ~3); 529 s fresh, at load 10-15
 def test_gpu_bench_smoke_reports_every_figure(cache_dir, tmp_path):
     out = tmp_path / "results.json"
     cmd = [sys.executable, "-m", "bench", "gpu", "--smoke", "--peak-tflops", "1"]
