@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 NPROC  ?= 2
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test lint bench
+.PHONY: install lmms demo test lint bench
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -21,6 +21,25 @@ $(VENV)/.installed: pyproject.toml
 	# Fashion-MNIST (Debian) is one of the demo dataset's three real-image sources.
 	test -d /usr/share/datasets/fashion-mnist || $(SUDO) apt-get install -y -q --no-install-recommends dataset-fashion-mnist \
 	  || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends dataset-fashion-mnist)
+	# Debian's chromium renders the HTML report headless in tests/test_report_browser.py.
+	command -v chromium >/dev/null || $(SUDO) apt-get install -y -q --no-install-recommends chromium \
+	  || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends chromium)
+	touch $@
+
+# lmms-eval (the `lmms` extra) in its own venv, layered over $(VENV): the same torch,
+# transformers and llava_ablate, plus lmms-eval and what it imports. It cannot share $(VENV):
+# lmms-eval 0.7.3 pins wandb==0.25.0 (we need >=0.31) and imports filelock._api, gone in
+# filelock 4 (which $(VENV) has); here filelock<4 shadows it without touching $(VENV).
+LMMS_VENV ?= .venv-lmms
+LMMS_EVAL ?= lmms-eval==0.7.3
+lmms: $(LMMS_VENV)/.installed
+
+$(LMMS_VENV)/.installed: $(VENV)/.installed
+	$(PY) -m venv $(LMMS_VENV)
+	$(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
+	  > "$$($(LMMS_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_project_venv.pth"
+	$(LMMS_VENV)/bin/pip install -q --no-deps "$(LMMS_EVAL)"
+	$(LMMS_VENV)/bin/pip install -q -e ".[lmms]"
 	touch $@
 
 # The paper in miniature (llava_ablate/demo): mini-classify + a mini-CLIP tower built offline,
@@ -30,7 +49,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/python -m llava_ablate.demo --nproc $(NPROC)
 
-test: install
+test: install lmms
 	$(BIN)/python -m pytest tests -q
 
 lint: install

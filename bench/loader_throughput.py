@@ -1,9 +1,13 @@
 """Loader throughput: our shard stream vs a LLaVA-style lazy JSON + image-folder dataset.
 
 Same samples (JPEG photos-sized images, LLaVA-like conversations), same tokenisation code, same
-processor, same DataLoader workers. Reports samples/s delivered to a trainer loop and the
-fraction of the trainer's time spent waiting for data when each step also computes for
-`--step-ms` milliseconds.
+processor, same DataLoader workers. Three loaders side by side: the LLaVA-style lazy loader
+(full decode of each original file), our shards as built before the fast image path (original
+bytes, full decode, torch's default prefetch) and the fast path (images stored at the tower's
+336 px by `data.max_image_side=auto`, JPEG draft decoding, prefetch 4). Reports samples/s
+delivered to a trainer loop, the fraction of the trainer's time spent waiting for data when
+each step also computes for `--step-ms` milliseconds, and how close the fast path's processor
+output is to the full decode of the originals (PSNR, the test suite's bound: >= 30 dB).
 
     python -m bench.loader_throughput [--samples 600] [--workers 2]
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import tempfile
 import time
@@ -23,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from llava_ablate.config import DataCfg, SourceCfg
 from llava_ablate.data.encode import Collator, EncodeOptions, SampleEncoder
-from llava_ablate.data.mixture import open_mixture
+from llava_ablate.data.images import tower_side
+from llava_ablate.data.mixture import check_image_side, open_mixture
 from llava_ablate.data.shards import build_mixture
 from llava_ablate.data.stream import BatchingOptions, ShardStream, StreamingLoader, StreamPlan
 
@@ -88,6 +94,52 @@ def consume(batches, n_batches: int, step_ms: float) -> tuple[float, float, int]
     return samples / total, wait / total, samples
 
 
+def cpu_ms_per_sample(batches, n_batches: int) -> float:
+    """CPU time (this process, no workers) per delivered sample: what the loading costs,
+    whatever else the machine runs; wall-clock figures depend on the load, this one hardly."""
+    it = iter(batches)
+    next(it)
+    samples, t = 0, time.process_time()
+    for _ in range(n_batches):
+        samples += len(next(it)["ids"])
+    return 1000 * (time.process_time() - t) / samples
+
+
+def closeness(src: SourceCfg, shards: Path, full: SampleEncoder, fast: SampleEncoder, n: int):
+    """Lowest PSNR (dB, on [0, 1] intensities) of the fast path's pixel values against the full
+    decode of the original files, over the first `n` stored samples."""
+    import webdataset as wds
+
+    rows = {r["id"]: r for r in json.loads(Path(src.path).read_text())}
+    std = np.array(full.processor.image_processor.image_std).reshape(3, 1, 1)
+    urls = sorted(str(p) for p in shards.glob("*.tar"))
+    worst = math.inf
+    samples = wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples())
+    for k, sample in enumerate(samples):
+        if k == n:
+            break
+        meta = json.loads(sample["json"])
+        original = (Path(src.image_root) / rows[meta["id"]]["image"]).read_bytes()
+        a = full.finish(full.tokenize({"json": meta, "img0.jpg": original}))["pixel_values"]
+        b = fast.finish(fast.tokenize(sample))["pixel_values"]
+        mse = float(((((a - b).numpy()) * std) ** 2).mean())
+        worst = min(worst, 10 * math.log10(1 / mse) if mse else math.inf)
+    return worst
+
+
+def _stream_loader(data, encoder, collate, args, prefetch: int) -> StreamingLoader:
+    stream = ShardStream(
+        StreamPlan(open_mixture(data, 0), 0, 256),
+        encoder,
+        collate,
+        BatchingOptions(args.micro, "group", 8),
+        rank=0,
+        world=1,
+        workers=args.workers,
+    )
+    return StreamingLoader(stream, args.workers, prefetch_factor=prefetch)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=600)
@@ -98,59 +150,93 @@ def main(argv=None) -> dict:
     from bench.common import tiny_variant
 
     variant = tiny_variant(image_size=336, patch=14)
-    options = EncodeOptions("chat", variant.num_image_tokens, 4096, "truncate", True)
-    encoder = SampleEncoder(variant.processor, options)
+    full = SampleEncoder(  # the LLaVA loaders' way: every image decoded at full size
+        variant.processor,
+        EncodeOptions("chat", variant.num_image_tokens, 4096, "truncate", True, draft_decode=False),
+    )
+    fast = SampleEncoder(
+        variant.processor, EncodeOptions("chat", variant.num_image_tokens, 4096, "truncate", True)
+    )
+    side = tower_side(variant.processor.image_processor, pad=True)  # data.max_image_side=auto
     collate = Collator(variant.tokenizer.pad_token_id)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         src = make_source(root / "raw", args.samples)
-        data = DataCfg(
-            name="bench", sources=[src], shards_dir=str(root / "shards"), samples_per_shard=100
+        old = DataCfg(
+            name="old", sources=[src], shards_dir=str(root / "old"), samples_per_shard=100
+        )
+        new = DataCfg(
+            name="fast", sources=[src], shards_dir=str(root / "fast"), samples_per_shard=100
         )
         t = time.perf_counter()
-        build_mixture(data, workers=args.workers)
-        build_s = time.perf_counter() - t
+        build_mixture(old, workers=args.workers)
+        build_old_s = time.perf_counter() - t
+        t = time.perf_counter()
+        build_mixture(new, workers=args.workers, max_image_side=side)
+        build_fast_s = time.perf_counter() - t
+        check_image_side(open_mixture(new, 0), side)
+        psnr = closeness(src, root / "fast" / "bench", full, fast, 48)
+        assert psnr >= 30, f"fast path output differs from the full decode: {psnr:.1f} dB"
         n_batches = args.samples // args.micro // 2
+        in_process = dict(args.__dict__, workers=0)
+        cpu = [
+            cpu_ms_per_sample(
+                DataLoader(
+                    LazyJsonDataset(src, full),
+                    batch_size=args.micro,
+                    shuffle=True,
+                    collate_fn=collate,
+                ),
+                n_batches,
+            ),
+            cpu_ms_per_sample(
+                _stream_loader(old, full, collate, argparse.Namespace(**in_process), 2), n_batches
+            ),
+            cpu_ms_per_sample(
+                _stream_loader(new, fast, collate, argparse.Namespace(**in_process), 4), n_batches
+            ),
+        ]
         results = {}
         for step_ms in (0.0, args.step_ms):
             baseline = DataLoader(
-                LazyJsonDataset(src, encoder),
+                LazyJsonDataset(src, full),
                 batch_size=args.micro,
                 shuffle=True,
                 num_workers=args.workers,
                 collate_fn=collate,
             )
-            stream = ShardStream(
-                StreamPlan(open_mixture(data, 0), 0, 256),
-                encoder,
-                collate,
-                BatchingOptions(args.micro, True, 8),
-                rank=0,
-                world=1,
-                workers=args.workers,
-            )
-            ours = StreamingLoader(stream, args.workers)
             b = consume(baseline, n_batches, step_ms)
-            o = consume(ours, n_batches, step_ms)
-            results[step_ms] = (b, o)
+            o = consume(_stream_loader(old, full, collate, args, 2), n_batches, step_ms)
+            f = consume(_stream_loader(new, fast, collate, args, 4), n_batches, step_ms)
+            results[step_ms] = (b, o, f)
     print(
         f"loader throughput ({args.samples} samples, {args.workers} workers, micro {args.micro};"
-        f" shard build {build_s:.1f} s)"
+        f" shard build {build_old_s:.1f} s originals, {build_fast_s:.1f} s at {side} px;"
+        f" fast path vs full decode: >= {psnr:.1f} dB PSNR)"
     )
     print(
-        f"{'trainer step':>14} {'LLaVA lazy JSON':>18} {'ours (shards)':>16} {'ratio':>7}"
-        f" {'wait base':>10} {'wait ours':>10}"
+        f"{'trainer step':>14} {'LLaVA lazy':>12} {'old shards':>12} {'fast path':>12}"
+        f" {'fast/lazy':>10} {'fast/old':>9} {'wait lazy':>10} {'wait old':>9} {'wait fast':>10}"
     )
-    out = {}
-    for step_ms, (b, o) in results.items():
-        ratio = o[0] / b[0]
+    print(
+        f"{'CPU per sample':>14} {cpu[0]:>7.2f} ms {cpu[1]:>7.2f} ms {cpu[2]:>7.2f} ms"
+        f" {cpu[0] / cpu[2]:>9.2f}x {cpu[1] / cpu[2]:>8.2f}x   (in-process, CPU time: hardly"
+        " load-dependent)"
+    )
+    out = {"fast_psnr_db": psnr, "cpu_ratio_lazy_over_fast": cpu[0] / cpu[2]}
+    for step_ms, (b, o, f) in results.items():
+        # With no step the trainer does nothing but wait: its wait fraction says nothing.
+        waits = [f"{w:.1%}" if step_ms else "-" for w in (b[1], o[1], f[1])]
         print(
-            f"{step_ms:>11.0f} ms {b[0]:>14.1f} s/s {o[0]:>12.1f} s/s {ratio:>6.2f}x"
-            f" {b[1]:>10.1%} {o[1]:>10.1%}"
+            f"{step_ms:>11.0f} ms {b[0]:>8.1f} s/s {o[0]:>8.1f} s/s {f[0]:>8.1f} s/s"
+            f" {f[0] / b[0]:>9.2f}x {f[0] / o[0]:>8.2f}x {waits[0]:>10} {waits[1]:>9} {waits[2]:>10}"
         )
-        out[f"samples_per_s_ratio@{step_ms:.0f}ms"] = ratio
+        out[f"samples_per_s_ratio@{step_ms:.0f}ms"] = f[0] / b[0]
+        out[f"fast_vs_old_shards@{step_ms:.0f}ms"] = f[0] / o[0]
+        out[f"old_shards_ratio@{step_ms:.0f}ms"] = o[0] / b[0]
         out[f"data_wait_base@{step_ms:.0f}ms"] = b[1]
-        out[f"data_wait_ours@{step_ms:.0f}ms"] = o[1]
+        out[f"data_wait_old@{step_ms:.0f}ms"] = o[1]
+        out[f"data_wait_ours@{step_ms:.0f}ms"] = f[1]
     return out
 
 

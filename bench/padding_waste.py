@@ -1,9 +1,11 @@
-"""Padding waste and tokens/s with and without (modality, length) grouping.
+"""Padding waste and tokens/s of `data.batching` none / group / pack on the same samples.
 
 Lengths follow a LLaVA-665K-like mix, scaled down 4x for a CPU: 90% image samples (144 image
-tokens + lognormal text, median ~40, long tail) and 10% text-only (lognormal, median ~80). The
-batches come from the project's own `micro_batches` (the code the trainer uses); tokens/s runs
-a small Llama forward+backward on each padded batch and counts only real tokens.
+tokens + lognormal text, median ~40, long tail) and 10% text-only (lognormal, median ~80), cut
+at max_length 512 (LLaVA-1.5's 2048 / 4) as the encoder would. The batches come from the
+project's own `micro_batches` and `Collator` (the code the trainer uses); tokens/s runs a small
+Llama forward+backward on each padded batch (packed rows: position_ids restarting per sample,
+no attention_mask, as the loop feeds them) and counts only real tokens.
 
     python -m bench.padding_waste [--samples 2048] [--micro 8]
 """
@@ -17,8 +19,8 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from llava_ablate.data.encode import Tokenized
-from llava_ablate.data.stream import BatchingOptions, micro_batches
+from llava_ablate.data.batching import BatchingOptions, micro_batches
+from llava_ablate.data.encode import Collator, Tokenized
 
 
 def lengths(n: int, seed: int = 0) -> list[tuple[bool, int]]:
@@ -32,27 +34,42 @@ def lengths(n: int, seed: int = 0) -> list[tuple[bool, int]]:
     return out
 
 
-def batches(samples, micro: int, group: bool):
+MAX_LENGTH = 512
+
+
+def batches(samples, micro: int, mode: str) -> list[dict]:
+    """The collated micro-batches (input_ids, labels, attention_mask or position_ids)."""
     items = [
         Tokenized(str(i), [0] * n, [0] * n, [b""] if img else [])
         for i, (img, n) in enumerate(samples)
     ]
-    opts = BatchingOptions(micro, group, 32)
-    return list(micro_batches(iter(items), opts, random.Random(0)))
+    opts = BatchingOptions(micro, mode, 32, MAX_LENGTH)
+    collate = Collator(pad_token_id=0, packed=mode == "pack")
+    out = []
+    for batch in micro_batches(iter(items), opts, random.Random(0)):
+        rows = [
+            [
+                {
+                    "id": x.id,
+                    "input_ids": torch.ones(x.length, dtype=torch.long),
+                    "labels": torch.ones(x.length, dtype=torch.long),
+                }
+                for x in r
+            ]
+            for r in batch
+        ]
+        out.append(collate.rows(rows))
+    return out
 
 
 def tokens_per_s(batch_list, model, limit: int | None) -> float:
     real = 0
     t0 = time.perf_counter()
     for batch in batch_list[:limit]:  # limit None = every batch
-        width = max(x.length for x in batch)
-        ids = torch.zeros((len(batch), width), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, x in enumerate(batch):
-            mask[i, : x.length] = 1
-        out = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
+        keys = ("input_ids", "labels", "attention_mask", "position_ids")
+        out = model(**{k: batch[k] for k in keys if k in batch}, use_cache=False)
         out.loss.backward()
-        real += int(mask.sum())
+        real += batch["real_tokens"]
     return real / (time.perf_counter() - t0)
 
 
@@ -73,23 +90,34 @@ def main(argv=None) -> dict:
             max_position_embeddings=1024,
         )
     )
-    samples = lengths(args.samples)
-    results = {}
-    for group in (False, True):
-        bl = batches(samples, args.micro, group)
-        padded = sum(len(b) * max(x.length for x in b) for b in bl)
-        real = sum(x.length for b in bl for x in b)
+    samples = [(img, min(n, MAX_LENGTH)) for img, n in lengths(args.samples)]
+    waste, speed = {}, {}
+    for mode in ("none", "group", "pack"):
+        bl = batches(samples, args.micro, mode)
+        padded = sum(b["input_ids"].numel() for b in bl)
+        waste[mode] = 1 - sum(b["real_tokens"] for b in bl) / padded
         random.Random(1).shuffle(bl)  # time a random subset: the same mix of batches as training
-        results[group] = (1 - real / padded, tokens_per_s(bl, model, args.timed_batches))
-    (w0, t0), (w1, t1) = results[False], results[True]
-    print(f"padding waste ({args.samples} samples, micro {args.micro}, LLaVA-665K-like lengths)")
-    print(f"{'':>22} {'no grouping':>12} {'grouped':>10} {'ratio':>8}")
-    print(f"{'padded token fraction':>22} {w0:>12.1%} {w1:>10.1%} {w1 / w0:>7.2f}x")
-    print(f"{'real tokens/s':>22} {t0:>12,.0f} {t1:>10,.0f} {t1 / t0:>7.2f}x")
+        speed[mode] = tokens_per_s(bl, model, args.timed_batches)
+    print(
+        f"padding waste ({args.samples} samples, micro {args.micro}, max_length {MAX_LENGTH}, "
+        "LLaVA-665K-like lengths)"
+    )
+    print(f"{'':>22} {'none':>10} {'group':>10} {'pack':>10} {'pack/group':>11}")
+    w, t = waste, speed
+    print(
+        f"{'padded token fraction':>22} {w['none']:>10.1%} {w['group']:>10.1%} "
+        f"{w['pack']:>10.1%} {w['pack'] / w['group']:>10.2f}x"
+    )
+    print(
+        f"{'real tokens/s':>22} {t['none']:>10,.0f} {t['group']:>10,.0f} {t['pack']:>10,.0f} "
+        f"{t['pack'] / t['group']:>10.2f}x"
+    )
     return {
-        "padding_waste_ungrouped": w0,
-        "padding_waste_grouped": w1,
-        "tokens_per_s_ratio": t1 / t0,
+        "padding_waste_ungrouped": w["none"],
+        "padding_waste_grouped": w["group"],
+        "padding_waste_packed": w["pack"],
+        "tokens_per_s_ratio": t["group"] / t["none"],
+        "tokens_per_s_pack_vs_group": t["pack"] / t["group"],
     }
 
 

@@ -1,7 +1,11 @@
-"""`llava-ablate`: the non-training commands, on the same Hydra config as train.py.
+"""`llava-ablate`: every command, on the same Hydra config as train.py.
 
+llava-ablate train +experiment=tiny_align llm=tiny_qwen2   # = python train.py ...
+llava-ablate evaluate model.path=runs/<variant>/export    # = python evaluate.py ...
 llava-ablate data build data=llava665k llm=vicuna7b      # sources -> shards + manifests
 llava-ablate data exposure data=si32m --classes imagenet_names.txt --out exposure.csv
+llava-ablate plan llm_x_data                             # a grid's jobs, memory, GPU-hours
+llava-ablate launch llm_x_data --dry-run                 # = python -m llava_ablate.launch ...
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from pathlib import Path
 
 from llava_ablate.base.config import config_error_lines, report_config_error
 from llava_ablate.config import Config, compose_config, to_object
-from llava_ablate.launch.plan import add_plan_command
+from llava_ablate.eval.lmms_command import add_lmms_command
+from llava_ablate.launch.plan_any import add_plan_command
 from llava_ablate.report.command import add_report_command
 
 
@@ -49,17 +54,24 @@ def _token_length(cfg: Config):
 def data_build(args) -> None:
     from llava_ablate.data.builtin import generate_builtin
     from llava_ablate.data.shards import build_mixture
+    from llava_ablate.model.build import shard_image_side
 
     cfg = to_object(compose_config(args.overrides))
     if cfg.data.builtin:  # generated offline first, then sharded like any other source
         generate_builtin(cfg.data.builtin, Path(cfg.data.sources[0].path).parent)
     token_length = None if args.no_token_stats else _token_length(cfg)
+    side = shard_image_side(cfg.vision, cfg.data.max_image_side, cfg.arch)
+    print(
+        f"images: {'original bytes' if side is None else f'at most {side} px on the longer side'}"
+        f" (data.max_image_side={cfg.data.max_image_side}, vision={cfg.vision.name})"
+    )
     manifests = build_mixture(
         cfg.data,
         seed=cfg.train.seed,
         force=args.force,
         token_length=token_length,
         workers=args.workers,
+        max_image_side=side,
     )
     width = max(len(n) for n in manifests)
     print(f"{'source':<{width}}  {'samples':>9}  {'skipped':>8}  shards")
@@ -88,10 +100,31 @@ def data_exposure(args) -> None:
     print(f"{len(rows)} classes, {never} never mentioned in {mixture.name}; table: {args.out}")
 
 
-def main(argv: list[str] | None = None) -> None:
+# The Hydra applications take Hydra's own command line (overrides, -m, --cfg job, --help).
+HYDRA_APPS = {
+    "train": ("llava_ablate.launch.train_app", "train a variant: the overrides train.py takes"),
+    "evaluate": ("llava_ablate.launch.evaluate_app", "score a model: what evaluate.py takes"),
+}
+
+
+def main(argv: list[str] | None = None) -> int | None:
+    """The exit status (None: 0)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in HYDRA_APPS:
+        import importlib
+
+        app = importlib.import_module(HYDRA_APPS[argv[0]][0])
+        return app.run(argv[1:], prog=f"llava-ablate {argv[0]}")
+    if argv and argv[0] == "launch":
+        from llava_ablate.launch.__main__ import main as launch
+
+        return launch(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="llava-ablate")
     sub = parser.add_subparsers(dest="group", required=True)
+    for name, (_, help_text) in HYDRA_APPS.items():
+        sub.add_parser(name, help=help_text, add_help=False)  # listed; dispatched above
+    sub.add_parser("launch", help="run a grid (python -m llava_ablate.launch)", add_help=False)
     data = sub.add_parser("data", help="build and inspect data mixtures").add_subparsers(
         dest="command", required=True
     )
@@ -112,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     expo.set_defaults(func=data_exposure)
     add_plan_command(sub)
     add_report_command(sub)
+    add_lmms_command(sub)
     args = parser.parse_args(argv)
     try:
         args.func(args)

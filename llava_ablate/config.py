@@ -8,6 +8,7 @@ callback before the run directory exists (conf/config.yaml), and again in every 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from llava_ablate.run_identity import register_resolvers
 
 __all__ = [
     "CONF_DIR",
+    "CONF_SOURCE",
+    "ArchCfg",
     "Config",
     "ConfigError",
     "PathsCfg",
@@ -37,7 +40,28 @@ __all__ = [
     "validate",
 ]
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the Hydra config groups
+# Where the Hydra config groups are: the package `llava_ablate.conf` (the repository's `conf/`,
+# linked into the package so that a wheel ships it), read through Hydra's own pkg:// source, so
+# an installed package finds them from any directory. Users' own groups join through Hydra's
+# search path (`hydra.searchpath=[file:///abs/my_conf]`), not by editing these.
+CONF_MODULE = "llava_ablate.conf"
+CONF_SOURCE = f"pkg://{CONF_MODULE}"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # the same files, for listing them
+
+
+@dataclass
+class ArchCfg:
+    """Which transformers architecture the variant is: LLaVA-1.5's fixed-resolution `llava`, or
+    LLaVA-OneVision's `llava_onevision` (anyres: the image is tiled at its aspect ratio onto a
+    grid of tower-sized crops, plus a base view; `image_newline` ends each row of features)."""
+
+    name: str = MISSING
+    type: str = "llava"  # llava | llava_onevision
+    # llava_onevision: grids of 1..grid_tiles crops per side, i.e. image_grid_pinpoints
+    # [i*s, j*s] for the tower's image size s (LLaVA-OneVision: (1x1),...,(6x6), s=384).
+    grid_tiles: int = 6
+    # At most N crops' worth of features per image; larger grids are downsampled (bilinear).
+    vision_aspect_ratio: str = "anyres_max_9"
 
 
 @dataclass
@@ -50,7 +74,9 @@ class VisionCfg:
     config: dict[str, Any] = field(default_factory=dict)  # HF vision-config overrides
     feature_layer: Any = -2  # int, or a list of ints whose features are concatenated
     select_strategy: str = "default"  # default: drop CLS (CLIP); full: keep all (SigLIP)
-    image_aspect: str = "pad"  # pad: LLaVA pad-to-square with the mean colour; resize
+    # pad: LLaVA pad-to-square with the mean colour; resize. arch=llava only: anyres
+    # (arch=llava_onevision) keeps the aspect ratio by tiling instead.
+    image_aspect: str = "pad"
     builtin: str | None = None  # a tower the project trains offline into `pretrained` (demo)
 
 
@@ -104,11 +130,15 @@ class SourceCfg:
 
 
 @dataclass
-class BatchingCfg:
-    # Sort a buffer of samples by (modality, length) and cut it into micro-batches: batches of
-    # similar length waste little compute on padding (LLaVA's group_by_modality_length).
-    group_by_length: bool = True
-    group_buffer: int = 32  # micro-batches' worth of samples sorted together
+@dataclass
+class SourceSize:
+    """A source's published size, which `llava-ablate plan` estimates steps, tokens and GPU-hours
+    from before the shards exist (the build's manifests replace it; training never reads it)."""
+
+    samples: int = MISSING  # rows in the source file, before `sampling`
+    text_tokens: float | None = None  # typical (mean) text tokens per sample; None = assumed
+    images: float = 1.0  # images per sample (mean): 0 for a text-only source
+    basis: str = ""  # where the numbers come from
 
 
 @dataclass
@@ -120,10 +150,33 @@ class DataCfg:
     shards_dir: str = "${paths.shards_root}"
     samples_per_shard: int = 1000
     build_workers: int = 2  # processes converting sources to shards
-    num_workers: int = 2  # DataLoader workers per rank
+    # DataLoader workers per rank, or auto (this node's CPUs per local rank, minus the trainer's
+    # own, at most 8). It orders the samples (a resume needs the same count), hence not auto by
+    # default: a job requeued onto a node with another CPU count would be refused.
+    num_workers: Any = 2
+    prefetch_factor: int = 4  # micro-batches each worker keeps ready (torch's default: 2)
+    # Longest image side stored in the shards (px): larger images are re-encoded at build, the
+    # originals untouched. auto: what the vision tower reads (its size with pad-to-square, 2x
+    # with resize, an anyres grid's largest side); null: the original bytes. A run refuses
+    # shards built smaller than its own setting.
+    max_image_side: Any = "auto"
     max_bad_fraction: float = 0.01  # fail the run when more samples than this are skipped
     on_bad_shard: str = "error"  # a shard short of its manifest: error | skip (counted bad_shard)
-    batching: BatchingCfg = field(default_factory=BatchingCfg)
+    # How a micro-batch's samples become padded rows (data/batching.py):
+    #   none:  in stream order, one sample per row;
+    #   group: sort `group_buffer` micro-batches' worth of samples by (modality, length) and cut
+    #          (LLaVA's group_by_modality_length): ~6% of tokens are padding on a LLaVA-like mix;
+    #   pack:  several samples per row up to recipe.max_length, each attending only to itself
+    #          (position_ids restart per sample): 0.5% padding, the same samples per step on
+    #          average, the loss normalised the same way (README: sequence packing).
+    # Default group: packing did not win tokens/s where measured (bench/padding_waste.py, CPU,
+    # sdpa: 1.00x and 0.85x grouping in two runs). With sdpa a packed row gets a 4D block-diagonal mask, so each row's
+    # whole attention matrix is computed and masked: what padding saved is likely spent on
+    # cross-sample scores. flash_attention_2 runs packed samples as varlen sequences without
+    # that cost: try pack there (the GPU bench measures it).
+    batching: str = "group"
+    group_buffer: int = 32  # micro-batches' worth of samples grouped (or packed) together
+    sizes: dict[str, SourceSize] = field(default_factory=dict)  # source name -> published size
 
 
 @dataclass
@@ -206,6 +259,7 @@ class WandbCfg:
 
 @dataclass
 class Config:
+    arch: ArchCfg = MISSING
     vision: VisionCfg = MISSING
     llm: LLMCfg = MISSING
     projector: ProjectorCfg = MISSING
@@ -232,13 +286,13 @@ def compose_config(
     *,
     return_hydra_config: bool = False,
 ) -> DictConfig:
-    """`conf/<config_name>.yaml` with these overrides, composed as train.py (`config`) or
+    """`conf/<config_name>.yaml` (CONF_SOURCE) with these overrides, composed as train.py (`config`) or
     evaluate.py (`evaluate`) compose it outside their `@hydra.main`: the plan, the CLI, the
     demo, benchmarks and tests. Unvalidated; `to_object` validates and types it."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
 
     register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         return compose(
             config_name=config_name,
             overrides=list(overrides),
@@ -247,6 +301,7 @@ def compose_config(
 
 
 _CHOICES: dict[str, tuple[Any, ...]] = {
+    "arch.type": ("llava", "llava_onevision"),
     "vision.arch": ("clip", "siglip"),
     "vision.select_strategy": ("default", "full"),
     "vision.image_aspect": ("pad", "resize"),
@@ -256,6 +311,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "recipe.schedule": ("cosine", "constant"),
     "recipe.overflow": ("truncate", "skip"),
     "data.on_bad_shard": ("error", "skip"),
+    "data.batching": ("none", "group", "pack"),
     "deepspeed.zero_stage": (0, 1, 2, 3),
     "train.precision": ("auto", "bf16", "fp16", "fp32"),
     "train.attn_implementation": ("sdpa", "eager", "flash_attention_2"),
@@ -268,6 +324,7 @@ _INIT_PARTS = ("projector", "vision", "llm", "all")
 _POSITIVE, _COUNT, _FRACTION = Range(low=1), Range(low=0), Range(0, 1)
 _LR = Range(low=0, nullable=True)  # null freezes the module
 _RANGES: dict[str, Range] = {
+    "arch.grid_tiles": _POSITIVE,
     "recipe.global_batch_size": _POSITIVE,
     "recipe.micro_batch_size": _POSITIVE,
     "recipe.epochs": Range(low=0, low_open=True),
@@ -282,9 +339,9 @@ _RANGES: dict[str, Range] = {
     "recipe.lr.llm": _LR,
     "data.samples_per_shard": _POSITIVE,
     "data.build_workers": _POSITIVE,
-    "data.num_workers": _COUNT,  # 0: load in the training process
+    "data.prefetch_factor": _POSITIVE,
     "data.max_bad_fraction": _FRACTION,
-    "data.batching.group_buffer": _POSITIVE,
+    "data.group_buffer": _POSITIVE,
     "train.seed": Range(0, 2**32 - 1),  # numpy's seed range
     "train.log_every": _POSITIVE,
     "train.save_every": _COUNT,  # 0: only at the end
@@ -315,7 +372,16 @@ def validate(cfg: DictConfig | Config) -> None:
     for key, allowed_range in _RANGES.items():
         allowed_range.check(key, _get(cfg, key))
     _check_feature_layer(cfg.vision.feature_layer)
+    _check_aspect_ratio(cfg.arch.vision_aspect_ratio)
     _check_sources(cfg.data.sources)
+    if cfg.data.num_workers != "auto":
+        _COUNT.check("data.num_workers", cfg.data.num_workers)  # 0: load in the training process
+    side = cfg.data.max_image_side
+    if not (side in (None, "auto") or (type(side) is int and side > 0)):
+        raise ConfigError(
+            f"data.max_image_side={side!r}; use auto (from the vision tower), a number of pixels "
+            "or null (store the original images)"
+        )
     if cfg.recipe.lora is not None:
         for key, allowed_range in _LORA_RANGES.items():
             allowed_range.check(f"recipe.lora.{key}", getattr(cfg.recipe.lora, key))
@@ -364,6 +430,14 @@ def _check_feature_layer(layer: Any) -> None:
         raise ConfigError(
             f"vision.feature_layer={layer!r}: give a layer index (e.g. -2) or a non-empty list "
             "of them (their features are concatenated)"
+        )
+
+
+def _check_aspect_ratio(value: Any) -> None:
+    if not (isinstance(value, str) and re.fullmatch(r"anyres_max_[1-9][0-9]*", value)):
+        raise ConfigError(
+            f"arch.vision_aspect_ratio={value!r}: give anyres_max_<N> (N crops' worth of "
+            "features per image at most, e.g. anyres_max_9)"
         )
 
 

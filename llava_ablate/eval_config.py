@@ -139,7 +139,17 @@ class ModelCfg:
     dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU | bf16 | fp16 | fp32
     attn_implementation: str = "sdpa"
     templates: str = "simple"  # clip/siglip: simple ("a photo of a {}.") | openai80 | a file
-    image_aspect: str = "pad"  # pad: LLaVA-1.5's pad-to-square | native: as the processor takes it
+    # pad: LLaVA-1.5's pad-to-square (never for anyres processors, e.g. LLaVA-OneVision, which
+    # tile at the image's aspect ratio) | native: as the processor takes it
+    image_aspect: str = "pad"
+
+
+@dataclass
+class ShardCfg:
+    """One array task's part of every dataset's questions (an evaluation grid's `shards`)."""
+
+    index: int = 0  # this task scores the question units index, index + count, ...
+    count: int = 1  # >1: predictions only; a run with count=1 afterwards merges and scores
 
 
 @dataclass
@@ -149,6 +159,7 @@ class EvaluateConfig:
     paths: PathsCfg = field(default_factory=PathsCfg)
     out_dir: str = MISSING
     resume: bool = True  # skip question ids already in predictions
+    shard: ShardCfg = field(default_factory=ShardCfg)
 
 
 def model_tag(name: str | None, path: str) -> str:
@@ -240,6 +251,11 @@ def validate_evaluate(cfg: EvaluateConfig) -> None:
         raise ConfigError("eval.scoring.scorers=all_classes is for model.type=clip|siglip only")
     if not cfg.eval.datasets:
         raise ConfigError("no dataset selected: e.g. eval/datasets=[imagenet,cub200]")
+    Range(low=1).check("shard.count", cfg.shard.count)
+    Range(0, cfg.shard.count - 1).check("shard.index", cfg.shard.index)
+    if cfg.shard.count > 1 and not cfg.resume:
+        raise ConfigError("resume=false would delete the other shards' predictions; "
+                          "delete the results directory instead")  # fmt: skip
     validate_eval(cfg.eval)
 
 

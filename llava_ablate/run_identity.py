@@ -1,9 +1,11 @@
 """Run identity: which config a run directory holds, as a short hash, and the guard that keeps
 one directory to one config.
 
-The default run directory is `<runs_root>/<llm>-<vision>-<projector>-<data>-<recipe>-<hash8>`
-(conf/config.yaml): readable axes, then `config_hash` of the *result-affecting* part of the
-resolved config, so a grid over any key (a learning rate, `train.seed`) never collides.
+The default run directory is
+`<runs_root>/[<arch>-]<llm>-<vision>-<projector>-<data>-<recipe>-<hash8>` (conf/config.yaml;
+`<arch>-` unless it is LLaVA-1.5's `llava`): readable axes, then `config_hash` of the
+*result-affecting* part of the resolved config, so a grid over any key (a learning rate,
+`train.seed`) never collides.
 
 Result-affecting = everything except `EXCLUDED` below: keys that cannot change the trained
 weights or the reported numbers of a run that finishes. Paths are not excluded wholesale: a
@@ -11,7 +13,8 @@ value under one of the roots (`paths.*`, `train.runs_root`) is hashed relative t
 moving the data or the runs to another disk keeps the identity while pointing a source at
 another file changes it. Deliberately *included*: `data.num_workers` (the stream's slots are
 world size x workers, which orders the samples), every `eval.*` key that changes what is scored,
-labels such as `experiment`. The world size is no config key; it is recorded next to the hash
+labels such as `experiment`; the `arch` node unless it is LLaVA-1.5's `llava` (see
+`_without_default_arch`). The world size is no config key; it is recorded next to the hash
 and compared on re-runs the same way.
 
 `run_identity.json` in the run directory records the hash, the hashed config and any allowed
@@ -55,6 +58,8 @@ EXCLUDED: dict[str, str] = {
     "data.max_bad_fraction": "a guard: it only decides whether the run stops",
     "data.shards_dir": "where the shards live",
     "data.build_workers": "each shard is written by one task: same bytes for any count",
+    "data.sizes": "published sizes that only `plan` reads, before the build",
+    "data.prefetch_factor": "how far the loader reads ahead, not what it delivers",
     "wandb": "experiment tracking",
     "eval.hook.every_steps": "evaluation scheduling",
     "eval.hook.at_end": "evaluation scheduling",
@@ -69,8 +74,9 @@ RECORD = "run_identity.json"
 EXPORT_MARKER = "export/COMPLETE"  # written last by llava_ablate/model/export.py
 HASH_LEN = 8
 # The config groups an ablation swaps: W&B's top-level keys and the report's columns. The run
-# directory (conf/config.yaml train.run_dir) names all but deepspeed, which only its hash holds.
-AXES = ("vision", "llm", "projector", "data", "recipe", "deepspeed")
+# directory (conf/config.yaml train.run_dir) names all but deepspeed, which only its hash holds
+# (and arch only when it is not the default llava).
+AXES = ("arch", "vision", "llm", "projector", "data", "recipe", "deepspeed")
 
 
 def axes_of(config: dict) -> dict[str, str]:
@@ -134,7 +140,17 @@ def result_config(cfg: DictConfig) -> dict[str, Any]:
             return [walk(_child(node, i, f"{path}[{i}]"), f"{path}[{i}]") for i in range(len(node))]
         return norm(node)
 
-    return walk(cfg, "")
+    return _without_default_arch(walk(cfg, ""))
+
+
+def _without_default_arch(part: dict[str, Any]) -> dict[str, Any]:
+    """LLaVA-1.5's `arch=llava` is what every run was before the arch axis existed, and its
+    anyres keys (`arch.grid_tiles`, `arch.vision_aspect_ratio`) cannot change a llava run:
+    leaving its node out keeps those runs' identities. Any other arch is hashed whole."""
+    arch = part.get("arch")
+    if isinstance(arch, dict) and arch.get("type") == "llava":
+        part = {k: v for k, v in part.items() if k != "arch"}
+    return part
 
 
 def _child(node: DictConfig | ListConfig, k: Any, key: str) -> Any:
@@ -177,8 +193,16 @@ def _finished_run_resolver(prefix: str) -> str:
     return str(candidates[0]) if candidates else prefix
 
 
+def _arch_prefix_resolver(arch: str) -> str:
+    """The run directory's leading `<arch>-`, left out for the default `llava` so that the
+    LLaVA-1.5 runs keep the names they always had (the hash holds every arch key anyway)."""
+    return "" if arch == "llava" else f"{arch}-"
+
+
 def register_resolvers() -> None:
-    """`${run_hash:}` and `${finished_run:...}` for conf/ (idempotent)."""
+    """`${run_hash:}`, `${finished_run:...}` and `${arch_prefix:...}` for conf/ (idempotent)."""
+    if not OmegaConf.has_resolver("arch_prefix"):
+        OmegaConf.register_new_resolver("arch_prefix", _arch_prefix_resolver)
     if not OmegaConf.has_resolver("run_hash"):
         OmegaConf.register_new_resolver("run_hash", _run_hash_resolver)
     if not OmegaConf.has_resolver("finished_run"):

@@ -121,7 +121,7 @@ def build_tiny(
     cfg = to_object(
         compose_config([f"vision={vision}", f"llm={llm}", f"projector={projector}", *overrides])
     )
-    return build_variant(cfg.vision, cfg.llm, cfg.projector, cache_dir=cache_dir)
+    return build_variant(cfg.vision, cfg.llm, cfg.projector, arch=cfg.arch, cache_dir=cache_dir)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 LAYERS: list[tuple[str, ...]] = [
     (
         "base",
-    ),  # distributed start/stop + agreed stops, file locks + atomic writes, chat, config errors
+        "conf",
+    ),  # distributed start/stop + agreed stops, file locks + atomic writes, chat, config errors;
+    # conf: the Hydra config groups (YAML, no imports)
     ("config", "eval_config", "run_identity"),  # the structured configs and a run's identity
     ("data",),
     ("model",),

@@ -18,6 +18,8 @@ from llava_ablate.config import (
     validate,
 )
 
+from conftest import ROOT
+
 CONF = CONF_DIR
 register_configs()
 
@@ -30,7 +32,9 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["vision", "llm", "projector", "data", "recipe", "deepspeed"])
+@pytest.mark.parametrize(
+    "group", ["arch", "vision", "llm", "projector", "data", "recipe", "deepspeed"]
+)
 def test_every_group_option_composes_and_validates(group):
     options = _options(group)
     assert len(options) >= 2, f"{group} should offer alternatives"
@@ -123,13 +127,13 @@ def test_cli_prints_composed_config():
     import sys
 
     out = subprocess.run(
-        [sys.executable, str(CONF.parent / "train.py"), "llm=qwen2", "data=si32m", "--cfg", "job"],
+        [sys.executable, str(ROOT / "train.py"), "llm=qwen2", "data=si32m", "--cfg", "job"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     assert "pretrained: Qwen/Qwen2-7B-Instruct" in out and "name: si32m" in out
     bad = subprocess.run(
-        [sys.executable, str(CONF.parent / "train.py"), "llm=qwen3"], capture_output=True, text=True
+        [sys.executable, str(ROOT / "train.py"), "llm=qwen3"], capture_output=True, text=True
     )
     assert bad.returncode != 0 and "qwen3" in bad.stderr and "vicuna7b" in bad.stderr

@@ -39,7 +39,7 @@ def test_cli_builds_a_mixture_and_writes_its_exposure(tmp_path, monkeypatch, cap
 
     monkeypatch.setenv("LLAVA_CACHE_DIR", str(tmp_path))
     build_toy_digits(tmp_path / "toy_digits")
-    main(["data", "build", "data=toy_instruct", "llm=tiny_llama"])
+    main(["data", "build", "data=toy_instruct", "llm=tiny_llama", "vision=tiny_clip"])
     out = capsys.readouterr().out
     assert "toy_digit_instruct" in out and "265" in out
     manifest = json.loads((tmp_path / "shards/toy_digit_instruct/manifest.json").read_text())

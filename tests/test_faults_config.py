@@ -91,9 +91,13 @@ OUT_OF_RANGE = [
     ("data.samples_per_shard=0", "data.samples_per_shard"),
     ("data.build_workers=0", "data.build_workers"),
     ("data.num_workers=-1", "data.num_workers"),
+    ("data.prefetch_factor=0", "data.prefetch_factor"),
+    ("data.max_image_side=0", "data.max_image_side"),
+    ("data.max_image_side=big", "data.max_image_side"),
     ("data.max_bad_fraction=1.5", "data.max_bad_fraction"),
     ("data.max_bad_fraction=-0.01", "data.max_bad_fraction"),
-    ("data.batching.group_buffer=0", "data.batching.group_buffer"),
+    ("data.group_buffer=0", "data.group_buffer"),
+    ("data.batching=packed", "data.batching"),
     ("data.sources.0.weight=-1", "data.sources[0].weight"),
     ("train.seed=-1", "train.seed"),
     ("train.log_every=0", "train.log_every"),
@@ -120,6 +124,14 @@ def test_out_of_range_value_fails_naming_the_key(override, key):
     with pytest.raises(ConfigError) as e:
         validate(cfg)
     assert str(e.value).startswith(key), str(e.value)
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["data.num_workers=auto", "data.max_image_side=null", "data.max_image_side=1152"],
+)
+def test_the_image_path_settings_accept_their_special_values(override):
+    validate(_compose([override]))
 
 
 @pytest.mark.parametrize(

@@ -58,7 +58,7 @@ def _setup(cache_dir, tmp_path, poison_at: int, fail_at: int | None = None):
             EncodeOptions("plain", variant.num_image_tokens, 128, "truncate", True),
         ),
         Collator(variant.tokenizer.pad_token_id),
-        BatchingOptions(2, False, 1),
+        BatchingOptions(2, "none", 1),
         rank=0,
         world=1,
         workers=0,
@@ -81,7 +81,6 @@ def _setup(cache_dir, tmp_path, poison_at: int, fail_at: int | None = None):
             nan_skip_limit=limit,
             max_bad_fraction=0.01,
             checkpoint_dir=tmp_path / "ckpt",
-            micro_batch=2,
             evaluate=evaluate,
         )
 

@@ -3,7 +3,10 @@ exact parameter counts, ZeRO memory accounting, steps, and the printed table."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
+import yaml
 
 from llava_ablate.config import ConfigError
 from llava_ablate.data.builtin import prepare_builtin
@@ -13,7 +16,7 @@ from llava_ablate.launch.grid import expand, load_grid
 from llava_ablate.launch.plan import check_identities, compose_job, format_plan, plan_grid
 from llava_ablate.launch.submit import make_units, unit_overrides
 
-from conftest import build_tiny
+from conftest import ROOT, build_tiny
 
 GRID_2X2X2 = """
 name: g222
@@ -171,3 +174,43 @@ def test_model_states_agree_with_deepspeeds_estimators_up_to_fp32_gradients():
     m = memory_per_rank(frozen, zero_stage=2, world=world, precision="bf16", micro_batch=1,
                         seq_len=2048, gradient_checkpointing=True)  # fmt: skip
     assert m.weights + m.gradients + m.optimizer < 0.55 * zero2
+
+
+def test_plan_estimates_the_paper_grid_before_the_build(tmp_path):
+    """llm_x_data with no shards built: steps, tokens and GPU-hours from the mixtures' declared
+    sizes (data.sizes), marked as estimates; SI-3.2M flagged for its unreleased sources; memory
+    at the typical and at the maximum length."""
+    grid = load_grid("llm_x_data", runs_root=str(tmp_path / "runs"))
+    rows = plan_grid(grid, [f"paths.shards_root={tmp_path / 'no_shards'}"])
+    by = {(r.job.stage, r.job.name): r for r in rows}
+    align = by[("align", "llm=vicuna7b")]
+    assert align.data.estimated and not align.data.lower_bound
+    assert align.data.samples == 558_128 and align.steps == 558_128 // 256
+    assert align.typical_len == 576 + 16 and align.max_len == 2048
+    # Published LLaVA-1.5-7B times on 8 A100s (docs: pretrain ~3.5 h, finetune ~10 h), in
+    # GPU-hours: the estimate from declared sizes lands within a third of them.
+    assert 28 / 1.35 < align.gpu_hours < 28 * 1.35
+    sft = by[("finetune", "llm=vicuna7b,data=llava665k")]
+    assert 80 / 1.35 < sft.gpu_hours < 80 * 1.35
+    # Qwen2's 152k-vocab logits at 2048 tokens do not fit an 80 GB GPU; at the typical length
+    # (576 image + ~16 caption tokens) the same stage-1 job does.
+    qwen = by[("align", "llm=qwen2")]
+    assert not qwen.fits and qwen.fits_typical
+    assert qwen.memory_typical.activations < qwen.memory.activations / 3
+    si = by[("finetune", "llm=qwen2,data=si32m")]
+    assert si.data.unreleased == ["llava_wild_4v_39k", "llava_wild_4v_12k"]
+    assert si.data.lower_bound and si.steps > 2_000_000 // 128  # sized sources alone: > 2M
+    # Each sized source after its sampling strategy (first:N% keeps ceil(N% of the rows)).
+    recipe = yaml.safe_load((ROOT / "data_recipes/si32m.yaml").read_text())
+    kept = 0
+    for src in recipe["sources"]:
+        if src["name"] in recipe["sizes"]:
+            n, how = recipe["sizes"][src["name"]]["samples"], src.get("sampling", "all")
+            kept += n if how == "all" else math.ceil(n * float(how[6:-1]) / 100)
+    assert si.data.samples == kept
+    text = format_plan(grid, rows)
+    assert "GPU-hours to run: unknown" not in text and "GPU-hours to run: >=" in text
+    assert f"~{align.steps:,}" in text and f">={si.steps:,}" in text
+    assert "! #6 llm=qwen2,data=si32m: its mixture has unreleased sources" in text
+    assert "#4 typical ~   592 tokens:" in text and "> 80 GiB: will not fit" in text
+    assert "#4 fits at the typical length" in text

@@ -53,14 +53,14 @@ def _write_dataset(out: Path, name: str, correct: np.ndarray, hard: set[str], fp
 
 def _write_run(
     root: Path, llm: str, rng, p_right: dict[str, float], *, seed: int = 42, lr: float = 2e-5,
-    log_every: int = 5, name: str | None = None,
+    log_every: int = 5, name: str | None = None, data: str = "toy_instruct",
 ) -> tuple[Path, dict]:  # fmt: skip
     run = root / (name or f"llm={llm}")
     run.mkdir(parents=True)
     arch = "qwen2" if "qwen" in llm else "llama"
     (run / "config.yaml").write_text(
         f"vision: {{name: tiny_clip}}\nllm: {{name: {llm}, arch: {arch}}}\n"
-        "projector: {type: mlp2x_gelu}\ndata: {name: toy_instruct}\n"
+        f"projector: {{type: mlp2x_gelu}}\ndata: {{name: {data}}}\n"
         f"recipe: {{name: finetune, lr: {{llm: {lr:.1e}}}}}\ndeepspeed: {{name: zero2}}\n"
         f"train: {{seed: {seed}, log_every: {log_every}}}\n"
     )
@@ -114,9 +114,10 @@ def test_html_report_values_deltas_and_cis_equal_the_results_files(two_runs):
             acc = m["accuracy"]
             assert f"{pct(acc['value'])} <span class=\"ci\">[{pct(acc['ci_low'])}, " \
                    f"{pct(acc['ci_high'])}]" in html  # fmt: skip
-    assert len(data["deltas"]) == 2
+    overall = [d for d in data["deltas"] if d["subset"] == "all questions"]
+    assert len(overall) == 2 and len(data["deltas"]) == 4
     assert all(d.single_seed for d in items) and "single seed" in html
-    for d in data["deltas"]:
+    for d in overall:
         assert d["seeds"] == "single seed"
         a, b = base_files[d["dataset"]][0], var_files[d["dataset"]][0]
         assert d["delta"] == pytest.approx(b.mean() - a.mean(), abs=1e-12)
@@ -130,9 +131,24 @@ def test_html_report_values_deltas_and_cis_equal_the_results_files(two_runs):
         assert (d["a_only"], d["b_only"]) == (a_only, b_only)
         assert d["mcnemar_p"] == mcnemar_exact(a_only, b_only)
         assert f'{100 * d["delta"]:+.2f} <span class="ci">[{100 * d["delta_ci_low"]:+.2f}' in html
-    digits = next(d for d in data["deltas"] if d["dataset"] == "digits")
+    digits = next(d for d in overall if d["dataset"] == "digits")
     assert digits["mcnemar_p"] < 0.001  # 55% -> 75% on 400 questions is a real difference
-    assert "Hard-class accuracy" in html and "per-class accuracy vs concept exposure" in html
+    # The hard classes (owl: every 4th question) get the same paired CI and McNemar test.
+    hard = [d for d in data["deltas"] if d["subset"] == "hard classes"]
+    assert [d["dataset"] for d in hard] == ["digits", "shapes"] and "Hard-class deltas" in html
+    owl = np.arange(400) % len(CLASSES) == CLASSES.index("owl")
+    for d in hard:
+        a, b = base_files[d["dataset"]][0][owl], var_files[d["dataset"]][0][owl]
+        ref = paired_comparison(a, b, 2000, 0)
+        assert d["n"] == 100 and d["delta"] == pytest.approx(b.mean() - a.mean(), abs=1e-12)
+        assert d["acc_a"] == pytest.approx(base_files[d["dataset"]][1]["hard_accuracy"]["value"])
+        assert (d["delta_ci_low"], d["delta_ci_high"]) == (ref.delta_ci_low, ref.delta_ci_high)
+        assert d["mcnemar_p"] == mcnemar_exact(int((a & ~b).sum()), int((~a & b).sum()))
+    assert "Hard-class accuracy" in html and "accuracy by concept exposure" in html
+    # Exposure groups: one per distinct count (fox has none), accuracy pooled over the group.
+    assert all(f'text-anchor="middle">{x}</text>' in html for x in ("0", "10", "1000"))
+    cat = np.arange(400) % len(CLASSES) == CLASSES.index("cat")
+    assert f"{pct(base_files['digits'][0][cat].mean())}% [" in html
     assert "<svg" in html and "Training loss" in html
     assert "arch: llama" in html  # each variant's exact config
     assert "http" not in html.replace("http://www.w3.org/2000/svg", "")  # self-contained
@@ -174,7 +190,7 @@ def test_report_names_the_keys_runs_differ_in_beyond_the_axes(tmp_path):
     assert [r.label for r in runs] == ["llm=tiny_llama,recipe.lr.llm=2e-05",
                                        "llm=tiny_qwen2,recipe.lr.llm=2e-05",
                                        "llm=tiny_llama,recipe.lr.llm=0.0001"]  # fmt: skip
-    assert len({r.config_hash for r in runs}) == 3 and len(items) == 2
+    assert len({r.config_hash for r in runs}) == 3 and len(items) == 4  # 2 overall, 2 hard
     html = render_html(runs, base, items, title="t", n_boot=200, seed=0)
     assert "beyond the axes" in html and "<code>recipe.lr.llm=0.0001</code>" in html
     assert _report_data(html)["variants"]["llm=tiny_llama,recipe.lr.llm=0.0001"]["differs"] == {
@@ -193,8 +209,10 @@ def test_runs_differing_only_in_seed_are_aggregated_over_seeds_and_questions(tmp
     runs, base, items = build(_args([str(grid)], baseline="llm=tiny_llama"))
     assert [r.label for r in runs][:3] == [f"llm=tiny_llama,seed={s}" for s in (1, 2, 3)]
     assert base.label == "llm=tiny_llama" and base.seeds == [1, 2, 3]
-    (d,) = items
+    d, hard = items  # all questions, then the hard classes' own seeds x questions comparison
     assert not d.single_seed and d.seeds == "3 vs 3 seeds"
+    assert hard.subset == "hard classes" and hard.seeds == "3 vs 3 seeds"
+    assert hard.comparison.n == 100 and hard.comparison.mcnemar_p is None
     accs = {k: v[1]["accuracy"]["value"] for k, v in files.items()}
     mean_a = np.mean([accs[("tiny_llama", s)] for s in (1, 2, 3)])
     mean_b = np.mean([accs[("tiny_qwen2", s)] for s in (1, 2, 3)])
@@ -268,3 +286,37 @@ def test_save_report_is_the_only_network_call_and_explains_failures():
     assert save_report(ok) == Fake.url and ok.saved
     with pytest.raises(RuntimeError, match="wandb login"):
         save_report(Fake(True))
+
+
+def test_loss_axis_fits_the_data_and_labels_steps():
+    import re
+
+    from llava_ablate.report.svg import line_chart
+
+    svg = line_chart("loss", {"a": [(s, 6.2 - 0.001 * s) for s in range(10, 210, 10)]},
+                     "optimizer step", "loss")  # fmt: skip
+    labels = [
+        float(t.replace(",", ""))
+        for t in re.findall(r'text-anchor="(?:end|middle)">([\d.,]+)<', svg)
+    ]
+    y = [v for v in labels if v < 10]
+    x = [v for v in labels if v >= 10]
+    assert min(y) >= 5.9 and max(y) <= 6.3 and len(y) >= 3  # not 0-based: 6.0-6.2 is visible
+    assert x[0] >= 10 and x[-1] <= 200 and len(x) >= 4  # steps are labelled along the x axis
+
+
+def test_exposure_groups_pool_the_questions_of_their_classes():
+    from llava_ablate.eval.stats import wilson_accuracy
+    from llava_ablate.report.exposure import binned_accuracy, exposure_bins
+
+    many = exposure_bins([0, 1, 5, 7, 12, 99, 100, 2500])  # > 6 distinct counts: decades
+    assert [b.label for b in many] == ["0", "1-9", "10-99", "100-999", "1,000-9,999"]
+    few = exposure_bins([0, 3, 3, 60])
+    assert [b.label for b in few] == ["0", "3", "60"] and not few[1].holds(3.5)
+    rows = [{"class_name": c, "n": n, "accuracy": a}
+            for c, n, a in (("cat", 4, 0.5), ("dog", 6, 1.0), ("owl", 5, 0.2))]  # fmt: skip
+    got = binned_accuracy(rows, {"cat": 3, "dog": 3, "owl": 60, "fox": 0}, few)
+    assert got[0] is None  # fox is in no run's results
+    ref = wilson_accuracy(np.array([1] * 8 + [0] * 2))  # cat 2/4 + dog 6/6 right
+    assert (got[1].value, got[1].ci_low, got[1].ci_high) == (ref.value, ref.ci_low, ref.ci_high)
+    assert got[1].classes == ["cat", "dog"] and got[2].questions == 5

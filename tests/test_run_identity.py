@@ -45,7 +45,7 @@ def test_excluded_keys_do_not_change_the_hash_and_included_ones_do():
 
     def run_dir(key: str, value) -> Path:
         cfg = copy.deepcopy(base_cfg)
-        OmegaConf.update(cfg, key, value)
+        OmegaConf.update(cfg, key, value, force_add=True)  # force: data.sizes.<new source>
         return Path(cfg.train.run_dir)  # resolved through ${run_hash:}
 
     base = Path(base_cfg.train.run_dir)
@@ -58,6 +58,7 @@ def test_excluded_keys_do_not_change_the_hash_and_included_ones_do():
         ("train.gradient_checkpointing", True),
         ("data.max_bad_fraction", 0.5),
         ("data.build_workers", 8),
+        ("data.sizes", {"toy": {"samples": 5, "text_tokens": 9.0}}),  # only plan reads it
         ("wandb.enabled", False),
         ("wandb.name", "other"),
         ("eval.hook.every_steps", 5),

@@ -76,12 +76,17 @@ def test_tiny_2x2_grid_runs_on_slurm_and_relaunch_skips(slurm, cache_dir, tmp_pa
 
 @slow
 def test_two_stage_grid_chains_each_stage2_to_its_own_stage1(slurm, cache_dir, tmp_path):
-    cmd = [sys.executable, "-m", "llava_ablate.launch", "tiny_chain", "--runs-root", str(tmp_path)]
+    import eval_fixtures as fx
+
+    data = tmp_path / "data"
+    fx.digits_folder(data / "my_dataset", per_class=1)  # the evaluation stage's image folder
+    cmd = [sys.executable, "-m", "llava_ablate.launch", "tiny_chain", "--runs-root", str(tmp_path),
+           f"paths.data_root={data}"]  # fmt: skip
     proc = subprocess.run(
         cmd, cwd=ROOT, env=_env(cache_dir), capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ids = dict(re.findall(r"submitted (\S+): Slurm array (\d+)", proc.stdout))
+    ids = dict(re.findall(r"submitted (.+?): Slurm array (\d+)", proc.stdout))
     grid = tmp_path / "tiny_chain"
     for llm in ("tiny_llama", "tiny_qwen2"):
         name = f"llm={llm},vision=tiny_clip"
@@ -98,6 +103,16 @@ def test_two_stage_grid_chains_each_stage2_to_its_own_stage1(slurm, cache_dir, t
             stage2 / "config.yaml"
         ).stat().st_mtime
         assert (stage2 / "export/COMPLETE").exists()
+        # The evaluation stage: after (afterok) and scoring its own stage-2 job's export.
+        label = f"eval/{name}/random: image_folder"
+        line = f"submitted {label}: Slurm array {ids[label]} after {ids[f'finetune/{name}']}"
+        assert line in proc.stdout
+        script = next(p for p in (grid / ".launch").glob("*-eval-*/.submitit/*/*_submission.sh")
+                      if f"afterok:{ids[f'finetune/{name}']}\n" in p.read_text())  # fmt: skip
+        result = grid / "eval" / "random" / name / "image_folder" / "metrics.json"
+        metrics = json.loads(result.read_text())
+        assert metrics["model"] == name and metrics["n_questions"] == 10
+        assert (stage2 / "export/COMPLETE").stat().st_mtime <= result.stat().st_mtime
 
 
 def _fake_squeue(tmp_path: Path, monkeypatch, output: str) -> None:

@@ -47,7 +47,7 @@ def _loader(
         StreamPlan(mixture, seed, shuffle_buffer=16),
         encoder,
         Collator(variant.tokenizer.pad_token_id),
-        BatchingOptions(micro, group, 4),
+        BatchingOptions(micro, "group" if group else "none", 4),
         rank=rank,
         world=world,
         workers=workers,
@@ -83,6 +83,23 @@ def test_resume_continues_with_exactly_the_remaining_batches(built, tiny_variant
         resumed.load_state_dict(state)
         tail = _ids(itertools.islice(resumed, 100 - k))
         assert head + tail == reference, f"resume after {k} batches"
+
+
+def test_workers_live_across_epochs_and_read_ahead(built, tiny_variant):
+    """One DataLoader for the run: no worker start-up (and empty queue) at epoch boundaries."""
+    root, a, b = built
+    loader = _loader(root, [a, b], tiny_variant, workers=2)
+    per_epoch = loader.stream.batches_per_epoch()
+    it = iter(loader)
+    next(it)
+    workers = loader._live._workers
+    pids = [w.pid for w in workers]
+    assert loader._live._prefetch_factor == 4  # batches each worker keeps ready
+    for _ in range(per_epoch + 2):
+        next(it)
+    assert (loader.stream.epoch, loader.stream.consumed) == (1, 3)
+    assert [w.pid for w in loader._live._workers] == pids and all(w.is_alive() for w in workers)
+    loader.close()
 
 
 def test_resume_refuses_another_world(built, tiny_variant):
@@ -210,3 +227,13 @@ def test_text_only_batches_get_a_loss_neutral_image_row(tiny_variant):
         a = tiny_variant.model(**{k: plain[k] for k in keys if k in plain}).loss
         b = tiny_variant.model(**{k: padded[k] for k in keys if k in padded}).loss
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_auto_workers_share_the_node_cpus_between_local_ranks(monkeypatch):
+    from llava_ablate.data.stream import resolve_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    for local_ranks, expected in [("4", 3), ("1", 8), ("16", 1)]:  # one CPU left per trainer
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_ranks)
+        assert resolve_workers("auto") == expected
+    assert resolve_workers(3) == 3

@@ -50,10 +50,16 @@ def _kill_after_checkpoint(proc, run_dir: Path, step: int, timeout: float = 300)
     proc.wait()
 
 
-@pytest.mark.parametrize("zero", ["zero2", "zero3"])
-def test_memorises_and_resumes_exactly_after_a_kill(train_launcher, tmp_path, zero):
+# Packing: rows of up to 512 tokens hold ~4 of these samples, so a micro-batch of 4 is one row.
+PACK = ["data.batching=pack", "recipe.max_length=512"]
+
+
+@pytest.mark.parametrize(
+    "zero,batching", [("zero2", []), ("zero3", []), ("zero3", PACK)], ids=["zero2", "zero3", "pack"]
+)
+def test_memorises_and_resumes_exactly_after_a_kill(train_launcher, tmp_path, zero, batching):
     ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "killed"
-    train_launcher([*MEMORISE, f"deepspeed={zero}", f"train.run_dir={ref_dir}"])
+    train_launcher([*MEMORISE, *batching, f"deepspeed={zero}", f"train.run_dir={ref_dir}"])
     ref = _losses(ref_dir)
     assert len(ref) == 40
     # 2 warmup steps (0.05 x 40): step 1 trains at half the lr, not at 0 (DeepSpeed's own
@@ -64,6 +70,7 @@ def test_memorises_and_resumes_exactly_after_a_kill(train_launcher, tmp_path, ze
 
     args = [
         *MEMORISE,
+        *batching,
         f"deepspeed={zero}",
         f"train.run_dir={run_dir}",
         "recipe.max_steps=40",

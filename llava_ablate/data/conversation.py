@@ -10,6 +10,7 @@ tokenised once with offsets, and every disagreement raises an error naming the s
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -40,6 +41,12 @@ class SampleTooLong(ValueError):
     """Too long for max_length (overflow="skip", or the image tokens alone overflow)."""
 
     reason = "too_long"
+
+
+class ImageTagMismatch(ValueError):
+    """Per-image token counts were given for another number of images than the text's tags."""
+
+    reason = "image_tag_mismatch"
 
 
 class EmptySupervision(ValueError):
@@ -250,13 +257,14 @@ def _check_prefixes(
 
 
 def _expand_images(
-    ids: list[int], labels: list[int], image_id: int, n: int
+    ids: list[int], labels: list[int], image_id: int, counts: list[int]
 ) -> tuple[list[int], list[int]]:
-    # LlavaForConditionalGeneration puts one vision feature on each image token.
+    # The model puts one vision feature on each image token; image k gets counts[k] of them.
     out_ids: list[int] = []
     out_labels: list[int] = []
+    images = iter(counts)
     for token, label in zip(ids, labels, strict=True):
-        k = n if token == image_id else 1
+        k = next(images) if token == image_id else 1
         out_ids += [token] * k
         out_labels += [label] * k
     return out_ids, out_labels
@@ -268,7 +276,7 @@ def tokenize_conversation(
     tokenizer: PreTrainedTokenizerBase,
     *,
     prompt_format: str = "chat",
-    num_image_tokens: int,
+    num_image_tokens: int | Sequence[int],
     max_length: int,
     overflow: str = "truncate",
 ) -> TokenizedSample:
@@ -276,11 +284,14 @@ def tokenize_conversation(
 
     prompt_format: "chat" (the tokenizer's chat template) or "plain" (stage-1 captions).
     overflow: "truncate" (cut the tail, never the image tokens) or "skip" (raise).
-    Each image placeholder becomes `num_image_tokens` copies of the image token.
+    Each image placeholder becomes `num_image_tokens` copies of the image token, or, given one
+    count per image in order (anyres: it depends on the image's size), that image's count.
     """
     if overflow not in ("truncate", "skip"):
         raise ValueError(f"overflow must be 'truncate' or 'skip', got {overflow!r}")
-    if num_image_tokens < 1 or max_length < 1:
+    per_image = None if isinstance(num_image_tokens, int) else list(num_image_tokens)
+    counts_given = [num_image_tokens] if per_image is None else per_image
+    if any(n < 1 for n in counts_given) or max_length < 1:
         raise ValueError(
             f"need num_image_tokens, max_length >= 1: {num_image_tokens}, {max_length}"
         )
@@ -333,7 +344,14 @@ def tokenize_conversation(
                 f"sample {sample_id}: {num_images} image placeholders gave "
                 f"{ids.count(image_id)} image tokens; {image!r} must be one special token"
             )
-        ids, labels = _expand_images(ids, labels, image_id, num_image_tokens)
+        if per_image is not None and len(per_image) != num_images:
+            raise ImageTagMismatch(
+                f"sample {sample_id}: {num_images} <image> tag(s), {len(per_image)} image(s)"
+            )
+        counts = per_image if per_image is not None else [num_image_tokens] * num_images
+        ids, labels = _expand_images(ids, labels, image_id, counts)
+    elif per_image:
+        raise ImageTagMismatch(f"sample {sample_id}: no <image> tag, {len(per_image)} image(s)")
 
     if len(ids) > max_length:
         image_end = len(ids) - ids[::-1].index(image_id) if num_images else 0

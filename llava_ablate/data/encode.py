@@ -6,7 +6,6 @@ resumed run can fast-forward through samples without decoding them.
 
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -14,15 +13,17 @@ from dataclasses import dataclass
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from llava_ablate.data.anyres import anyres_token_counts, image_size
 from llava_ablate.data.conversation import (
     EmptySupervision,
+    ImageTagMismatch,
     MalformedConversation,
     SampleTooLong,
     SpecialTokenInText,
     TokenizationMismatch,
     tokenize_conversation,
 )
-from llava_ablate.data.images import mean_colour, pad_to_square
+from llava_ablate.data.images import decode_rgb, mean_colour, pad_to_square, tower_side
 
 
 @dataclass
@@ -41,6 +42,12 @@ class EncodeOptions:
     max_length: int
     overflow: str
     pad_to_square: bool
+    # LLaVA-OneVision's anyres: an image's token count follows from its size (data/anyres.py)
+    # and its pixels are a stack of views; num_image_tokens is then that of one view.
+    anyres: bool = False
+    # Decode large JPEGs at a reduced scale (PIL draft mode) down to twice what the tower reads;
+    # False: always the full decode (the LLaVA loaders' way; the bench's baseline).
+    draft_decode: bool = True
 
 
 @dataclass
@@ -57,9 +64,20 @@ class Tokenized:
 
 class SampleEncoder:
     def __init__(self, processor, options: EncodeOptions):
+        if options.anyres and options.pad_to_square:
+            raise ValueError(
+                "anyres tiles each image at its own aspect ratio: padding it to a square first "
+                "would change the size its token count is computed from"
+            )
         self.processor = processor
         self.options = options
         self._fill = mean_colour(processor.image_processor)
+        self._min_side = None  # None: every image decoded at full size
+        if options.draft_decode:
+            try:
+                self._min_side = tower_side(processor.image_processor, options.pad_to_square)
+            except ValueError:  # a processor of unknown geometry: the draft is only a speed-up
+                pass
 
     def tokenize(self, sample: dict) -> Tokenized | Skip:
         """`sample`: a webdataset sample (`json` metadata + `img<k>.<ext>` image bytes)."""
@@ -67,13 +85,20 @@ class SampleEncoder:
         meta = json.loads(meta) if isinstance(meta, bytes | str) else meta
         sample_id = str(meta.get("id", sample.get("__key__")))
         opt = self.options
+        images = [sample[k] for k in meta.get("images", [])]
+        counts: int | list[int] = opt.num_image_tokens
+        if opt.anyres:
+            try:
+                counts = anyres_token_counts(self.processor, [image_size(x) for x in images])
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                return Skip(sample_id, "corrupt_image", str(e))
         try:
             t = tokenize_conversation(
                 sample_id,
                 meta["conversations"],
                 self.processor.tokenizer,
                 prompt_format=opt.prompt_format,
-                num_image_tokens=opt.num_image_tokens,
+                num_image_tokens=counts,
                 max_length=opt.max_length,
                 overflow=opt.overflow,
             )
@@ -81,13 +106,13 @@ class SampleEncoder:
             SampleTooLong,
             EmptySupervision,
             MalformedConversation,
+            ImageTagMismatch,
             SpecialTokenInText,
             # Never trained on with a wrong mask; one odd sample is skipped and counted, a template
             # that mismatches systematically trips data.max_bad_fraction and stops the run.
             TokenizationMismatch,
         ) as e:
             return Skip(sample_id, e.reason, str(e))
-        images = [sample[k] for k in meta.get("images", [])]
         if t.num_images != len(images):
             return Skip(
                 sample_id, "image_tag_mismatch", f"{t.num_images} tags, {len(images)} images"
@@ -105,22 +130,33 @@ class SampleEncoder:
             decoded = []
             for data in tok.images:
                 try:
-                    with Image.open(io.BytesIO(data)) as im:
-                        im.load()
-                        image = im.convert("RGB")
+                    image = decode_rgb(data, self._min_side)
                 except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
                     return Skip(tok.id, "corrupt_image", str(e))
                 decoded.append(
                     pad_to_square(image, self._fill) if self.options.pad_to_square else image
                 )
-            pixels = self.processor.image_processor(decoded, return_tensors="pt")["pixel_values"]
-            out["pixel_values"] = pixels
+            out.update(self._pixels(decoded))
         return out
+
+    def _pixels(self, images: list[Image.Image]) -> dict:
+        """pixel_values (llava: [n, C, H, W]; anyres: [n, views, C, H, W] and image_sizes)."""
+        process = self.processor.image_processor
+        if not self.options.anyres:
+            return {"pixel_values": process(images, return_tensors="pt")["pixel_values"]}
+        # One nested list = one sample: several images are processed as multi-image (base views).
+        enc = process([images], return_tensors="pt")
+        return {"pixel_values": enc["pixel_values"], "image_sizes": enc["image_sizes"]}
 
     def image_placeholder(self, image_token_id: int) -> ImagePlaceholder:
         blank = Image.new("RGB", (64, 64), self._fill)
-        pixels = self.processor.image_processor([blank], return_tensors="pt")["pixel_values"]
-        return ImagePlaceholder(image_token_id, self.options.num_image_tokens, pixels)
+        tokens = self.options.num_image_tokens
+        if self.options.anyres:
+            tokens = anyres_token_counts(self.processor, [(64, 64)])[0]
+        pixels = self._pixels([blank])
+        return ImagePlaceholder(
+            image_token_id, tokens, pixels["pixel_values"], pixels.get("image_sizes")
+        )
 
 
 @dataclass
@@ -136,48 +172,95 @@ class ImagePlaceholder:
     token_id: int
     num_tokens: int
     pixel_values: torch.Tensor
+    image_sizes: torch.Tensor | None = None  # anyres
 
 
 class Collator:
-    """Right-pad a micro-batch; skipped samples are dropped from it and reported by reason."""
+    """Right-pad a micro-batch's rows; skipped samples are dropped and reported by reason.
 
-    def __init__(self, pad_token_id: int, placeholder: ImagePlaceholder | None = None):
+    A row holds one sample, or with `packed` several laid end to end (data/batching.py). Packed
+    batches carry position_ids that restart at 0 for every sample (and for a row's padded tail)
+    and no attention_mask: transformers then builds a block-diagonal causal mask from the
+    position_ids (masking_utils.find_packed_sequence_indices, sdpa/eager) or runs varlen
+    flash-attention, so a sample never attends to its neighbour. Each sample's first label is
+    -100: unpacked, that token is never a target (nothing precedes it), packed it would be
+    predicted from the previous sample's last token.
+    """
+
+    def __init__(
+        self, pad_token_id: int, placeholder: ImagePlaceholder | None = None, packed: bool = False
+    ):
         self.pad_token_id = pad_token_id
         self.placeholder = placeholder
+        self.packed = packed
 
     def __call__(self, items: list[dict | Skip]) -> dict:
-        good = [x for x in items if not isinstance(x, Skip)]
-        skips = [x for x in items if isinstance(x, Skip)]
+        """One sample per row."""
+        return self.rows([[x] for x in items])
+
+    def rows(self, rows: list[list[dict | Skip]]) -> dict:
+        skips = [x for row in rows for x in row if isinstance(x, Skip)]
+        good = [[x for x in row if not isinstance(x, Skip)] for row in rows]
+        good = [row for row in good if row]
         batch: dict = {
             "skipped": dict(Counter(x.reason for x in skips)),
             "skip_details": skips,
-            "ids": [x["id"] for x in good],
+            "ids": [x["id"] for row in good for x in row],
         }
         if not good:
             return batch
-        if self.placeholder is not None and not any("pixel_values" in x for x in good):
+        batch["real_tokens"] = sum(len(x["input_ids"]) for row in good for x in row)
+        if self.placeholder is not None and not any("pixel_values" in x for r in good for x in r):
             p = self.placeholder
             ids = torch.full((p.num_tokens,), p.token_id)
-            good = good + [
-                {
-                    "id": None,
-                    "input_ids": ids,
-                    "labels": torch.full_like(ids, -100),
-                    "pixel_values": p.pixel_values,
-                }
-            ]
+            row = {"id": None, "input_ids": ids, "labels": torch.full_like(ids, -100)}
+            row["pixel_values"] = p.pixel_values
+            if p.image_sizes is not None:
+                row["image_sizes"] = p.image_sizes
+            good = good + [[row]]
             batch["placeholder_rows"] = 1
-        width = max(len(x["input_ids"]) for x in good)
+        width = max(sum(len(x["input_ids"]) for x in row) for row in good)
         ids = torch.full((len(good), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(good), width), -100, dtype=torch.long)
         mask = torch.zeros((len(good), width), dtype=torch.long)
-        for i, x in enumerate(good):
-            n = len(x["input_ids"])
-            ids[i, :n] = x["input_ids"]
-            labels[i, :n] = x["labels"]
-            mask[i, :n] = 1
-        batch.update(input_ids=ids, labels=labels, attention_mask=mask)
-        pixels = [x["pixel_values"] for x in good if "pixel_values" in x]
-        if pixels:
-            batch["pixel_values"] = torch.cat(pixels)
+        positions = torch.zeros((len(good), width), dtype=torch.long)
+        for i, row in enumerate(good):
+            start = 0
+            for x in row:
+                end = start + len(x["input_ids"])
+                ids[i, start:end] = x["input_ids"]
+                labels[i, start:end] = x["labels"]
+                if self.packed:
+                    labels[i, start] = -100
+                positions[i, start:end] = torch.arange(end - start)
+                start = end
+            mask[i, :start] = 1
+            # A padded tail restarts at 0 too: its own segment, attended by no sample.
+            positions[i, start:] = torch.arange(width - start)
+        batch.update(input_ids=ids, labels=labels)
+        if self.packed:
+            batch["position_ids"] = positions
+        else:
+            batch["attention_mask"] = mask
+        pixels = [x["pixel_values"] for row in good for x in row if "pixel_values" in x]
+        if pixels:  # in row order: the model fills image tokens in the same order
+            batch["pixel_values"] = _stack_images(pixels)
+        sizes = [x["image_sizes"] for row in good for x in row if "image_sizes" in x]
+        if sizes:  # anyres: each image's size, and how many images each *sample* carries
+            batch["image_sizes"] = torch.cat(sizes)
+            # Per sample, not per (packed) row: OneVision tiles an image only when its sample
+            # has exactly one, which is how the tokens were expanded at encoding.
+            batch["batch_num_images"] = torch.tensor(
+                [len(x.get("image_sizes", ())) for row in good for x in row]
+            )
         return batch
+
+
+def _stack_images(pixels: list[torch.Tensor]) -> torch.Tensor:
+    """All images of a micro-batch in one tensor; anyres views ([n, views, C, H, W]) are padded
+    with zeros to the most views (the model reads each image's own count from its size)."""
+    if pixels[0].dim() == 4:
+        return torch.cat(pixels)
+    most = max(p.shape[1] for p in pixels)
+    return torch.cat([torch.nn.functional.pad(p, (0, 0, 0, 0, 0, 0, 0, most - p.shape[1]))
+                      for p in pixels])  # fmt: skip

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llava_ablate.config import DataCfg, SourceCfg
-from llava_ablate.data.shards import MANIFEST
+from llava_ablate.data.shards import MANIFEST, StaleShards, covers, too_small
 from llava_ablate.data.sources import unreleased_sources
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class BuiltSource:
     shards: list[tuple[Path, int]]  # (tar, valid samples)
     positions: list[int]  # selected positions among the source's valid samples
     build_skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows, whole source
+    max_image_side: int | None = None  # the build's (manifest); None: original images
 
     @property
     def selected(self) -> int:
@@ -146,10 +147,27 @@ def open_mixture(data: DataCfg, seed: int) -> BuiltMixture:
         _check_shard_sizes(data.name, d, manifest, data.on_bad_shard)
         shards = [(d / s["file"], s["count"]) for s in manifest["shards"]]
         positions = select_positions(manifest["count"], src.sampling, seed)
-        built.append(BuiltSource(src, d, shards, positions, dict(manifest.get("skipped", {}))))
+        built.append(
+            BuiltSource(
+                src,
+                d,
+                shards,
+                positions,
+                dict(manifest.get("skipped", {})),
+                manifest.get("max_image_side"),
+            )
+        )
     if missing:
         raise MixtureNotBuilt(
             f"mixture {data.name!r}: no shards for {missing[:5]} under {data.shards_dir}; build them "
             f"first: `llava-ablate data build data={data.name}`"
         )
     return BuiltMixture(data.name, built, data.on_bad_shard)
+
+
+def check_image_side(mixture: BuiltMixture, needed: int | None) -> None:
+    """Refuse shards whose images were stored smaller than this run reads them (a build for a
+    336 px tower under a 1152 px anyres run): they would train on blurred images silently."""
+    for s in mixture.sources:
+        if not covers(s.max_image_side, needed):
+            raise StaleShards(too_small(s.cfg.name, s.dir, s.max_image_side, needed))

@@ -33,6 +33,7 @@ from llava_ablate.data.conversation import (
     llava_to_messages,
     trim_unanswered,
 )
+from llava_ablate.data.images import shrink_encoded
 from llava_ablate.data.sources import (
     RawRecord,
     SourceError,
@@ -51,6 +52,26 @@ _READ_TIME_OPTIONS = {"sampling", "weight", "released"}
 
 class StaleShards(RuntimeError):
     pass
+
+
+def side_text(side: int | None) -> str:
+    return "the original images" if side is None else f"images of at most {side} px"
+
+
+def covers(built: int | None, needed: int | None) -> bool:
+    """Shards built with max_image_side=`built` hold every pixel a run at `needed` reads."""
+    return built is None or (needed is not None and built >= needed)
+
+
+def too_small(source: str, out_dir: Path, built: int | None, needed: int | None) -> str:
+    reads = "the original images" if needed is None else f"images up to {needed} px"
+    return (
+        f"source {source!r}: the shards in {out_dir} were built with data.max_image_side="
+        f"{built} (images stored at most {built} px on their longer side), but this run reads "
+        f"{reads} (data.max_image_side={needed}; auto: from the vision tower). Rebuild them "
+        "with `llava-ablate data build data=<mixture> <this run's vision=...> --force`, or set "
+        f"data.max_image_side={built} to train on the smaller images knowingly"
+    )
 
 
 def _stat(path: Path) -> tuple[int, int] | None:
@@ -100,7 +121,10 @@ def damaged_shards(out_dir: Path, manifest: dict) -> dict[str, str]:
     return damaged
 
 
-def _image_bytes(image: Path | bytes) -> tuple[bytes, str, tuple[int, int]]:
+def _image_bytes(
+    image: Path | bytes, max_side: int | None = None
+) -> tuple[bytes, str, tuple[int, int], bool]:
+    """(bytes to store, extension, stored size, re-encoded?); the original file is only read."""
     if isinstance(image, bytes):
         data, ext = image, None
     else:
@@ -109,7 +133,10 @@ def _image_bytes(image: Path | bytes) -> tuple[bytes, str, tuple[int, int]]:
         im.load()  # a truncated or corrupt file fails here, at build time, once
         fmt = (im.format or ext or "png").lower()
         size = im.size
-    return data, {"jpeg": "jpg"}.get(fmt, fmt), size
+    if max_side is not None and max(size) > max_side:
+        data, fmt, size = shrink_encoded(data, max_side)  # type: ignore[misc]
+        return data, fmt, size, True
+    return data, {"jpeg": "jpg"}.get(fmt, fmt), size, False
 
 
 def check_record(rec: RawRecord) -> tuple[str, str] | None:
@@ -136,6 +163,7 @@ class _Job:
     name: str
     per_shard: int
     token_length: Callable[[RawRecord], int] | None  # text tokens under the chat template
+    max_image_side: int | None  # longer side of stored images; None: the originals' bytes
 
 
 _JOB: _Job | None = None  # set in the parent before forking: workers share the loaded source
@@ -149,7 +177,8 @@ def _write_shard(i: int) -> dict:
         "count": 0,
         "skipped": [],
         "trimmed": 0,  # kept, minus a final human turn that nothing answers
-        "image_sizes": [],
+        "image_sizes": [],  # as stored
+        "reencoded": 0,  # images stored smaller than their original (max_image_side)
         "text_chars": [],
         "tokens": [],
     }
@@ -176,7 +205,7 @@ def _write_records(job: _Job, i: int, tar: Path, stats: dict) -> None:
             if bad is None:
                 for k, image in enumerate(rec.images):
                     try:
-                        data, ext, size = _image_bytes(image)
+                        data, ext, size, shrunk = _image_bytes(image, job.max_image_side)
                     except FileNotFoundError:
                         bad = ("missing_image", str(image))
                         break
@@ -188,6 +217,7 @@ def _write_records(job: _Job, i: int, tar: Path, stats: dict) -> None:
                         break
                     images[f"img{k}.{ext}"] = data
                     stats["image_sizes"].append(size)
+                    stats["reencoded"] += shrunk
             if bad is not None:
                 stats["skipped"].append(
                     {"index": rec.index, "id": rec.id, "reason": bad[0], "detail": bad[1]}
@@ -227,8 +257,11 @@ def build_source(
     force: bool = False,
     seed: int = 0,
     token_length: Callable[[RawRecord], int] | None = None,
+    max_image_side: int | None = None,
 ) -> dict:
-    """Build (or verify) one source's shards; return its manifest."""
+    """Build (or verify) one source's shards; return its manifest. `max_image_side`: images
+    larger than that (longer side, px) are stored re-encoded at that size (the originals are
+    only read); None stores the original bytes."""
     global _JOB
     out_dir = Path(shards_dir) / src.name
     reader = open_source(src, seed)
@@ -236,7 +269,19 @@ def build_source(
     manifest_path = out_dir / MANIFEST
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
+        built_side = manifest.get("max_image_side")  # absent: built before the option existed
         if manifest["fingerprint"] == fp and not force:
+            if not covers(built_side, max_image_side):
+                raise StaleShards(too_small(src.name, out_dir, built_side, max_image_side))
+            if built_side != max_image_side:
+                log.info(
+                    "source %s: built with %s, which covers the %s asked for; kept (--force "
+                    "rebuilds it smaller, which loads faster)",
+                    src.name,
+                    side_text(built_side),
+                    side_text(max_image_side),
+                )
+                max_image_side = built_side  # damaged shards are rebuilt as the rest were
             damaged = damaged_shards(out_dir, manifest)
             if not damaged:
                 log.info(
@@ -267,7 +312,7 @@ def build_source(
         tmp.unlink()
     n_shards = max(1, -(-len(reader) // samples_per_shard))
     todo = [i for i in range(n_shards) if not (out_dir / f"{src.name}-{i:06d}.json").exists()]
-    _JOB = _Job(reader, out_dir, src.name, samples_per_shard, token_length)
+    _JOB = _Job(reader, out_dir, src.name, samples_per_shard, token_length, max_image_side)
     bar = tqdm(
         total=n_shards,
         initial=n_shards - len(todo),
@@ -285,11 +330,13 @@ def build_source(
             bar.update()
     bar.close()
     _JOB = None
-    return _write_manifest(src, out_dir, n_shards, fp, len(reader))
+    return _write_manifest(src, out_dir, n_shards, fp, len(reader), max_image_side)
 
 
-def _write_manifest(src: SourceCfg, out_dir: Path, n_shards: int, fp: str, rows: int) -> dict:
-    shards, skipped, sizes, chars, tokens, trimmed = [], [], [], [], [], 0
+def _write_manifest(
+    src: SourceCfg, out_dir: Path, n_shards: int, fp: str, rows: int, max_image_side: int | None
+) -> dict:
+    shards, skipped, sizes, chars, tokens, trimmed, reencoded = [], [], [], [], [], 0, 0
     for i in range(n_shards):
         stem = out_dir / f"{src.name}-{i:06d}"
         stats = json.loads(stem.with_suffix(".json").read_text())
@@ -303,6 +350,7 @@ def _write_manifest(src: SourceCfg, out_dir: Path, n_shards: int, fp: str, rows:
         )
         skipped += stats["skipped"]
         trimmed += stats["trimmed"]
+        reencoded += stats.get("reencoded", 0)
         sizes += stats["image_sizes"]
         chars += stats["text_chars"]
         tokens += stats["tokens"]
@@ -319,7 +367,11 @@ def _write_manifest(src: SourceCfg, out_dir: Path, n_shards: int, fp: str, rows:
         "shards": shards,
         "skipped": dict(Counter(s["reason"] for s in skipped)),
         "trimmed": {"trailing_human_turn": trimmed} if trimmed else {},
-        "image_width": _summary([w for w, _ in sizes]),
+        # Images stored no larger than this (longer side, px; re-encoded from the originals,
+        # which stay untouched); null: the originals' bytes. A run needing more refuses them.
+        "max_image_side": max_image_side,
+        "images_reencoded": reencoded,
+        "image_width": _summary([w for w, _ in sizes]),  # as stored
         "image_height": _summary([h for _, h in sizes]),
         "images": len(sizes),
         "text_chars": _summary(chars),
@@ -353,8 +405,11 @@ def build_mixture(
     force: bool = False,
     token_length: Callable[[RawRecord], int] | None = None,
     workers: int | None = None,
+    max_image_side: int | None = None,
 ) -> dict[str, dict]:
-    """Build every source of a mixture (each once; shared with other mixtures by name)."""
+    """Build every source of a mixture (each once; shared with other mixtures by name).
+    `max_image_side`: data.max_image_side in pixels, resolved against the vision tower by the
+    caller (`images.resolve_max_image_side`); None stores the original images."""
     why = unreleased_sources(data)
     if why:
         raise SourceError(why)
@@ -367,6 +422,7 @@ def build_mixture(
             force=force,
             seed=seed,
             token_length=token_length,
+            max_image_side=max_image_side,
         )
         for src in data.sources
     }

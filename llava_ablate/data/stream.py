@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import atexit
 import bisect
+import copy
 import json
 import logging
+import os
 import random
 import tarfile
 from collections.abc import Callable, Iterator
@@ -28,6 +30,7 @@ from pathlib import Path
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from llava_ablate.data.batching import BatchingOptions, micro_batches
 from llava_ablate.data.encode import Collator, SampleEncoder, Skip, Tokenized
 from llava_ablate.data.mixture import BadShard, BuiltMixture, BuiltSource, bad_shard_message
 
@@ -180,47 +183,6 @@ class StreamPlan:
                 yield next(streams[k])
 
 
-@dataclass
-class BatchingOptions:
-    micro_batch: int
-    group_by_length: bool
-    group_buffer: int  # micro-batches' worth of samples sorted together
-
-
-def micro_batches(
-    items: Iterator[Tokenized | Skip], opts: BatchingOptions, rng: random.Random
-) -> Iterator[list[Tokenized | Skip]]:
-    """Cut a slot's stream into full micro-batches, grouped by (modality, length) if asked.
-
-    Skips stay in the batch they fell into (and are counted there), so the number of
-    micro-batches per slot is floor(samples / micro_batch) whatever the data holds.
-    """
-    b = opts.micro_batch
-    window = b * (opts.group_buffer if opts.group_by_length else 1)
-
-    def key(x):
-        return (0, 0) if isinstance(x, Skip) else (bool(x.images), x.length)
-
-    buf: list = []
-    for item in items:
-        buf.append(item)
-        if len(buf) == window:
-            yield from _cut(buf, b, key, opts.group_by_length, rng)
-            buf = []
-    full = len(buf) - len(buf) % b
-    if full:
-        yield from _cut(buf[:full], b, key, opts.group_by_length, rng)
-
-
-def _cut(buf, b, key, group, rng):
-    if group:
-        buf = sorted(buf, key=key)
-    chunks = [buf[i : i + b] for i in range(0, len(buf), b)]
-    if group:
-        rng.shuffle(chunks)  # long and short batches interleave instead of arriving in order
-    yield from chunks
-
-
 class ShardStream(IterableDataset):
     """One epoch of one rank's micro-batches; each DataLoader worker serves one slot."""
 
@@ -248,12 +210,17 @@ class ShardStream(IterableDataset):
         return self.workers * (self.plan.slot_size(self.n_slots) // self.batching.micro_batch)
 
     def __iter__(self) -> Iterator[dict]:
+        return self.batches(rotation=self.consumed)
+
+    def batches(self, rotation: int) -> Iterator[dict]:
+        """This worker's batches of `self.epoch` after the first `self.consumed` of the rank's.
+        `rotation`: the rank's position when its DataLoader started (kept across epochs)."""
         info = get_worker_info()
         # Batch j of an epoch comes from worker slot j % workers (the DataLoader goes round-robin
         # from its worker 0). A resumed loader starts again at worker 0, so its workers are
         # rotated to make worker 0 serve the slot whose turn is next; each slot then skips the
         # batches it had already delivered.
-        local = ((info.id if info is not None else 0) + self.consumed) % self.workers
+        local = ((info.id if info is not None else 0) + rotation) % self.workers
         slot = self.rank * self.workers + local
         skip = max(0, -(-(self.consumed - local) // self.workers))
         tokens = (
@@ -264,8 +231,10 @@ class ShardStream(IterableDataset):
         for k, batch in enumerate(micro_batches(tokens, self.batching, rng)):
             if k < skip:
                 continue
-            items = [x if isinstance(x, Skip) else self.encoder.finish(x) for x in batch]
-            yield self.collate(items)
+            rows = [
+                [x if isinstance(x, Skip) else self.encoder.finish(x) for x in r] for r in batch
+            ]
+            yield self.collate.rows(rows)
 
 
 class SampleLoadError(RuntimeError):
@@ -284,18 +253,51 @@ def _tokenize(encoder: SampleEncoder, sample: dict, mixture: str) -> Tokenized |
         ) from e
 
 
+def resolve_workers(setting: int | str) -> int:
+    """data.num_workers; auto: the CPUs this process may use per local rank (torchrun's
+    LOCAL_WORLD_SIZE), one left to the trainer itself, at most 8."""
+    if setting != "auto":
+        return int(setting)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    per_rank = (cpus or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, per_rank - 1))
+
+
+class _Epochs(IterableDataset):
+    """The stream's epochs one after another, so DataLoader workers live for the whole run:
+    no worker start-up and empty prefetch queue at each epoch boundary. Every slot delivers
+    the same number of micro-batches per epoch, so the DataLoader's round-robin over workers
+    stays in step with the slots across boundaries."""
+
+    def __init__(self, stream: ShardStream):
+        self.stream = stream
+
+    def __iter__(self) -> Iterator[dict]:
+        s = copy.copy(self.stream)  # its own position: the loader's copy counts delivered ones
+        rotation = s.consumed  # epochs hold a multiple of `workers` batches: it stays valid
+        while True:
+            yield from s.batches(rotation)
+            s.epoch, s.consumed = s.epoch + 1, 0
+
+
 class StreamingLoader:
-    """Endless micro-batches over epochs, with a position that checkpoints can save."""
+    """Endless micro-batches over epochs, with a position that checkpoints can save.
+
+    Each worker keeps `prefetch_factor` micro-batches ready, so the trainer finds a batch
+    waiting whenever the workers together produce faster than it consumes (data.num_workers:
+    add workers until they do; `bench/loader_throughput.py` measures both rates)."""
 
     def __init__(
         self,
         stream: ShardStream,
         num_workers: int,
         worker_init_fn: Callable[[int], None] | None = None,
+        prefetch_factor: int = 4,
     ):
         self.stream = stream
         self.num_workers = num_workers
         self.worker_init_fn = worker_init_fn  # e.g. leave stop signals to the main process
+        self.prefetch_factor = prefetch_factor
         self._live = None  # the current epoch's DataLoader iterator (its worker processes)
         if stream.batches_per_epoch() == 0:
             raise ValueError(
@@ -346,18 +348,19 @@ class StreamingLoader:
 
     def __iter__(self) -> Iterator[dict]:
         s = self.stream
-        while True:
-            loader = DataLoader(
-                s,
-                batch_size=None,
-                num_workers=self.num_workers,
-                persistent_workers=False,
-                worker_init_fn=self.worker_init_fn,
-            )
-            if self._live is None and self.num_workers:
-                atexit.register(self.close)  # before multiprocessing's own exit hook runs
-            self._live = iter(loader)
-            for batch in self._live:
-                s.consumed += 1
-                yield batch
-            s.epoch, s.consumed = s.epoch + 1, 0
+        per_epoch = s.batches_per_epoch()
+        loader = DataLoader(
+            _Epochs(s),
+            batch_size=None,
+            num_workers=self.num_workers,
+            prefetch_factor=self.prefetch_factor if self.num_workers else None,
+            worker_init_fn=self.worker_init_fn,
+        )
+        if self._live is None and self.num_workers:
+            atexit.register(self.close)  # before multiprocessing's own exit hook runs
+        self._live = iter(loader)
+        for batch in self._live:
+            if s.consumed == per_epoch:  # the previous batch ended an epoch
+                s.epoch, s.consumed = s.epoch + 1, 0
+            s.consumed += 1
+            yield batch

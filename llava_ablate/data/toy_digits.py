@@ -16,11 +16,19 @@ from llava_ablate.base.files import atomic_write
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-def build_toy_digits(out_dir: Path, n_images: int = 256, size: int = 32) -> Path:
+# (width, height) of the images in turn for `toy_digits_anyres`: square, wide and tall images
+# that anyres (arch=tiny_onevision, 32 px crops) tiles onto different grids.
+ANYRES_SIZES = [(32, 32), (64, 32), (32, 64), (64, 64), (96, 40), (40, 96), (96, 96)]
+
+
+def build_toy_digits(
+    out_dir: Path, n_images: int = 256, size: int = 32, sizes: list[tuple[int, int]] | None = None
+) -> Path:
     """Write `out_dir/{captions,instruct}.json` + images (idempotent).
 
     captions.json: one caption per image (stage 1, "plain" format); instruct.json: the same
-    images with single- and multi-turn questions plus text-only samples (stage 2).
+    images with single- and multi-turn questions plus text-only samples (stage 2). Images are
+    `size` px squares, or take the (width, height) of `sizes` in turn.
     """
     from sklearn.datasets import load_digits
 
@@ -33,9 +41,8 @@ def build_toy_digits(out_dir: Path, n_images: int = 256, size: int = 32) -> Path
     for i in range(min(n_images, len(digits.images))):
         pixels = (digits.images[i] / 16.0 * 255).astype(np.uint8)
         name = f"images/{i:05d}.png"
-        Image.fromarray(pixels).resize((size, size), Image.NEAREST).convert("RGB").save(
-            out_dir / name
-        )
+        shape = sizes[i % len(sizes)] if sizes else (size, size)
+        Image.fromarray(pixels).resize(shape, Image.NEAREST).convert("RGB").save(out_dir / name)
         label = NAMES[int(digits.target[i])]
         captions.append(
             {
@@ -74,3 +81,8 @@ def build_toy_digits(out_dir: Path, n_images: int = 256, size: int = 32) -> Path
         with atomic_write(out_dir / fname) as tmp:  # instruct.json last: it means "built"
             tmp.write_text(json.dumps(data))
     return out_dir
+
+
+def build_toy_digits_anyres(out_dir: Path) -> Path:
+    """The same samples with images of several sizes and aspect ratios (anyres tests)."""
+    return build_toy_digits(out_dir, sizes=ANYRES_SIZES)

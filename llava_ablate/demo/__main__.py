@@ -39,7 +39,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+# The root scripts, as modules of the installed package: the demo runs from any directory.
+APPS = {
+    "train.py": "llava_ablate.launch.train_app",
+    "evaluate.py": "llava_ablate.launch.evaluate_app",
+}
 LLMS = ("small_qwen2", "smollm2_135m")
 DATA = ("demo_base", "demo_extra")
 HARD_Q = 1 / 3  # 10 of 30 classes: the least exposed ones in the base mixture (rare + absent)
@@ -175,7 +179,7 @@ def plan(
 
 def command(step: Step, nproc: int) -> list[str]:
     launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
-    return [*launcher, str(ROOT / step.script), *step.overrides]
+    return [*launcher, "-m", APPS[step.script], *step.overrides]
 
 
 def run_step(step: Step, log_dir: Path, nproc: int) -> float | None:
@@ -193,9 +197,7 @@ def run_step(step: Step, log_dir: Path, nproc: int) -> float | None:
     with log.open("w") as fh:
         fh.write("$ " + shlex.join(command(step, nproc)) + "\n")
         fh.flush()
-        proc = subprocess.run(
-            command(step, nproc), cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT
-        )
+        proc = subprocess.run(command(step, nproc), env=env, stdout=fh, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-30:])
         raise SystemExit(f"{step.label} failed (full log: {log}):\n{tail}")
@@ -307,7 +309,7 @@ def summary(stage2: list[Step], baseline: Path) -> str:
     return "\n".join(lines + seed_spread_lines(scores))
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> Path | None:
     parser = argparse.ArgumentParser(
         prog="python -m llava_ablate.demo",
         description=__doc__,
@@ -330,6 +332,11 @@ def main(argv: list[str] | None = None) -> Path:
         help=f"train.seed values: {', '.join(SEEDED)} trains once per seed (its spread over seeds "
         f"is printed), the other arms on the first (default: {DEFAULT_SEED})",
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build the data and the exposure table, print each step's command; train nothing",
+    )
     args = parser.parse_args(argv)
     if len(set(args.seeds)) < len(args.seeds):
         parser.error(f"--seeds {' '.join(map(str, args.seeds))}: each seed once")
@@ -344,6 +351,11 @@ def main(argv: list[str] | None = None) -> Path:
     exposure = exposure_table(runs_root, cache_dir)
     budget = QUICK if args.quick else FULL
     steps = plan(runs_root, cache_dir, exposure, budget, args.llms, tuple(args.seeds))
+    if args.dry_run:
+        for step in steps:
+            todo = "finished" if step.finished() else shlex.join(command(step, args.nproc))
+            print(f"{step.label:<40} {todo}")
+        return None
     bar = tqdm(steps, desc="demo", unit="step")
     for step in bar:
         bar.set_postfix_str(step.label)

@@ -225,6 +225,7 @@ class TrainingEvalHook:
             "n_scored": len(qs.questions),
             "skipped": skip_summary(skipped),
             "fingerprint": frozen.fingerprint(),
+            "num_options": frozen.num_options,
             "scorers": by_scorer,  # the layout evaluate.py writes
         }
         for m in by_scorer.values():

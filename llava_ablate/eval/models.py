@@ -19,6 +19,7 @@ import torch
 
 from llava_ablate.base.chat_templates import processor_messages, render
 from llava_ablate.base.mcq import LETTERS
+from llava_ablate.base.video_processors import allow_video_processors
 from llava_ablate.eval.scoring import PromptItem
 
 log = logging.getLogger(__name__)
@@ -300,6 +301,7 @@ def load_mllm(path: str, dtype: torch.dtype, device: torch.device, attn: str = "
     """(model, processor) from an exported directory or a hub id; any AutoModelForImageTextToText."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    allow_video_processors()  # LLaVA-OneVision processors on machines without torchvision
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attn)
     processor = AutoProcessor.from_pretrained(path)
     return model.to(device).eval(), processor

@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from llava_ablate.base.distributed import DistInfo, dtype_for, join_world, shutdown_distributed
+from llava_ablate.base.files import atomic_write, file_lock
 from llava_ablate.data.images import mean_colour, pad_to_square
 from llava_ablate.eval.datasets import ClassificationDataset, UnreadableImage
 from llava_ablate.eval.hard import HardClassSelector
@@ -42,6 +43,8 @@ from llava_ablate.eval.questions import Question, QuestionSet, frozen_question_s
 from llava_ablate.eval.scoring import ChoiceModel, PromptItem, Skip, score_units, units_for
 from llava_ablate.eval.store import PredictionStore, _read, read_skips
 from llava_ablate.eval_config import EvalCfg, EvaluateConfig, model_tag, validate_evaluate
+from llava_ablate.model.card import INFO as CARD_INFO
+from llava_ablate.model.card import evaluations_in, record_evaluations
 
 log = logging.getLogger("llava_ablate.eval")
 
@@ -79,17 +82,23 @@ def evaluate_dataset(
     world: DistInfo | None = None,
     resume: bool = True,
     model_name: str = "model",
+    shard: tuple[int, int] = (0, 1),
 ) -> dict | None:
-    """Score `qset` (skipping finished units when resuming); metrics on rank 0, None elsewhere."""
+    """Score `qset` (skipping finished units when resuming); metrics on rank 0, None elsewhere.
+
+    `shard=(i, k)`, k > 1: score only units i, i+k, ... into files of this shard's own and
+    return None; a later run with k = 1 finds them all predicted, merges and scores exactly as
+    one job would have."""
     world = world or DistInfo()
     scorers = scorers or list(ecfg.scoring.scorers)
-    store = PredictionStore(out_dir, world.rank)
+    index, count = shard
+    store = PredictionStore(out_dir, world.rank, f".shard{index}" if count > 1 else "")
     if not resume and world.rank == 0:
         store.clear()
     world.barrier()
     units = units_for(qset.questions, ecfg.scoring.cyclic_permutations)
     done = store.done(scorers)
-    todo = [u for u in units if u.key not in done]
+    todo = [u for u in units[index::count] if u.key not in done]
     mine = todo[world.rank :: world.world]
     if world.rank == 0:
         log.info(
@@ -101,7 +110,8 @@ def evaluate_dataset(
         )
     bar = tqdm(total=len(mine), desc=f"{dataset.name} [{model_name}]", disable=world.rank != 0)
     skips: list[Skip] = []
-    for preds in score_units(mine, model, scorers, make_item, ecfg.scoring.batch_size, skips):
+    scored = score_units(mine, model, scorers, make_item, ecfg.scoring.batch_size, skips)
+    for preds in scored if mine else ():  # nothing left: the model may not even be loaded
         store.append(preds)
         bar.update(len(preds) // len(scorers) + len(skips))
         if skips:
@@ -110,6 +120,8 @@ def evaluate_dataset(
             skips.clear()
     bar.close()
     world.barrier()
+    if count > 1:  # merging now would race the other shards' writers
+        return None
     result = None
     if world.rank == 0:
         preds = store.merge([u.key for u in units])
@@ -223,6 +235,16 @@ def load_model(cfg: EvaluateConfig, world: DistInfo):
     return choice, choice.processor.image_processor
 
 
+def _pads_to_square(cfg: EvaluateConfig, image_processor) -> bool:
+    """LLaVA-1.5 evaluates padded-to-square images (model.image_aspect=pad); an anyres processor
+    (LLaVA-OneVision: `image_grid_pinpoints`) tiles the image at its own aspect ratio instead."""
+    pad = cfg.model.type == "mllm" and cfg.model.image_aspect == "pad"
+    if pad and getattr(image_processor, "image_grid_pinpoints", None):
+        log.info("anyres image processor: images keep their aspect ratio (no pad-to-square)")
+        return False
+    return pad
+
+
 def run_evaluation(cfg: EvaluateConfig) -> dict:
     """The whole evaluation; returns {dataset: metrics} on rank 0 ({} elsewhere)."""
     validate_evaluate(cfg)
@@ -238,21 +260,31 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
         dataset = load_dataset(name, dcfg, cfg.eval.questions.seed)
         sub = {"per_class": dcfg.per_class, "total": dcfg.total}
         if world.rank == 0:  # one rank builds (and freezes) the questions; the others read them
-            frozen_question_set(dataset, cfg.eval.questions, qdir, sub)
+            # Jobs of an evaluation grid (other models, same dataset) share the directory.
+            with file_lock(qdir / f".{name}.lock"):
+                frozen_question_set(dataset, cfg.eval.questions, qdir, sub)
         world.barrier()
         prepared.append(
             (name, dataset, frozen_question_set(dataset, cfg.eval.questions, qdir, sub))
         )
-    model, image_processor = load_model(cfg, world)
+        # A missing exposure table or reference run fails now, not after the scoring.
+        HardClassSelector(cfg.eval.hard).select(dataset.classnames, dataset.name)
     scorers = list(cfg.eval.scoring.scorers)
     if cfg.model.type != "mllm" and "all_classes" not in scorers:
         scorers.append("all_classes")  # the classic zero-shot number comes for free
+    shard = (cfg.shard.index, cfg.shard.count)
+    pending = (_pending(out / name, qset, cfg.eval, scorers, shard) for name, _, qset in prepared)
+    if not cfg.resume or any(pending):
+        model, image_processor = load_model(cfg, world)
+    else:  # a finished run again, or the merge after the shards: the files hold everything
+        log.info("every question is predicted: metrics only, the model is not loaded")
+        model, image_processor = None, None
     wandb_run = _wandb_init(cfg, model_name) if world.rank == 0 else None
     summary: dict = {}
+    pad = _pads_to_square(cfg, image_processor)
     for name, dataset, qset in prepared:
         if hasattr(model, "with_classes"):
             model.with_classes(dataset.classnames)
-        pad = cfg.model.type == "mllm" and cfg.model.image_aspect == "pad"
         metrics = evaluate_dataset(
             model,
             dataset,
@@ -264,6 +296,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
             world=world,
             resume=cfg.resume,
             model_name=model_name,
+            shard=shard,
         )
         if metrics is not None:
             summary[name] = {s: metrics["scorers"][s]["accuracy"] for s in scorers}
@@ -273,11 +306,45 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
             summary[name]["skipped"] = metrics["skipped"]["by_reason"]
             _wandb_log(wandb_run, name, metrics)
     if world.rank == 0:
-        (out / "metrics.json").write_text(json.dumps({"model": model_name, **summary}, indent=2))
+        write_summary(out, model_name, summary)
+        _update_model_card(cfg, out)
         if wandb_run is not None:
             wandb_run.finish()
     shutdown_distributed()
     return summary
+
+
+def _update_model_card(cfg: EvaluateConfig, out: Path) -> None:
+    """An export of ours lists these results in its model card (model/card.py)."""
+    export = Path(cfg.model.path or "")
+    if cfg.model.type != "mllm" or not (export / CARD_INFO).exists():
+        return  # a hub model or a baseline: not ours to annotate
+    try:
+        card = record_evaluations(export, evaluations_in(out, f"`llava-ablate evaluate`, {out}"))
+    except OSError as e:  # a read-only copy of the export: the results stand without the card
+        log.warning("results not added to %s's model card: %s", export, e)
+        return
+    log.info("model card updated: %s", card)
+
+
+def _pending(directory: Path, qset: QuestionSet, ecfg: EvalCfg, scorers, shard) -> bool:
+    """Whether this run (this shard) has a unit of `qset` left to score."""
+    if not directory.exists():
+        return True
+    units = units_for(qset.questions, ecfg.scoring.cyclic_permutations)[shard[0] :: shard[1]]
+    done = PredictionStore(directory).done(scorers)
+    return any(u.key not in done for u in units)
+
+
+def write_summary(out: Path, model_name: str, summary: dict) -> None:
+    """`<out>/metrics.json`: this run's datasets merged into those already there -- the jobs of
+    an evaluation grid score one dataset each into the same model's results directory."""
+    path = out / "metrics.json"
+    with file_lock(out / ".metrics.lock"):
+        merged = json.loads(path.read_text()) if path.exists() else {}
+        merged.update({"model": model_name, **summary})
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(merged, indent=2))
 
 
 def _claim_out_dir(out: Path, cfg: EvaluateConfig, world: DistInfo) -> None:
@@ -285,15 +352,17 @@ def _claim_out_dir(out: Path, cfg: EvaluateConfig, world: DistInfo) -> None:
     marker = out / "run.json"
     if world.rank == 0:
         mine = {"model_type": cfg.model.type, "model_path": cfg.model.path}
-        if marker.exists() and cfg.resume:
-            theirs = json.loads(marker.read_text())
-            if theirs != mine:
-                raise ValueError(
-                    f"{out} holds results of {theirs}; set out_dir (or model.name) per model, "
-                    "or resume=false to overwrite"
-                )
-        out.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(mine))
+        # An evaluation grid's jobs (one per dataset) claim the same directory at once.
+        with file_lock(out / ".run.lock"):
+            if marker.exists() and cfg.resume:
+                theirs = json.loads(marker.read_text())
+                if theirs != mine:
+                    raise ValueError(
+                        f"{out} holds results of {theirs}; set out_dir (or model.name) per "
+                        "model, or resume=false to overwrite"
+                    )
+            with atomic_write(marker) as tmp:
+                tmp.write_text(json.dumps(mine))
     world.barrier()
 
 

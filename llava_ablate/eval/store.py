@@ -52,10 +52,12 @@ def _append_lines(path: Path, rows: list[dict]) -> None:
 
 
 class PredictionStore:
-    def __init__(self, directory: Path, rank: int = 0):
+    def __init__(self, directory: Path, rank: int = 0, part: str = ""):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rank = rank
+        # `.shard<i>`: an array task of a sharded evaluation writes files of its own.
+        self.part = part
 
     def _files(self) -> list[Path]:
         merged = self.dir / MERGED
@@ -87,10 +89,12 @@ class PredictionStore:
             f.unlink()
 
     def append(self, preds: list[Prediction]) -> None:
-        _append_lines(self.dir / f"predictions.rank{self.rank}.jsonl", [asdict(p) for p in preds])
+        name = f"predictions.rank{self.rank}{self.part}.jsonl"
+        _append_lines(self.dir / name, [asdict(p) for p in preds])
 
     def append_skips(self, skips: list[Skip]) -> None:
-        _append_lines(self.dir / f"skipped.rank{self.rank}.jsonl", [asdict(s) for s in skips])
+        name = f"skipped.rank{self.rank}{self.part}.jsonl"
+        _append_lines(self.dir / name, [asdict(s) for s in skips])
 
     def load_skips(self) -> list[Skip]:
         """Every skipped question recorded so far, once per question id."""

@@ -2,6 +2,7 @@
 
 python -m llava_ablate.launch llm_x_data --dry-run           # the plan, nothing submitted
 python -m llava_ablate.launch llm_x_data hydra.launcher.partition=gpu hydra.launcher.account=me
+python -m llava_ablate.launch paper_models --dry-run         # an evaluation grid (kind: evaluate)
 python -m llava_ablate.launch tiny_2x2                       # CI's grid on a CPU Slurm node
 """
 
@@ -12,9 +13,10 @@ import sys
 
 from llava_ablate.config import ConfigError
 from llava_ablate.launch.estimate import EstimateError
-from llava_ablate.launch.grid import GridSpec, expand, load_grid
-from llava_ablate.launch.plan import add_plan_arguments, format_plan, plan_grid
-from llava_ablate.launch.submit import submit_grid
+from llava_ablate.launch.evalgrid import is_eval_grid
+from llava_ablate.launch.plan import add_plan_arguments
+from llava_ablate.launch.plan_any import plan_any
+from llava_ablate.launch.submit import submit_eval_grid, submit_grid
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,20 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--detach", action="store_true", help="return once submitted (launchers keep running)"
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides before or after the options
     try:
-        grid = load_grid(args.grid, runs_root=args.runs_root)
-        if args.gpu:
-            grid = GridSpec(**{**grid.__dict__, "gpu": args.gpu})
-        jobs = None
-        if args.dry_run or not args.no_plan:
-            rows = plan_grid(grid, args.overrides)
-            print(format_plan(grid, rows), flush=True)
-            jobs = [r.job for r in rows]  # their identities are checked: not composed again
+        grid, jobs, evals, text = plan_any(args, show=args.dry_run or not args.no_plan)
+        if text:
+            print(text, flush=True)
         if args.dry_run:
             return 0
         print(flush=True)
-        failed = submit_grid(grid, jobs or expand(grid), args.overrides, wait=not args.detach)
+        if is_eval_grid(args.grid, args.overrides):
+            failed = submit_eval_grid(grid, evals, args.overrides, wait=not args.detach)
+        else:
+            failed = submit_grid(grid, jobs, args.overrides, wait=not args.detach, evals=evals)
     except (ConfigError, EstimateError) as e:  # a changed grid's refusal included
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """What a job will cost before it is submitted: parameters per module (exact, from a model built
-on the meta device and the real freezing plan), steps and tokens (from the built shard manifests),
-GPU memory per rank under its ZeRO stage, and GPU-hours.
+on the meta device and the real freezing plan), steps and tokens (from the built shard manifests,
+or before the build an estimate from the mixture's published sizes, `data.sizes`), GPU memory per
+rank under its ZeRO stage, and GPU-hours.
 
 Memory follows the ZeRO paper's accounting (Rajbhandari et al. 2020): with mixed precision each
 parameter costs 2 bytes of weights, each trainable one 2 bytes of gradient and 12 bytes of Adam
@@ -15,7 +16,7 @@ real peak within ~20%, and read it as "does it fit", not as a measurement.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -65,6 +66,34 @@ KNOWN_VISION = {
 }  # fmt: skip
 
 
+@dataclass
+class AnyresImages:
+    """Tokens per image under anyres, from the processor's own arithmetic (data/anyres.py)."""
+
+    processor: object  # a size-only LlavaOnevisionProcessor
+    tokens_per_view: int  # placeholder tokens of one view (no newline)
+
+    def placeholders(self, height: float, width: float) -> int:
+        from llava_ablate.data.anyres import anyres_token_counts
+
+        return anyres_token_counts(self.processor, [(round(height), round(width))])[0]
+
+    def tower_tokens(self, height: float, width: float) -> int:
+        from llava_ablate.data.anyres import tower_views
+
+        size = (round(height), round(width))
+        return tower_views(self.processor, size) * self.tokens_per_view
+
+    def largest(self) -> tuple[int, int]:
+        """(placeholder, tower) tokens of the largest images: one that fills a grid exactly
+        is never unpadded, so the most tokens come from a pinpoint-shaped image."""
+        sizes = self.processor.image_processor.image_grid_pinpoints
+        return (
+            max(self.placeholders(h, w) for h, w in sizes),
+            max(self.tower_tokens(h, w) for h, w in sizes),
+        )
+
+
 class EstimateError(ValueError):
     """The plan cannot size this job; the message says which key or file to provide."""
 
@@ -78,7 +107,11 @@ class ModelSize:
     vocab: int
     vision_hidden: int
     vision_layers: int
-    image_tokens: int  # placeholder tokens per image
+    image_tokens: int  # placeholder tokens per image (anyres: for the largest grid)
+    # Tokens the tower encodes per image, over all its views (anyres: largest grid); None = as
+    # image_tokens (one view).
+    vision_tokens: int | None = None
+    anyres: AnyresImages | None = None  # arch=llava_onevision: counts for any image size
 
     @property
     def params(self) -> int:
@@ -133,17 +166,15 @@ def _vision_config(vision: VisionCfg):
 
 def model_size(cfg: Config) -> ModelSize:
     """Exact parameter counts of the variant and of what its recipe trains (meta device)."""
-    from transformers import LlavaForConditionalGeneration
-
-    from llava_ablate.model.build import build_projector, llava_config
+    from llava_ablate.model.build import ARCHS, build_projector, llava_config
     from llava_ablate.model.freeze import apply_training_plan
 
     text = _text_config(cfg.llm, cfg.paths.cache_dir)
     tower = _vision_config(cfg.vision)
-    config = llava_config(cfg.vision, cfg.projector, tower, text, image_token_index=0)
+    config = llava_config(cfg.vision, cfg.projector, tower, text, 0, cfg.arch)
     with torch.device("meta"):
-        model = LlavaForConditionalGeneration(config)
-        model.model.multi_modal_projector = build_projector(config, cfg.projector)
+        model = ARCHS[cfg.arch.type][0](config)
+        model.model.multi_modal_projector = build_projector(config, cfg.projector, cfg.arch)
         if cfg.recipe.lora is not None:
             from llava_ablate.model.lora import apply_lora
 
@@ -155,6 +186,10 @@ def model_size(cfg: Config) -> ModelSize:
         lora=cfg.recipe.lora is not None,
         vision_feature_layer=cfg.vision.feature_layer,
     )
+    image_tokens, vision_tokens, anyres = getattr(config, "image_seq_length", 0), None, None
+    if cfg.arch.type == "llava_onevision":
+        anyres = _anyres_images(cfg, tower, config)
+        image_tokens, vision_tokens = anyres.largest()
     return ModelSize(
         total={m: c.total for m, c in counts.items()},
         trainable={m: c.trainable for m, c in counts.items()},
@@ -163,8 +198,30 @@ def model_size(cfg: Config) -> ModelSize:
         vocab=text.vocab_size,
         vision_hidden=tower.hidden_size,
         vision_layers=tower.num_hidden_layers,
-        image_tokens=config.image_seq_length,
+        image_tokens=image_tokens,
+        vision_tokens=vision_tokens,
+        anyres=anyres,
     )
+
+
+# A typical text length for sources that publish none (data.sizes without text_tokens): about
+# LLaVA-665K's mean. The plan says where it assumed it.
+ASSUMED_TEXT_TOKENS = 270
+
+
+def _anyres_images(cfg: Config, tower, config) -> AnyresImages:
+    from llava_ablate.data.anyres import size_only_processor
+
+    patches = (tower.image_size // tower.patch_size) ** 2
+    extra = 1 if cfg.vision.arch == "clip" else 0  # CLIP's CLS (dropped again by "default")
+    processor = size_only_processor(
+        tower.image_size,
+        config.image_grid_pinpoints,
+        patches + extra,
+        cfg.arch.vision_aspect_ratio,
+        cfg.vision.select_strategy,
+    )
+    return AnyresImages(processor, patches)
 
 
 @dataclass
@@ -174,10 +231,20 @@ class DataSize:
     images_per_sample: float | None
     source: str  # where the numbers come from
     longest: int | None = None  # tokens of the longest sample (capped at recipe.max_length)
+    estimated: bool = False  # from the mixture's declared sizes (data.sizes), before the build
+    lower_bound: bool = False  # some sources declare no size: samples are at least this
+    notes: list[str] = field(default_factory=list)  # what an estimate leaves out or assumes
+    unreleased: list[str] = field(default_factory=list)  # never-published sources it lists
+    # anyres: mean placeholder / tower tokens per image, at the manifests' mean image size
+    image_tokens: float | None = None
+    vision_tokens: float | None = None
 
 
-def data_size(cfg: Config, image_tokens: int) -> DataSize:
-    """Samples and mean tokens per sample from the built shard manifests, if built."""
+def data_size(cfg: Config, image_tokens: int, anyres: AnyresImages | None = None) -> DataSize:
+    """Samples and mean tokens per sample from the built shard manifests, if built; else an
+    estimate from the mixture's declared sizes (`declared_size`). With `anyres`, an image's
+    tokens follow from the mean image size of its source (an estimate: the count is not linear
+    in the size), the longest sample from the largest grid."""
     import json
 
     from llava_ablate.data.mixture import MixtureNotBuilt, open_mixture
@@ -186,11 +253,19 @@ def data_size(cfg: Config, image_tokens: int) -> DataSize:
     try:
         mixture = open_mixture(cfg.data, cfg.train.seed)
     except (MixtureNotBuilt, ValueError) as e:
-        return DataSize(None, None, None, f"not built ({str(e).split(';')[0]})")
+        return declared_size(cfg, image_tokens, str(e).split(";")[0])
     samples, tokens, images, longest, with_tokens = 0, 0.0, 0.0, 0, True
+    placeholders, tower = 0.0, 0.0  # anyres: summed over the images of the selected samples
     for src in mixture.sources:
         m = json.loads((src.dir / MANIFEST).read_text())
         count = max(m["count"], 1)
+        per_image = image_tokens
+        if anyres is not None and m.get("image_height"):
+            h, w = m["image_height"]["mean"], m["image_width"]["mean"]
+            per_image = anyres.placeholders(h, w)
+            n_images = m.get("images", 0) / count * src.selected
+            placeholders += per_image * n_images
+            tower += anyres.tower_tokens(h, w) * n_images
         if m.get("text_tokens"):
             text, text_max = m["text_tokens"]["mean"], m["text_tokens"]["max"]
         else:  # no tokenizer at build time: ~4 characters per token for English text
@@ -198,13 +273,64 @@ def data_size(cfg: Config, image_tokens: int) -> DataSize:
             with_tokens = False
         longest = max(longest, int(text_max) + image_tokens * (1 if m.get("images") else 0))
         image_frac = m.get("images", count) / count
-        per = min(text + image_tokens * image_frac, cfg.recipe.max_length)
+        per = min(text + per_image * image_frac, cfg.recipe.max_length)
         samples += src.selected
         tokens += per * src.selected
         images += image_frac * src.selected
     how = "manifests" if with_tokens else "manifests (tokens ~ chars/4)"
     n = max(samples, 1)
-    return DataSize(samples, tokens / n, images / n, how, min(longest, cfg.recipe.max_length))
+    out = DataSize(samples, tokens / n, images / n, how, min(longest, cfg.recipe.max_length))
+    if anyres is not None and images:
+        out.image_tokens, out.vision_tokens = placeholders / images, tower / images
+        out.source += ", anyres tokens at the mean image size"
+    return out
+
+
+def declared_size(cfg: Config, image_tokens: int, not_built: str) -> DataSize:
+    """Before the build: samples after each source's `sampling`, from `data.sizes` (published
+    sizes in the mixture's YAML), and mean tokens per sample from their typical text length plus
+    the image placeholders. Sources without a declared size are left out (a lower bound), as are
+    never-released ones (flagged: the mixture cannot be built as declared)."""
+    from llava_ablate.data.mixture import select_positions
+
+    data = cfg.data
+    unreleased = [s.name for s in data.sources if not s.released]
+    released = [s for s in data.sources if s.released]
+    known = [s for s in released if s.name in data.sizes]
+    unknown = [s.name for s in released if s.name not in data.sizes]
+    notes = []
+    if unreleased:
+        notes.append(f"lists {len(unreleased)} never-released source(s) ({', '.join(unreleased)}): "
+                     "it cannot be built as declared; the estimate leaves them out")  # fmt: skip
+    if not known:
+        why = f"not built ({not_built}) and no declared sizes (data.sizes in data_recipes/)"
+        return DataSize(None, None, None, why, notes=notes, unreleased=unreleased)
+    samples, tokens, images, assumed = 0, 0.0, 0.0, []
+    for s in known:
+        size = data.sizes[s.name]
+        if not isinstance(size.samples, int) or size.samples < 1 or size.images < 0:
+            raise EstimateError(
+                f"data={data.name}: data.sizes.{s.name} needs samples >= 1 and images >= 0 "
+                f"(got samples={size.samples}, images={size.images})"
+            )
+        n = len(select_positions(size.samples, s.sampling, cfg.train.seed))
+        text = size.text_tokens
+        if text is None:
+            text = ASSUMED_TEXT_TOKENS
+            assumed.append(s.name)
+        samples += n
+        tokens += min(text + image_tokens * size.images, cfg.recipe.max_length) * n
+        images += size.images * n
+    if unknown:
+        notes.append(f"{len(unknown)} source(s) declare no size ({', '.join(unknown[:4])}"
+                     f"{', ...' if len(unknown) > 4 else ''}): samples, steps and GPU-hours are "
+                     "lower bounds")  # fmt: skip
+    if assumed:
+        notes.append(f"{len(assumed)} of {len(known)} sized source(s) publish no typical length: "
+                     f"{ASSUMED_TEXT_TOKENS} text tokens assumed")  # fmt: skip
+    return DataSize(samples, tokens / samples, images / samples,
+                    "declared sizes (estimate)", estimated=True, lower_bound=bool(unknown),
+                    notes=notes, unreleased=unreleased)  # fmt: skip
 
 
 @dataclass
@@ -266,7 +392,7 @@ def memory_per_rank(
     logits = b * s * size.vocab * (wbytes + 4)
     acts = llm_acts + logits
     if size.trainable["vision"]:
-        tokens = b * size.image_tokens
+        tokens = b * (size.vision_tokens or size.image_tokens)  # anyres: every view of an image
         acts += size.vision_layers * 34 * tokens * size.vision_hidden * act_scale
     overhead = 1.0 * GIB if gpu else 0.0  # CUDA context, NCCL and allocator slack
     return Memory(weights, gradients, optimizer, acts, overhead)
@@ -297,17 +423,20 @@ def train_flops(
     tokens_per_sample: float,
     images_per_sample: float,
     gradient_checkpointing: bool,
+    vision_tokens_per_image: float | None = None,
 ) -> float:
     """~FLOPs of training on `samples` samples: per token 6N for trained LLM weights, 4N when
     the LLM is frozen but gradients flow through it to the projector, +2N recompute with
     gradient checkpointing; the tower runs over its patches once per image (2N frozen, 6N
-    trained). Attention's s^2 term is left out (small at LLaVA's lengths)."""
+    trained; anyres: over all its views, `vision_tokens_per_image`). Attention's s^2 term is
+    left out (small at LLaVA's lengths)."""
     llm = size.total["llm"]
     per_token = 6 * llm if size.trainable["llm"] else 4 * llm
     if gradient_checkpointing:
         per_token += 2 * llm
     vision_factor = 6 if size.trainable["vision"] else 2
-    per_image = vision_factor * size.total["vision"] * size.image_tokens
+    per_image_tokens = vision_tokens_per_image or size.vision_tokens or size.image_tokens
+    per_image = vision_factor * size.total["vision"] * per_image_tokens
     return samples * (tokens_per_sample * per_token + images_per_sample * per_image)
 
 

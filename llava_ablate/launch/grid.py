@@ -20,16 +20,19 @@ refused, naming the jobs and keys (allow a deliberate change with
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from llava_ablate.config import ConfigError
+from llava_ablate.config import CONF_DIR, CONF_MODULE, ConfigError
+from llava_ablate.eval_config import DISTRACTORS
 from llava_ablate.run_identity import RunIdentity
 
-ROOT = Path(__file__).resolve().parents[2]
-GRIDS_DIR = ROOT / "launch"
+# Grids are the config group `grid` (conf/grid links to launch/), so ours ship in the package and
+# a user's `<folder>/grid/<name>.yaml` is found through `hydra.searchpath` like any config.
+GRID_GROUP = "grid"
 EXPORT_MARKER = "export/COMPLETE"  # written last by llava_ablate/model/export.py
 
 
@@ -39,6 +42,18 @@ class StageSpec:
     overrides: tuple[str, ...] = ()
     vary: tuple[str, ...] | None = None  # the grid axes this stage depends on; None = all
     after: str | None = None  # an earlier stage: wait for it, start from its export
+
+
+@dataclass(frozen=True)
+class EvalStageSpec:
+    """What an evaluation (a grid of kind `evaluate`, or a training grid's eval stage) scores."""
+
+    name: str
+    datasets: tuple[str, ...]
+    distractors: tuple[str, ...] = ("random",)
+    overrides: tuple[str, ...] = ()  # evaluate.py overrides for every job of the stage
+    after: str | None = None  # training grids: the stage whose exports are scored
+    shards: int = 1  # >1: each (model, dataset) split over this many array tasks, then merged
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,7 @@ class GridSpec:
     gpu: str = "a100-80gb"  # for the plan's memory check and GPU-hours
     mfu: float = 0.4  # model FLOPs utilisation assumed for GPU-hours
     runs_root: str = "runs"
+    eval_stages: tuple[EvalStageSpec, ...] = ()  # score a stage's exports (launch/evalgrid.py)
 
 
 @dataclass
@@ -63,7 +79,8 @@ class Job:
     stage_overrides: list[str]  # the stage's own (and the hand-over from its parent)
     run_dir: Path
     parent: Job | None = None
-    children: list[Job] = field(default_factory=list)
+    # Jobs that wait for this one: later training stages' Jobs and evaluation stages' EvalJobs.
+    children: list = field(default_factory=list)
     # Set by launch/plan.py check_identities: the directory holds this job's config (or none).
     identity: RunIdentity | None = None
 
@@ -109,47 +126,122 @@ def quote(value: str) -> str:
     return value
 
 
-def grid_path(name: str) -> Path:
+def read_grid(name: str, overrides: Sequence[str] = ()) -> tuple[DictConfig, Path]:
+    """A grid's YAML and where it came from: `name` is a grid file, or a grid in the config
+    group `grid` on Hydra's search path -- ours (launch/) and the folders a
+    `hydra.searchpath=[...]` among `overrides` adds."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.exists():
-        return path
-    path = GRIDS_DIR / f"{name}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in GRIDS_DIR.glob("*.yaml"))
-        raise ConfigError(f"no grid named {name!r} in {GRIDS_DIR}; known grids: {known}")
-    return path
+        return OmegaConf.load(path), path
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    searchpath = [o for o in overrides if o.split("=", 1)[0].lstrip("+") == "hydra.searchpath"]
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        known = loader.get_group_options(GRID_GROUP, overrides=searchpath)
+        if name not in known:
+            raise ConfigError(
+                f"no grid named {name!r} on the config search path; known grids: {known}. A grid "
+                f"of your own: a YAML file path, or {GRID_GROUP}/<name>.yaml in a folder added "
+                "with hydra.searchpath=[file:///abs/folder]"
+            )
+        # Selected as an option of its group, not as the primary config: Hydra looks a primary
+        # config up before hydra.searchpath extends the search path.
+        raw = compose(config_name=None, overrides=[f"+{GRID_GROUP}={name}", *searchpath])
+    # As written: Hydra's struct flag off, interpolations unresolved (like OmegaConf.load).
+    grid = OmegaConf.create(OmegaConf.to_container(raw[GRID_GROUP]))
+    return grid, Path(GRID_GROUP, f"{name}.yaml")
 
 
-def _strings(node, where: str) -> tuple[str, ...]:
+def string_list(node, where: str) -> tuple[str, ...]:
     if node is None:
         return ()
     if not isinstance(node, (list, ListConfig)):
         raise ConfigError(f"{where} must be a list of Hydra overrides, got {node!r}")
-    return tuple(str(x) for x in node)
+    # Unresolved: an interpolation (`${paths.data_root}`) belongs to the composed job config.
+    items = OmegaConf.to_container(node, resolve=False) if isinstance(node, ListConfig) else node
+    return tuple(str(x) for x in items)
+
+
+def dataset_names(node, where: str) -> tuple[str, ...]:
+    names = string_list(node, where)
+    if not names:
+        raise ConfigError(f"{where} has no datasets")
+    known = sorted(p.stem for p in (CONF_DIR / "eval" / "datasets").glob("*.yaml"))
+    for n in names:
+        if n not in known:
+            raise ConfigError(f"{where}: {n!r} is not in conf/eval/datasets/; known: {known}")
+    return names
+
+
+def distractor_names(node, where: str) -> tuple[str, ...]:
+    values = string_list(node, where) or ("random",)
+    for v in values:
+        if v not in DISTRACTORS:
+            raise ConfigError(f"{where}: {v!r} is not a distractor strategy; {list(DISTRACTORS)}")
+    return values
+
+
+def shard_count(node, where: str) -> int:
+    if node is None:
+        return 1
+    if isinstance(node, bool) or not isinstance(node, int) or node < 1:
+        raise ConfigError(f"{where}={node!r}: a number of array tasks per dataset, >= 1")
+    return node
+
+
+_EVAL_STAGE_KEYS = {"name", "datasets", "distractors", "overrides", "after", "shards"}
+
+
+def eval_stage(node: DictConfig, where: str) -> EvalStageSpec:
+    """A training grid's stage with `datasets`: scores every export of stage `after`
+    (expanded by llava_ablate/launch/evalgrid.py)."""
+    extra = set(node.keys()) - _EVAL_STAGE_KEYS
+    if extra:
+        raise ConfigError(f"{where} has unknown keys {sorted(extra)}; an evaluation stage "
+                          f"takes {sorted(_EVAL_STAGE_KEYS)}")  # fmt: skip
+    if not node.get("after"):
+        raise ConfigError(f"{where}: an evaluation stage needs `after: <training stage>`")
+    return EvalStageSpec(
+        name=str(node.name),
+        datasets=dataset_names(node.get("datasets"), f"{where}.datasets"),
+        distractors=distractor_names(node.get("distractors"), f"{where}.distractors"),
+        overrides=string_list(node.get("overrides"), f"{where}.overrides"),
+        after=str(node.after),
+        shards=shard_count(node.get("shards"), f"{where}.shards"),
+    )
 
 
 _GRID_KEYS = {"name", "description", "axes", "stages", "common", "launcher", "gpu", "mfu"}
-_STAGE_KEYS = {"name", "overrides", "vary", "after"}
+_STAGE_KEYS = {"name", "overrides", "vary", "after"}  # a training stage
 
 
-def load_grid(name: str, runs_root: str | None = None) -> GridSpec:
-    path = grid_path(name)
-    raw = OmegaConf.load(path)
+def load_grid(name: str, runs_root: str | None = None, overrides: Sequence[str] = ()) -> GridSpec:
+    """`overrides`: the command line's, for the `hydra.searchpath` that finds a user's grid."""
+    raw, path = read_grid(name, overrides)
     if not isinstance(raw, DictConfig):
         raise ConfigError(f"{path}: a grid is a mapping with axes and stages")
     unknown = set(raw.keys()) - _GRID_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; allowed {sorted(_GRID_KEYS)}")
-    axes = {str(k): _strings(v, f"{path}: axes.{k}") for k, v in (raw.get("axes") or {}).items()}
+    axes = {str(k): string_list(v, f"{path}: axes.{k}") for k, v in (raw.get("axes") or {}).items()}
     for axis, values in axes.items():
         if not values:
             raise ConfigError(f"{path}: axes.{axis} has no values")
-    stages = []
+    stages, eval_stages = [], []
     for i, s in enumerate(raw.get("stages") or OmegaConf.create([{"name": "train"}])):
+        if s.get("datasets") is not None:  # scores the exports of stage `after`
+            ev = eval_stage(s, f"{path}: stages[{i}]")
+            if ev.after not in [st.name for st in stages]:
+                raise ConfigError(f"{path}: stages[{i}].after={ev.after!r} is not an earlier "
+                                  f"training stage ({[st.name for st in stages]})")  # fmt: skip
+            eval_stages.append(ev)
+            continue
         extra = set(s.keys()) - _STAGE_KEYS
         if extra:
             raise ConfigError(f"{path}: stages[{i}] has unknown keys {sorted(extra)}")
-        vary = None if s.get("vary") is None else _strings(s.vary, f"{path}: stages[{i}].vary")
+        vary = None if s.get("vary") is None else string_list(s.vary, f"{path}: stages[{i}].vary")
         for axis in vary or ():
             if axis not in axes:
                 raise ConfigError(
@@ -162,21 +254,22 @@ def load_grid(name: str, runs_root: str | None = None) -> GridSpec:
                 f"({[st.name for st in stages]})"
             )
         stages.append(
-            StageSpec(str(s.name), _strings(s.get("overrides"), f"stages[{i}]"), vary, after)
+            StageSpec(str(s.name), string_list(s.get("overrides"), f"stages[{i}]"), vary, after)
         )
-    names = [s.name for s in stages]
+    names = [s.name for s in stages] + [s.name for s in eval_stages]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: stage names must be unique, got {names}")
     return GridSpec(
         name=str(raw.get("name") or path.stem),
         axes=axes,
         stages=tuple(stages),
-        common=_strings(raw.get("common"), f"{path}: common"),
-        launcher=_strings(raw.get("launcher"), f"{path}: launcher"),
+        common=string_list(raw.get("common"), f"{path}: common"),
+        launcher=string_list(raw.get("launcher"), f"{path}: launcher"),
         description=str(raw.get("description") or ""),
         gpu=str(raw.get("gpu") or GridSpec.gpu),
         mfu=float(raw.get("mfu") or GridSpec.mfu),
         runs_root=runs_root or GridSpec.runs_root,
+        eval_stages=tuple(eval_stages),
     )
 
 

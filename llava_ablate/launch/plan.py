@@ -11,7 +11,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from llava_ablate.config import Config, ConfigError, compose_config, to_object
 from llava_ablate.launch.estimate import (
     DataSize,
-    EstimateError,
     Memory,
     ModelSize,
     data_size,
@@ -22,7 +21,7 @@ from llava_ablate.launch.estimate import (
     model_size,
     train_flops,
 )
-from llava_ablate.launch.grid import GridSpec, Job, expand, load_grid
+from llava_ablate.launch.grid import GridSpec, Job, expand
 from llava_ablate.run_identity import RunConfigMismatch, check_run_identity
 
 
@@ -57,13 +56,28 @@ class PlanRow:
     data: DataSize
     tokens: float | None
     size: ModelSize
-    memory: Memory
+    memory: Memory  # every sample of a micro-batch at the longest length
     gpu_hours: float | None
     gpu_mem_gib: float  # the assumed GPU's memory, 0 on CPU
+    memory_typical: Memory | None = None  # at the mean length (batches group similar lengths)
+    typical_len: int | None = None
+    max_len: int = 0
+
+    def _fits(self, memory: Memory | None) -> bool:
+        return memory is None or not self.gpu_mem_gib or memory.total / 2**30 <= self.gpu_mem_gib
 
     @property
     def fits(self) -> bool:
-        return not self.gpu_mem_gib or self.memory.total / 2**30 <= self.gpu_mem_gib
+        return self._fits(self.memory)
+
+    @property
+    def fits_typical(self) -> bool:
+        return self._fits(self.memory_typical)
+
+    @property
+    def mark(self) -> str:
+        """'~' for numbers estimated before the build, '>=' when some sources are unsized."""
+        return ">=" if self.data.lower_bound else "~" if self.data.estimated else ""
 
 
 def compose_job(job: Job, grid: GridSpec, extra: list[str]) -> tuple[Config, DictConfig]:
@@ -154,7 +168,7 @@ def plan_job(job: Job, grid: GridSpec, extra: list[str]) -> PlanRow:
     except ConfigError as e:
         raise ConfigError(f"grid {grid.name}, job {job.name}: {e}") from e
     size = model_size(cfg)
-    data = data_size(cfg, size.image_tokens)
+    data = data_size(cfg, size.image_tokens, size.anyres)
     if cfg.recipe.max_steps:
         steps: int | None = cfg.recipe.max_steps
     elif data.samples is not None:
@@ -166,18 +180,28 @@ def plan_job(job: Job, grid: GridSpec, extra: list[str]) -> PlanRow:
     precision = cfg.train.precision
     if precision == "auto":
         precision = "bf16" if on_gpu else "fp32"
-    memory = memory_per_rank(
-        size,
-        zero_stage=cfg.deepspeed.zero_stage,
-        world=res.world,
-        precision=precision,
-        micro_batch=cfg.recipe.micro_batch_size,
-        seq_len=data.longest or cfg.recipe.max_length,
-        gradient_checkpointing=cfg.train.gradient_checkpointing,
-        offload_optimizer=cfg.deepspeed.offload_optimizer,
-        offload_param=cfg.deepspeed.offload_param,
-        gpu=on_gpu,
-    )
+
+    def memory_at(seq_len: int) -> Memory:
+        return memory_per_rank(
+            size,
+            zero_stage=cfg.deepspeed.zero_stage,
+            world=res.world,
+            precision=precision,
+            micro_batch=cfg.recipe.micro_batch_size,
+            seq_len=seq_len,
+            gradient_checkpointing=cfg.train.gradient_checkpointing,
+            offload_optimizer=cfg.deepspeed.offload_optimizer,
+            offload_param=cfg.deepspeed.offload_param,
+            gpu=on_gpu,
+        )
+
+    max_len = data.longest or cfg.recipe.max_length
+    # Batches group samples of similar length (data.batching), so most micro-batches are near
+    # the mean; the longest sets the peak. Both are shown: a plan that only says "will not fit"
+    # at max length hides that the typical step fits with room to spare.
+    typical_len = round(data.tokens_per_sample) if data.tokens_per_sample else None
+    if cfg.data.batching == "pack":  # packed rows are filled up to the maximum length
+        typical_len = None
     gpu_hours = None
     if on_gpu and samples and data.tokens_per_sample is not None:
         flops = train_flops(
@@ -186,6 +210,7 @@ def plan_job(job: Job, grid: GridSpec, extra: list[str]) -> PlanRow:
             data.tokens_per_sample,
             data.images_per_sample or 0.0,
             cfg.train.gradient_checkpointing,
+            data.vision_tokens,
         )
         gpu_hours = flops / (peak_flops * grid.mfu) / 3600
     return PlanRow(
@@ -198,9 +223,12 @@ def plan_job(job: Job, grid: GridSpec, extra: list[str]) -> PlanRow:
         data,
         tokens,
         size,
-        memory,
+        memory_at(max_len),
         gpu_hours,
         gpu_mem,
+        memory_at(typical_len) if typical_len and typical_len < max_len else None,
+        typical_len,
+        max_len,
     )
 
 
@@ -243,12 +271,12 @@ def format_plan(grid: GridSpec, rows: list[PlanRow]) -> str:
                 f"#{index[id(r.job.parent)]}" if r.job.parent else "-",
                 alloc,
                 f"{res.timeout_min}m",
-                "?" if r.steps is None else f"{r.steps:,}",
+                "?" if r.steps is None else f"{r.mark}{r.steps:,}",
                 f"{r.micro_batch}x{r.grad_accum}x{res.world}",
-                "?" if r.tokens is None else fmt_count(r.tokens),
+                "?" if r.tokens is None else r.mark + fmt_count(r.tokens),
                 f"{fmt_count(r.size.params)}/{fmt_count(r.size.trainable_params)}",
-                fmt_bytes(r.memory.total) + ("" if r.fits else " !"),
-                "-" if r.gpu_hours is None else f"{r.gpu_hours:,.1f}",
+                _memory_cell(r),
+                "-" if r.gpu_hours is None else f"{r.mark}{r.gpu_hours:,.1f}",
             ]
         )
     out.append(
@@ -265,35 +293,40 @@ def format_plan(grid: GridSpec, rows: list[PlanRow]) -> str:
                 "micro x accum x ranks",
                 "tokens",
                 "params/trained",
-                "mem/rank",
+                "mem/rank typical|max",
                 "GPU-h",
             ],
             table,
         )
     )
-    out += [
-        "",
-        "memory per rank (weights + gradients + optimizer + activations + overhead), for the "
-        "longest batch (recipe.max_length unless the manifests know better):",
-    ]
+    out += ["", _memory_lines(rows)]
     for i, r in enumerate(rows, 1):
-        m = r.memory
-        parts = " + ".join(
-            fmt_bytes(x) for x in (m.weights, m.gradients, m.optimizer, m.activations, m.overhead)
-        )
-        cap = f" > {r.gpu_mem_gib:.0f} GiB: will not fit" if not r.fits else ""
-        out.append(f"  #{i} {parts} = {fmt_bytes(m.total)}{cap}")
-    unknown = sorted({r.data.source for r in rows if r.steps is None})
-    for why in unknown:
-        out.append(f"  steps unknown: data {why}")
-    hours = [r.gpu_hours for r in todo if r.gpu_hours is not None]
+        if r.size.anyres is not None:
+            typical = (
+                f"{r.data.image_tokens:,.0f} (tower {r.data.vision_tokens:,.0f}) at the mean "
+                "image size"
+                if r.data.image_tokens is not None
+                else "typical unknown until the data is built"
+            )
+            out.append(
+                f"  #{i} anyres image tokens per image: up to {r.size.image_tokens:,} "
+                f"(tower {r.size.vision_tokens:,}, the largest grid); {typical}"
+            )
+    out += _data_lines(rows)
+    hours = [r for r in todo if r.gpu_hours is not None]
     if grid.gpu != "cpu":
-        known = f"{sum(hours):,.1f}" if hours else "unknown"
+        total = sum(r.gpu_hours for r in hours)
+        mark = ">=" if any(r.data.lower_bound for r in hours) or len(hours) < len(todo) else (
+            "~" if any(r.data.estimated for r in hours) else "")  # fmt: skip
+        line = f"GPU-hours to run: {mark}{total:,.1f}" if hours else "GPU-hours to run: unknown"
         missing = len(todo) - len(hours)
-        out.append(
-            f"GPU-hours to run: {known}"
-            + (f" ({missing} jobs unknown)" if hours and missing else "")
-        )
+        if hours and missing:
+            line += f" ({missing} jobs unknown)"
+        estimated = sum(r.data.estimated for r in hours)
+        if estimated:
+            line += (f"; {estimated} of {len(hours)} jobs estimated before the build from "
+                     "declared sizes (~ estimate, >= lower bound)")  # fmt: skip
+        out.append(line)
     first_rows = [r for r in rows if r.resources.partition or r.resources.account]
     if first_rows:
         res = first_rows[0].resources
@@ -301,26 +334,64 @@ def format_plan(grid: GridSpec, rows: list[PlanRow]) -> str:
     return "\n".join(out)
 
 
-def plan_command(args: argparse.Namespace) -> None:
-    grid = load_grid(args.grid, runs_root=args.runs_root)
-    if args.gpu:
-        grid = GridSpec(**{**grid.__dict__, "gpu": args.gpu})
-    try:
-        rows = plan_grid(grid, args.overrides)
-    except (ConfigError, EstimateError) as e:
-        raise SystemExit(f"plan failed: {e}") from e
-    print(format_plan(grid, rows))
+def _memory_cell(r: PlanRow) -> str:
+    """`typical | max`, each with ' !' when it exceeds the assumed GPU's memory."""
+    peak = fmt_bytes(r.memory.total) + ("" if r.fits else " !")
+    if r.memory_typical is None:
+        return peak
+    return fmt_bytes(r.memory_typical.total) + ("" if r.fits_typical else " !") + " | " + peak
+
+
+def _memory_lines(rows: list[PlanRow]) -> str:
+    out = [
+        "memory per rank (weights + gradients + optimizer + activations + overhead) at the typical "
+        "(mean) sample length and at the longest (the manifests' longest sample, else "
+        "recipe.max_length); batches group similar lengths, so most steps are near the typical:"
+    ]
+    for i, r in enumerate(rows, 1):
+        for label, m, n, ok in (("typical", r.memory_typical, r.typical_len, r.fits_typical),
+                                ("max", r.memory, r.max_len, r.fits)):  # fmt: skip
+            if m is None:
+                continue
+            terms = (m.weights, m.gradients, m.optimizer, m.activations, m.overhead)
+            parts = " + ".join(fmt_bytes(x) for x in terms)
+            cap = f" > {r.gpu_mem_gib:.0f} GiB: will not fit" if not ok else ""
+            est = "~" if label == "typical" and r.data.estimated else ""
+            out.append(
+                f"  #{i} {label:<7} {est}{n:>6,} tokens: {parts} = {fmt_bytes(m.total)}{cap}"
+            )
+        if r.fits_typical and not r.fits:
+            out.append(f"  #{i} fits at the typical length; a micro-batch of {r.max_len:,}-token "
+                       "samples would not (lower recipe.micro_batch_size or recipe.max_length, "
+                       "or use ZeRO-3 / offload)")  # fmt: skip
+    return "\n".join(out)
+
+
+def _data_lines(rows: list[PlanRow]) -> list[str]:
+    """Where each job's data numbers come from: built manifests, or an estimate (and what the
+    estimate leaves out), or nothing -- and the jobs whose mixture lists unreleased sources."""
+    by_source: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows, 1):
+        key = (r.data.source, tuple(r.data.notes))
+        by_source.setdefault(key, []).append(i)
+    out = ["data (~ estimated before the build from data.sizes in the mixture's YAML; >= lower "
+           "bound; build the shards for exact numbers):"]  # fmt: skip
+    for (source, notes), jobs in by_source.items():
+        names = ",".join(f"#{i}" for i in jobs)
+        out.append(f"  {names}: {source}")
+        out += [f"      {note}" for note in notes]
+    for i, r in enumerate(rows, 1):
+        if r.data.unreleased:
+            out.append(f"  ! #{i} {r.job.name}: its mixture has unreleased sources "
+                       f"({', '.join(r.data.unreleased)})")  # fmt: skip
+    return out
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("grid", help="a grid in launch/ (e.g. llm_x_data) or a grid YAML file")
+    parser.add_argument(
+        "grid",
+        help="a grid in launch/ (e.g. llm_x_data), one on hydra.searchpath, or a YAML file",
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
     parser.add_argument("--runs-root", default=None, help="where run directories go (runs)")
     parser.add_argument("--gpu", default=None, help="GPU to size for (a100-80gb, h100-80gb...)")
-
-
-def add_plan_command(subparsers) -> None:
-    """`llava-ablate plan`: registered by llava_ablate/cli.py."""
-    p = subparsers.add_parser("plan", help="print a grid's jobs, resources, memory, GPU-hours")
-    add_plan_arguments(p)
-    p.set_defaults(func=plan_command)

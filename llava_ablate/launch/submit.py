@@ -22,13 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llava_ablate.config import CONF_DIR
-from llava_ablate.launch.grid import ROOT, GridSpec, Job, quote
+from llava_ablate.launch.evalgrid import (
+    EvalGridSpec,
+    EvalJob,
+    EvalUnit,
+    evaluation_overrides,
+    make_eval_units,
+)
+from llava_ablate.launch.grid import GridSpec, Job, quote
 from llava_ablate.launch.slurm import JOB_IDS_FILE
 
 log = logging.getLogger("llava_ablate.launch")
 
 # Hydra's submitit Slurm launcher, recording the job ids it submitted (JOB_IDS_FILE).
 SLURM_LAUNCHER = "hydra_plugins.llava_ablate_launcher.slurm_array.SlurmArrayLauncher"
+# train.py, as a module of the installed package: runs from any directory (relative paths in a
+# grid, --runs-root and hydra.searchpath mean the same to the jobs as to this process).
+TRAIN_APP = "llava_ablate.launch.train_app"
+EVAL_APP = "llava_ablate.launch.evaluate_app"
 
 
 @dataclass
@@ -115,14 +126,15 @@ def launcher_choice(overrides: list[str]) -> str:
     return choice
 
 
-def uses_slurm(grid: GridSpec, extra: list[str]) -> bool:
-    choice = launcher_choice([*grid.launcher, *extra])
+def uses_slurm(launcher: list[str]) -> bool:
+    """The launcher overrides (grid's, then the command line's) choose a Slurm launcher."""
+    choice = launcher_choice(launcher)
     return choice.startswith("slurm") or choice == "submitit_slurm"
 
 
 @dataclass
 class Submitted:
-    unit: Unit
+    unit: Unit | EvalUnit
     process: subprocess.Popen
     log_path: Path
     array_id: str | None = None
@@ -147,6 +159,16 @@ def _wait_for_array_id(sub: Submitted, sweep_dir: Path, timeout_s: float) -> str
     )
 
 
+@dataclass
+class Launch:
+    """One `python -m <app> -m` multirun to start: a training unit or an evaluation unit."""
+
+    unit: Unit | EvalUnit
+    app: str  # TRAIN_APP | EVAL_APP
+    overrides: list[str]  # without the dependency
+    sweep_dir: Path
+
+
 def submit_grid(
     grid: GridSpec,
     jobs: list[Job],
@@ -154,40 +176,92 @@ def submit_grid(
     *,
     wait: bool = True,
     submit_timeout_s: float = 300,
+    evals: list[EvalJob] | None = None,
 ) -> int:
-    """Submit every unfinished job; returns the number of units that failed (0 when waiting is
-    off and everything was submitted). RunConfigMismatch, before anything is submitted, when a
-    job's run directory holds a run of another config (launch/plan.py check_identities)."""
+    """Submit every unfinished job, then every unfinished evaluation of the grid's evaluation
+    stages (each after its own training job); returns the number of units that failed (0 when
+    waiting is off and everything was submitted). RunConfigMismatch, before anything is
+    submitted, when a job's run directory holds a run of another config
+    (launch/plan.py check_identities)."""
     from llava_ablate.launch.plan import check_identities
 
     check_identities(grid, jobs, extra)  # "finished" only for a run of the config composed now
-    units = make_units(jobs)
-    if not units:
-        print(f"grid {grid.name}: every job is finished; nothing to submit")
-        return 0
-    slurm = uses_slurm(grid, extra)
     root = Path(grid.runs_root) / grid.name / ".launch"
+    launches = []
+    for unit in make_units(jobs):
+        sweep_dir = root / f"{len(launches):02d}-{unit.stage}"
+        overrides = unit_overrides(unit, grid, sweep_dir) + list(extra)
+        launches.append(Launch(unit, TRAIN_APP, overrides, sweep_dir))
+    for unit in make_eval_units(evals or []):
+        sweep_dir = root / f"{len(launches):02d}-{unit.stage}-{_slug(unit.jobs[0])}"
+        overrides = unit.overrides(list(grid.launcher), sweep_dir)
+        launches.append(Launch(unit, EVAL_APP, overrides + evaluation_overrides(extra),
+                               sweep_dir))  # fmt: skip
+    return run_launches(grid.name, launches, [*grid.launcher, *extra], root, wait,
+                        submit_timeout_s)  # fmt: skip
+
+
+def submit_eval_grid(
+    grid: EvalGridSpec,
+    jobs: list[EvalJob],
+    extra: list[str],
+    *,
+    wait: bool = True,
+    submit_timeout_s: float = 300,
+) -> int:
+    """Submit every unfinished evaluation of a `kind: evaluate` grid: one Slurm array per model
+    and distractor strategy, its unfinished datasets swept."""
+    root = Path(grid.runs_root) / grid.name / ".launch"
+    launches = []
+    for unit in make_eval_units(jobs):
+        sweep_dir = root / f"{len(launches):02d}-{_slug(unit.jobs[0])}"
+        overrides = unit.overrides(list(grid.launcher), sweep_dir) + list(extra)
+        launches.append(Launch(unit, EVAL_APP, overrides, sweep_dir))
+    return run_launches(grid.name, launches, [*grid.launcher, *extra], root, wait,
+                        submit_timeout_s)  # fmt: skip
+
+
+def _slug(job: EvalJob) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in job.model) + (
+        f"-{job.distractors}"
+    )
+
+
+def run_launches(
+    name: str,
+    launches: list[Launch],
+    launcher: list[str],
+    root: Path,
+    wait: bool,
+    submit_timeout_s: float,
+) -> int:
+    """Start each multirun; under Slurm chain a unit to its parent's array (afterok), else run
+    them one after the other. Returns the number of failed units."""
+    if not launches:
+        print(f"grid {name}: every job is finished; nothing to submit")
+        return 0
+    slurm = uses_slurm(launcher)
     array_of: dict[int, str] = {}  # id(job) -> Slurm array job id
     submitted: list[Submitted] = []
     failed = 0
-    for n, unit in enumerate(units):
-        sweep_dir = root / f"{n:02d}-{unit.stage}"
+    for launch in launches:
+        unit, sweep_dir = launch.unit, launch.sweep_dir
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        overrides = unit_overrides(unit, grid, sweep_dir) + list(extra)
+        overrides = list(launch.overrides)
         parent = unit.parent
         if slurm:
             overrides.append(f"hydra.launcher._target_={SLURM_LAUNCHER}")
-        if slurm and parent is not None and not parent.finished:
+        if slurm and parent is not None and id(parent) in array_of:
             overrides += [  # submitit's own `dependency`; Slurm's kill-on-invalid-dep beside it
                 f"+hydra.launcher.dependency=afterok:{array_of[id(parent)]}",
                 "+hydra.launcher.additional_parameters.kill_on_invalid_dep=yes",
             ]
-        cmd = [sys.executable, str(ROOT / "train.py"), "-m", *overrides]
+        cmd = [sys.executable, "-m", launch.app, "-m", *overrides]
         log_path = sweep_dir / "launcher.log"
         (sweep_dir / "command.txt").write_text(" ".join(map(quote_shell, cmd)) + "\n")
         with open(log_path, "ab") as fh:
             proc = subprocess.Popen(
-                cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+                cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
             )
         sub = Submitted(unit, proc, log_path)
         if slurm:
@@ -197,9 +271,7 @@ def submit_grid(
             after = f" after {array_of[id(parent)]}" if parent and id(parent) in array_of else ""
             print(f"submitted {unit.stage}/{unit.label}: Slurm array {sub.array_id}{after}")
         else:  # no scheduler to chain with: run the units in order
-            print(
-                f"running {unit.stage}/{unit.label} ({launcher_choice([*grid.launcher, *extra])})"
-            )
+            print(f"running {unit.stage}/{unit.label} ({launcher_choice(launcher)})")
             if proc.wait() != 0:
                 failed += 1
                 print(f"  failed (exit {proc.returncode}); log: {log_path}")

@@ -1,5 +1,6 @@
-"""The task every launcher runs (torchrun, bare python, Slurm or submitit-local):
-distributed environment from the scheduler -> `run_training` -> requeue after a preemption."""
+"""The tasks every launcher runs (torchrun, bare python, Slurm or submitit-local): the
+distributed environment from the scheduler, then `run_training` (and a requeue after a
+preemption) or `run_evaluation` (a requeued evaluation resumes: finished questions are kept)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,14 @@ def train_task(cfg: DictConfig) -> None:
         # SystemExit, not an exception: submitit writes no result for this run, so the
         # launcher keeps waiting for the requeued one.
         sys.exit(3)
+
+
+def eval_task(cfg: DictConfig) -> None:
+    """evaluate.py's task: under Slurm every task is one rank of the evaluation, as under
+    torchrun (questions shared out, rank 0 merges)."""
+    from omegaconf import OmegaConf
+
+    export_distributed_env()
+    from llava_ablate.eval.run import run_evaluation  # after the env is set
+
+    run_evaluation(OmegaConf.to_object(cfg))

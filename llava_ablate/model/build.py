@@ -1,14 +1,17 @@
-"""Build a LLaVA variant as transformers' own LlavaForConditionalGeneration.
+"""Build a LLaVA variant as transformers' own LlavaForConditionalGeneration, or (arch=
+llava_onevision) LlavaOnevisionForConditionalGeneration with its anyres processor.
 
 The vision tower and the LLM are loaded (or random-initialised) on their own, then placed into a
-Llava skeleton built on the meta device: no second copy of a 7B model is ever materialised, and
-the result saves/loads as a stock `llava` checkpoint (vLLM, SGLang, lmms-eval `llava_hf`).
+skeleton of the arch built on the meta device: no second copy of a 7B model is ever
+materialised, and the result saves/loads as a stock `llava` / `llava_onevision` checkpoint
+(vLLM, SGLang, lmms-eval `llava_hf` / `llava_onevision`).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,10 @@ from transformers import (
     CLIPVisionModel,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionImageProcessorPil,
+    LlavaOnevisionProcessor,
     LlavaProcessor,
     PreTrainedTokenizerBase,
     SiglipImageProcessorPil,
@@ -29,9 +36,17 @@ from transformers import (
     SiglipVisionModel,
 )
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+from transformers.models.llava_onevision.modeling_llava_onevision import (
+    LlavaOnevisionMultiModalProjector,
+)
+from transformers.models.llava_onevision.video_processing_llava_onevision import (
+    LlavaOnevisionVideoProcessor,
+)
 
 from llava_ablate.base.chat_templates import ensure_chat_template, multimodal_chat_template
-from llava_ablate.config import LLMCfg, ProjectorCfg, VisionCfg
+from llava_ablate.base.video_processors import allow_video_processors
+from llava_ablate.config import ArchCfg, LLMCfg, ProjectorCfg, VisionCfg
+from llava_ablate.data.images import resolve_max_image_side, tower_side
 from llava_ablate.model.sources import resolve_llm_source, resolve_package_dir
 from llava_ablate.model.tiny_tokenizer import build_tiny_tokenizer
 
@@ -45,13 +60,22 @@ _VISION = {
     "siglip": (SiglipVisionConfig, SiglipVisionModel, SiglipImageProcessorPil),
 }
 _TEXT_ARCH = {"llama": "llama", "qwen2": "qwen2"}
+# arch.type -> (model class, projector class): the transformers classes each arch is built as.
+ARCHS = {
+    "llava": (LlavaForConditionalGeneration, LlavaMultiModalProjector),
+    "llava_onevision": (LlavaOnevisionForConditionalGeneration, LlavaOnevisionMultiModalProjector),
+}
+LLAVA = ArchCfg(name="llava", type="llava")
 
 
 @dataclass
 class Variant:
-    model: LlavaForConditionalGeneration
-    processor: LlavaProcessor
-    num_image_tokens: int  # placeholder tokens per image
+    model: LlavaForConditionalGeneration | LlavaOnevisionForConditionalGeneration
+    processor: LlavaProcessor | LlavaOnevisionProcessor
+    # Placeholder tokens per image (llava); anyres: per tower view, an image's count depends on
+    # its size (llava_ablate/data/anyres.py asks the processor).
+    num_image_tokens: int
+    anyres: bool = False
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -91,28 +115,55 @@ def build_tokenizer(llm: LLMCfg, cache_dir: str | Path) -> PreTrainedTokenizerBa
 
 
 def build_vision_tower(cfg: VisionCfg, attn: str, dtype: torch.dtype):
-    config_cls, model_cls, processor_cls = _VISION[cfg.arch]
+    config_cls, model_cls, _ = _VISION[cfg.arch]
     # SigLIP's pooling head is never used by Llava, and an unused module breaks DDP-style
     # reductions; drop it at construction.
     extra = {"vision_use_head": False} if cfg.arch == "siglip" else {}
+    processor = build_image_processor(cfg)  # first: it generates a built-in tower once
+    if cfg.pretrained:
+        src = resolve_package_dir(cfg.pretrained)
+        tower = model_cls.from_pretrained(src, dtype=dtype, attn_implementation=attn, **extra)
+    else:
+        config = config_cls(**{**cfg.config, **extra})
+        config._attn_implementation = attn
+        tower = model_cls(config).to(dtype)
+    return tower, processor
+
+
+def build_image_processor(cfg: VisionCfg):
+    """The tower's image processor alone (no weights): what the data path needs to know, e.g.
+    the image side a shard build keeps (data.max_image_side=auto)."""
+    config_cls, _, processor_cls = _VISION[cfg.arch]
     if cfg.builtin:  # trained offline on first use (the demo's mini-CLIP)
         from llava_ablate.model.mini_clip import generate_builtin_tower
 
         generate_builtin_tower(cfg.builtin, Path(cfg.pretrained or ""))
     if cfg.pretrained:
-        src = resolve_package_dir(cfg.pretrained)
-        tower = model_cls.from_pretrained(src, dtype=dtype, attn_implementation=attn, **extra)
-        processor = processor_cls.from_pretrained(src)
-    else:
-        config = config_cls(**{**cfg.config, **extra})
-        config._attn_implementation = attn
-        tower = model_cls(config).to(dtype)
-        size = config.image_size
-        if cfg.arch == "clip":
-            processor = processor_cls(size={"shortest_edge": size}, crop_size=size)
-        else:
-            processor = processor_cls(size={"height": size, "width": size})
-    return tower, processor
+        return processor_cls.from_pretrained(resolve_package_dir(cfg.pretrained))
+    size = config_cls(**cfg.config).image_size
+    if cfg.arch == "clip":
+        return processor_cls(size={"shortest_edge": size}, crop_size=size)
+    return processor_cls(size={"height": size, "width": size})
+
+
+def shard_image_side(vision: VisionCfg, setting, arch: ArchCfg = LLAVA) -> int | None:
+    """data.max_image_side (`setting`) in pixels for this tower and arch: auto reads the
+    tower's image processor (`data.images.tower_side`) -- for anyres (llava_onevision), with the
+    arch's grid, whose largest side it keeps; None keeps the original images."""
+    if setting != "auto":
+        return resolve_max_image_side(setting, None)
+    try:
+        processor = build_image_processor(vision)
+    except OSError as e:
+        raise OSError(
+            f"data.max_image_side=auto reads the image size of vision={vision.name} "
+            f"({vision.pretrained}), which cannot be loaded ({e}); make it available, or set "
+            "data.max_image_side to a number of pixels (or null: keep the original images)"
+        ) from e
+    if arch.type == "llava_onevision":  # the grid the processor tiles onto, as build_variant sets
+        side = int(processor.size.get("height") or processor.size.get("shortest_edge"))
+        processor.image_grid_pinpoints = anyres_pinpoints(arch, side)
+    return resolve_max_image_side("auto", tower_side(processor, vision.image_aspect == "pad"))
 
 
 def build_llm(cfg: LLMCfg, vocab_size: int, attn: str, dtype: torch.dtype, cache_dir):
@@ -131,17 +182,28 @@ def _tokens_per_image(vision_cfg: VisionCfg, tower_config) -> tuple[int, int]:
     return patches + keep_extra, extra
 
 
+def anyres_pinpoints(arch: ArchCfg, image_size: int) -> list[list[int]]:
+    """LLaVA-OneVision's `image_grid_pinpoints`: every grid of 1..grid_tiles crops per side, in
+    pixels (its (1x1),...,(6x6) at 384 px: [[384, 384], [384, 768], ..., [2304, 2304]])."""
+    n = arch.grid_tiles
+    return [[i * image_size, j * image_size] for i in range(1, n + 1) for j in range(1, n + 1)]
+
+
 def llava_config(
-    vision: VisionCfg, projector: ProjectorCfg, tower_config, text_config, image_token_index: int
-) -> LlavaConfig:
-    """The variant's LlavaConfig around its towers' configs: the one place Llava's keys are set
+    vision: VisionCfg,
+    projector: ProjectorCfg,
+    tower_config,
+    text_config,
+    image_token_index: int,
+    arch: ArchCfg = LLAVA,
+) -> LlavaConfig | LlavaOnevisionConfig:
+    """The variant's config around its towers' configs: the one place the arch's keys are set
     (build_variant, and launch/estimate.py's meta-device model)."""
     feature_layer = vision.feature_layer
-    return LlavaConfig(
+    common = dict(
         vision_config=tower_config,
         text_config=text_config,
         image_token_index=image_token_index,
-        image_seq_length=_tokens_per_image(vision, tower_config)[0],
         vision_feature_layer=feature_layer
         if isinstance(feature_layer, int)
         else list(feature_layer),
@@ -149,6 +211,15 @@ def llava_config(
         projector_hidden_act="gelu" if projector.type == "mlp2x_gelu" else "linear",
         tie_word_embeddings=bool(getattr(text_config, "tie_word_embeddings", False)),
     )
+    if arch.type == "llava_onevision":
+        return LlavaOnevisionConfig(
+            **common,
+            # No video here: a token id no input holds (the config's default is a Qwen2 id).
+            video_token_index=-1,
+            image_grid_pinpoints=anyres_pinpoints(arch, tower_config.image_size),
+            vision_aspect_ratio=arch.vision_aspect_ratio,
+        )
+    return LlavaConfig(**common, image_seq_length=_tokens_per_image(vision, tower_config)[0])
 
 
 def build_variant(
@@ -156,6 +227,7 @@ def build_variant(
     llm: LLMCfg,
     projector: ProjectorCfg,
     *,
+    arch: ArchCfg = LLAVA,
     cache_dir: str | Path,
     attn_implementation: str = "sdpa",
     dtype: torch.dtype = torch.float32,
@@ -168,13 +240,20 @@ def build_variant(
 
     lm.config.__dict__.pop("quantization_config", None)
     image_token_index = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    config = llava_config(vision, projector, tower.config, lm.config, image_token_index)
+    config = llava_config(vision, projector, tower.config, lm.config, image_token_index, arch)
+    model_cls = ARCHS[arch.type][0]
     with torch.device("meta"):
-        model = LlavaForConditionalGeneration(config)
+        model = model_cls(config)
     model.model.vision_tower = tower
     model.model.language_model = lm.model
     model.lm_head = lm.lm_head
-    model.model.multi_modal_projector = build_projector(config, projector).to(dtype)
+    model.model.multi_modal_projector = build_projector(config, projector, arch).to(dtype)
+    if (
+        arch.type == "llava_onevision"
+    ):  # the row separator of anyres features, as OneVision inits it
+        hidden = config.text_config.hidden_size
+        newline = torch.randn(hidden, dtype=dtype) / math.sqrt(hidden)
+        model.model.image_newline = torch.nn.Parameter(newline)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         # The new <image> row is never read (image features replace it) but must exist.
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
@@ -184,6 +263,33 @@ def build_variant(
     model.tie_weights()
     _check_materialised(model)
 
+    # Processor-style list content renders as training's "<image>\nQ" (the eval hook, exports).
+    chat_template = multimodal_chat_template(tokenizer)
+    if arch.type == "llava_onevision":
+        allow_video_processors()
+        processor = LlavaOnevisionProcessor(
+            image_processor=_anyres_image_processor(image_processor, config),
+            tokenizer=tokenizer,
+            video_processor=_video_processor(image_processor, config),
+            # What the tower emits per view (CLIP's CLS included; "default" drops it again).
+            num_image_tokens=(tower.config.image_size // tower.config.patch_size) ** 2
+            + extra_tokens,
+            vision_feature_select_strategy=vision.select_strategy,
+            chat_template=chat_template,
+            image_token=IMAGE_TOKEN,
+            vision_aspect_ratio=arch.vision_aspect_ratio,
+        )
+        log.info(
+            "arch=%s: anyres over grids of 1..%d crops of %d px per side (%d pinpoints), "
+            "%s, %d tokens per view",
+            arch.name,
+            arch.grid_tiles,
+            tower.config.image_size,
+            len(config.image_grid_pinpoints),
+            arch.vision_aspect_ratio,
+            num_image_tokens,
+        )
+        return Variant(model, processor, num_image_tokens, anyres=True)
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -191,14 +297,35 @@ def build_variant(
         vision_feature_select_strategy=vision.select_strategy,
         num_additional_image_tokens=extra_tokens,
         image_token=IMAGE_TOKEN,
-        # Processor-style list content renders as training's "<image>\nQ" (the eval hook, exports).
-        chat_template=multimodal_chat_template(tokenizer),
+        chat_template=chat_template,
     )
     return Variant(model=model, processor=processor, num_image_tokens=num_image_tokens)
 
 
-def build_projector(config: LlavaConfig, projector: ProjectorCfg) -> LlavaMultiModalProjector:
-    proj = LlavaMultiModalProjector(config)
+def _anyres_image_processor(tower_processor, config: LlavaOnevisionConfig):
+    """OneVision's image processor with the tower's own normalisation and view size."""
+    size = config.vision_config.image_size
+    return LlavaOnevisionImageProcessorPil(
+        size={"height": size, "width": size},
+        image_grid_pinpoints=config.image_grid_pinpoints,
+        image_mean=list(tower_processor.image_mean),
+        image_std=list(tower_processor.image_std),
+        resample=tower_processor.resample,
+    )
+
+
+def _video_processor(tower_processor, config: LlavaOnevisionConfig):
+    """Never used here (images only), but part of every OneVision processor and its export."""
+    size = config.vision_config.image_size
+    return LlavaOnevisionVideoProcessor(
+        size={"height": size, "width": size},
+        image_mean=list(tower_processor.image_mean),
+        image_std=list(tower_processor.image_std),
+    )
+
+
+def build_projector(config, projector: ProjectorCfg, arch: ArchCfg = LLAVA) -> torch.nn.Module:
+    proj = ARCHS[arch.type][1](config)
     if projector.type == "linear":
         # A single linear map expressed in Llava's 2-layer projector: layer 2 is a frozen
         # identity, so exported checkpoints stay stock `llava` while training LLaVA-1's projector.

@@ -1,7 +1,8 @@
 """Export a trained engine to a Hugging Face directory that stock transformers loads.
 
-`LlavaForConditionalGeneration.from_pretrained(dir)` + `AutoProcessor.from_pretrained(dir)` is
-all a user (or vLLM / lmms-eval `llava_hf`) needs: weights, config, tokenizer with the image
+`LlavaForConditionalGeneration.from_pretrained(dir)` (`LlavaOnevisionForConditionalGeneration`
+for arch=llava_onevision) + `AutoProcessor.from_pretrained(dir)` is all a user (or vLLM /
+lmms-eval `llava_hf` / `llava_onevision`) needs: weights, config, tokenizer with the image
 token, image processor and chat template. LoRA is merged; ZeRO-3 shards are gathered by
 DeepSpeed's own `save_16bit_model`.
 """
@@ -15,7 +16,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from peft import PeftModel
-from transformers import LlavaForConditionalGeneration
 
 from llava_ablate.base.chat_templates import multimodal_chat_template, processor_messages, render
 from llava_ablate.model.lora import merged
@@ -108,10 +108,11 @@ def _stop_at_end_of_turn(generation_config, processor) -> None:
 
 
 def _skeleton_like(module: torch.nn.Module) -> torch.nn.Module:
-    """An empty (meta) copy of the trained architecture, LoRA wrapper included."""
+    """An empty (meta) copy of the trained architecture (Llava or LlavaOnevision), LoRA wrapper
+    included."""
     base = module.get_base_model() if isinstance(module, PeftModel) else module
     with torch.device("meta"):
-        skeleton = LlavaForConditionalGeneration(base.config)
+        skeleton = type(base)(base.config)
     if isinstance(module, PeftModel):
         from peft import get_peft_model
 

@@ -18,8 +18,8 @@ def module_of(name: str) -> str:
     """Map a parameter name (plain or PEFT-wrapped) to vision / projector / llm."""
     if "vision_tower." in name:
         return "vision"
-    if "multi_modal_projector." in name:
-        return "projector"
+    if "multi_modal_projector." in name or name.endswith("image_newline"):
+        return "projector"  # OneVision's anyres row separator belongs to the connector
     if "language_model." in name or "lm_head." in name:
         return "llm"
     raise ValueError(f"parameter {name!r} belongs to no known module")

@@ -15,12 +15,14 @@ from safetensors import safe_open
 
 log = logging.getLogger(__name__)
 
-# transformers saves Llava in the original llava-hf key layout; map it to the module layout.
+# transformers saves Llava and LlavaOnevision in the original llava-hf key layout; map it to
+# the module layout.
 _SAVED_LAYOUT = (
     ("language_model.model.", "model.language_model."),
     ("language_model.lm_head.", "lm_head."),
     ("multi_modal_projector.", "model.multi_modal_projector."),
     ("vision_tower.", "model.vision_tower."),
+    ("image_newline", "model.image_newline"),
 )
 
 
@@ -32,7 +34,8 @@ def _module_key(saved: str) -> str:
 
 
 _PREFIXES = {
-    "projector": ("model.multi_modal_projector.",),
+    # OneVision's image_newline is part of its connector (trained with the projector).
+    "projector": ("model.multi_modal_projector.", "model.image_newline"),
     "vision": ("model.vision_tower.",),
     "llm": ("model.language_model.", "lm_head."),
 }
@@ -58,7 +61,11 @@ def load_parts(model: torch.nn.Module, export_dir: str | Path, parts: list[str])
                     if not key.startswith(prefixes):
                         continue
                     if key not in own:
-                        raise KeyError(f"{f}: {saved} does not exist in this variant")
+                        raise KeyError(
+                            f"{f}: {saved} does not exist in this variant; was the previous "
+                            "stage built with another arch (llava_onevision's image_newline "
+                            "has no place in llava)?"
+                        )
                     tensor = fh.get_tensor(saved)
                     if tensor.shape != own[key].shape:
                         raise ValueError(
@@ -70,5 +77,9 @@ def load_parts(model: torch.nn.Module, export_dir: str | Path, parts: list[str])
                     loaded.append(key)
     if not loaded:
         raise ValueError(f"recipe.init_from={export_dir}: no tensors for parts {parts}")
+    connector = _PREFIXES["projector"] if "projector" in parts else ()
+    kept = [k for k in own if connector and k.startswith(connector) and k not in loaded]
+    if kept:  # e.g. a LLaVA stage-1 projector handed to OneVision: image_newline starts fresh
+        log.warning("not in %s, so left as initialised: %s", export_dir, kept)
     log.info("initialised %s from %s (%d tensors)", parts, export_dir, len(loaded))
     return loaded

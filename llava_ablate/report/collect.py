@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from llava_ablate.eval.stats import Estimate
 from llava_ablate.run_identity import AXES, RECORD, axes_of, config_hash, flatten, result_config
 
 SEED_KEY = "train.seed"
+EVAL_MARKER = "run.json"  # evaluate.py's results directory (one model), llava_ablate/eval/run.py
 
 
 class ResultsError(ValueError):
@@ -40,6 +41,13 @@ class DatasetResult:
     correct: dict[str, bool]  # question id -> right? (unrotated predictions of `scorer`)
     per_class: list[dict]  # per_class.csv rows (class_name, n, hard, accuracy, ci_low, ci_high)
     source: Path  # the dataset's results directory
+    labels: dict[str, str] = field(default_factory=dict)  # question id -> true class
+    hard_classes: frozenset[str] = frozenset()  # per_class.csv's `hard` column
+
+    def hard_only(self) -> DatasetResult:
+        """The same results restricted to the questions whose true class is hard."""
+        keep = {q: c for q, c in self.correct.items() if self.labels.get(q) in self.hard_classes}
+        return replace(self, correct=keep, accuracy=self.hard or self.accuracy)
 
 
 @dataclass
@@ -94,6 +102,7 @@ def read_dataset(directory: Path, scorer: str) -> DatasetResult:
     if scored is None:
         raise ResultsError(f"{metrics_file} has no results for scorer {scorer!r}")
     correct: dict[str, bool] = {}
+    labels: dict[str, str] = {}
     preds = directory / "predictions.jsonl"
     if preds.exists():
         for line in preds.read_text().splitlines():
@@ -102,6 +111,7 @@ def read_dataset(directory: Path, scorer: str) -> DatasetResult:
             p = json.loads(line)
             if p.get("scorer") == scorer and p.get("shift", 0) == 0:
                 correct[p["qid"]] = bool(p["correct"])
+                labels[p["qid"]] = p.get("label")
     per_class = []
     pc = directory / "per_class.csv"
     if pc.exists():
@@ -117,7 +127,13 @@ def read_dataset(directory: Path, scorer: str) -> DatasetResult:
         correct=correct,
         per_class=per_class,
         source=directory,
+        labels=labels,
+        hard_classes=frozenset(r["class_name"] for r in per_class if _true(r.get("hard"))),
     )
+
+
+def _true(value) -> bool:
+    return str(value).strip().lower() in ("true", "1", "yes")
 
 
 _STEP = re.compile(r"^step_(\d+)$")
@@ -167,10 +183,16 @@ def discover_runs(paths: list[Path]) -> list[Path]:
     for p in map(Path, paths):
         if not p.is_dir():
             raise ResultsError(f"{p} is not a directory")
+        if not (p / EVAL_MARKER).exists() and not _has_runs(p):
+            results = sorted(c.parent for c in p.rglob(EVAL_MARKER) if ".launch" not in c.parts)
+            if results:  # evaluate.py results directories below: an evaluation grid's
+                runs += results
+                continue
         if (p / "config.yaml").exists() or find_eval_dir(p) is not None and not _has_runs(p):
             runs.append(p)
             continue
-        found = sorted(c.parent for c in p.rglob("config.yaml") if ".launch" not in c.parts)
+        found = sorted(c.parent for c in p.rglob("config.yaml")
+                       if ".launch" not in c.parts and not _hydra_record(c))  # fmt: skip
         if not found:
             raise ResultsError(f"{p}: no run directories (config.yaml) below it")
         runs += found
@@ -178,7 +200,13 @@ def discover_runs(paths: list[Path]) -> list[Path]:
 
 
 def _has_runs(p: Path) -> bool:
-    return any(p.rglob("config.yaml"))
+    return any(not _hydra_record(c) for c in p.rglob("config.yaml"))
+
+
+def _hydra_record(config: Path) -> bool:
+    """Hydra's own output subdir (config.yaml beside hydra.yaml): evaluate.py writes one into
+    its results directory; it is not a run."""
+    return (config.parent / "hydra.yaml").exists()
 
 
 def _identity(run: Path, config: dict | None) -> tuple[str | None, dict[str, Any]]:

@@ -7,8 +7,9 @@ import argparse
 from pathlib import Path
 
 from llava_ablate.report.collect import ResultsError, discover_runs, label_runs, read_run
-from llava_ablate.report.compare import deltas, group_variants, pick_baseline
-from llava_ablate.report.html import read_exposure, render_html
+from llava_ablate.report.compare import deltas, group_variants, hard_deltas, pick_baseline
+from llava_ablate.report.exposure import read_exposure
+from llava_ablate.report.html import render_html
 
 
 def build(args: argparse.Namespace):
@@ -18,6 +19,7 @@ def build(args: argparse.Namespace):
     variants = group_variants(runs)
     base = pick_baseline(variants, args.baseline)
     items = deltas(variants, base, args.bootstrap, args.seed)
+    items += hard_deltas(variants, base, args.bootstrap, args.seed)  # Delta.subset tells apart
     return runs, base, items
 
 
@@ -33,9 +35,15 @@ def report_command(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
+    from llava_ablate.report.tables import build_table, write_tables
+
+    table = build_table(runs, base, items, scorer=args.scorer)
+    tables = write_tables(table, out.with_suffix(""))  # the paper-style table, beside the HTML
+    print(f"table (models x datasets): {', '.join(map(str, tables))}")
     n_variants = len({r.variant for r in runs})
-    print(f"{len(runs)} runs, {n_variants} variants, {len(items)} comparisons against "
-          f"{base.label}: {out}")  # fmt: skip
+    hard = sum(d.subset != "all questions" for d in items)
+    print(f"{len(runs)} runs, {n_variants} variants, {len(items) - hard} comparison(s) (+{hard} on "
+          f"hard classes) against {base.label}: {out}")  # fmt: skip
     if args.wandb:
         from llava_ablate.report.wandb_report import build_report, save_report
 

@@ -10,6 +10,7 @@ A variant is the set of runs that differ only in `train.seed` (collect.label_run
   both training-seed and question variance. With k seeds, resampling them understates the
   between-seed variance by (k-1)/k: with fewer than 3 seeds a side read it as optimistic (the
   per-seed accuracies are listed). A side with one seed contributes no seed variance.
+The hard classes get exactly the same comparison on their questions only (`hard_deltas`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class Delta:
     variant: str
     dataset: str
     comparison: PairedComparison | SeedComparison
+    subset: str = "all questions"  # or "hard classes": the questions of the hard classes only
 
     @property
     def single_seed(self) -> bool:
@@ -143,30 +145,78 @@ def seed_question_bootstrap(
 
 
 def deltas(variants: list[Variant], base: Variant, n_boot: int, seed: int) -> list[Delta]:
+    """Each variant against the baseline on every dataset both evaluated, on all questions."""
     out = []
+    for variant, name in _pairs(variants, base):
+        results = [r.datasets[name] for r in (*base.runs, *variant.runs)]
+        out.append(_compare(variant.label, name, results, len(base.runs), n_boot, seed))
+    return out
+
+
+def hard_deltas(variants: list[Variant], base: Variant, n_boot: int, seed: int) -> list[Delta]:
+    """The same paired comparisons on the hard-class questions only (the questions whose true
+    class per_class.csv marks hard); `hard_gaps` says why a pair has none."""
+    out = []
+    for variant, name in _pairs(variants, base):
+        results = [r.datasets[name] for r in (*base.runs, *variant.runs)]
+        if _hard_gap(results) is None:
+            d = _compare(variant.label, name, [ds.hard_only() for ds in results], len(base.runs),
+                         n_boot, seed)  # fmt: skip
+            d.subset = "hard classes"
+            out.append(d)
+    return out
+
+
+def hard_gaps(variants: list[Variant], base: Variant) -> list[str]:
+    """Why a (variant, dataset) pair with hard classes has no hard-class delta."""
+    out = []
+    for variant, name in _pairs(variants, base):
+        why = _hard_gap([r.datasets[name] for r in (*base.runs, *variant.runs)])
+        if why:
+            out.append(f"{variant.label} vs {base.label} on {name}: {why}")
+    return out
+
+
+def _hard_gap(results: list[DatasetResult]) -> str | None:
+    sets = {ds.hard_classes for ds in results}
+    if sets == {frozenset()}:
+        return "no hard classes in these evaluations"
+    if len(sets) > 1:  # the two accuracies would be over different questions
+        return "the runs mark different classes hard, so there is no paired hard-class delta"
+    if not all(ds.hard_only().correct for ds in results):
+        return "no per-question results (predictions.jsonl) for the hard classes"
+    return None
+
+
+def _pairs(variants: list[Variant], base: Variant):
+    """(variant, dataset) for every non-baseline variant and dataset all their runs scored."""
     for variant in variants:
         if variant is base:
             continue
         names = [n for n in variant.runs[0].datasets if all(n in r.datasets for r in variant.runs)]
         for name in names:
-            if not all(name in r.datasets for r in base.runs):
-                continue
-            everyone = [r.datasets[name] for r in (*base.runs, *variant.runs)]
-            _, both, unpaired = _matrix(everyone, name)
-            a, b = both[: len(base.runs)], both[len(base.runs) :]
-            if len(a) == len(b) == 1:
-                comparison = paired_comparison(a[0], b[0], n_boot, seed)
-            else:
-                lo, hi = seed_question_bootstrap(a, b, n_boot, seed)
-                accs_a, accs_b = a.mean(1).tolist(), b.mean(1).tolist()
-                comparison = SeedComparison(
-                    a.shape[1], len(a), len(b), float(np.mean(accs_a)), float(np.mean(accs_b)),
-                    float(np.mean(accs_b) - np.mean(accs_a)), lo, hi, accs_a, accs_b,
-                )  # fmt: skip
-            comparison.unpaired = unpaired  # left out: scored by some of the runs only
-            comparison.paired_on = "shared questions" if unpaired else "all questions"
-            out.append(Delta(variant.label, name, comparison))
-    return out
+            if all(name in r.datasets for r in base.runs):
+                yield variant, name
+
+
+def _compare(
+    label: str, name: str, results: list[DatasetResult], n_base: int, n_boot: int, seed: int
+) -> Delta:
+    """Baseline runs (the first n_base results) against the variant's, paired on questions."""
+    _, both, unpaired = _matrix(results, name)
+    a, b = both[:n_base], both[n_base:]
+    if len(a) == len(b) == 1:
+        comparison = paired_comparison(a[0], b[0], n_boot, seed)
+    else:
+        lo, hi = seed_question_bootstrap(a, b, n_boot, seed)
+        accs_a, accs_b = a.mean(1).tolist(), b.mean(1).tolist()
+        comparison = SeedComparison(
+            a.shape[1], len(a), len(b), float(np.mean(accs_a)), float(np.mean(accs_b)),
+            float(np.mean(accs_b) - np.mean(accs_a)), lo, hi, accs_a, accs_b,
+        )  # fmt: skip
+    comparison.unpaired = unpaired  # left out: scored by some of the runs only
+    comparison.paired_on = "shared questions" if unpaired else "all questions"
+    return Delta(label, name, comparison)
 
 
 @dataclass

@@ -96,7 +96,7 @@ def build_report(
             ),
         ]
     rows = [
-        f"| {d.variant} | {d.dataset} | {d.seeds} | {100 * d.comparison.delta:+.2f} "
+        f"| {d.variant} | {d.dataset}{_subset(d)} | {d.seeds} | {100 * d.comparison.delta:+.2f} "
         f"[{100 * d.comparison.delta_ci_low:+.2f}, {100 * d.comparison.delta_ci_high:+.2f}] "
         f"| {'-' if d.comparison.mcnemar_p is None else f'{d.comparison.mcnemar_p:.3g}'} "
         f"| {d.comparison.n} |"
@@ -113,6 +113,10 @@ def build_report(
     ]
     return wr.Report(project=project, entity=entity, title=title, blocks=blocks,
                      description=f"llava-ablate comparison of {len(runs)} variants")  # fmt: skip
+
+
+def _subset(d: Delta) -> str:
+    return "" if d.subset == "all questions" else f" ({d.subset})"
 
 
 def save_report(report) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,17 @@ from llava_ablate.train.metrics import MetricsLogger, peak_memory_gb
 
 log = logging.getLogger("llava_ablate.train")
 
-_MODEL_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values")
+# attention_mask for one sample per row; position_ids (restarting per sample) for packed rows;
+# image_sizes and batch_num_images: anyres (arch=llava_onevision) batches only.
+_MODEL_KEYS = (
+    "input_ids",
+    "labels",
+    "attention_mask",
+    "position_ids",
+    "pixel_values",
+    "image_sizes",
+    "batch_num_images",
+)
 
 
 @dataclass
@@ -35,6 +45,7 @@ class TrainState:
     samples: int = 0  # samples drawn on this rank (used or skipped)
     skipped: Counter = field(default_factory=Counter)  # reason -> count, this rank
     nonfinite: int = 0  # micro-batches skipped for a NaN/Inf loss (all ranks agree)
+    tokens: int = 0  # tokens trained on by this rank (attention mask, placeholder rows excluded)
     stopped_early: bool = False  # a stop was requested (preemption): checkpointed, not finished
 
     def client_state(self) -> dict:
@@ -50,7 +61,6 @@ class LoopOptions:
     nan_skip_limit: int
     max_bad_fraction: float
     checkpoint_dir: Path
-    micro_batch: int
     # Polled after every optimizer step (e.g. a preemption signal arrived); when any rank says
     # yes, all ranks checkpoint and return early so the job can requeue and resume.
     stop_requested: Callable[[], bool] | None = None
@@ -80,41 +90,35 @@ def train_loop(
     on_checkpoint: Callable[[TrainState], dict],
 ) -> TrainState:
     device = engine.device
+    world = dist.get_world_size()
+    pending: deque[tuple[dict, bool]] = deque()  # this optimizer step's micro-batches
     last_good: dict | None = None
     window = Counter()  # sums over the current logging window
     t_window = time.perf_counter()
     while state.step < opts.total_steps:
-        t0 = time.perf_counter()
-        # Everything a single rank can fail on before the forward is settled here, together:
-        # the forward (ZeRO-3) and backward are collectives a failed rank would never join.
-        error: Exception | None = None
-        try:
-            batch = next(batches)  # endless: the loader moves on to the next epoch itself
-        except Exception as e:  # noqa: BLE001 - agreed below, then raised on every rank
-            batch, error = None, e
-        window["data_wait_s"] += time.perf_counter() - t0
-        empty = batch is not None and "input_ids" not in batch
-        if batch is not None:
-            state.samples += opts.micro_batch
-            for skip in batch["skip_details"]:
-                if state.skipped[skip.reason] < 3:  # name the first few of each kind
-                    log.warning("skipped sample %s (%s) %s", skip.id, skip.reason, skip.detail)
-                state.skipped[skip.reason] += 1
-            error = _skip_fault(state, opts.max_bad_fraction)
-            if error is None and empty and last_good is None:
-                error = TooManySkipped(
-                    f"the first micro-batch was entirely skipped: {batch['skipped']}"
-                )
-        agree(error, BatchLoadError, f"could not load a micro-batch at step {state.step}")
-        assert batch is not None
-        if empty:  # every sample of this micro-batch was bad: still join the collectives
-            batch = last_good
-        else:
-            last_good = batch
+        if not pending:
+            # The whole step is loaded first: its loss is a mean over the supervised tokens of
+            # the global batch (every rank's micro-batches), so their count is needed before the
+            # first backward. Each micro-batch's loss is its token-loss sum / (that count /
+            # (world x accumulation steps)); DeepSpeed divides by the accumulation steps and
+            # averages over ranks, so the step's gradient is the global mean whatever the split
+            # of tokens between micro-batches (packed or grouped). After a skipped non-finite
+            # micro-batch only the rest of its step is loaded (and counted).
+            gas = engine.gradient_accumulation_steps()
+            for _ in range(gas - engine.micro_steps % gas):
+                batch, empty = _next_batch(batches, state, opts, window, last_good)
+                last_good = batch
+                pending.append((batch, empty))
+            local = sum(_targets(b) for b, empty in pending if not empty)
+            (step_targets,) = _all_sum([local], device)
+            num_items = torch.tensor(max(step_targets, 1.0) / (world * gas), device=device)
+        batch, empty = pending.popleft()
         inputs = {k: batch[k].to(device) for k in _MODEL_KEYS if k in batch}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(engine.module.dtype)
-        loss = engine(**inputs).loss
+        # No KV cache in training; with one, transformers would not read packed position_ids
+        # as separate sequences (and model.config.use_cache does not reach a Llava's LLM).
+        loss = engine(**inputs, use_cache=False, num_items_in_batch=num_items).loss
         if empty:
             loss = loss * 0.0
 
@@ -137,11 +141,10 @@ def train_loop(
         engine.backward(loss)
         engine.step()
         if not empty:
-            window["loss_sum"] += loss.item()
-            window["micro"] += 1
-            placeholder = batch.get("placeholder_rows", 0)  # not data: excluded from tokens/s
-            mask = inputs["attention_mask"]
-            window["tokens"] += int(mask[: mask.shape[0] - placeholder].sum())
+            window["loss_sum"] += loss.item() * float(num_items)  # this batch's token-loss sum
+            window["targets"] += _targets(batch)
+            window["tokens"] += batch["real_tokens"]  # the placeholder row is not data
+            state.tokens += batch["real_tokens"]  # tokens seen, for the model card
             window["samples"] += len(batch["ids"])
         if not boundary:
             continue
@@ -185,12 +188,13 @@ def log_window(
     lrs: dict[str, float],
 ) -> None:
     """One metrics line for the optimizer steps since `started`: `window` holds this rank's
-    sums (loss, micro-batches, tokens, samples, data wait); collective, summed over ranks."""
+    sums (token losses, supervised tokens, tokens, samples, data wait); collective, summed over
+    ranks."""
     elapsed = time.perf_counter() - started
-    loss_sum, micro, tokens, samples, wait, skipped = _all_sum(
+    loss_sum, targets, tokens, samples, wait, skipped = _all_sum(
         [
             window["loss_sum"],
-            window["micro"],
+            window["targets"],
             window["tokens"],
             window["samples"],
             window["data_wait_s"],
@@ -203,7 +207,7 @@ def log_window(
     metrics.log(
         state.step,
         {
-            "loss": loss_sum / max(micro, 1),
+            "loss": loss_sum / max(targets, 1),  # mean over the window's supervised tokens
             **lrs,
             "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
             "tokens_per_s": tokens / elapsed,
@@ -213,6 +217,50 @@ def log_window(
             "skipped_total": int(skipped),
         },
     )
+
+
+def _next_batch(
+    batches: Iterator[dict],
+    state: TrainState,
+    opts: LoopOptions,
+    window: Counter,
+    last_good: dict | None,
+) -> tuple[dict, bool]:
+    """The next micro-batch and whether it is empty (every sample skipped: `last_good` stands in,
+    its loss zeroed, so this rank still joins the collectives). Counts samples and skips."""
+    t0 = time.perf_counter()
+    # Everything a single rank can fail on before the forward is settled here, together:
+    # the forward (ZeRO-3) and backward are collectives a failed rank would never join.
+    error: Exception | None = None
+    try:
+        batch = next(batches)  # endless: the loader moves on to the next epoch itself
+    except Exception as e:  # noqa: BLE001 - agreed below, then raised on every rank
+        batch, error = None, e
+    window["data_wait_s"] += time.perf_counter() - t0
+    empty = batch is not None and "input_ids" not in batch
+    if batch is not None:
+        # A packed micro-batch holds micro_batch samples only on average over its window.
+        state.samples += len(batch["ids"]) + len(batch["skip_details"])
+        for skip in batch["skip_details"]:
+            if state.skipped[skip.reason] < 3:  # name the first few of each kind
+                log.warning("skipped sample %s (%s) %s", skip.id, skip.reason, skip.detail)
+            state.skipped[skip.reason] += 1
+        error = _skip_fault(state, opts.max_bad_fraction)
+        if error is None and empty and last_good is None:
+            error = TooManySkipped(
+                f"the first micro-batch was entirely skipped: {batch['skipped']}"
+            )
+    agree(error, BatchLoadError, f"could not load a micro-batch at step {state.step}")
+    assert batch is not None
+    if empty:
+        assert last_good is not None
+        return last_good, True
+    return batch, False
+
+
+def _targets(batch: dict) -> int:
+    """Supervised tokens: the labels the causal-LM loss predicts (it shifts them by one)."""
+    return int((batch["labels"][:, 1:] != -100).sum())
 
 
 def _any_rank(flag: bool, device) -> bool:

@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import random
+import shlex
+import sys
 import warnings
 from dataclasses import dataclass
 from functools import partial
@@ -33,10 +35,18 @@ from llava_ablate.base.faults import RunFault
 from llava_ablate.config import Config, ConfigError, to_object
 from llava_ablate.data.builtin import prepare_builtin
 from llava_ablate.data.encode import Collator, EncodeOptions, SampleEncoder
-from llava_ablate.data.mixture import BuiltMixture, open_mixture, skip_report
-from llava_ablate.data.stream import BatchingOptions, ShardStream, StreamingLoader, StreamPlan
+from llava_ablate.data.mixture import BuiltMixture, check_image_side, open_mixture, skip_report
+from llava_ablate.data.shards import side_text
+from llava_ablate.data.stream import (
+    BatchingOptions,
+    ShardStream,
+    StreamingLoader,
+    StreamPlan,
+    resolve_workers,
+)
 from llava_ablate.eval.hook import TrainingEvalHook
-from llava_ablate.model.build import Variant, build_variant
+from llava_ablate.model.build import Variant, build_variant, shard_image_side
+from llava_ablate.model.card import evaluations_in, record_evaluations
 from llava_ablate.model.export import export_engine, is_exported
 from llava_ablate.model.freeze import apply_training_plan, format_plan
 from llava_ablate.model.init_from import load_parts
@@ -142,8 +152,16 @@ def claim_run_dir(run: Run) -> str:
 
 def open_data(cfg: Config) -> BuiltMixture:
     """The mixture's shards (built-in data generated first); logs what each source gives."""
-    prepare_builtin(cfg.data, cfg.train.seed)
+    image_side = shard_image_side(cfg.vision, cfg.data.max_image_side, cfg.arch)
+    prepare_builtin(cfg.data, cfg.train.seed, image_side)
     mixture = open_mixture(cfg.data, cfg.train.seed)
+    check_image_side(mixture, image_side)  # a 336 px build under a 1152 px run is refused
+    log.info(
+        "images: this run reads %s (data.max_image_side=%s); decoding at reduced scale where "
+        "the source is much larger",
+        side_text(image_side),
+        cfg.data.max_image_side,
+    )
     log.info(
         "mixture %s: %s",
         mixture.name,
@@ -172,6 +190,7 @@ def build_model(cfg: Config, precision: str) -> Model:
         cfg.vision,
         cfg.llm,
         cfg.projector,
+        arch=cfg.arch,
         cache_dir=cfg.paths.cache_dir,
         attn_implementation=cfg.train.attn_implementation,
         dtype=dtype_for(precision),
@@ -220,22 +239,35 @@ def build_stream(run: Run, mixture: BuiltMixture, model: Model) -> Data:
             num_image_tokens=model.variant.num_image_tokens,
             max_length=recipe.max_length,
             overflow=recipe.overflow,
-            pad_to_square=cfg.vision.image_aspect == "pad",
+            pad_to_square=_pads_to_square(cfg),
+            anyres=model.variant.anyres,
         ),
     )
     placeholder = encoder.image_placeholder(model.module.config.image_token_index)
+    workers = resolve_workers(cfg.data.num_workers)
+    log.info(
+        "data loading: %d worker(s) per rank (data.num_workers=%s), each %d micro-batches ahead",
+        workers,
+        cfg.data.num_workers,
+        cfg.data.prefetch_factor,
+    )
     stream = ShardStream(
         StreamPlan(mixture, cfg.train.seed, shuffle_buffer=1000),
         encoder,
-        Collator(model.variant.tokenizer.pad_token_id, placeholder),
+        Collator(model.variant.tokenizer.pad_token_id, placeholder, cfg.data.batching == "pack"),
         BatchingOptions(
-            plan.micro_batch, cfg.data.batching.group_by_length, cfg.data.batching.group_buffer
+            plan.micro_batch, cfg.data.batching, cfg.data.group_buffer, recipe.max_length
         ),
         rank=info.rank,
         world=info.world,
-        workers=cfg.data.num_workers,
+        workers=workers,
     )
-    loader = StreamingLoader(stream, cfg.data.num_workers, worker_init_fn=ignore_stop_signals)
+    loader = StreamingLoader(
+        stream,
+        workers,
+        worker_init_fn=ignore_stop_signals,
+        prefetch_factor=cfg.data.prefetch_factor,
+    )
     steps = total_steps(recipe, stream.batches_per_epoch() * plan.micro_batch * info.world)
     return Data(mixture, plan, stream, loader, steps)
 
@@ -312,6 +344,7 @@ def resume(run: Run, engine, loader: StreamingLoader, metrics: MetricsLogger) ->
         client, rank_state = checkpoint.load(engine, latest)
         state.step, state.nonfinite = client["step"], client["nonfinite"]
         state.samples = rank_state["samples"]
+        state.tokens = rank_state.get("tokens", 0)  # absent from checkpoints older than the count
         state.skipped.update(rank_state["skipped"])
         loader.load_state_dict(rank_state["data"])
         checkpoint.set_rng_state(rank_state["rng"])
@@ -324,6 +357,7 @@ def rank_state(state: TrainState, loader: StreamingLoader) -> dict:
     """What this rank saves beside the engine: its counts, data position and RNG."""
     return {
         "samples": state.samples,
+        "tokens": state.tokens,
         "skipped": dict(state.skipped),
         "data": loader.state_dict(),
         "rng": checkpoint.rng_state(),
@@ -351,7 +385,7 @@ def open_evaluation(run: Run, model: Model, engine, tracker: Tracker | None) -> 
         run.cfg.eval,
         model.variant.processor,
         run.dir,
-        pad_to_square=run.cfg.vision.image_aspect == "pad",
+        pad_to_square=_pads_to_square(run.cfg),
     )
     return Evaluator(hook, engine, tracker)
 
@@ -376,7 +410,6 @@ def train(
         nan_skip_limit=cfg.train.nan_skip_limit,
         max_bad_fraction=cfg.data.max_bad_fraction,
         checkpoint_dir=run.checkpoint_dir,
-        micro_batch=data.plan.micro_batch,
         stop_requested=stop_flag,
         evaluate=evaluate,
     )
@@ -427,6 +460,7 @@ def finish(
     if final_eval:
         tracking.metrics.log(state.step, final_eval)
     report_skips(run, data.mixture, state, tracking.tracker)
+    tokens = _all_sum_int(state.tokens)  # collective: before the rank-0-only writes
     if run.cfg.train.export:
         export_engine(
             engine,
@@ -435,12 +469,22 @@ def finish(
             {
                 "variant": {
                     k: OmegaConf.to_container(run.dcfg[k], resolve=True)
-                    for k in ("vision", "llm", "projector", "data", "recipe")
+                    for k in ("arch", "vision", "llm", "projector", "data", "recipe")
                 },
                 "steps": state.step,
+                "tokens": tokens,
                 "precision": model.precision,
+                "world_size": run.info.world,
+                "config_hash": run.identity.config_hash,
+                "command": training_command(),
             },
         )
+        if run.info.is_main:  # the card, with the run's own final evaluation (model/card.py)
+            final = run.dir / "eval" / f"step_{state.step}"
+            evaluations = (
+                evaluations_in(final, f"this run, step {state.step}") if final_eval else []
+            )
+            record_evaluations(run.export_dir, evaluations)
     tracking.close()
     shutdown_distributed()
 
@@ -477,10 +521,33 @@ def _setup_logging(info: DistInfo) -> None:
     transformers.logging.disable_progress_bar()
 
 
+def _pads_to_square(cfg: Config) -> bool:
+    """LLaVA-1.5's pad-to-square (vision.image_aspect=pad); anyres keeps the aspect ratio."""
+    return cfg.vision.image_aspect == "pad" and cfg.arch.type == "llava"
+
+
 def _seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def training_command() -> str:
+    """The command that trains this run again: Hydra's record of the job's own overrides (the
+    same under torchrun, a multirun and a Slurm array), else this process's arguments."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # not inside a Hydra job (run_training called directly)
+        overrides = sys.argv[1:]
+    return shlex.join(["llava-ablate", "train", *overrides])
+
+
+def _all_sum_int(value: int) -> int:
+    gathered: list[int] = [0] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)  # any backend, exact
+    return sum(gathered)
 
 
 def _global_skips(state: TrainState) -> dict[str, int]:

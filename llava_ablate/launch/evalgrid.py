@@ -1,0 +1,288 @@
+"""Evaluation grids: models x datasets x distractor strategies, one `evaluate.py` job each.
+
+Two places declare them:
+- a grid file of `kind: evaluate` (`launch/paper_models.yaml`): named `models` (hub ids,
+  directories, our exports, `type: clip|siglip` baselines), `datasets` (conf/eval/datasets
+  options) and `distractors`;
+- an evaluation stage of a training grid (`launch/llm_x_data.yaml`): a stage with `datasets`
+  and `after: <training stage>` scores each of that stage's exports, each job waiting for its
+  own training job (afterok).
+
+Every (model, distractors) pair has one results directory, with one sub-directory per dataset
+(`evaluate.py`'s layout, read by `llava-ablate report`):
+  <runs_root>/<grid>/[<stage>/]<distractors>/<model>/<dataset>/{metrics.json,predictions.jsonl}
+and all models of a grid answer the same frozen question files (`.../questions/`). A job is
+finished when its dataset's metrics.json exists; a re-submitted unfinished job resumes
+(evaluate.py skips the questions already predicted).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from llava_ablate.config import ConfigError
+from llava_ablate.eval_config import MODEL_TYPES, ModelCfg
+from llava_ablate.launch.grid import (
+    EvalStageSpec,
+    GridSpec,
+    Job,
+    dataset_names,
+    distractor_names,
+    quote,
+    read_grid,
+    shard_count,
+    string_list,
+)
+
+EVAL_KIND = "evaluate"
+_MODEL_KEYS = set(ModelCfg.__dataclass_fields__) - {"name"}
+
+
+@dataclass(frozen=True)
+class EvalModel:
+    """A row of the table: a name and the `model.*` values evaluate.py gets."""
+
+    name: str
+    fields: dict[str, str]  # model.<key> -> value (path, type, templates, image_aspect, ...)
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"model.name={quote(self.name)}",
+                *(f"model.{k}={quote(str(v))}" for k, v in self.fields.items())]  # fmt: skip
+
+    @property
+    def type(self) -> str:
+        return self.fields.get("type", "mllm")
+
+    @property
+    def path(self) -> str:
+        return self.fields["path"]
+
+
+@dataclass(frozen=True)
+class EvalGridSpec:
+    name: str
+    models: tuple[EvalModel, ...]
+    stage: EvalStageSpec
+    common: tuple[str, ...] = ()
+    launcher: tuple[str, ...] = ()
+    description: str = ""
+    gpu: str = "a100-80gb"
+    mfu: float = 0.4
+    runs_root: str = "runs"
+    baseline: str | None = None  # the row the table marks and tests against
+
+
+@dataclass
+class EvalJob:
+    grid: str
+    stage: str
+    model: str  # row label
+    model_overrides: list[str]
+    dataset: str
+    distractors: str
+    results_root: Path  # <runs_root>/<grid>/[<stage>/]: <distractors>/<model>/ below it
+    common: list[str]
+    parent: Job | None = None  # training grids: the job whose export this scores
+    shards: int = 1  # >1: array tasks each score a part, then one merge job scores the whole
+
+    @property
+    def out_dir(self) -> Path:
+        return self.results_root / self.distractors / self.model
+
+    @property
+    def questions_dir(self) -> Path:
+        return self.results_root / "questions"
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}/{self.dataset}/{self.distractors}"
+
+    @property
+    def finished(self) -> bool:
+        return (self.out_dir / self.dataset / "metrics.json").exists()
+
+    def base_overrides(self) -> list[str]:
+        """Everything but the dataset: what one Slurm array of this model shares."""
+        return [
+            *self.common,
+            *self.model_overrides,
+            f"eval.questions.distractors={self.distractors}",
+            f"eval.questions.dir={quote(str(self.questions_dir))}",
+            f"out_dir={quote(str(self.out_dir))}",
+        ]
+
+    @property
+    def overrides(self) -> list[str]:
+        return [*self.base_overrides(), f"eval/datasets=[{self.dataset}]"]
+
+
+def _model(name: str, node, where: str) -> EvalModel:
+    if not isinstance(node, (dict, DictConfig)):
+        raise ConfigError(f"{where}.{name} must be a mapping with at least `path`")
+    fields = {str(k): str(v) for k, v in node.items()}
+    unknown = set(fields) - _MODEL_KEYS
+    if unknown:
+        raise ConfigError(f"{where}.{name}: unknown keys {sorted(unknown)}; allowed "
+                          f"{sorted(_MODEL_KEYS)} (evaluate.py's model.*)")  # fmt: skip
+    if "path" not in fields:
+        raise ConfigError(f"{where}.{name} has no `path` (a hub id or a directory)")
+    if fields.get("type", "mllm") not in MODEL_TYPES:
+        raise ConfigError(f"{where}.{name}.type={fields['type']!r}; choose from {MODEL_TYPES}")
+    return EvalModel(name, fields)
+
+
+_GRID_KEYS = {"name", "kind", "description", "models", "datasets", "distractors", "common",
+              "launcher", "gpu", "mfu", "baseline", "shards"}  # fmt: skip
+
+
+def _read(name: str, overrides: list[str]) -> tuple[DictConfig, Path]:
+    """The grid file's YAML and its path (the one place that finds a grid by name)."""
+    return read_grid(name, overrides)
+
+
+def is_eval_grid(name: str, overrides: list[str] | None = None) -> bool:
+    raw, _ = _read(name, list(overrides or []))
+    return isinstance(raw, DictConfig) and raw.get("kind") == EVAL_KIND
+
+
+def load_eval_grid(
+    name: str, runs_root: str | None = None, overrides: list[str] | None = None
+) -> EvalGridSpec:
+    raw, path = _read(name, list(overrides or []))
+    unknown = set(raw.keys()) - _GRID_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; allowed {sorted(_GRID_KEYS)}")
+    models_node = raw.get("models")
+    if not isinstance(models_node, DictConfig) or not models_node:
+        raise ConfigError(f"{path}: `models` must map row names to {{path: ..., type: ...}}")
+    models = tuple(_model(str(k), v, f"{path}: models") for k, v in models_node.items())
+    grid_name = str(raw.get("name") or path.stem)
+    baseline = raw.get("baseline")
+    if baseline is not None and baseline not in [m.name for m in models]:
+        raise ConfigError(f"{path}: baseline={baseline!r} is not one of the models "
+                          f"{[m.name for m in models]}")  # fmt: skip
+    return EvalGridSpec(
+        name=grid_name,
+        models=models,
+        stage=EvalStageSpec(
+            name=EVAL_KIND,
+            datasets=dataset_names(raw.get("datasets"), f"{path}: datasets"),
+            distractors=distractor_names(raw.get("distractors"), f"{path}: distractors"),
+            shards=shard_count(raw.get("shards"), f"{path}: shards"),
+        ),
+        common=string_list(raw.get("common"), f"{path}: common"),
+        launcher=string_list(raw.get("launcher"), f"{path}: launcher"),
+        description=str(raw.get("description") or ""),
+        gpu=str(raw.get("gpu") or EvalGridSpec.gpu),
+        mfu=float(raw.get("mfu") or EvalGridSpec.mfu),
+        runs_root=runs_root or EvalGridSpec.runs_root,
+        baseline=None if baseline is None else str(baseline),
+    )
+
+
+def expand_eval_grid(grid: EvalGridSpec) -> list[EvalJob]:
+    """One job per (model, dataset, distractors), model by model."""
+    root = Path(grid.runs_root) / grid.name
+    return [
+        EvalJob(grid.name, grid.stage.name, m.name, m.overrides, d, strategy, root,
+                list(grid.common), shards=grid.stage.shards)
+        for m in grid.models
+        for strategy in grid.stage.distractors
+        for d in grid.stage.datasets
+    ]  # fmt: skip
+
+
+def expand_eval_stages(grid: GridSpec, jobs: list[Job]) -> list[EvalJob]:
+    """The evaluation stages of a training grid: every export of stage `after` on every
+    dataset and distractor strategy, each job after (and scoring) its own training job."""
+    out = []
+    for stage in grid.eval_stages:
+        root = Path(grid.runs_root) / grid.name / stage.name
+        for parent in (j for j in jobs if j.stage == stage.after):
+            model = [f"model.name={quote(parent.name)}",
+                     f"model.path={quote(str(parent.run_dir / 'export'))}"]  # fmt: skip
+            for strategy in stage.distractors:
+                for d in stage.datasets:
+                    job = EvalJob(grid.name, stage.name, parent.name, model, d, strategy, root,
+                                  list(stage.overrides), parent=parent,
+                                  shards=stage.shards)  # fmt: skip
+                    # A training job with evaluations waiting is an array of its own (as one
+                    # with later training stages): each evaluation waits for its own job only.
+                    if not any(c is job for c in parent.children):
+                        parent.children.append(job)
+                    out.append(job)
+    return out
+
+
+@dataclass
+class EvalUnit:
+    """Jobs submitted by one `evaluate.py -m` (one Slurm array): one model and distractor
+    strategy, its unfinished datasets swept -- and, when sharded, `shard.index` too (then a
+    merge unit with `shard.count=1` follows, after the shards' array)."""
+
+    stage: str
+    jobs: list[EvalJob]
+    parent: Job | EvalJob | None  # what the array waits for (afterok)
+    shards: int = 1  # >1: every dataset split into this many array tasks
+    merge: bool = False  # the job after the shards: merges their predictions, writes metrics
+
+    @property
+    def label(self) -> str:
+        first = self.jobs[0]
+        what = f"{first.model}/{first.distractors}: {', '.join(j.dataset for j in self.jobs)}"
+        if self.shards > 1:
+            return f"{what} x {self.shards} shards"
+        return f"{what} (merge)" if self.merge else what
+
+    def overrides(self, launcher: list[str], sweep_dir: Path) -> list[str]:
+        datasets = [j.dataset for j in self.jobs]
+        sweep = ",".join(datasets) if len(datasets) > 1 else f"[{datasets[0]}]"
+        shards = []
+        if self.shards > 1:
+            shards = [f"shard.index={','.join(map(str, range(self.shards)))}",
+                      f"shard.count={self.shards}"]  # fmt: skip
+        return [
+            *self.jobs[0].base_overrides(),
+            f"eval/datasets={sweep}",
+            *shards,
+            *launcher,
+            f"hydra.sweep.dir={quote(str(sweep_dir))}",
+            "hydra.sweep.subdir=${hydra.job.num}",
+        ]
+
+
+def make_eval_units(jobs: list[EvalJob]) -> list[EvalUnit]:
+    """Unfinished jobs grouped per (stage, model, distractors, training parent); a sharded
+    group is two units: the shards' array, then the merge after it."""
+    groups: dict[tuple, list[EvalJob]] = {}
+    for job in jobs:
+        if not job.finished:
+            key = (job.stage, job.model, job.distractors, id(job.parent), job.shards)
+            groups.setdefault(key, []).append(job)
+    units = []
+    for members in groups.values():
+        first = members[0]
+        if first.shards > 1:
+            units.append(EvalUnit(first.stage, members, first.parent, shards=first.shards))
+            units.append(EvalUnit(first.stage, members, first, merge=True))
+        else:
+            units.append(EvalUnit(first.stage, members, first.parent))
+    return units
+
+
+_TRAIN_ONLY = {"llm", "vision", "projector", "data", "recipe", "deepspeed", "train", "wandb",
+               "experiment"}  # fmt: skip
+
+
+def evaluation_overrides(extra: list[str]) -> list[str]:
+    """A training grid's command-line overrides that its evaluation jobs get too: the
+    launcher's and evaluate.py's (`eval.*`, `paths.*`), not train.py's own groups."""
+
+    def key(o: str) -> str:
+        return o.lstrip("+~").split("=", 1)[0].split(".")[0].split("/")[0]
+
+    return [o for o in extra if key(o) not in _TRAIN_ONLY]

@@ -1,0 +1,247 @@
+"""The plan of an evaluation grid (or a training grid's evaluation stage), before submitting:
+per job its status, resources, questions, tokens and GPU-hours.
+
+- Questions: from the frozen question file when it exists, else from the dataset on disk (after
+  `per_class`/`total` sub-sampling), times the cyclic rotations; `?` when neither is here.
+- Tokens per question: the image's placeholder tokens plus the prompt's text (~4 characters a
+  token: the question, 26 lettered options with the dataset's class names, the instruction),
+  once per scorer (`name_likelihood` adds every option name, `generate` its new tokens).
+  CLIP/SigLIP: the image's patches only (each class's text embedding is computed once).
+- GPU-hours: 2 x parameters FLOPs per token (a forward pass) at the grid's assumed MFU.
+It is an estimate of scale ("an hour or a week"), not a measurement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf, open_dict
+
+from llava_ablate.config import ConfigError, compose_config
+from llava_ablate.eval_config import validate_evaluate
+from llava_ablate.launch.estimate import fmt_count, gpu_spec
+from llava_ablate.launch.evalgrid import EvalJob, make_eval_units
+from llava_ablate.launch.plan import Resources, _resources, _table
+
+CHARS_PER_TOKEN = 4
+DEFAULT_NAME_CHARS = 12  # an unknown dataset's mean class-name length
+
+# The public models of launch/paper_models.yaml, so a plan needs no hub access: parameters and
+# image tokens per image (LLaVA-1.5: 24x24 patches; OneVision anyres_max_9 at 384 px: the base
+# image + a 2x2 grid of 729-token tiles for a typical photo; Qwen2-VL: one token per 28x28 px,
+# ~448x448 for a typical photo; CLIP/SigLIP: the tower's patches).
+KNOWN_EVAL_MODELS: dict[str, tuple[float, int]] = {
+    "llava-hf/llava-1.5-7b-hf": (7.06e9, 576),
+    "llava-hf/llava-onevision-qwen2-7b-ov-hf": (8.03e9, 5 * 729),
+    "Qwen/Qwen2-VL-7B-Instruct": (8.29e9, 256),
+    "openai/clip-vit-large-patch14-336": (4.28e8, 577),
+    "google/siglip-so400m-patch14-384": (8.78e8, 729),
+}
+
+# Published sizes of the evaluation splits the layouts read (conf/eval/datasets/), for a plan
+# made where the data is not: shown with "~". Caltech-101 without BACKGROUND_Google.
+KNOWN_SPLIT_SIZES: dict[str, int] = {
+    "imagenet": 50_000, "imagenetv2": 10_000, "objectnet": 50_000, "caltech101": 8_677,
+    "cub200": 5_794, "food101": 25_250, "flowers102": 6_149, "stanford_cars": 8_041,
+}  # fmt: skip
+
+
+@dataclass
+class ModelScale:
+    params: float | None
+    image_tokens: int | None
+    source: str  # where the numbers come from
+
+
+@dataclass
+class EvalPlanRow:
+    job: EvalJob
+    status: str  # finished | resume (n done) | new
+    resources: Resources
+    questions: int | None  # scoring units: questions x rotations
+    questions_known: bool  # False: from KNOWN_SPLIT_SIZES, not from this machine's files
+    tokens: float | None
+    scale: ModelScale
+    gpu_hours: float | None
+
+
+def model_scale(path: str, model_type: str) -> ModelScale:
+    """Parameters and image tokens of a model: the known table, else its local config.json
+    (a model built on the meta device), else unknown."""
+    if path in KNOWN_EVAL_MODELS:
+        params, tokens = KNOWN_EVAL_MODELS[path]
+        return ModelScale(params, tokens, "known")
+    if not (Path(path) / "config.json").exists():
+        return ModelScale(None, None, f"no config.json at {path} (yet)")
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    with torch.device("meta"):
+        if model_type == "mllm":
+            model = AutoModelForImageTextToText.from_config(config)
+        else:
+            model = AutoModel.from_config(config)
+    params = sum(p.numel() for p in model.parameters())
+    tokens = getattr(config, "image_seq_length", None)
+    if tokens is None:
+        vision = getattr(config, "vision_config", config)
+        tokens = (vision.image_size // vision.patch_size) ** 2
+    return ModelScale(float(params), int(tokens), "config.json")
+
+
+def _count_units(job: EvalJob, cfg) -> tuple[int | None, float]:
+    """(scoring units of the job's dataset, mean class-name characters) -- from the frozen
+    question file, else the dataset on disk, else (None, default)."""
+    from llava_ablate.eval.layouts import load_dataset
+    from llava_ablate.eval.questions import QuestionSet, question_set_path
+
+    dcfg = cfg.eval.datasets[job.dataset]
+    qcfg = cfg.eval.questions
+    rotations = max(1, cfg.eval.scoring.cyclic_permutations)
+    sub = {"per_class": dcfg.per_class, "total": dcfg.total}
+    frozen = question_set_path(Path(qcfg.dir), job.dataset, qcfg, sub)
+    if frozen.exists():
+        qs = QuestionSet.load(frozen)
+        names = {q.label for q in qs.questions}
+        chars = sum(map(len, names)) / max(len(names), 1)
+        return len(qs.questions) * rotations, chars
+    if not Path(dcfg.root).exists() or dcfg.builtin:
+        return None, DEFAULT_NAME_CHARS
+    try:
+        dataset = load_dataset(job.dataset, dcfg, qcfg.seed)
+    except (ValueError, OSError):  # a layout error: evaluate.py will name it
+        return None, DEFAULT_NAME_CHARS
+    chars = sum(map(len, dataset.classnames)) / max(len(dataset.classnames), 1)
+    return len(dataset.samples) * rotations, chars
+
+
+def tokens_per_unit(cfg, scale: ModelScale, name_chars: float, model_type: str) -> float | None:
+    if scale.image_tokens is None:
+        return None
+    if model_type != "mllm":
+        return float(scale.image_tokens)
+    qcfg, sc = cfg.eval.questions, cfg.eval.scoring
+    k = qcfg.num_options
+    text = (len(qcfg.question) + len(qcfg.instruction) + k * (name_chars + 4)) / CHARS_PER_TOKEN
+    prompt = scale.image_tokens + text
+    per_scorer = {
+        "likelihood": prompt,
+        "name_likelihood": prompt + k * name_chars / CHARS_PER_TOKEN,
+        "generate": prompt + sc.max_new_tokens,
+    }
+    return float(sum(per_scorer[s] for s in sc.scorers))
+
+
+def _status(job: EvalJob) -> str:
+    if job.finished:
+        return "finished"
+    directory = job.out_dir / job.dataset
+    done = sum(
+        len(f.read_text().splitlines()) for f in directory.glob("predictions*.jsonl")
+    ) if directory.is_dir() else 0  # fmt: skip
+    return f"resume ({done} predicted)" if done else "new"
+
+
+def plan_eval_jobs(
+    jobs: list[EvalJob],
+    launcher: list[str],
+    extra: list[str],
+    gpu: str,
+    mfu: float,
+    parent_scale: dict[int, ModelScale] | None = None,
+) -> list[EvalPlanRow]:
+    """A row per job. `parent_scale`: id(training job) -> the size its plan computed, for
+    exports that do not exist yet."""
+    peak, _ = gpu_spec(gpu)
+    rows = []
+    composed: dict[tuple, tuple] = {}
+    for job in jobs:
+        key = (job.stage, job.model, job.distractors, id(job.parent))
+        if key not in composed:
+            same = [
+                j.dataset for j in jobs if (j.stage, j.model, j.distractors, id(j.parent)) == key
+            ]
+            overrides = [*job.base_overrides(), f"eval/datasets=[{','.join(same)}]", *launcher,
+                         *extra]  # fmt: skip
+            try:
+                dcfg = compose_config(overrides, "evaluate", return_hydra_config=True)
+            except Exception as e:  # Hydra's own errors name the bad override
+                raise ConfigError(f"evaluation {job.stage}/{job.model}: {e}") from e
+            node = OmegaConf.create(OmegaConf.to_container(dcfg.hydra.launcher, resolve=False))
+            node.choice = dcfg.hydra.runtime.choices.get("hydra/launcher")
+            with open_dict(dcfg):
+                del dcfg["hydra"]
+            validate_evaluate(dcfg)  # a bad key or value fails the plan, naming it
+            cfg = OmegaConf.to_object(dcfg)
+            m = cfg.model
+            if job.parent is not None and not (Path(m.path) / "config.json").exists():
+                scale = (parent_scale or {}).get(id(job.parent)) or ModelScale(None, None, "?")
+            else:
+                scale = model_scale(m.path, m.type)
+            composed[key] = (cfg, _resources(node), scale)
+        cfg, res, scale = composed[key]
+        units, chars = _count_units(job, cfg)
+        known = units is not None
+        dcfg = cfg.eval.datasets[job.dataset]
+        if (
+            units is None
+            and job.dataset in KNOWN_SPLIT_SIZES
+            and not (dcfg.per_class or dcfg.total)
+        ):
+            units = KNOWN_SPLIT_SIZES[job.dataset] * max(1, cfg.eval.scoring.cyclic_permutations)
+        per = tokens_per_unit(cfg, scale, chars, cfg.model.type)
+        tokens = units * per if units is not None and per is not None else None
+        hours = None
+        if gpu != "cpu" and tokens is not None and scale.params:
+            hours = tokens * 2 * scale.params / (peak * mfu) / 3600
+        rows.append(EvalPlanRow(job, _status(job), res, units, known, tokens, scale, hours))
+    return rows
+
+
+def format_eval_plan(title: str, rows: list[EvalPlanRow], gpu: str, mfu: float) -> str:
+    todo = [r for r in rows if r.status != "finished"]
+    units = make_eval_units([r.job for r in rows])
+    out = [
+        f"{title}: {len(rows)} evaluation jobs, {len(todo)} to run in {len(units)} Slurm "
+        f"arrays (per model and distractor strategy; sharded: + a merge), "
+        f"{len(rows) - len(todo)} finished",
+        f"assumed GPU {gpu}" + (f", MFU {mfu:.0%} (forward passes only)" if gpu != "cpu" else ""),
+        "",
+    ]
+    table = []
+    for i, r in enumerate(rows, 1):
+        res = r.resources
+        alloc = f"{res.nodes}x{res.tasks_per_node}" + (
+            f" ({res.gpus} GPU)" if res.gpus_per_node else " (CPU)"
+        )
+        if r.job.shards > 1:
+            alloc += f" x{r.job.shards} shards"
+        after = f"{r.job.parent.stage}/{r.job.parent.name}" if r.job.parent else "-"
+        table.append([
+            str(i), r.job.stage, r.job.model, r.job.dataset, r.job.distractors, r.status, after,
+            alloc, f"{res.timeout_min}m", "?" if r.questions is None else ("" if r.questions_known else "~") + f"{r.questions:,}",
+            "?" if r.tokens is None else fmt_count(r.tokens),
+            "?" if r.scale.params is None else fmt_count(r.scale.params),
+            "-" if r.gpu_hours is None else f"{r.gpu_hours:,.2f}",
+        ])  # fmt: skip
+    out.append(_table(["#", "stage", "model", "dataset", "distractors", "status", "after",
+                       "nodes x tasks", "time", "questions", "tokens", "params", "GPU-h"],
+                      table))  # fmt: skip
+    if any(r.questions is not None and not r.questions_known for r in rows):
+        out.append("~: the split's published size (the data is not on this machine)")
+    unknown = sorted({r.job.dataset for r in rows if r.questions is None})
+    if unknown:
+        out.append(f"questions unknown (dataset not on this machine, nor its frozen question "
+                   f"file): {', '.join(unknown)}")  # fmt: skip
+    no_size = sorted({f"{r.job.model} ({r.scale.source})" for r in rows if r.scale.params is None})
+    if no_size:
+        out.append(f"model size unknown: {', '.join(no_size)}")
+    if gpu != "cpu":
+        hours = [r.gpu_hours for r in todo if r.gpu_hours is not None]
+        missing = len(todo) - len(hours)
+        out.append(f"GPU-hours to run: {sum(hours):,.1f}" if hours else "GPU-hours: unknown")
+        if hours and missing:
+            out[-1] += f" ({missing} jobs unknown)"
+    return "\n".join(out)
