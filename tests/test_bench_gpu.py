@@ -30,14 +30,14 @@ def test_gpu_bench_smoke_reports_every_figure(cache_dir, tmp_path):
     flash = importlib.util.find_spec("flash_attn") is not None
     assert r["attention"]["flash_attention_2"] == ("run" if flash else "not installed")
     modes = [row["batching"] for row in r["training"] if row["attn"] == "sdpa"]
-    assert modes == ["group", "none"]
+    assert modes == ["group", "pack"]
     for row in r["training"]:
         assert row["tokens_per_s"] > 0 and row["samples_per_s"] > 0
         assert 0 <= row["data_wait_frac"] <= 1
         assert row["peak_mem_gib"] > 0 and row["estimate_mem_gib"] > 0
         assert row["mfu"] == pytest.approx(6 * row["llm_params"] * row["tokens_per_s"] / 1e12)
         assert row["windows_timed"] >= 1
-    ratio = r["batching_ratio"]["tiny_llama"]["none/group"]
+    ratio = r["batching_ratio"]["tiny_llama"]["pack/group"]
     assert ratio > 0
     e = r["eval"]
     assert e["options"] == 26 and e["questions"] == 4
@@ -46,7 +46,7 @@ def test_gpu_bench_smoke_reports_every_figure(cache_dir, tmp_path):
         assert e["questions_per_s"][path] > 0 and e["over_batch1_generate"][path] > 0
     assert e["over_batch1_generate"]["lmms_eval_llava_hf_b1"] == pytest.approx(1.0)
     # The printed table carries the same figures.
-    for text in ("| llm | batching | attn | tokens/s | MFU |", "none/group", "x batch-1"):
+    for text in ("| llm | batching | attn | tokens/s | MFU |", "pack/group", "x batch-1"):
         assert text in proc.stdout
 
 
@@ -55,7 +55,7 @@ def test_unsupported_batching_mode_fails_before_any_run(tmp_path, monkeypatch):
 
     with pytest.raises(SystemExit, match="unknown mode"):
         gpu.check_configs(gpu.SMOKE, [gpu.Case("tiny_llama", "zigzag", "sdpa")], tmp_path)
-    # A mode the bench knows but this config refuses (as `pack` before issue 10 part 1).
-    monkeypatch.setitem(gpu.BATCHING, "refused", ["data.batching.group_by_length=sometimes"])
+    # A mode the bench knows but the config refuses.
+    monkeypatch.setitem(gpu.BATCHING, "refused", ["data.batching=sometimes"])
     with pytest.raises(SystemExit, match="refused.*--batching refused supported"):
         gpu.check_configs(gpu.SMOKE, [gpu.Case("tiny_llama", "refused", "sdpa")], tmp_path)
