@@ -1,5 +1,7 @@
 """Run every benchmark and print each ratio against its baseline: `python -m bench`.
 
+`python -m bench gpu [--smoke] ...` runs the GPU bench (bench/gpu.py) with its own arguments.
+
 Figures are machine-dependent; record them in bench/README.md with the machine they came from.
 """
 
@@ -14,7 +16,13 @@ import torch
 BENCHES = ["loader_throughput", "padding_waste", "eval_throughput", "name_scoring"]
 
 
+SUBCOMMANDS = {"gpu": "bench.gpu"}  # take their own command-line arguments
+
+
 def main() -> None:
+    if sys.argv[1:2] and sys.argv[1] in SUBCOMMANDS:
+        importlib.import_module(SUBCOMMANDS[sys.argv[1]]).main(sys.argv[2:])
+        return
     only = sys.argv[1:] or BENCHES
     print(
         f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch "

@@ -27,3 +27,22 @@ def tiny_variant(image_size: int = 32, patch: int = 8, llm: str = "tiny_llama"):
             f"vision.config.patch_size={patch}",
         ]
     )
+
+
+def digits_dataset(root: Path, n: int):
+    """n scikit-learn digits as 64 px PNGs under `root` (10 classes: 10-option questions)."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from llava_ablate.eval.datasets import ClassificationDataset, Sample
+
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    d = load_digits()
+    samples = []
+    for i in range(n):
+        path = root / f"{i}.png"
+        arr = (d.images[i] / 16 * 255).astype(np.uint8)
+        Image.fromarray(arr).convert("RGB").resize((64, 64)).save(path)
+        samples.append(Sample(str(i), int(d.target[i]), str(path)))
+    return ClassificationDataset("digits", names, samples)

@@ -21,8 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import variant_from  # noqa: E402
-from bench.eval_throughput import digits_dataset  # noqa: E402
+from bench.common import digits_dataset, variant_from  # noqa: E402
 from llava_ablate.eval.models import MLLMChoiceModel  # noqa: E402
 from llava_ablate.eval.questions import LETTERS, build_question_set  # noqa: E402
 from llava_ablate.eval.run import item_maker  # noqa: E402

@@ -9,6 +9,7 @@ would silently score the wrong token for half the templates.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from contextlib import contextmanager
@@ -22,6 +23,10 @@ from llava_ablate.base.video_processors import allow_video_processors
 from llava_ablate.eval.scoring import PromptItem
 
 log = logging.getLogger(__name__)
+
+# Models whose forward can be split at any token with a KV cache and give the same result
+# (plain 1-D positions from the cache length); Qwen2-VL's M-RoPE positions are not among them.
+PREFIX_SPLITTABLE = {"llava", "llava_next", "llava_onevision"}
 
 
 def letter_token_ids(processor, n: int = 26) -> tuple[list[int], str]:
@@ -111,9 +116,12 @@ class MLLMChoiceModel:
 
     def _inputs(self, items: list[PromptItem], side: str, suffix: str = "") -> dict:
         texts = [render(self.processor, processor_messages(it.text), True) + suffix for it in items]
+        return self._encode([it.image for it in items], texts, side)
+
+    def _encode(self, images: list, texts: list[str], side: str) -> dict:
         with _padding_side(self.processor.tokenizer, side):
             enc = self.processor(
-                images=[it.image for it in items],
+                images=images,
                 text=texts,
                 padding=True,
                 return_tensors="pt",
@@ -128,17 +136,9 @@ class MLLMChoiceModel:
 
     @torch.no_grad()
     def letter_scores(self, items: list[PromptItem]) -> np.ndarray:
-        # Right padding keeps every row's positions exact; the head runs on the last real
-        # position only (a full [B, T, vocab] logit tensor would dwarf the model on 150k vocabs).
+        # Right padding keeps every row's positions exact; the head reads each row's last one.
         inputs = self._inputs(items, "right", self.answer_prefix)
-        last = inputs["attention_mask"].sum(dim=1) - 1
-        base = getattr(self.model, self.model.base_model_prefix, None)
-        head = self.model.get_output_embeddings()
-        if base is not None and head is not None:
-            hidden = base(**inputs).last_hidden_state
-            logits = head(hidden[torch.arange(len(items)), last])
-        else:
-            logits = self.model(**inputs).logits[torch.arange(len(items)), last]
+        logits, _ = self._logits_at(inputs["attention_mask"].sum(dim=1) - 1, **inputs)
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         return logprobs[:, self.letter_ids].cpu().numpy()
 
@@ -160,41 +160,129 @@ class MLLMChoiceModel:
 
     @torch.no_grad()
     def name_scores(self, items: list[PromptItem]) -> np.ndarray:
-        # One forward over image + prompt, then all options' answers at once on copies of its
-        # KV cache: 26 answers cost one prefix, not 26. Two forwards per item on every rank,
-        # whatever the answers' lengths, so ZeRO-3 ranks stay in step.
-        scores = np.full((len(items), 26), -np.inf)
-        for row, item in enumerate(items):
-            if self.names_prompt is not None:
-                item = PromptItem(item.question, item.image, self.names_prompt)
-            inputs = self._inputs([item], "right")
-            out = self.model(**inputs, use_cache=True, logits_to_keep=1)
-            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-            options = item.question.options
-            answers = [
-                self.answer_ids(self.names_answer.format(option=o, letter=LETTERS[i]))
-                for i, o in enumerate(options)
-            ]
-            width = max(len(a) for a in answers)
-            pad = self.processor.tokenizer.pad_token_id or 0
-            ids = torch.tensor([a + [pad] * (width - len(a)) for a in answers], device=self.device)
-            mask = (torch.arange(width) < torch.tensor([len(a) for a in answers])[:, None]).long()
-            cache = getattr(out, "cache", None) or out.past_key_values
-            cache.batch_repeat_interleave(len(answers))
-            prefix = inputs["attention_mask"].expand(len(answers), -1)
-            cont = self.model(
-                input_ids=ids,
-                attention_mask=torch.cat([prefix, mask.to(self.device)], dim=1),
-                use_cache=True,
-                **{self._cache_kwarg: cache},
-            )
-            # Token j of each answer is predicted by position j-1 (the prefix's last for j=0).
-            logp = torch.log_softmax(cont.logits[:, :-1].float(), dim=-1)
-            for k, a in enumerate(answers):
-                total = first[a[0]]
-                if len(a) > 1:
-                    total = total + logp[k, torch.arange(len(a) - 1), torch.tensor(a[1:])].sum()
-                scores[row, k] = float(total)
+        return self.choice_scores(items, ["name_likelihood"])["name_likelihood"]
+
+    @torch.no_grad()
+    def choice_scores(self, items: list[PromptItem], scorers: list[str]) -> dict[str, np.ndarray]:
+        """`letter_scores` and/or `name_scores` with one prefill per distinct prompt: the items
+        of one question (its option rotations) share the forward over the image and the text
+        before the options; the likelihood and name scorers share the prompt's forward when
+        their prompts are the same text; the name answers run on copies of its KV cache.
+        `score_units` calls this whenever it saves work; every score is the same forward's
+        arithmetic split at other points (tests/test_eval_prefill.py). The number of forwards
+        depends on the config and on how many rotations share a batch, never on the images or
+        answers: the training hook (no rotations) keeps ZeRO-3 ranks in step."""
+        out = {s: np.full((len(items), 26), -np.inf) for s in scorers}
+        for rows in _same_question(items):
+            uses: dict[str, list[tuple[int, str]]] = {}  # prompt text -> [(row, scorer)]
+            for r in rows:
+                mcq = render(self.processor, processor_messages(items[r].text), True)
+                if "likelihood" in scorers:
+                    uses.setdefault(mcq + self.answer_prefix, []).append((r, "likelihood"))
+                if "name_likelihood" in scorers:
+                    text = mcq if self.names_prompt is None else render(
+                        self.processor, processor_messages(self.names_prompt), True
+                    )  # fmt: skip
+                    uses.setdefault(text, []).append((r, "name_likelihood"))
+            texts = list(uses)
+            for i, (last, cache, length) in enumerate(self._prefills(items[rows[0]].image, texts)):
+                logp = torch.log_softmax(last.float(), dim=-1)
+                names = [r for r, s in uses[texts[i]] if s == "name_likelihood"]
+                for r, scorer in uses[texts[i]]:
+                    if scorer == "likelihood":
+                        out[scorer][r] = logp[self.letter_ids].cpu().numpy()
+                    else:  # the last user of the cache may consume it; the others copy it
+                        own = cache if r == names[-1] else copy.deepcopy(cache)
+                        out[scorer][r] = self._answers_on(logp, own, length, items[r].question)
+        return out
+
+    def _prefills(self, image, texts: list[str]):
+        """Yield (logits after the last token, KV cache, length) of each prompt, in order.
+
+        One forward over the prompts' common prefix (image included), then their differing
+        tails as one right-padded batch on copies of its cache; each prompt's cache is then
+        cut to its own length, so what follows sees exactly its prompt's keys and values."""
+        enc = self._encode([image] * len(texts), texts, "right")
+        ids, mask = enc.pop("input_ids"), enc.pop("attention_mask")
+        lengths = mask.sum(dim=1).tolist()
+        if len(texts) == 1:
+            split = lengths[0]
+        else:
+            split = _common_prefix(ids, min(lengths) - 1)
+            image_in_tail = (ids[:, split:] == self.model.config.image_token_index).any()
+            if image_in_tail or self.model.config.model_type not in PREFIX_SPLITTABLE:
+                for text in texts:  # nothing shareable: one forward per prompt
+                    yield from self._prefills(image, [text])
+                return
+        pre = self.model(
+            input_ids=ids[:1, :split],
+            attention_mask=mask[:1, :split],
+            use_cache=True,
+            logits_to_keep=1,
+            **{k: v[:1] for k, v in enc.items()},  # the image (pixel_values, image_sizes, ...)
+        )
+        cache = getattr(pre, "cache", None) or pre.past_key_values
+        if len(texts) == 1:
+            yield pre.logits[0, -1], cache, split
+            return
+        tails = [n - split for n in lengths]
+        width = max(tails)
+        cache.batch_repeat_interleave(len(texts))
+        last, cache = self._logits_at(
+            torch.tensor(tails) - 1,
+            input_ids=ids[:, split : split + width],
+            attention_mask=mask[:, : split + width],
+            use_cache=True,
+            **{self._cache_kwarg: cache},
+        )
+        for i, n in enumerate(tails):
+            own = copy.deepcopy(cache) if i < len(texts) - 1 else cache
+            own.batch_select_indices(torch.tensor([i], device=self.device))
+            if width > n:
+                own.crop(n - width)  # drop the right padding of this prompt's tail
+            yield last[i], own, split + n
+
+    def _logits_at(self, positions: torch.Tensor, **inputs):
+        """(logits at one position per row, the KV cache): the head runs on those positions
+        only (a full [B, T, vocab] logit tensor would dwarf the model on 150k vocabularies)."""
+        rows = torch.arange(len(positions))
+        base = getattr(self.model, self.model.base_model_prefix, None)
+        head = self.model.get_output_embeddings()
+        if base is not None and head is not None:
+            out = base(**inputs)
+            logits = head(out.last_hidden_state[rows, positions])
+        else:
+            out = self.model(**inputs)
+            logits = out.logits[rows, positions]
+        return logits, getattr(out, "cache", None) or out.past_key_values
+
+    def _answers_on(self, first: torch.Tensor, cache, length: int, question) -> np.ndarray:
+        """Summed log P(each option's answer | prompt) from the prompt's next-token log-probs
+        and its KV cache (consumed): all options at once on copies of the cache."""
+        answers = [
+            self.answer_ids(self.names_answer.format(option=o, letter=LETTERS[i]))
+            for i, o in enumerate(question.options)
+        ]
+        width = max(len(a) for a in answers)
+        pad = self.processor.tokenizer.pad_token_id or 0
+        ids = torch.tensor([a + [pad] * (width - len(a)) for a in answers], device=self.device)
+        mask = (torch.arange(width) < torch.tensor([len(a) for a in answers])[:, None]).long()
+        cache.batch_repeat_interleave(len(answers))
+        prefix = torch.ones(len(answers), length, dtype=torch.long)
+        cont = self.model(
+            input_ids=ids,
+            attention_mask=torch.cat([prefix, mask], dim=1).to(self.device),
+            use_cache=True,
+            **{self._cache_kwarg: cache},
+        )
+        # Token j of each answer is predicted by position j-1 (the prompt's last for j=0).
+        logp = torch.log_softmax(cont.logits[:, :-1].float(), dim=-1)
+        scores = np.full(26, -np.inf)
+        for k, a in enumerate(answers):
+            total = first[a[0]]
+            if len(a) > 1:
+                total = total + logp[k, torch.arange(len(a) - 1), torch.tensor(a[1:])].sum()
+            scores[k] = float(total)
         return scores
 
     @torch.no_grad()
@@ -217,3 +305,18 @@ def load_mllm(path: str, dtype: torch.dtype, device: torch.device, attn: str = "
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attn)
     processor = AutoProcessor.from_pretrained(path)
     return model.to(device).eval(), processor
+
+
+def _same_question(items: list[PromptItem]) -> list[list[int]]:
+    """Rows grouped by question (its option rotations), in order; a group shares one image."""
+    groups: dict[tuple, list[int]] = {}
+    for r, it in enumerate(items):
+        key = (it.question.qid, it.image.size, it.image.mode, it.image.tobytes())
+        groups.setdefault(key, []).append(r)
+    return list(groups.values())
+
+
+def _common_prefix(ids: torch.Tensor, limit: int) -> int:
+    """How many leading tokens every row shares (at most `limit`)."""
+    differs = (ids[:, :limit] != ids[:1, :limit]).any(dim=0).nonzero()
+    return int(differs[0]) if len(differs) else limit

@@ -161,6 +161,35 @@ def predictions_from_classes(units: list[Unit], classes: list[str]) -> list[Pred
     return out
 
 
+def by_length(units: list[Unit]) -> list[Unit]:
+    """Units ordered by their options' text length (a question's rotations stay together):
+    batches of similar prompts pad little. Stable, so every rank orders its units alike."""
+    size = {u.question.qid: sum(map(len, u.question.options)) for u in units}
+    first = {}
+    for i, u in enumerate(units):
+        first.setdefault(u.question.qid, i)
+    return sorted(units, key=lambda u: (size[u.question.qid], first[u.question.qid]))
+
+
+def likelihoods(model: ChoiceModel, items: list[PromptItem], scorers: list[str]) -> dict:
+    """{scorer: [len(items), 26] scores} of the likelihood scorers asked for.
+
+    A model with `choice_scores` shares prefills (one per distinct prompt; a question's
+    rotations share the image): used when that saves work -- both scorers asked for, or a
+    question scored in several rotations. Otherwise the letters go through one batched forward.
+    """
+    wanted = [s for s in ("likelihood", "name_likelihood") if s in scorers]
+    rotated = len({it.question.qid for it in items}) < len(items)
+    if hasattr(model, "choice_scores") and ("name_likelihood" in wanted or rotated):
+        return model.choice_scores(items, wanted)
+    out = {}
+    if "likelihood" in wanted:
+        out["likelihood"] = model.letter_scores(items)
+    if "name_likelihood" in wanted:
+        out["name_likelihood"] = model.name_scores(items)
+    return out
+
+
 def score_units(
     units: list[Unit],
     model: ChoiceModel,
@@ -177,6 +206,7 @@ def score_units(
     """
     for unsupported in set(scorers) - set(model.scorers):
         raise ValueError(f"this model has no {unsupported!r} scorer (it has {model.scorers})")
+    units = by_length(units)
     for start in range(0, len(units), batch_size):
         batch = units[start : start + batch_size]
         items = [make_item(u.question.rotated(u.shift)) for u in batch]
@@ -186,10 +216,8 @@ def score_units(
             raise ValueError(f"cannot read the image of question {first.qid}: {first.image} "
                              f"({first.reason}: {first.detail})")  # fmt: skip
         preds: list[Prediction] = []
-        if "likelihood" in scorers:
-            preds += predictions_from_scores(batch, model.letter_scores(items))
-        if "name_likelihood" in scorers:
-            preds += predictions_from_scores(batch, model.name_scores(items), "name_likelihood")
+        for scorer, scores in likelihoods(model, items, scorers).items():
+            preds += predictions_from_scores(batch, scores, scorer)
         if "generate" in scorers:
             preds += predictions_from_text(batch, model.generate(items))
         if "all_classes" in scorers:

@@ -398,6 +398,25 @@ def memory_per_rank(
     return Memory(weights, gradients, optimizer, acts, overhead)
 
 
+def config_memory(
+    cfg: Config, size: ModelSize, data: DataSize, world: int, precision: str, gpu: bool
+) -> Memory:
+    """`memory_per_rank` for a composed config at its longest batch, with the arguments
+    `llava-ablate plan` passes for a job (launch/plan.py `plan_job`)."""
+    return memory_per_rank(
+        size,
+        zero_stage=cfg.deepspeed.zero_stage,
+        world=world,
+        precision=precision,
+        micro_batch=cfg.recipe.micro_batch_size,
+        seq_len=data.longest or cfg.recipe.max_length,
+        gradient_checkpointing=cfg.train.gradient_checkpointing,
+        offload_optimizer=cfg.deepspeed.offload_optimizer,
+        offload_param=cfg.deepspeed.offload_param,
+        gpu=gpu,
+    )
+
+
 def train_flops(
     size: ModelSize,
     samples: float,
