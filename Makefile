@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 NPROC  ?= 2
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install lmms demo test lint bench
+.PHONY: install lmms demo test test-slow lint bench
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -49,8 +49,13 @@ $(LMMS_VENV)/.installed: $(VENV)/.installed
 demo: install
 	$(BIN)/python -m llava_ablate.demo --nproc $(NPROC)
 
+# The default suite (~10 min on 2 cores); `test-slow`: the end-to-end runs marked slow (CI runs
+# both: .ci/run).
 test: install lmms
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q -m "not slow"
+
+test-slow: install lmms
+	$(BIN)/python -m pytest tests -q -m slow
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
