@@ -51,11 +51,14 @@ demo: install
 
 # The default suite (~10 min on 2 cores); `test-slow`: the end-to-end runs marked slow (CI runs
 # both: .ci/run).
+# Both targets install chromium and lmms-eval first, so their tests must find them (fail, not
+# skip); only a bare `pytest` outside make may skip those two.
+REQUIRE := LLAVA_REQUIRE_BROWSER=1 LLAVA_REQUIRE_LMMS=1
 test: install lmms
-	$(BIN)/python -m pytest tests -q -m "not slow"
+	$(REQUIRE) $(BIN)/python -m pytest tests -q -m "not slow"
 
 test-slow: install lmms
-	$(BIN)/python -m pytest tests -q -m slow
+	$(REQUIRE) $(BIN)/python -m pytest tests -q -m slow
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -13,7 +13,7 @@ import sys
 
 from llava_ablate.config import ConfigError
 from llava_ablate.launch.estimate import EstimateError
-from llava_ablate.launch.evalgrid import is_eval_grid
+from llava_ablate.launch.evalgrid import EvalGridSpec
 from llava_ablate.launch.plan import add_plan_arguments
 from llava_ablate.launch.plan_any import plan_any
 from llava_ablate.launch.submit import submit_eval_grid, submit_grid
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return 0
         print(flush=True)
-        if is_eval_grid(args.grid, args.overrides):
+        if isinstance(grid, EvalGridSpec):  # plan_any read the grid once; not again
             failed = submit_eval_grid(grid, evals, args.overrides, wait=not args.detach)
         else:
             failed = submit_grid(grid, jobs, args.overrides, wait=not args.detach, evals=evals)

@@ -139,20 +139,15 @@ _GRID_KEYS = {"name", "kind", "description", "models", "datasets", "distractors"
               "launcher", "gpu", "mfu", "baseline", "shards"}  # fmt: skip
 
 
-def _read(name: str, overrides: list[str]) -> tuple[DictConfig, Path]:
-    """The grid file's YAML and its path (the one place that finds a grid by name)."""
-    return read_grid(name, overrides)
-
-
 def is_eval_grid(name: str, overrides: list[str] | None = None) -> bool:
-    raw, _ = _read(name, list(overrides or []))
+    raw, _ = read_grid(name, list(overrides or []))
     return isinstance(raw, DictConfig) and raw.get("kind") == EVAL_KIND
 
 
 def load_eval_grid(
     name: str, runs_root: str | None = None, overrides: list[str] | None = None
 ) -> EvalGridSpec:
-    raw, path = _read(name, list(overrides or []))
+    raw, path = read_grid(name, list(overrides or []))
     unknown = set(raw.keys()) - _GRID_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; allowed {sorted(_GRID_KEYS)}")

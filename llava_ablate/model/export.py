@@ -44,7 +44,9 @@ def export_engine(engine, processor, out_dir: Path, info: dict) -> Path:
             raise RuntimeError(f"export: missing {missing[:5]} unexpected {unexpected[:5]}")
         model.tie_weights()
         model = merged(model)
-        model.config.use_cache = True  # training turned the KV cache off; generation wants it
+        model.config.use_cache = (
+            True  # generation wants the KV cache (training passes use_cache=False)
+        )
         _stop_at_end_of_turn(model.generation_config, processor)
         model.save_pretrained(out_dir)
         save_processor(processor, out_dir)

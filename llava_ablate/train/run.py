@@ -203,7 +203,6 @@ def build_model(cfg: Config, precision: str) -> Model:
         model = apply_lora(model, recipe.lora)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
     param_groups, counts = apply_training_plan(
         model,
         recipe.lr,
