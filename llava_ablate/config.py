@@ -418,10 +418,23 @@ def validate(cfg: DictConfig | Config) -> None:
 
 class ValidateOnStart(ValidateOnStartBase):
     """`hydra.callbacks.validate` in conf/config.yaml: no run directory for a config that
-    cannot run."""
+    cannot run, and a single run's directory untouched when it holds another config's run --
+    Hydra writes `hydra/*.yaml` into its output directory (the run directory) before the task
+    starts, so the identity check that training repeats must come first (run_identity.py)."""
 
     def validate(self, config: DictConfig) -> None:
         validate(config)
+
+    def validate_run(self, config: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from llava_ablate.base.scheduler import launched_world_size
+        from llava_ablate.run_identity import check_run_identity
+
+        validate(config)
+        HydraConfig.instance().set_config(config)  # `${hydra:...}` in train.run_dir resolves
+        run_dir = Path(config.train.run_dir)
+        check_run_identity(config, run_dir, world_size=launched_world_size())
 
 
 def _check_feature_layer(layer: Any) -> None:

@@ -172,6 +172,11 @@ def _run_hash_resolver(*, _root_: DictConfig) -> str:
     return config_hash(result_config(_root_))
 
 
+def _run_name_resolver(*, _root_: DictConfig) -> str:
+    """The run directory's own name (a multirun's record of a job is named after it)."""
+    return Path(str(_root_.train.run_dir)).name
+
+
 def _finished_run_resolver(prefix: str) -> str:
     """`${finished_run:<runs_root>/<axes>}`: the finished run of those axes -- `<axes>` itself or
     the one `<axes>-<hash>` with an export. Unchanged when none has finished (the run then stops
@@ -200,11 +205,14 @@ def _arch_prefix_resolver(arch: str) -> str:
 
 
 def register_resolvers() -> None:
-    """`${run_hash:}`, `${finished_run:...}` and `${arch_prefix:...}` for conf/ (idempotent)."""
+    """`${run_hash:}`, `${run_name:}`, `${finished_run:...}` and `${arch_prefix:...}` for conf/
+    (idempotent)."""
     if not OmegaConf.has_resolver("arch_prefix"):
         OmegaConf.register_new_resolver("arch_prefix", _arch_prefix_resolver)
     if not OmegaConf.has_resolver("run_hash"):
         OmegaConf.register_new_resolver("run_hash", _run_hash_resolver)
+    if not OmegaConf.has_resolver("run_name"):
+        OmegaConf.register_new_resolver("run_name", _run_name_resolver)
     if not OmegaConf.has_resolver("finished_run"):
         OmegaConf.register_new_resolver("finished_run", _finished_run_resolver)
 

@@ -218,15 +218,20 @@ class ValidateOnStartBase(Callback):
     def validate(self, config: DictConfig) -> None:
         raise NotImplementedError
 
+    def validate_run(self, config: DictConfig) -> None:
+        """A single run's check (its output directory is not written yet); by default
+        `validate`."""
+        self.validate(config)
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._validate_or_exit(config)
+        self._validate_or_exit(self.validate_run, config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._validate_or_exit(config)
+        self._validate_or_exit(self.validate, config)
 
-    def _validate_or_exit(self, config: DictConfig) -> None:
+    def _validate_or_exit(self, check: Callable[[DictConfig], None], config: DictConfig) -> None:
         try:
-            self.validate(config)
+            check(config)
         except Exception as error:  # also OmegaConf's, e.g. an interpolation to a missing key
             if config_error_lines(error) is None:
                 raise

@@ -6,6 +6,7 @@ with `shutdown_distributed`. Stops every rank agrees on are in `base/faults.py`.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -38,6 +39,10 @@ def current_world() -> DistInfo:
     return DistInfo()
 
 
+# sys.excepthook before this process joined a process group (see shutdown_distributed).
+_excepthook_before_init = None
+
+
 def _backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
@@ -52,6 +57,8 @@ def init_distributed(timeout_s: int = 1800) -> DistInfo:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
     if not torch.distributed.is_initialized():
+        global _excepthook_before_init
+        _excepthook_before_init = sys.excepthook
         deepspeed.init_distributed(dist_backend=_backend(), timeout=timedelta(seconds=timeout_s))
     info = DistInfo(
         rank=torch.distributed.get_rank(),
@@ -68,6 +75,8 @@ def join_world() -> DistInfo:
     torch.distributed (no DeepSpeed); a bare `python` stays a world of one."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size > 1 and not dist.is_initialized():
+        global _excepthook_before_init
+        _excepthook_before_init = sys.excepthook
         dist.init_process_group(_backend())
     return current_world()
 
@@ -75,9 +84,16 @@ def join_world() -> DistInfo:
 def shutdown_distributed() -> None:
     """Leave the process group together. A rank that exits while gloo's threads still hold the
     group can abort at interpreter exit ("terminate called without an active exception")."""
+    global _excepthook_before_init
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    if _excepthook_before_init is not None:
+        # init_process_group wraps sys.excepthook to prefix every line with "[rank<N>]: ";
+        # the wrapper outlives the group, so a second start in this process printed the
+        # prefix twice. The hook before the first start comes back with the group's end.
+        sys.excepthook = _excepthook_before_init
+        _excepthook_before_init = None
 
 
 def resolve_precision(precision: str) -> str:

@@ -13,6 +13,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from llava_ablate.base.scheduler import detect_scheduler
+
 log = logging.getLogger("llava_ablate.launch")
 
 # The training loop's stop handler (llava_ablate/train/preemption.py) listens to SIGUSR1 and
@@ -40,19 +42,6 @@ class TaskEnv:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def detect_scheduler(environ: dict[str, str] | None = None) -> str:
-    env = os.environ if environ is None else environ
-    if "RANK" in env and "LOCAL_RANK" in env:
-        return "torchrun"
-    if env.get("SUBMITIT_EXECUTOR") in ("slurm", "local"):
-        return env["SUBMITIT_EXECUTOR"]
-    # A plain `srun -n8 python train.py` step (not the batch shell, which has no SLURM_STEP_ID
-    # of its own tasks): every task is one rank.
-    if "SLURM_STEP_ID" in env and "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        return "slurm"
-    return "none"
 
 
 def master_port(job_id: str) -> int:

@@ -9,6 +9,8 @@ import sys
 
 from omegaconf import DictConfig
 
+from llava_ablate.base.scheduler import detect_scheduler
+from llava_ablate.launch.local_jobs import in_process_sweep, run_job_in_own_process
 from llava_ablate.launch.slurm import export_distributed_env, requeue_job
 
 log = logging.getLogger("llava_ablate.launch")
@@ -29,6 +31,9 @@ def _max_requeues() -> int:
 
 
 def train_task(cfg: DictConfig) -> None:
+    if in_process_sweep(detect_scheduler()):  # a local multirun: one process per job
+        run_job_in_own_process(cfg.train.run_dir)
+        return
     env = export_distributed_env()
     from llava_ablate.train.run import TrainingInterrupted, run_training  # after the env is set
 

@@ -13,7 +13,6 @@ import os
 import random
 import shlex
 import sys
-import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -63,6 +62,7 @@ from llava_ablate.train.ds_config import (
 from llava_ablate.train.loop import LoopOptions, TrainState, agreed_evaluation, train_loop
 from llava_ablate.train.metrics import MetricsLogger
 from llava_ablate.train.preemption import StopFlag, ignore_stop_signals
+from llava_ablate.train.run_log import log_failure, log_start, setup_run_logging
 from llava_ablate.train.tracking import Tracker
 
 log = logging.getLogger("llava_ablate.train")
@@ -74,11 +74,22 @@ class TrainingInterrupted(RuntimeError):
 
 def run_training(dcfg: DictConfig) -> Path:
     """Train the composed variant; returns the export directory. Resumes automatically."""
-    run = start_run(dcfg)  # identity checked, distributed started
+    run = start_run(dcfg)  # identity checked, distributed started, train.log open
     if is_exported(run.export_dir):
         log.info("%s already finished (export at %s); nothing to do", run.dir, run.export_dir)
         shutdown_distributed()
         return run.export_dir
+    try:
+        _train_and_export(run)
+    except TrainingInterrupted:
+        raise  # logged as a warning where it stops
+    except BaseException as error:
+        log_failure(error)  # every rank's error in train.log, not only on its terminal
+        raise
+    return run.export_dir
+
+
+def _train_and_export(run: Run) -> None:
     precision = claim_run_dir(run)
     # Data before the model: a missing file fails in seconds, not after loading 7B weights.
     mixture = open_data(run.cfg)
@@ -90,7 +101,6 @@ def run_training(dcfg: DictConfig) -> Path:
     evaluate = open_evaluation(run, model, engine, tracking.tracker)
     state, final_eval = train(run, data, engine, tracking, resumed, evaluate)
     finish(run, data, model, engine, tracking, state, final_eval)
-    return run.export_dir
 
 
 # --- phases, in order -------------------------------------------------------------------------
@@ -134,7 +144,8 @@ def start_run(dcfg: DictConfig) -> Run:
         )
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     info = init_distributed(cfg.train.dist_timeout_s)
-    _setup_logging(info)
+    setup_run_logging(run_dir, info.rank)
+    log_start(run_dir, identity.config_hash)
     return Run(dcfg, cfg, identity, info)
 
 
@@ -144,7 +155,6 @@ def claim_run_dir(run: Run) -> str:
     run.dir.mkdir(parents=True, exist_ok=True)
     if run.info.is_main:
         record_run_identity(run.dcfg, run.dir, run.identity)
-        log.info("run %s: config hash %s", run.dir, run.identity.config_hash)
     precision = resolve_precision(run.cfg.train.precision)
     _seed(run.cfg.train.seed)
     return precision
@@ -507,17 +517,6 @@ def report_skips(
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def _setup_logging(info: DistInfo) -> None:
-    import transformers
-
-    level = logging.INFO if info.is_main else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", force=True)
-    transformers.logging.set_verbosity_warning()
-    # DeepSpeed still calls torch.distributed APIs that torch 2.13 deprecates, once per step.
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
-    transformers.logging.disable_progress_bar()
 
 
 def _pads_to_square(cfg: Config) -> bool:
