@@ -85,6 +85,9 @@ def test_memorises_and_resumes_exactly_after_a_kill(train_launcher, tmp_path, ze
     resumed = _losses(run_dir)
     assert len(resumed) == 40
     assert resumed == pytest.approx(ref, rel=1e-5, abs=1e-6)
+    log = (run_dir / "train.log").read_text()  # one log, appended by the killed and the resumed
+    assert log.count("rank0 INFO llava_ablate.train: command: ") == 2, log[-3000:]
+    assert "resumed from" in log and "rank1 INFO" not in log  # other ranks: warnings only
     # The second launch of a finished run does nothing (no export here, so it re-checks steps).
 
 
