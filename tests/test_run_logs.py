@@ -104,6 +104,15 @@ def test_a_second_process_group_in_one_process_prefixes_errors_once(world_of_one
     assert "[rank0]: [rank0]:" not in printed, printed
 
 
+@pytest.fixture
+def hydra_config_reset():
+    """Tests that set Hydra's global job config leave none behind for the next test."""
+    from hydra.core.hydra_config import HydraConfig
+
+    yield
+    HydraConfig.instance().cfg = None
+
+
 def _digests(run_dir: Path) -> dict[str, str]:
     return {
         str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -137,7 +146,7 @@ def test_refused_rerun_leaves_the_run_directory_untouched(tmp_path):
     assert _digests(run_dir) == before  # nothing written, nothing added
 
 
-def test_sweep_records_go_under_the_runs_root_with_readable_names(tmp_path):
+def test_sweep_records_go_under_the_runs_root_with_readable_names(tmp_path, hydra_config_reset):
     """The sweep directory of a multirun: `<runs_root>/multirun/<time>`, one record per job
     named `<job number>-<run directory name>` -- an override with slashes
     (`train.runs_root=/tmp/x`) no longer makes nested directories."""
@@ -155,3 +164,29 @@ def test_sweep_records_go_under_the_runs_root_with_readable_names(tmp_path):
     assert "/" not in subdir
     assert subdir == f"7-{Path(cfg.train.run_dir).name}"
     assert Path(cfg.train.run_dir).parent == runs
+
+
+def test_a_local_multirun_job_runs_as_its_own_single_run_command(tmp_path, hydra_config_reset):
+    """The child of a multirun job (launch/local_jobs.py) gets the job's overrides and the
+    user's Hydra overrides, without the sweep's own (mode, sweep dir, launcher)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from llava_ablate.config import ConfigError
+    from llava_ablate.config import compose_config as compose
+    from llava_ablate.launch.local_jobs import TRAIN_APP, in_process_sweep, job_command
+
+    cfg = compose(
+        [*TINY, "train.seed=2", f"hydra.searchpath=[file://{tmp_path}]",
+         "hydra/launcher=slurm_cpu", "hydra.sweep.dir=/sweeps/x", "hydra.mode=MULTIRUN"],
+        return_hydra_config=True,
+    )  # fmt: skip
+    HydraConfig.instance().set_config(cfg)
+    cmd = job_command()
+    assert cmd[:3] == [sys.executable, "-m", TRAIN_APP]
+    assert f"hydra.searchpath=[file://{tmp_path}]" in cmd and "train.seed=2" in cmd
+    assert not [a for a in cmd if a.startswith(("hydra/launcher", "hydra.sweep", "hydra.mode"))]
+    assert HydraConfig.get().mode == RunMode.MULTIRUN
+    assert in_process_sweep("none") and not in_process_sweep("slurm")
+    with pytest.raises(ConfigError, match="under torchrun"):
+        in_process_sweep("torchrun")
