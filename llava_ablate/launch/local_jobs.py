@@ -17,6 +17,7 @@ import logging
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 from llava_ablate.base.config import ConfigError
 
@@ -83,4 +84,6 @@ def run_job_in_own_process(run_dir: str) -> None:
     log.info("job #%d in its own process: %s", num, shlex.join(cmd))
     code = subprocess.run(cmd, check=False).returncode
     if code != 0:
-        raise JobFailed(f"job #{num} failed (exit {code}); its log: {run_dir}/train.log")
+        log_file = Path(run_dir) / "train.log"
+        where = f" and in {log_file}" if log_file.is_file() and log_file.stat().st_size else ""
+        raise JobFailed(f"job #{num} failed (exit {code}): its error is printed above{where}")

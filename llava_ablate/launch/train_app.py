@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from llava_ablate.base.config import run_hydra_main
 from llava_ablate.config import CONF_SOURCE, register_configs, validate
+from llava_ablate.launch.local_jobs import JobFailed
 from llava_ablate.launch.slurm import PREEMPT_SIGNAL
 
 # Slurm's early-warning signal must be the one the training loop checkpoints on; set before
@@ -42,7 +43,11 @@ def run(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     None reads `sys.argv`. A config error's own message is the last thing printed."""
     if argv is not None:  # @hydra.main parses sys.argv itself
         sys.argv = [prog or sys.argv[0], *argv]
-    run_hydra_main(main)
+    try:
+        run_hydra_main(main)
+    except JobFailed as failed:  # a local multirun's job: its own process printed the error
+        print(f"multirun: {failed}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
