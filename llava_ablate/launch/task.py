@@ -1,6 +1,7 @@
 """The tasks every launcher runs (torchrun, bare python, Slurm or submitit-local): the
 distributed environment from the scheduler, then `run_training` (and a requeue after a
-preemption) or `run_evaluation` (a requeued evaluation resumes: finished questions are kept)."""
+preemption) or `run_evaluation` (a requeued evaluation resumes: finished questions are kept).
+A job of a local multirun trains in a process of its own instead (launch/local_jobs.py)."""
 
 from __future__ import annotations
 
