@@ -35,7 +35,7 @@ def _multirun(runs: Path, cwd: Path, cache_dir: Path) -> str:
     return out
 
 
-@pytest.mark.slow  # 4 jobs x a fresh process each, twice: ~4 min on 2 loaded cores
+@pytest.mark.slow  # 4 jobs x a fresh process each, twice: 3.7-6 min on 2 loaded cores
 def test_local_multirun_trains_and_exports_every_job_then_nothing_to_do(tmp_path, cache_dir):
     runs = tmp_path / "runs"
     out = _multirun(runs, tmp_path, cache_dir)
