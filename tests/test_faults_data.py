@@ -29,7 +29,7 @@ from llava_ablate.data.shards import StaleShards, build_source, check_record
 from llava_ablate.data.sources import SourceError
 from llava_ablate.data.sources.classification import ClassificationReader
 from llava_ablate.data.sources.llava_json import record_from_row
-from llava_ablate.data.stream import StreamPlan
+from llava_ablate.data.stream import StreamPlan, read_segments, source_segments
 from llava_ablate.model.tiny_tokenizer import build_tiny_tokenizer
 from llava_ablate.train.metrics import MetricsLogger
 
@@ -228,9 +228,71 @@ def test_bad_shard_skip_mode_counts_every_lost_sample(three_shards):
     tar.write_bytes(tar.read_bytes()[: _sample_starts(tar)[6]])
     data.on_bad_shard = "skip"
     good, skips = _read(StreamPlan(open_mixture(data, seed=0), seed=0, shuffle_buffer=4))
-    assert len(good) == 26 and len(skips) == 4  # the epoch keeps its length: 30 = 26 + 4
+    # The epoch keeps its length (30 = 20 + 10); none of the damaged shard's samples is trained
+    # on, its 6 readable ones included: its hash cannot vouch for them.
+    assert len(good) == 20 and len(skips) == 10
     assert {s.reason for s in skips} == {"bad_shard"}
     assert all("s-000001.tar" in s.id for s in skips)
+    assert all("s-000001" not in g["__url__"] for g in good)
+
+
+@pytest.fixture
+def jpeg_shards(tmp_path):
+    """Three shards of 10 samples whose images are stored JPEGs."""
+    src = write_llava_source(tmp_path, "j", 30)
+    for png in (tmp_path / "j").glob("*.png"):
+        i = int(png.stem)
+        png.with_suffix(".jpg").write_bytes(image_bytes(i, "JPEG"))
+        png.unlink()
+    rows = json.loads(Path(src.path).read_text())
+    for row in rows:
+        if "image" in row:
+            row["image"] = row["image"].replace(".png", ".jpg")
+    Path(src.path).write_text(json.dumps(rows))
+    build_source(src, tmp_path / "shards", samples_per_shard=10, workers=1)
+    return data_cfg("mix", [src], tmp_path / "shards"), tmp_path / "shards/j/j-000001.tar"
+
+
+def _change_a_stored_jpeg(tar: Path) -> str:
+    """Flip one byte inside a JPEG member's entropy-coded data: same size, still decodes."""
+    raw = bytearray(tar.read_bytes())
+    with tarfile.open(tar) as tf:
+        member = next(m for m in tf.getmembers() if m.name.endswith(".jpg"))
+    at = member.offset_data + member.size // 2
+    raw[at] ^= 0x10
+    tar.write_bytes(bytes(raw))
+    return member.name.split(".", 1)[0]
+
+
+def test_bytes_changed_inside_a_stored_jpeg_stop_the_stream(jpeg_shards):
+    """Same size, a valid tar, a decodable image: only the hash read with the shard sees it."""
+    data, tar = jpeg_shards
+    before = tar.stat().st_size
+    key = _change_a_stored_jpeg(tar)
+    assert tar.stat().st_size == before
+    plan = StreamPlan(open_mixture(data, seed=0), seed=0, shuffle_buffer=4)  # sizes still agree
+    with pytest.raises(BadShard, match=r"j-000001\.tar is damaged: its sha256 differs.*rebuild"):
+        _read(plan)
+    data.on_bad_shard = "skip"
+    good, skips = _read(StreamPlan(open_mixture(data, seed=0), seed=0, shuffle_buffer=4))
+    assert len(good) == 20 and len(skips) == 10 and {s.reason for s in skips} == {"bad_shard"}
+    assert key not in {g["__key__"] for g in good}  # the changed sample is never delivered
+
+
+def test_the_hash_covers_a_shard_read_only_in_part(jpeg_shards):
+    """A slot that needs only a shard's first samples still verifies the whole file (the
+    rest is read through the hash, not decoded)."""
+    data, tar = jpeg_shards
+    raw = bytearray(tar.read_bytes())
+    raw[-2048] ^= 0x01  # in the tar's end-of-archive padding: no sample reads it
+    tar.write_bytes(bytes(raw))
+    mixture = open_mixture(data, seed=0)
+    with pytest.raises(BadShard, match="sha256"):
+        list(read_segments(source_segments(mixture.sources[0])[1:2], "error", "cmd"))
+    segment = source_segments(mixture.sources[0])[1]
+    segment.offsets = segment.offsets[:2]
+    with pytest.raises(BadShard, match="sha256"):
+        list(read_segments([segment], "error", "cmd"))
 
 
 def test_data_build_rebuilds_a_damaged_shard(three_shards, caplog):
