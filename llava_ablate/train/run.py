@@ -154,7 +154,9 @@ def open_data(cfg: Config) -> BuiltMixture:
     """The mixture's shards (built-in data generated first); logs what each source gives."""
     image_side = shard_image_side(cfg.vision, cfg.data.max_image_side, cfg.arch)
     prepare_builtin(cfg.data, cfg.train.seed, image_side)
-    mixture = open_mixture(cfg.data, cfg.train.seed)
+    # The run's overrides: a damaged shard's message names the rebuild command that composes
+    # this same mixture (user config folder, paths, shard size, tower) and so works.
+    mixture = open_mixture(cfg.data, cfg.train.seed, job_overrides())
     check_image_side(mixture, image_side)  # a 336 px build under a 1152 px run is refused
     log.info(
         "images: this run reads %s (data.max_image_side=%s); decoding at reduced scale where "
@@ -531,16 +533,26 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def training_command() -> str:
-    """The command that trains this run again: Hydra's record of the job's own overrides (the
-    same under torchrun, a multirun and a Slurm array), else this process's arguments."""
+def job_overrides() -> list[str] | None:
+    """The overrides that compose this run's config again: Hydra's record of the job's own
+    (the same under torchrun, a multirun and a Slurm array) plus its `hydra.searchpath` (a
+    user's config folder); None outside a Hydra job (run_training called directly)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        overrides = list(HydraConfig.get().overrides.task)
-    except ValueError:  # not inside a Hydra job (run_training called directly)
-        overrides = sys.argv[1:]
-    return shlex.join(["llava-ablate", "train", *overrides])
+        overrides = HydraConfig.get().overrides
+    except ValueError:
+        return None
+    searchpath = [o for o in overrides.hydra if o.startswith("hydra.searchpath=")]
+    return [*overrides.task, *searchpath]
+
+
+def training_command() -> str:
+    """The command that trains this run again (outside Hydra: this process's arguments)."""
+    overrides = job_overrides()
+    return shlex.join(
+        ["llava-ablate", "train", *(sys.argv[1:] if overrides is None else overrides)]
+    )
 
 
 def _all_sum_int(value: int) -> int:
