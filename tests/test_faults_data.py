@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -363,9 +364,10 @@ def test_build_time_skips_are_reported_next_to_run_time_ones(tmp_path):
     src = SourceCfg(name="d", path=str(tmp_path / "d.json"), image_root=str(tmp_path))
     build_source(src, tmp_path / "s", samples_per_shard=8, workers=1)
     mixture = open_mixture(data_cfg("mix", [src], tmp_path / "s"), seed=0)
-    report = skip_report(mixture, {"too_long": 2})
+    report = skip_report(mixture, {"too_long": 2}, {"d": {"samples": 1, "tokens_dropped": 7}})
     assert report == {
         "run": {"too_long": 2},
+        "truncated": {"d": {"samples": 1, "tokens_dropped": 7}},
         "build": {"malformed_conversation": 1, "missing_image": 1},
         "build_by_source": {"d": {"malformed_conversation": 1, "missing_image": 1}},
     }
@@ -440,3 +442,65 @@ def test_torn_last_metrics_line_is_dropped_on_resume(tmp_path, caplog):
     metrics.log(4, {"loss": 0.25})
     lines = [json.loads(line) for line in metrics.path.read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4]
+
+
+# --- truncation at max_length is counted, per source ---------------------------------------------
+
+
+def test_truncation_is_counted_per_source_with_the_tokens_it_drops(
+    tmp_path, tiny_variant, world_of_one
+):
+    """recipe.overflow=truncate trains on a cut sample: the stream says which source, how many
+    samples and how many tokens were cut, and the loop's counts reach data_skips.json."""
+    from llava_ablate.data.conversation import tokenize_conversation
+    from llava_ablate.data.encode import Collator
+    from llava_ablate.data.stream import BatchingOptions, ShardStream, StreamingLoader
+    from llava_ablate.train.loop import LoopOptions, TrainState, _next_batch
+
+    long_answer = " ".join(["alpha beta gamma"] * 60)
+    rows = [
+        {"id": f"r{i}", "conversations": _turns("Q?", long_answer if i in (2, 5) else "A.")}
+        for i in range(8)
+    ]
+    (tmp_path / "long.json").write_text(json.dumps(rows))
+    (tmp_path / "short.json").write_text(json.dumps([{"id": "s", "conversations": QA}] * 8))
+    sources = [
+        SourceCfg(name=n, path=str(tmp_path / f"{n}.json"), image_root=str(tmp_path))
+        for n in ("long", "short")
+    ]
+    for src in sources:
+        build_source(src, tmp_path / "s", samples_per_shard=8, workers=1)
+
+    def length(conversation) -> int:
+        t = tokenize_conversation(
+            "x", conversation, tiny_variant.tokenizer, num_image_tokens=1, max_length=10**6
+        )
+        return len(t.input_ids)
+
+    max_length = length(rows[0]["conversations"]) + 8  # the short answers fit whole
+    full = length(rows[2]["conversations"])
+    assert full > max_length
+    encoder = SampleEncoder(
+        tiny_variant.processor,
+        EncodeOptions("chat", tiny_variant.num_image_tokens, max_length, "truncate", True),
+    )
+    stream = ShardStream(
+        StreamPlan(open_mixture(data_cfg("mix", sources, tmp_path / "s"), 0), 0, 4),
+        encoder,
+        Collator(tiny_variant.tokenizer.pad_token_id),
+        BatchingOptions(2, "none", 1),
+        rank=0,
+        world=1,
+        workers=0,
+    )
+    state, window = TrainState(), Counter()
+    opts = LoopOptions(
+        total_steps=1, log_every=1, save_every=0, keep_checkpoints=1, nan_skip_limit=0,
+        max_bad_fraction=0.5, checkpoint_dir=tmp_path / "ckpt",
+    )  # fmt: skip
+    batches = iter(StreamingLoader(stream, 0))
+    for _ in range(stream.batches_per_epoch()):
+        _next_batch(batches, state, opts, window, None)
+    assert dict(state.truncated) == {"long": 2}
+    assert dict(state.truncated_tokens) == {"long": 2 * (full - max_length)}
+    assert sum(state.skipped.values()) == 0  # trained on (cut), not skipped

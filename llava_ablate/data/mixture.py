@@ -118,10 +118,17 @@ class BuiltMixture:
         return dict(total)
 
 
-def skip_report(mixture: BuiltMixture, run_skips: dict[str, int]) -> dict:
-    """What the run's data_skips.json holds: run-time skips next to the build-time ones."""
+def skip_report(
+    mixture: BuiltMixture,
+    run_skips: dict[str, int],
+    truncated: dict[str, dict[str, int]] | None = None,
+) -> dict:
+    """What the run's data_skips.json holds: run-time skips next to the build-time ones, and
+    the samples cut at recipe.max_length per source ({samples, tokens_dropped}): trained on,
+    but not whole."""
     return {
         "run": dict(run_skips),
+        "truncated": dict(truncated or {}),
         "build": mixture.build_skips(),
         "build_by_source": {s.cfg.name: dict(s.build_skipped) for s in mixture.sources},
     }
