@@ -76,6 +76,9 @@ class ClassificationDataset:
     classnames: list[str]
     samples: list[Sample]
     crop_border: int = 0  # ObjectNet: its images carry a 1-px red border, cropped before use
+    # Classes beyond the dataset's standard set ("<id> <name>"; ImageNet: wnids outside the 1000
+    # that LOC_synset_mapping.txt names): they are options too; metrics.json counts them.
+    extra_classes: list[str] = field(default_factory=list)
     _reader: Callable[[str], Image.Image] | None = field(default=None, repr=False)
 
     def load_image(self, sample: Sample) -> Image.Image:
