@@ -191,6 +191,10 @@ def test_wnids_beyond_imagenet_1k_are_warned_about_and_counted(tmp_path, caplog)
     }
     saved = json.loads((tmp_path / "out/imagenet/metrics.json").read_text())
     assert saved["extra_classes"]["count"] == 2
+    # Sub-sampling (eval.datasets.<name>.total=N) keeps them, and a dataset's reader.
+    from llava_ablate.eval.datasets import subsample
+
+    assert subsample(ds, None, 1, seed=0).extra_classes == ds.extra_classes
 
 
 def test_stanford_cars_names_year_first_by_default_and_year_last_on_request(tmp_path):
