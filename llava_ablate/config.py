@@ -161,7 +161,9 @@ class DataCfg:
     # shards built smaller than its own setting.
     max_image_side: Any = "auto"
     max_bad_fraction: float = 0.01  # fail the run when more samples than this are skipped
-    on_bad_shard: str = "error"  # a shard short of its manifest: error | skip (counted bad_shard)
+    # A shard that differs from its manifest (short, unreadable, other bytes: its sha256 is
+    # checked as it streams): error | skip (every sample it should give counted bad_shard).
+    on_bad_shard: str = "error"
     # How a micro-batch's samples become padded rows (data/batching.py):
     #   none:  in stream order, one sample per row;
     #   group: sort `group_buffer` micro-batches' worth of samples by (modality, length) and cut
@@ -214,7 +216,8 @@ class RecipeCfg:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     max_length: int = 2048
-    overflow: str = "truncate"  # truncate (never inside image tokens) | skip (counted)
+    # truncate (never inside image tokens; counted per source in data_skips.json) | skip (counted)
+    overflow: str = "truncate"
     init_from: str | None = None  # exported directory of a previous stage
     init_parts: list[str] = field(default_factory=lambda: ["projector"])  # projector|vision|llm|all
 

@@ -256,3 +256,36 @@ def test_cli_rejects_an_unknown_key(tmp_path):
     assert out.returncode != 0
     assert "data.foo" in _last_line(out.stderr), out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, typo, nearest",
+    [
+        (["train.py"], "recipe.micro_batchsize=4", "recipe.micro_batch_size"),
+        (
+            ["evaluate.py", "model.path=x"],
+            "eval.scoring.max_new_token=4",
+            "eval.scoring.max_new_tokens",
+        ),
+        (
+            ["-m", "llava_ablate.cli", "data", "build"],
+            "data.samples_pershard=3",
+            "data.samples_per_shard",
+        ),
+        (["train.py"], "recipee.max_steps=3", "recipe"),
+    ],
+)
+def test_a_misspelt_key_without_plus_gets_the_nearest_real_key(tmp_path, argv, typo, nearest):
+    """As with `+key=...` (check_known_keys): the README promises the nearest key in both cases."""
+    script = [str(ROOT / argv[0])] if argv[0].endswith(".py") else argv[:2]
+    rest = argv[1:] if argv[0].endswith(".py") else argv[2:]
+    out = subprocess.run(
+        [sys.executable, *script, *rest, typo],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert f"(did you mean {nearest}?)" in _last_line(out.stderr), out.stderr

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -29,7 +30,7 @@ from llava_ablate.data.shards import StaleShards, build_source, check_record
 from llava_ablate.data.sources import SourceError
 from llava_ablate.data.sources.classification import ClassificationReader
 from llava_ablate.data.sources.llava_json import record_from_row
-from llava_ablate.data.stream import StreamPlan
+from llava_ablate.data.stream import StreamPlan, read_segments, source_segments
 from llava_ablate.model.tiny_tokenizer import build_tiny_tokenizer
 from llava_ablate.train.metrics import MetricsLogger
 
@@ -228,9 +229,71 @@ def test_bad_shard_skip_mode_counts_every_lost_sample(three_shards):
     tar.write_bytes(tar.read_bytes()[: _sample_starts(tar)[6]])
     data.on_bad_shard = "skip"
     good, skips = _read(StreamPlan(open_mixture(data, seed=0), seed=0, shuffle_buffer=4))
-    assert len(good) == 26 and len(skips) == 4  # the epoch keeps its length: 30 = 26 + 4
+    # The epoch keeps its length (30 = 20 + 10); none of the damaged shard's samples is trained
+    # on, its 6 readable ones included: its hash cannot vouch for them.
+    assert len(good) == 20 and len(skips) == 10
     assert {s.reason for s in skips} == {"bad_shard"}
     assert all("s-000001.tar" in s.id for s in skips)
+    assert all("s-000001" not in g["__url__"] for g in good)
+
+
+@pytest.fixture
+def jpeg_shards(tmp_path):
+    """Three shards of 10 samples whose images are stored JPEGs."""
+    src = write_llava_source(tmp_path, "j", 30)
+    for png in (tmp_path / "j").glob("*.png"):
+        i = int(png.stem)
+        png.with_suffix(".jpg").write_bytes(image_bytes(i, "JPEG"))
+        png.unlink()
+    rows = json.loads(Path(src.path).read_text())
+    for row in rows:
+        if "image" in row:
+            row["image"] = row["image"].replace(".png", ".jpg")
+    Path(src.path).write_text(json.dumps(rows))
+    build_source(src, tmp_path / "shards", samples_per_shard=10, workers=1)
+    return data_cfg("mix", [src], tmp_path / "shards"), tmp_path / "shards/j/j-000001.tar"
+
+
+def _change_a_stored_jpeg(tar: Path) -> str:
+    """Flip one byte inside a JPEG member's entropy-coded data: same size, still decodes."""
+    raw = bytearray(tar.read_bytes())
+    with tarfile.open(tar) as tf:
+        member = next(m for m in tf.getmembers() if m.name.endswith(".jpg"))
+    at = member.offset_data + member.size // 2
+    raw[at] ^= 0x10
+    tar.write_bytes(bytes(raw))
+    return member.name.split(".", 1)[0]
+
+
+def test_bytes_changed_inside_a_stored_jpeg_stop_the_stream(jpeg_shards):
+    """Same size, a valid tar, a decodable image: only the hash read with the shard sees it."""
+    data, tar = jpeg_shards
+    before = tar.stat().st_size
+    key = _change_a_stored_jpeg(tar)
+    assert tar.stat().st_size == before
+    plan = StreamPlan(open_mixture(data, seed=0), seed=0, shuffle_buffer=4)  # sizes still agree
+    with pytest.raises(BadShard, match=r"j-000001\.tar is damaged: its sha256 differs.*rebuild"):
+        _read(plan)
+    data.on_bad_shard = "skip"
+    good, skips = _read(StreamPlan(open_mixture(data, seed=0), seed=0, shuffle_buffer=4))
+    assert len(good) == 20 and len(skips) == 10 and {s.reason for s in skips} == {"bad_shard"}
+    assert key not in {g["__key__"] for g in good}  # the changed sample is never delivered
+
+
+def test_the_hash_covers_a_shard_read_only_in_part(jpeg_shards):
+    """A slot that needs only a shard's first samples still verifies the whole file (the
+    rest is read through the hash, not decoded)."""
+    data, tar = jpeg_shards
+    raw = bytearray(tar.read_bytes())
+    raw[-2048] ^= 0x01  # in the tar's end-of-archive padding: no sample reads it
+    tar.write_bytes(bytes(raw))
+    mixture = open_mixture(data, seed=0)
+    with pytest.raises(BadShard, match="sha256"):
+        list(read_segments(source_segments(mixture.sources[0])[1:2], "error", "cmd"))
+    segment = source_segments(mixture.sources[0])[1]
+    segment.offsets = segment.offsets[:2]
+    with pytest.raises(BadShard, match="sha256"):
+        list(read_segments([segment], "error", "cmd"))
 
 
 def test_data_build_rebuilds_a_damaged_shard(three_shards, caplog):
@@ -301,9 +364,10 @@ def test_build_time_skips_are_reported_next_to_run_time_ones(tmp_path):
     src = SourceCfg(name="d", path=str(tmp_path / "d.json"), image_root=str(tmp_path))
     build_source(src, tmp_path / "s", samples_per_shard=8, workers=1)
     mixture = open_mixture(data_cfg("mix", [src], tmp_path / "s"), seed=0)
-    report = skip_report(mixture, {"too_long": 2})
+    report = skip_report(mixture, {"too_long": 2}, {"d": {"samples": 1, "tokens_dropped": 7}})
     assert report == {
         "run": {"too_long": 2},
+        "truncated": {"d": {"samples": 1, "tokens_dropped": 7}},
         "build": {"malformed_conversation": 1, "missing_image": 1},
         "build_by_source": {"d": {"malformed_conversation": 1, "missing_image": 1}},
     }
@@ -378,3 +442,65 @@ def test_torn_last_metrics_line_is_dropped_on_resume(tmp_path, caplog):
     metrics.log(4, {"loss": 0.25})
     lines = [json.loads(line) for line in metrics.path.read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4]
+
+
+# --- truncation at max_length is counted, per source ---------------------------------------------
+
+
+def test_truncation_is_counted_per_source_with_the_tokens_it_drops(
+    tmp_path, tiny_variant, world_of_one
+):
+    """recipe.overflow=truncate trains on a cut sample: the stream says which source, how many
+    samples and how many tokens were cut, and the loop's counts reach data_skips.json."""
+    from llava_ablate.data.conversation import tokenize_conversation
+    from llava_ablate.data.encode import Collator
+    from llava_ablate.data.stream import BatchingOptions, ShardStream, StreamingLoader
+    from llava_ablate.train.loop import LoopOptions, TrainState, _next_batch
+
+    long_answer = " ".join(["alpha beta gamma"] * 60)
+    rows = [
+        {"id": f"r{i}", "conversations": _turns("Q?", long_answer if i in (2, 5) else "A.")}
+        for i in range(8)
+    ]
+    (tmp_path / "long.json").write_text(json.dumps(rows))
+    (tmp_path / "short.json").write_text(json.dumps([{"id": "s", "conversations": QA}] * 8))
+    sources = [
+        SourceCfg(name=n, path=str(tmp_path / f"{n}.json"), image_root=str(tmp_path))
+        for n in ("long", "short")
+    ]
+    for src in sources:
+        build_source(src, tmp_path / "s", samples_per_shard=8, workers=1)
+
+    def length(conversation) -> int:
+        t = tokenize_conversation(
+            "x", conversation, tiny_variant.tokenizer, num_image_tokens=1, max_length=10**6
+        )
+        return len(t.input_ids)
+
+    max_length = length(rows[0]["conversations"]) + 8  # the short answers fit whole
+    full = length(rows[2]["conversations"])
+    assert full > max_length
+    encoder = SampleEncoder(
+        tiny_variant.processor,
+        EncodeOptions("chat", tiny_variant.num_image_tokens, max_length, "truncate", True),
+    )
+    stream = ShardStream(
+        StreamPlan(open_mixture(data_cfg("mix", sources, tmp_path / "s"), 0), 0, 4),
+        encoder,
+        Collator(tiny_variant.tokenizer.pad_token_id),
+        BatchingOptions(2, "none", 1),
+        rank=0,
+        world=1,
+        workers=0,
+    )
+    state, window = TrainState(), Counter()
+    opts = LoopOptions(
+        total_steps=1, log_every=1, save_every=0, keep_checkpoints=1, nan_skip_limit=0,
+        max_bad_fraction=0.5, checkpoint_dir=tmp_path / "ckpt",
+    )  # fmt: skip
+    batches = iter(StreamingLoader(stream, 0))
+    for _ in range(stream.batches_per_epoch()):
+        _next_batch(batches, state, opts, window, None)
+    assert dict(state.truncated) == {"long": 2}
+    assert dict(state.truncated_tokens) == {"long": 2 * (full - max_length)}
+    assert sum(state.skipped.values()) == 0  # trained on (cut), not skipped

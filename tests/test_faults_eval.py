@@ -173,6 +173,30 @@ def test_imagenet_synset_mapping_names_wnids_outside_the_table(tmp_path):
     assert len(ds.classnames) == 1001
 
 
+def test_wnids_beyond_imagenet_1k_are_warned_about_and_counted(tmp_path, caplog):
+    """A mapping file naming wnids outside the 1000 widens the candidate list: said, not silent."""
+    root = fx.imagenet_flat(tmp_path)
+    (root / "LOC_synset_mapping.txt").write_text(
+        "n01751748 sea snake\nn99999998 green square\nn99999999 purple triangle, trigon\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="llava_ablate.eval.layouts"):
+        ds = load_dataset("imagenet", DatasetCfg(kind="imagenet", root=str(root), split="val"))
+    assert ds.extra_classes == ["n99999998 green square", "n99999999 purple triangle"]
+    assert "2 wnid(s) outside ImageNet-1k" in caplog.text and "1002 in all" in caplog.text
+    m, _ = _eval(ds, tmp_path / "out" / "imagenet")
+    assert m["extra_classes"] == {
+        "count": 2,
+        "num_classes": 1002,
+        "classes": ["n99999998 green square", "n99999999 purple triangle"],
+    }
+    saved = json.loads((tmp_path / "out/imagenet/metrics.json").read_text())
+    assert saved["extra_classes"]["count"] == 2
+    # Sub-sampling (eval.datasets.<name>.total=N) keeps them, and a dataset's reader.
+    from llava_ablate.eval.datasets import subsample
+
+    assert subsample(ds, None, 1, seed=0).extra_classes == ds.extra_classes
+
+
 def test_stanford_cars_names_year_first_by_default_and_year_last_on_request(tmp_path):
     root = fx.stanford_cars(tmp_path)
     first = load_dataset("cars", DatasetCfg(kind="stanford_cars", root=str(root)))

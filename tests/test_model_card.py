@@ -100,3 +100,23 @@ def test_random_init_and_local_weights_are_not_base_models(tmp_path):
     meta = ModelCard.load(out / CARD).data.to_dict()
     assert "base_model" not in meta  # a hub would reject a local path or a random init
     assert "| llm | tiny_qwen2 | random init |" in (out / CARD).read_text()
+
+
+def test_the_card_lists_what_was_not_trained_on_whole(tmp_path):
+    out = export_dir(tmp_path)
+    info = json.loads((out / INFO).read_text())
+    info["data_dropped"] = {
+        "run": {"too_long": 3},
+        "build": {"missing_image": 2},
+        "truncated": {"llava_v1_5_mix665k": {"samples": 41, "tokens_dropped": 90210}},
+    }
+    (out / INFO).write_text(json.dumps(info))
+    write_model_card(out)
+    text = ModelCard.load(out / CARD).text
+    assert "## Data not trained on whole" in text
+    assert "- skipped at build: missing_image 2" in text
+    assert "- skipped while training: too_long 3" in text
+    assert (
+        "- truncated at max_length 2048: llava_v1_5_mix665k: 41 samples, 90210 tokens dropped"
+        in text
+    )

@@ -194,7 +194,27 @@ def config_error_lines(error: BaseException) -> list[str] | None:
 def _omegaconf_line(error: Exception) -> str:
     first = str(error).splitlines()[0] if str(error) else type(error).__name__
     key = getattr(error, "full_key", None)
-    return f"{key}: {first}" if key and key not in first else first
+    line = f"{key}: {first}" if key and key not in first else first
+    close = _nearest_key(error)
+    return f"{line} (did you mean {close}?)" if close else line
+
+
+def _nearest_key(error: Exception) -> str | None:
+    """For an unknown key (`recipe.micro_batchsize=4`, no `+`), the declared key nearest to it
+    (`recipe.micro_batch_size`), as `check_known_keys` says for a `+key`."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    if not isinstance(error, (ConfigKeyError, ConfigAttributeError)) or error.key is None:
+        return None
+    declared = _fields(getattr(error, "object_type", None))
+    parent = getattr(error, "parent_node", None)
+    if declared is None and isinstance(parent, DictConfig):
+        declared = {str(k) for k in parent.keys()}
+    close = difflib.get_close_matches(str(error.key), sorted(declared or ()), n=1)
+    if not close:
+        return None
+    full = str(getattr(error, "full_key", None) or error.key)
+    return f"{full.rpartition('.')[0]}.{close[0]}" if "." in full else close[0]
 
 
 def report_config_error(error: BaseException, hint: str | None = None) -> NoReturn:

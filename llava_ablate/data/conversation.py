@@ -75,6 +75,7 @@ class TokenizedSample:
     input_ids: list[int]
     labels: list[int]  # IGNORE_INDEX where the model is not trained
     num_images: int
+    dropped_tokens: int = 0  # cut off the tail by overflow="truncate" (counted by the run)
 
 
 def _image_first(text: str) -> str:
@@ -360,7 +361,12 @@ def tokenize_conversation(
             raise SampleTooLong(
                 f"sample {sample_id}: {len(ids)} tokens > max_length {max_length}{why}"
             )
+        dropped = len(ids) - max_length
         ids, labels = ids[:max_length], labels[:max_length]
+    else:
+        dropped = 0
     if all(label == IGNORE_INDEX for label in labels):
         raise EmptySupervision(f"sample {sample_id}: no reply token within {max_length}")
-    return TokenizedSample(input_ids=ids, labels=labels, num_images=num_images)
+    return TokenizedSample(
+        input_ids=ids, labels=labels, num_images=num_images, dropped_tokens=dropped
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -56,6 +57,8 @@ class Tokenized:
     input_ids: list[int]
     labels: list[int]
     images: list[bytes]  # still encoded
+    source: str = ""  # the shards' source (the shard's directory); "" when not from shards
+    dropped_tokens: int = 0  # cut by recipe.overflow=truncate
 
     @property
     def length(self) -> int:
@@ -117,7 +120,8 @@ class SampleEncoder:
             return Skip(
                 sample_id, "image_tag_mismatch", f"{t.num_images} tags, {len(images)} images"
             )
-        return Tokenized(sample_id, t.input_ids, t.labels, images)
+        source = Path(str(sample.get("__url__", ""))).parent.name
+        return Tokenized(sample_id, t.input_ids, t.labels, images, source, t.dropped_tokens)
 
     def finish(self, tok: Tokenized) -> dict | Skip:
         """Decode and preprocess the images (LLaVA pad-to-square when configured)."""
@@ -126,6 +130,8 @@ class SampleEncoder:
             "input_ids": torch.tensor(tok.input_ids),
             "labels": torch.tensor(tok.labels),
         }
+        if tok.dropped_tokens:
+            out["truncated"] = (tok.source, tok.dropped_tokens)
         if tok.images:
             decoded = []
             for data in tok.images:
@@ -206,6 +212,8 @@ class Collator:
             "skipped": dict(Counter(x.reason for x in skips)),
             "skip_details": skips,
             "ids": [x["id"] for row in good for x in row],
+            # source -> [samples cut at max_length, tokens dropped] (recipe.overflow=truncate)
+            "truncated": truncation_counts(x for row in good for x in row),
         }
         if not good:
             return batch
@@ -254,6 +262,18 @@ class Collator:
                 [len(x.get("image_sizes", ())) for row in good for x in row]
             )
         return batch
+
+
+def truncation_counts(items) -> dict[str, list[int]]:
+    """source -> [samples truncated, tokens dropped] over finished samples."""
+    counts: dict[str, list[int]] = {}
+    for x in items:
+        if "truncated" in x:
+            source, dropped = x["truncated"]
+            entry = counts.setdefault(source, [0, 0])
+            entry[0] += 1
+            entry[1] += dropped
+    return counts
 
 
 def _stack_images(pixels: list[torch.Tensor]) -> torch.Tensor:

@@ -82,7 +82,7 @@ class PhraseIndex:
 def mixture_texts(mixture: BuiltMixture) -> Iterator[str]:
     """Every selected sample's conversation text, once (up-sampling weights not applied)."""
     for source in mixture.sources:
-        for sample in read_segments(source_segments(source)):
+        for sample in read_segments(source_segments(source), rebuild=mixture.rebuild_command):
             meta = json.loads(sample["json"])
             yield "\n".join(str(t.get("value", "")) for t in meta["conversations"])
 

@@ -11,6 +11,7 @@ import logging
 import math
 import random
 import re
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,19 +31,25 @@ class MixtureNotBuilt(FileNotFoundError):
 
 
 class BadShard(RuntimeError):
-    """A shard holds less than its manifest says (cut short, unreadable): data would be lost."""
+    """A shard differs from its manifest (cut short, unreadable, other bytes): data would be
+    lost or wrong."""
 
 
-def bad_shard_message(shard: Path, why: str, mixture: str, skipping: bool = False) -> str:
+def rebuild_command(mixture: str, overrides: list[str] | None = None) -> str:
+    """`data build` with the run's own overrides (searchpath, paths.*, data.*, vision...: what
+    composes the same mixture, in the same place, with the same options); else just the data."""
+    return shlex.join(["llava-ablate", "data", "build", *(overrides or [f"data={mixture}"])])
+
+
+def bad_shard_message(shard: Path, why: str, rebuild: str, skipping: bool = False) -> str:
     action = (
-        ". on_bad_shard=skip: its missing samples are skipped and counted as bad_shard"
+        ". on_bad_shard=skip: its samples are skipped and counted as bad_shard"
         if skipping
         else ", or set data.on_bad_shard=skip to skip its samples and count them as bad_shard"
     )
     return (
         f"shard {shard} is damaged: {why}. It was cut short or changed after the build; rebuild "
-        f"it with `llava-ablate data build data={mixture}` (it verifies every shard and rebuilds "
-        f"the damaged ones){action}"
+        f"it with `{rebuild}` (it verifies every shard and rebuilds the damaged ones){action}"
     )
 
 
@@ -67,11 +74,18 @@ def select_positions(count: int, strategy: str, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(count), n))
 
 
+@dataclass(frozen=True)
+class BuiltShard:
+    path: Path  # the tar
+    count: int  # valid samples in it
+    sha256: str | None  # the manifest's (the stream verifies it as it reads); None: not recorded
+
+
 @dataclass
 class BuiltSource:
     cfg: SourceCfg
     dir: Path
-    shards: list[tuple[Path, int]]  # (tar, valid samples)
+    shards: list[BuiltShard]
     positions: list[int]  # selected positions among the source's valid samples
     build_skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows, whole source
     max_image_side: int | None = None  # the build's (manifest); None: original images
@@ -85,7 +99,8 @@ class BuiltSource:
 class BuiltMixture:
     name: str
     sources: list[BuiltSource]
-    on_bad_shard: str = "error"  # error | skip: what the stream does with a short shard
+    on_bad_shard: str = "error"  # error | skip: what the stream does with a damaged shard
+    rebuild_command: str = ""  # what a damaged shard's message tells to run
 
     @property
     def weighted(self) -> bool:
@@ -103,16 +118,23 @@ class BuiltMixture:
         return dict(total)
 
 
-def skip_report(mixture: BuiltMixture, run_skips: dict[str, int]) -> dict:
-    """What the run's data_skips.json holds: run-time skips next to the build-time ones."""
+def skip_report(
+    mixture: BuiltMixture,
+    run_skips: dict[str, int],
+    truncated: dict[str, dict[str, int]] | None = None,
+) -> dict:
+    """What the run's data_skips.json holds: run-time skips next to the build-time ones, and
+    the samples cut at recipe.max_length per source ({samples, tokens_dropped}): trained on,
+    but not whole."""
     return {
         "run": dict(run_skips),
+        "truncated": dict(truncated or {}),
         "build": mixture.build_skips(),
         "build_by_source": {s.cfg.name: dict(s.build_skipped) for s in mixture.sources},
     }
 
 
-def _check_shard_sizes(name: str, shards_dir: Path, manifest: dict, on_bad_shard: str) -> None:
+def _check_shard_sizes(rebuild: str, shards_dir: Path, manifest: dict, on_bad_shard: str) -> None:
     """A shard whose size differs from the manifest's lost data since the build: catch it
     before training, not as a quietly shorter epoch (the stream checks what it reads too)."""
     for shard in manifest["shards"]:
@@ -122,12 +144,14 @@ def _check_shard_sizes(name: str, shards_dir: Path, manifest: dict, on_bad_shard
             continue
         why = "missing" if size is None else f"{size} bytes, the manifest says {shard['bytes']}"
         if on_bad_shard == "error":
-            raise BadShard(bad_shard_message(tar, why, name))
-        log.warning(bad_shard_message(tar, why, name, skipping=True))
+            raise BadShard(bad_shard_message(tar, why, rebuild))
+        log.warning(bad_shard_message(tar, why, rebuild, skipping=True))
 
 
-def open_mixture(data: DataCfg, seed: int) -> BuiltMixture:
-    """Read the built manifests; fail naming what to build when something is missing."""
+def open_mixture(data: DataCfg, seed: int, overrides: list[str] | None = None) -> BuiltMixture:
+    """Read the built manifests; fail naming what to build when something is missing.
+    `overrides`: the command line that composed `data` (a run's), for the rebuild command."""
+    rebuild = rebuild_command(data.name, overrides)
     why = unreleased_sources(data)
     if why:
         raise MixtureNotBuilt(why)
@@ -144,8 +168,10 @@ def open_mixture(data: DataCfg, seed: int) -> BuiltMixture:
             missing.append(src.name)
             continue
         manifest = json.loads((d / MANIFEST).read_text())
-        _check_shard_sizes(data.name, d, manifest, data.on_bad_shard)
-        shards = [(d / s["file"], s["count"]) for s in manifest["shards"]]
+        _check_shard_sizes(rebuild, d, manifest, data.on_bad_shard)
+        shards = [
+            BuiltShard(d / s["file"], s["count"], s.get("sha256")) for s in manifest["shards"]
+        ]
         positions = select_positions(manifest["count"], src.sampling, seed)
         built.append(
             BuiltSource(
@@ -160,9 +186,9 @@ def open_mixture(data: DataCfg, seed: int) -> BuiltMixture:
     if missing:
         raise MixtureNotBuilt(
             f"mixture {data.name!r}: no shards for {missing[:5]} under {data.shards_dir}; build them "
-            f"first: `llava-ablate data build data={data.name}`"
+            f"first: `{rebuild}`"
         )
-    return BuiltMixture(data.name, built, data.on_bad_shard)
+    return BuiltMixture(data.name, built, data.on_bad_shard, rebuild)
 
 
 def check_image_side(mixture: BuiltMixture, needed: int | None) -> None:

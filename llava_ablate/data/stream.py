@@ -18,6 +18,8 @@ from __future__ import annotations
 import atexit
 import bisect
 import copy
+import hashlib
+import io
 import json
 import logging
 import os
@@ -42,20 +44,22 @@ class Segment:
     shard: Path
     offsets: list[int]  # ascending sample offsets inside the shard
     count: int = 0  # samples the manifest lists for the shard
+    sha256: str | None = None  # the manifest's; None (an older manifest): not verified
 
 
 def source_segments(src: BuiltSource) -> list[Segment]:
     """The source's selected samples, grouped by shard (manifest order)."""
     starts, total = [], 0
-    for _, count in src.shards:
+    for shard in src.shards:
         starts.append(total)
-        total += count
+        total += shard.count
     by_shard: dict[int, list[int]] = {}
     for pos in src.positions:
         i = bisect.bisect_right(starts, pos) - 1
         by_shard.setdefault(i, []).append(pos - starts[i])
     return [
-        Segment(src.shards[i][0], offs, src.shards[i][1]) for i, offs in sorted(by_shard.items())
+        Segment(src.shards[i].path, offs, src.shards[i].count, src.shards[i].sha256)
+        for i, offs in sorted(by_shard.items())
     ]
 
 
@@ -69,7 +73,9 @@ def slot_block(segments: list[Segment], slot: int, n_slots: int) -> list[Segment
         end = start + len(seg.offsets)
         a, b = max(lo, start), min(hi, end)
         if a < b:
-            out.append(Segment(seg.shard, seg.offsets[a - start : b - start], seg.count))
+            out.append(
+                Segment(seg.shard, seg.offsets[a - start : b - start], seg.count, seg.sha256)
+            )
         start = end
     return out
 
@@ -90,42 +96,95 @@ def _incomplete(sample: dict) -> str | None:
     return None
 
 
+class HashingReader(io.RawIOBase):
+    """A binary file that hashes (sha256) and counts every byte read from it, in order, so a
+    shard is verified by the one pass that reads it; `finish()` reads the rest of the file
+    (what the wanted samples did not need) through the hash."""
+
+    def __init__(self, path: Path):
+        self._fh = open(path, "rb")  # noqa: SIM115 -- closed by finish()/close()
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self._fh.readinto(buffer)
+        if n:
+            view = memoryview(buffer)[:n]
+            self.sha256.update(view)
+            self.bytes += n
+        return n
+
+    def finish(self) -> tuple[int, str]:
+        """(bytes, sha256 hex) of the whole file."""
+        while chunk := self._fh.read(1 << 20):
+            self.sha256.update(chunk)
+            self.bytes += len(chunk)
+        return self.bytes, self.sha256.hexdigest()
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
+def _samples(reader: HashingReader, url: str) -> Iterator[dict]:
+    """webdataset's own tar stages (members -> samples grouped by key) over an open stream."""
+    files = wds.tariterators.tar_file_expander([{"url": url, "stream": reader}])
+    return wds.tariterators.group_by_keys(files)
+
+
 def read_segments(
-    segments: list[Segment], on_bad_shard: str = "error", mixture: str = "<mixture>"
+    segments: list[Segment], on_bad_shard: str = "error", rebuild: str = "<rebuild>"
 ) -> Iterator[dict | Skip]:
     """The wanted samples of each segment, checked against the manifest every epoch.
 
-    A shard that ends before its last wanted sample (a copy cut at a tar member boundary reads
-    as a clean end of file), holds a partial sample or fails to read is a fault: `BadShard`
-    naming it, or with on_bad_shard="skip" one counted `bad_shard` Skip per sample it did not
-    deliver, so the epoch keeps its length and every rank its number of batches.
+    Each shard is hashed as it is read (sha256, the manifest's; the tail after the last wanted
+    sample is read through the hash too), and its samples are held back until the hash matches:
+    a sample is never trained on from a shard whose bytes differ from the build's -- an image
+    changed in place (same size) included. A shard that ends before its last wanted sample (a
+    copy cut at a tar member boundary reads as a clean end of file), holds a partial sample,
+    fails to read or fails its hash is a fault: `BadShard` naming it and the rebuild command,
+    or with on_bad_shard="skip" one counted `bad_shard` Skip per wanted sample of it, so the
+    epoch keeps its length and every rank its number of batches. `rebuild`: the command that
+    rebuilds the shards (data build with the run's overrides).
     """
     for seg in segments:
         wanted = set(seg.offsets)
         last = seg.offsets[-1]
-        delivered, offset, why = 0, -1, None
-        pipe = wds.DataPipeline(wds.SimpleShardList([str(seg.shard)]), wds.tarfile_to_samples())
+        held: list[dict] = []
+        offset, why = -1, None
+        reader = HashingReader(seg.shard)
         try:
-            for offset, sample in enumerate(pipe):
+            for offset, sample in enumerate(_samples(reader, str(seg.shard))):
                 if offset in wanted:
                     why = _incomplete(sample)
                     if why:
                         break
-                    yield sample
-                    delivered += 1
+                    held.append(sample)
                 if offset >= last:
                     break
             else:
                 why = f"it ends after {offset + 1} samples, the manifest lists {seg.count}"
+            if why is None and seg.sha256:
+                size, digest = reader.finish()
+                if digest != seg.sha256:
+                    why = f"its sha256 differs from the manifest's ({size} bytes read)"
         except (tarfile.TarError, OSError, EOFError, ValueError) as e:
             why = f"reading failed after {offset + 1} samples ({type(e).__name__}: {e})"
+        finally:
+            reader.close()
         if why is None:
+            yield from held
             continue
         if on_bad_shard != "skip":
-            raise BadShard(bad_shard_message(seg.shard, why, mixture))
-        lost = seg.offsets[delivered:]
-        log.warning("%s (%d here)", bad_shard_message(seg.shard, why, mixture, True), len(lost))
-        for off in lost:
+            raise BadShard(bad_shard_message(seg.shard, why, rebuild))
+        # Nothing of a shard that fails its checks is trained on: which bytes changed is unknown.
+        log.warning(
+            "%s (%d here)", bad_shard_message(seg.shard, why, rebuild, True), len(seg.offsets)
+        )
+        for off in seg.offsets:
             yield Skip(f"{seg.shard.name}#{off}", "bad_shard", why)
 
 
@@ -156,7 +215,7 @@ class StreamPlan:
         return self.mixture.size // n_slots
 
     def _read(self, segments: list[Segment]) -> Iterator[dict | Skip]:
-        return read_segments(segments, self.mixture.on_bad_shard, self.mixture.name)
+        return read_segments(segments, self.mixture.on_bad_shard, self.mixture.rebuild_command)
 
     def samples(self, epoch: int, slot: int, n_slots: int) -> Iterator[dict | Skip]:
         rng = random.Random(f"{self.seed}:{epoch}:{slot}")
@@ -224,7 +283,9 @@ class ShardStream(IterableDataset):
         slot = self.rank * self.workers + local
         skip = max(0, -(-(self.consumed - local) // self.workers))
         tokens = (
-            s if isinstance(s, Skip) else _tokenize(self.encoder, s, self.plan.mixture.name)
+            s
+            if isinstance(s, Skip)
+            else _tokenize(self.encoder, s, self.plan.mixture.rebuild_command)
             for s in self.plan.samples(self.epoch, slot, self.n_slots)
         )
         rng = random.Random(f"{self.plan.seed}:{self.epoch}:{slot}:batches")
@@ -242,14 +303,14 @@ class SampleLoadError(RuntimeError):
     that is read but unusable (a counted `Skip`)."""
 
 
-def _tokenize(encoder: SampleEncoder, sample: dict, mixture: str) -> Tokenized | Skip:
+def _tokenize(encoder: SampleEncoder, sample: dict, rebuild: str) -> Tokenized | Skip:
     try:
         return encoder.tokenize(sample)
     except Exception as e:  # name the shard and sample: the worker's traceback does not
         raise SampleLoadError(
             f"{sample.get('__url__')}: sample {sample.get('__key__')} cannot be encoded "
-            f"({type(e).__name__}: {e}); if the shard is damaged, `llava-ablate data build "
-            f"data={mixture}` verifies and rebuilds it"
+            f"({type(e).__name__}: {e}); if the shard is damaged, `{rebuild}` verifies and "
+            "rebuilds it"
         ) from e
 
 

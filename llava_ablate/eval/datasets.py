@@ -77,6 +77,9 @@ class ClassificationDataset:
     samples: list[Sample]
     crop_border: int = 0  # ObjectNet: its images carry a 1-px red border, cropped before use
     _reader: Callable[[str], Image.Image] | None = field(default=None, repr=False)
+    # Classes beyond the dataset's standard set ("<id> <name>"; ImageNet: wnids outside the 1000
+    # that LOC_synset_mapping.txt names): they are options too; metrics.json counts them.
+    extra_classes: list[str] = field(default_factory=list)
 
     def load_image(self, sample: Sample) -> Image.Image:
         """The sample's RGB image; UnreadableImage (with the reason) when it cannot be decoded."""
@@ -258,7 +261,12 @@ def subsample(
         samples = samples[:total]
     samples.sort(key=lambda s: s.id)
     return ClassificationDataset(
-        dataset.name, dataset.classnames, samples, dataset.crop_border, dataset._reader
+        dataset.name,
+        dataset.classnames,
+        samples,
+        dataset.crop_border,
+        dataset._reader,
+        extra_classes=dataset.extra_classes,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 from pathlib import Path
 from urllib.parse import unquote
@@ -32,6 +33,7 @@ from llava_ablate.eval.datasets import (
 from llava_ablate.eval_config import DatasetCfg
 
 _WNID = re.compile(r"^n\d{8}$")
+log = logging.getLogger(__name__)
 
 
 def _imagenet_table() -> tuple[list[str], list[str]]:
@@ -106,7 +108,22 @@ def imagenet(name: str, cfg: DatasetCfg) -> ClassificationDataset:
                 samples.append(Sample(image_id, index[wnid], str(require(path, "an image"))))
     if not samples:
         raise DatasetLayoutError(f"no ImageNet images under {image_dir}")
-    return ClassificationDataset(name, names, samples)
+    extra_classes = [f"{w} {names[index[w]]}" for w in wnids[1000:]]
+    if extra_classes:
+        with_images = len({s.label for s in samples if s.label >= 1000})
+        log.warning(
+            "%s: %s names %d wnid(s) outside ImageNet-1k (%s%s); they join the candidate "
+            "classes (%d in all; %d of them have images here) and metrics.json lists them as "
+            "extra_classes. Remove those lines to evaluate on ImageNet-1k's 1000.",
+            name,
+            mapping_file,
+            len(extra_classes),
+            ", ".join(extra_classes[:5]),
+            ", ..." if len(extra_classes) > 5 else "",
+            len(names),
+            with_images,
+        )
+    return ClassificationDataset(name, names, samples, extra_classes=extra_classes)
 
 
 def imagenetv2(name: str, cfg: DatasetCfg) -> ClassificationDataset:

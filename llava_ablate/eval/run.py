@@ -178,6 +178,12 @@ def dataset_metrics(
     }
     for s in scorers:  # the skip count next to every accuracy
         metrics["scorers"][s]["n_skipped"] = len(skipped)
+    if dataset.extra_classes:  # e.g. ImageNet wnids beyond the 1000: options too
+        metrics["extra_classes"] = {
+            "count": len(dataset.extra_classes),
+            "num_classes": len(dataset.classnames),
+            "classes": dataset.extra_classes,
+        }
     if "likelihood" in scorers and "generate" in scorers:
         metrics["agreement"] = agreement(preds, "likelihood", "generate")
     if ecfg.stats.compare_to:
@@ -309,6 +315,8 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
                 if "hard_accuracy" in metrics["scorers"][s]:
                     summary[name][f"{s}_hard"] = metrics["scorers"][s]["hard_accuracy"]
             summary[name]["skipped"] = metrics["skipped"]["by_reason"]
+            if "extra_classes" in metrics:
+                summary[name]["extra_classes"] = metrics["extra_classes"]["count"]
             _wandb_log(wandb_run, name, metrics)
     if world.rank == 0:
         write_summary(out, model_name, summary)

@@ -144,6 +144,7 @@ def render_model_card(info: dict, evaluations: list[CardEvaluation], name: str) 
             *_variant_section(variant, info),
             *_training_section(variant, info),
             *_mixture_section(variant["data"]),
+            *_dropped_section(info.get("data_dropped"), variant["recipe"]),
             *_evaluation_section(evaluations),
             "## How it was made",
             "",
@@ -238,6 +239,27 @@ def _mixture_section(data: dict) -> list[str]:
         lines.append(
             f"| {s['name']}{unreleased} | {s.get('format', '')} | {s.get('sampling', 'all')} | "
             f"{weight} |"
+        )
+    return [*lines, ""]
+
+
+def _dropped_section(dropped: dict | None, recipe: dict) -> list[str]:
+    """What of the mixture was not trained on whole: skipped samples (per reason, at build and
+    while training) and samples truncated at max_length (per source). Absent from older runs."""
+    if dropped is None:
+        return []
+    lines = ["## Data not trained on whole", ""]
+    for where in ("build", "run"):
+        counts = dropped.get(where) or {}
+        text = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+        lines.append(f"- skipped {'at build' if where == 'build' else 'while training'}: {text}")
+    truncated = dropped.get("truncated") or {}
+    if not truncated:
+        lines.append(f"- truncated at max_length {recipe.get('max_length')}: none")
+    for source, t in truncated.items():
+        lines.append(
+            f"- truncated at max_length {recipe.get('max_length')}: {source}: {t['samples']} "
+            f"samples, {t['tokens_dropped']} tokens dropped"
         )
     return [*lines, ""]
 

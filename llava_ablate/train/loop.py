@@ -44,6 +44,9 @@ class TrainState:
     step: int = 0  # optimizer steps done
     samples: int = 0  # samples drawn on this rank (used or skipped)
     skipped: Counter = field(default_factory=Counter)  # reason -> count, this rank
+    # source -> samples cut at recipe.max_length / tokens cut off them (overflow=truncate)
+    truncated: Counter = field(default_factory=Counter)
+    truncated_tokens: Counter = field(default_factory=Counter)
     nonfinite: int = 0  # micro-batches skipped for a NaN/Inf loss (all ranks agree)
     tokens: int = 0  # tokens trained on by this rank (attention mask, placeholder rows excluded)
     stopped_early: bool = False  # a stop was requested (preemption): checkpointed, not finished
@@ -245,6 +248,15 @@ def _next_batch(
             if state.skipped[skip.reason] < 3:  # name the first few of each kind
                 log.warning("skipped sample %s (%s) %s", skip.id, skip.reason, skip.detail)
             state.skipped[skip.reason] += 1
+        for source, (samples, tokens) in batch.get("truncated", {}).items():
+            if not state.truncated[source]:
+                log.warning(
+                    "source %s: samples longer than recipe.max_length are truncated "
+                    "(recipe.overflow=truncate); counted in data_skips.json",
+                    source,
+                )
+            state.truncated[source] += samples
+            state.truncated_tokens[source] += tokens
         error = _skip_fault(state, opts.max_bad_fraction)
         if error is None and empty and last_good is None:
             error = TooManySkipped(

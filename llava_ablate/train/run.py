@@ -164,7 +164,9 @@ def open_data(cfg: Config) -> BuiltMixture:
     """The mixture's shards (built-in data generated first); logs what each source gives."""
     image_side = shard_image_side(cfg.vision, cfg.data.max_image_side, cfg.arch)
     prepare_builtin(cfg.data, cfg.train.seed, image_side)
-    mixture = open_mixture(cfg.data, cfg.train.seed)
+    # The run's overrides: a damaged shard's message names the rebuild command that composes
+    # this same mixture (user config folder, paths, shard size, tower) and so works.
+    mixture = open_mixture(cfg.data, cfg.train.seed, job_overrides())
     check_image_side(mixture, image_side)  # a 336 px build under a 1152 px run is refused
     log.info(
         "images: this run reads %s (data.max_image_side=%s); decoding at reduced scale where "
@@ -355,6 +357,8 @@ def resume(run: Run, engine, loader: StreamingLoader, metrics: MetricsLogger) ->
         state.samples = rank_state["samples"]
         state.tokens = rank_state.get("tokens", 0)  # absent from checkpoints older than the count
         state.skipped.update(rank_state["skipped"])
+        for source, (samples, tokens) in rank_state.get("truncated", {}).items():  # older: none
+            state.truncated[source], state.truncated_tokens[source] = samples, tokens
         loader.load_state_dict(rank_state["data"])
         checkpoint.set_rng_state(rank_state["rng"])
         log.info("resumed from %s at step %d", latest, state.step)
@@ -368,6 +372,7 @@ def rank_state(state: TrainState, loader: StreamingLoader) -> dict:
         "samples": state.samples,
         "tokens": state.tokens,
         "skipped": dict(state.skipped),
+        "truncated": {s: [n, state.truncated_tokens[s]] for s, n in state.truncated.items()},
         "data": loader.state_dict(),
         "rng": checkpoint.rng_state(),
     }
@@ -468,7 +473,7 @@ def finish(
     """Log the final evaluation and the skips, export, close W&B and the process group."""
     if final_eval:
         tracking.metrics.log(state.step, final_eval)
-    report_skips(run, data.mixture, state, tracking.tracker)
+    dropped = report_skips(run, data.mixture, state, tracking.tracker)
     tokens = _all_sum_int(state.tokens)  # collective: before the rank-0-only writes
     if run.cfg.train.export:
         export_engine(
@@ -486,6 +491,7 @@ def finish(
                 "world_size": run.info.world,
                 "config_hash": run.identity.config_hash,
                 "command": training_command(),
+                "data_dropped": dropped,  # skipped and truncated samples (the card lists them)
             },
         )
         if run.info.is_main:  # the card, with the run's own final evaluation (model/card.py)
@@ -500,13 +506,18 @@ def finish(
 
 def report_skips(
     run: Run, mixture: BuiltMixture, state: TrainState, tracker: Tracker | None
-) -> None:
-    """Samples skipped on every rank, next to the build's skips, in `data_skips.json`."""
+) -> dict:
+    """Samples skipped on every rank, next to the build's skips, and samples truncated at
+    recipe.max_length per source, in `data_skips.json` (returned: the model card lists them)."""
     skipped = _global_skips(state)
+    truncated = _global_truncation(state)
     if tracker is not None:
         tracker.log({f"data/skipped_{k}": v for k, v in skipped.items()}, step=state.step)
+        tracker.log(
+            {f"data/truncated_{k}": v["samples"] for k, v in truncated.items()}, step=state.step
+        )
+    report = skip_report(mixture, skipped, truncated)  # run-time counts next to the build's
     if run.info.is_main:
-        report = skip_report(mixture, skipped)  # run-time counts next to the build's
         (run.dir / "data_skips.json").write_text(json.dumps(report, indent=2))
         if skipped or report["build"]:
             log.warning(
@@ -514,6 +525,17 @@ def report_skips(
                 skipped,
                 report["build"],
             )
+        if truncated:
+            log.warning(
+                "samples truncated at recipe.max_length=%d (recipe.overflow=truncate), per "
+                "source: %s",
+                run.cfg.recipe.max_length,
+                ", ".join(
+                    f"{s}: {v['samples']} samples, {v['tokens_dropped']} tokens dropped"
+                    for s, v in truncated.items()
+                ),
+            )
+    return report
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -530,22 +552,46 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def training_command() -> str:
-    """The command that trains this run again: Hydra's record of the job's own overrides (the
-    same under torchrun, a multirun and a Slurm array), else this process's arguments."""
+def job_overrides() -> list[str] | None:
+    """The overrides that compose this run's config again: Hydra's record of the job's own
+    (the same under torchrun, a multirun and a Slurm array) plus its `hydra.searchpath` (a
+    user's config folder); None outside a Hydra job (run_training called directly)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        overrides = list(HydraConfig.get().overrides.task)
-    except ValueError:  # not inside a Hydra job (run_training called directly)
-        overrides = sys.argv[1:]
-    return shlex.join(["llava-ablate", "train", *overrides])
+        overrides = HydraConfig.get().overrides
+    except ValueError:
+        return None
+    searchpath = [o for o in overrides.hydra if o.startswith("hydra.searchpath=")]
+    return [*overrides.task, *searchpath]
+
+
+def training_command() -> str:
+    """The command that trains this run again (outside Hydra: this process's arguments)."""
+    overrides = job_overrides()
+    return shlex.join(
+        ["llava-ablate", "train", *(sys.argv[1:] if overrides is None else overrides)]
+    )
 
 
 def _all_sum_int(value: int) -> int:
     gathered: list[int] = [0] * dist.get_world_size()
     dist.all_gather_object(gathered, value)  # any backend, exact
     return sum(gathered)
+
+
+def _global_truncation(state: TrainState) -> dict[str, dict[str, int]]:
+    """source -> {samples, tokens_dropped}, summed over ranks."""
+    mine = {s: [n, state.truncated_tokens[s]] for s, n in state.truncated.items()}
+    gathered: list[dict] = [None] * dist.get_world_size()  # type: ignore[list-item]
+    dist.all_gather_object(gathered, mine)
+    total: dict[str, dict[str, int]] = {}
+    for part in gathered:
+        for source, (samples, tokens) in part.items():
+            entry = total.setdefault(source, {"samples": 0, "tokens_dropped": 0})
+            entry["samples"] += samples
+            entry["tokens_dropped"] += tokens
+    return dict(sorted(total.items()))
 
 
 def _global_skips(state: TrainState) -> dict[str, int]:
