@@ -88,7 +88,7 @@ def two_runs(tmp_path):
 def _args(paths, **kw):
     import argparse
 
-    defaults = dict(paths=paths, scorer="likelihood", baseline="llm=tiny_llama",
+    defaults = dict(paths=paths, scorer="likelihood", baseline="tiny_llama",
                     bootstrap=2000, seed=0)  # fmt: skip
     return argparse.Namespace(**{**defaults, **kw})
 
@@ -101,12 +101,12 @@ def _report_data(html: str) -> dict:
 def test_html_report_values_deltas_and_cis_equal_the_results_files(two_runs):
     grid, (base_dir, base_files), (var_dir, var_files) = two_runs
     runs, base, items = build(_args([str(grid)]))
-    assert [r.label for r in runs] == ["llm=tiny_llama", "llm=tiny_qwen2"]
+    assert [r.label for r in runs] == ["tiny_llama", "tiny_qwen2"]
     assert all(r.differs == {} and len(r.config_hash) == 8 for r in runs)
     html = render_html(runs, base, items, title="t", exposure={"cat": 0, "dog": 10, "owl": 1000},
                        n_boot=2000, seed=0)  # fmt: skip
     data = _report_data(html)
-    for label, files in (("llm=tiny_llama", base_files), ("llm=tiny_qwen2", var_files)):
+    for label, files in (("tiny_llama", base_files), ("tiny_qwen2", var_files)):
         for ds, (_, m) in files.items():
             shown = data["variants"][label]["datasets"][ds]
             assert shown["accuracy"] == m["accuracy"]  # exact, straight from metrics.json
@@ -184,16 +184,19 @@ def test_report_names_the_keys_runs_differ_in_beyond_the_axes(tmp_path):
     _write_run(grid, "tiny_qwen2", rng, p, name="b", log_every=1)  # cadence: not a difference
     _write_run(grid, "tiny_llama", rng, p, name="c", lr=1e-4)
     runs, base, items = build(_args([str(grid)], baseline="a"))
-    # llm.arch differs too, but only with the llm axis: the axis explains it
-    assert [r.differs for r in runs] == [{"recipe.lr.llm": 2e-5}, {"recipe.lr.llm": 2e-5},
-                                         {"recipe.lr.llm": 1e-4}]  # fmt: skip
-    assert [r.label for r in runs] == ["llm=tiny_llama,recipe.lr.llm=2e-05",
-                                       "llm=tiny_qwen2,recipe.lr.llm=2e-05",
-                                       "llm=tiny_llama,recipe.lr.llm=0.0001"]  # fmt: skip
+    # llm.arch differs too, but only with the llm axis: the axis explains it. The labels name
+    # the axis; the lr enters a label only where two variants would otherwise share it. Rows:
+    # the grid's order (the llm options as found), then alphabetical.
+    assert [r.path.name for r in runs] == ["c", "a", "b"]
+    assert [r.differs for r in runs] == [{"recipe.lr.llm": 1e-4}, {"recipe.lr.llm": 2e-5},
+                                         {"recipe.lr.llm": 2e-5}]  # fmt: skip
+    assert [r.label for r in runs] == ["tiny_llama (recipe.lr.llm=0.0001)",
+                                       "tiny_llama (recipe.lr.llm=2e-05)",
+                                       "tiny_qwen2"]  # fmt: skip
     assert len({r.config_hash for r in runs}) == 3 and len(items) == 4  # 2 overall, 2 hard
     html = render_html(runs, base, items, title="t", n_boot=200, seed=0)
     assert "beyond the axes" in html and "<code>recipe.lr.llm=0.0001</code>" in html
-    assert _report_data(html)["variants"]["llm=tiny_llama,recipe.lr.llm=0.0001"]["differs"] == {
+    assert _report_data(html)["variants"]["tiny_llama (recipe.lr.llm=0.0001)"]["differs"] == {
         "recipe.lr.llm": 1e-4}  # fmt: skip
 
 
@@ -206,9 +209,9 @@ def test_runs_differing_only_in_seed_are_aggregated_over_seeds_and_questions(tmp
         for seed, pr in enumerate(ps, start=1):
             run, f = _write_run(grid, llm, rng, {"digits": pr}, seed=seed, name=f"{llm}-s{seed}")
             files[(llm, seed)] = f["digits"]
-    runs, base, items = build(_args([str(grid)], baseline="llm=tiny_llama"))
-    assert [r.label for r in runs][:3] == [f"llm=tiny_llama,seed={s}" for s in (1, 2, 3)]
-    assert base.label == "llm=tiny_llama" and base.seeds == [1, 2, 3]
+    runs, base, items = build(_args([str(grid)], baseline="tiny_llama"))
+    assert [r.label for r in runs][:3] == [f"tiny_llama, seed={s}" for s in (1, 2, 3)]
+    assert base.label == "tiny_llama" and base.seeds == [1, 2, 3]
     d, hard = items  # all questions, then the hard classes' own seeds x questions comparison
     assert not d.single_seed and d.seeds == "3 vs 3 seeds"
     assert hard.subset == "hard classes" and hard.seeds == "3 vs 3 seeds"
@@ -227,7 +230,7 @@ def test_runs_differing_only_in_seed_are_aggregated_over_seeds_and_questions(tmp
     html = render_html(runs, base, items, title="t", n_boot=2000, seed=0)
     data = _report_data(html)
     assert "Spread over training seeds" in html and "3 vs 3 seeds" in html
-    (spread,) = [s for s in data["seed_spreads"] if s["variant"] == "llm=tiny_qwen2"]
+    (spread,) = [s for s in data["seed_spreads"] if s["variant"] == "tiny_qwen2"]
     values = [accs[("tiny_qwen2", s)] for s in (1, 2, 3)]
     assert spread["values"] == values and spread["seeds"] == [1, 2, 3]
     assert spread["sd"] == pytest.approx(np.std(values, ddof=1))
@@ -253,7 +256,7 @@ def test_wandb_report_model_has_the_sections_as_panels_grouped_by_axis(two_runs)
                           title="T")  # fmt: skip
     heads = [b.text for b in report.blocks if isinstance(b, wr.H2)]
     assert heads == ["Accuracy per dataset by llm", "Hard-class accuracy by llm",
-                     "Training curves by llm", "Deltas against llm=tiny_llama", "Variants"]  # fmt: skip
+                     "Training curves by llm", "Deltas against tiny_llama", "Variants"]  # fmt: skip
     grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
     bars = [p for g in grids for p in g.panels if isinstance(p, wr.BarPlot)]
     assert sorted(m for p in bars for m in p.metrics) == [

@@ -6,16 +6,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from llava_ablate.report.collect import ResultsError, discover_runs, label_runs, read_run
+from llava_ablate.report.collect import (
+    ResultsError,
+    discover_runs,
+    grid_order,
+    label_runs,
+    read_run,
+)
 from llava_ablate.report.compare import deltas, group_variants, hard_deltas, pick_baseline
 from llava_ablate.report.exposure import read_exposure
 from llava_ablate.report.html import render_html
+from llava_ablate.report.tables import build_table, write_tables
 
 
 def build(args: argparse.Namespace):
     paths = discover_runs([Path(p) for p in args.paths])
     runs = [read_run(p, args.scorer) for p in paths]
     label_runs(runs)  # runs that differ only in train.seed form one variant
+    runs = grid_order(runs)  # zero-shot baselines, then the grid's order: the rows' order
     variants = group_variants(runs)
     base = pick_baseline(variants, args.baseline)
     items = deltas(variants, base, args.bootstrap, args.seed)
@@ -30,14 +38,14 @@ def report_command(args: argparse.Namespace) -> None:
     except (ResultsError, ValueError, OSError) as e:
         raise SystemExit(f"report failed: {e}") from e
     title = args.title or f"llava-ablate: {', '.join(map(str, args.paths))}"
+    # One table for the page and the files: the same rows, aggregation and intervals.
+    table = build_table(runs, base, items, scorer=args.scorer, n_boot=args.bootstrap,
+                        seed=args.seed)  # fmt: skip
     html = render_html(runs, base, items, title=title, exposure=exposure,
-                       n_boot=args.bootstrap, seed=args.seed)  # fmt: skip
+                       n_boot=args.bootstrap, seed=args.seed, table=table)  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
-    from llava_ablate.report.tables import build_table, write_tables
-
-    table = build_table(runs, base, items, scorer=args.scorer)
     tables = write_tables(table, out.with_suffix(""))  # the paper-style table, beside the HTML
     print(f"table (models x datasets): {', '.join(map(str, tables))}")
     n_variants = len({r.variant for r in runs})

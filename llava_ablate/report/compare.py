@@ -32,6 +32,10 @@ class Variant:
     def seeds(self) -> list:
         return [r.seed for r in self.runs]
 
+    @property
+    def zero_shot(self) -> bool:
+        return any(r.zero_shot for r in self.runs)
+
 
 def group_variants(runs: list[RunResult]) -> list[Variant]:
     """Runs sharing a variant label (set by label_runs), in first-seen order."""
@@ -86,6 +90,8 @@ class Delta:
 
 
 def pick_baseline(variants: list[Variant], baseline: str | None) -> Variant:
+    """`baseline` (a variant label or one of its runs), else the first variant: with the runs
+    in `grid_order`, a zero-shot baseline when there is one (the paper's comparison)."""
     if baseline is None:
         return variants[0]
     matches = [
