@@ -15,7 +15,12 @@ import numpy as np
 import pytest
 
 from llava_ablate.eval.scoring import Prediction
-from llava_ablate.eval.stats import bootstrap_accuracy, mcnemar_exact, paired_comparison
+from llava_ablate.eval.stats import (
+    bootstrap_accuracy,
+    mcnemar_exact,
+    paired_comparison,
+    wilson_accuracy,
+)
 from llava_ablate.report.collect import ResultsError
 from llava_ablate.report.command import build
 from llava_ablate.report.html import pct, render_html
@@ -24,22 +29,26 @@ from llava_ablate.report.wandb_report import build_report, save_report
 CLASSES = ["cat", "dog", "owl", "fox"]
 
 
-def _write_dataset(out: Path, name: str, correct: np.ndarray, hard: set[str], fp: str) -> dict:
+def _write_dataset(out: Path, name: str, correct: np.ndarray, hard: set[str], fp: str,
+                   scorers: tuple[str, ...] = ("likelihood",)) -> dict:  # fmt: skip
+    """One dataset's results as the evaluator writes them (eval/metrics.py: Wilson intervals),
+    every scorer with the same answers."""
     out.mkdir(parents=True)
     labels = [CLASSES[i % len(CLASSES)] for i in range(len(correct))]
     preds = [
-        Prediction(f"{name}-{i}", "likelihood", 0, lab, "A", "A" if c else "B", lab, bool(c))
+        Prediction(f"{name}-{i}", s, 0, lab, "A", "A" if c else "B", lab, bool(c))
+        for s in scorers
         for i, (lab, c) in enumerate(zip(labels, correct, strict=True))
     ]
     (out / "predictions.jsonl").write_text("".join(json.dumps(asdict(p)) + "\n" for p in preds))
     mask = np.array([lab in hard for lab in labels])
     m = {
-        "accuracy": bootstrap_accuracy(correct, 2000, 0).as_dict(),
-        "hard_accuracy": bootstrap_accuracy(correct[mask], 2000, 0).as_dict(),
+        "accuracy": wilson_accuracy(correct).as_dict(),
+        "hard_accuracy": wilson_accuracy(correct[mask]).as_dict(),
     }
     (out / "metrics.json").write_text(json.dumps(
         {"step": 20, "dataset": name, "n_questions": len(correct), "fingerprint": fp,
-         "scorers": {"likelihood": m}}))  # fmt: skip
+         "scorers": {s: m for s in scorers}}))  # fmt: skip
     with open(out / "per_class.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, ["class_name", "n", "hard", "accuracy", "ci_low", "ci_high"])
         w.writeheader()
@@ -54,6 +63,7 @@ def _write_dataset(out: Path, name: str, correct: np.ndarray, hard: set[str], fp
 def _write_run(
     root: Path, llm: str, rng, p_right: dict[str, float], *, seed: int = 42, lr: float = 2e-5,
     log_every: int = 5, name: str | None = None, data: str = "toy_instruct",
+    max_steps: int = 20, hard: set[str] | None = None,
 ) -> tuple[Path, dict]:  # fmt: skip
     run = root / (name or f"llm={llm}")
     run.mkdir(parents=True)
@@ -61,7 +71,8 @@ def _write_run(
     (run / "config.yaml").write_text(
         f"vision: {{name: tiny_clip}}\nllm: {{name: {llm}, arch: {arch}}}\n"
         f"projector: {{type: mlp2x_gelu}}\ndata: {{name: {data}}}\n"
-        f"recipe: {{name: finetune, lr: {{llm: {lr:.1e}}}}}\ndeepspeed: {{name: zero2}}\n"
+        f"recipe: {{name: finetune, lr: {{llm: {lr:.1e}}}, max_steps: {max_steps}}}\n"
+        "deepspeed: {name: zero2}\n"
         f"train: {{seed: {seed}, log_every: {log_every}}}\n"
     )
     (run / "metrics.jsonl").write_text(
@@ -70,8 +81,8 @@ def _write_run(
     files = {}
     for ds, p in p_right.items():
         correct = rng.random(400) < p
-        files[ds] = (correct, _write_dataset(run / "eval/step_20" / ds, ds, correct, {"owl"},
-                                             f"fp-{ds}"))  # fmt: skip
+        files[ds] = (correct, _write_dataset(run / "eval/step_20" / ds, ds, correct,
+                                             {"owl"} if hard is None else hard, f"fp-{ds}"))  # fmt: skip
     # An earlier evaluation that the report must ignore (it reads the latest step).
     _write_dataset(run / "eval/step_10" / "digits", "digits", np.zeros(400, bool), {"owl"}, "x")
     return run, files
