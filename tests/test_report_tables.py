@@ -10,12 +10,12 @@ from __future__ import annotations
 import csv
 import json
 import re
-import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 from test_report import CLASSES, _report_data, _write_dataset, _write_run
 
 from llava_ablate.cli import main as cli
@@ -74,7 +74,7 @@ def _seeded_grid(root: Path) -> tuple[list[Path], dict]:
 
 def test_tables_aggregate_seeds_exactly_as_the_html(tmp_path):
     paths, files = _seeded_grid(tmp_path / "grid")
-    r = _report(tmp_path, paths, "--baseline", "tiny_llama")
+    r = _report(tmp_path, paths, "--baseline", "tiny_llama-s1")  # a run dir names its variant
     rows = _md_rows(r["md"])
     # One row per variant, in the grid's order (as given), one baseline row, seeds aggregated.
     assert [x[0] for x in rows] == ["small_qwen2", "**tiny_llama** (baseline)"]
@@ -154,7 +154,9 @@ def test_labels_name_the_axes_and_other_keys_go_to_a_footnote(tmp_path):
                       "smollm2_135m × demo_base", "smollm2_135m × demo_extra"]  # fmt: skip
     assert ("recipe.max_steps -- small_qwen2 × demo_base: 240; small_qwen2 × demo_extra: 240; "
             "smollm2_135m × demo_base: 24; smollm2_135m × demo_extra: 24") in r["md"]  # fmt: skip
-    assert r["cell"][("smollm2_135m × demo_extra", "digits")]["beyond_axes"] == "recipe.max_steps=24"
+    assert (
+        r["cell"][("smollm2_135m × demo_extra", "digits")]["beyond_axes"] == "recipe.max_steps=24"
+    )
     assert "recipe.max\\_steps -- small\\_qwen2 $\\times$ demo\\_base: 240" in r["tex"]
     assert "recipe.max_steps -- small_qwen2 × demo_base: 240" in r["html"]
     assert _report_data(r["html"])["variants"]["small_qwen2 × demo_base"]["differs"] == {
@@ -165,8 +167,6 @@ def test_one_interval_method_per_quantity_and_none_outside_0_100(tmp_path):
     """A hard-class accuracy of 0: the results file's Wilson interval everywhere (it read
     `0.0 [-3.6, 3.6]` in report.md and `[0.000, 0.071]` in the terminal); a mean over datasets:
     the seeded bootstrap over questions (no normal approximation)."""
-    from llava_ablate.report.summary import grid_summary
-
     rng = np.random.default_rng(6)
     grid = tmp_path / "grid"
     files = {}
@@ -208,7 +208,8 @@ def test_one_interval_method_per_quantity_and_none_outside_0_100(tmp_path):
         row = one["cell"][("small_qwen2", col)]
         assert row["interval"] == "bootstrap"
         assert float(row["accuracy"]) == pytest.approx(
-            np.mean([files["small_qwen2"][d][1][key]["value"] for d in ("digits", "shapes")]))
+            np.mean([files["small_qwen2"][d][1][key]["value"] for d in ("digits", "shapes")])
+        )
         if col == "average":
             mats = [files["small_qwen2"][d][0][None] for d in ("digits", "shapes")]
             lo, hi = _naive_bootstrap(mats, 3000, 2)
@@ -223,6 +224,8 @@ def test_one_interval_method_per_quantity_and_none_outside_0_100(tmp_path):
         dst.mkdir(parents=True)
         for f in src.iterdir():
             (dst / f.name).write_text(f.read_text())
+    from llava_ablate.report.summary import grid_summary
+
     text = grid_summary([only], scorers=["likelihood"], llms=("tiny_llama", "small_qwen2"),
                         data=("toy_instruct", "x"), wall_s=None, n_boot=500)  # fmt: skip
     md = _report(tmp_path / "two", [only])["md"]

@@ -55,8 +55,9 @@ def environment() -> jinja2.Environment:
         pp=lambda x: f"{100 * x:+.2f}",
         repr=repr,
         value=lambda c: f"{pct(c.value)}" + (f" ± {pct(c.sd)}" if c.sd is not None else ""),
-        interval=lambda c: "[no interval]" if c.ci_low is None
-        else f"[{pct(c.ci_low)}, {pct(c.ci_high)}]",
+        interval=lambda c: (
+            "[no interval]" if c.ci_low is None else f"[{pct(c.ci_low)}, {pct(c.ci_high)}]"
+        ),
         arrow=lambda flag: {"up": "↑", "down": "↓"}.get(flag, ""),
         seeds=seeds_text,
         cells=row_cells,
@@ -126,7 +127,8 @@ def _exposure(dataset: str, variants: list[Variant], exposure: dict[str, float])
     )
     several = any(len(v.runs) > 1 for v in variants)
     note = "A group's accuracy pools its classes' questions (Wilson interval)" + (
-        "; a variant with several seeds pools its seeds' answers." if several else ".")
+        "; a variant with several seeds pools its seeds' answers." if several else "."
+    )
     return _chart(svg, list(series), note)
 
 
@@ -149,8 +151,12 @@ def _data(runs: list[RunResult], t: PaperTable, items: list[Delta], variants) ->
 
     return {
         "baseline": t.baseline,
-        "table": {"datasets": t.datasets, "rows": [row(r) for r in t.rows],
-                  "n_boot": t.n_boot, "seed": t.seed},  # fmt: skip
+        "table": {
+            "datasets": t.datasets,
+            "rows": [row(r) for r in t.rows],
+            "n_boot": t.n_boot,
+            "seed": t.seed,
+        },
         "variants": {
             r.label: {
                 "path": str(r.path),
@@ -160,18 +166,37 @@ def _data(runs: list[RunResult], t: PaperTable, items: list[Delta], variants) ->
                 "config_hash": r.config_hash,
                 "differs": r.differs,
                 "datasets": {
-                    d: {"accuracy": asdict(x.accuracy), "hard": x.hard and asdict(x.hard),
-                        "scorer": x.scorer}  # fmt: skip
+                    d: {
+                        "accuracy": asdict(x.accuracy),
+                        "hard": x.hard and asdict(x.hard),
+                        "scorer": x.scorer,
+                    }
                     for d, x in r.datasets.items()
                 },
             }
             for r in runs
         },
-        "deltas": [{"variant": d.variant, "dataset": d.dataset, "subset": d.subset,
-                    "seeds": d.seeds, **d.comparison.as_dict()} for d in items],  # fmt: skip
-        "seed_spreads": [{"variant": s.variant, "dataset": s.dataset, "seeds": s.seeds,
-                          "values": s.values, "mean": s.mean, "sd": s.sd}
-                         for s in seed_spreads(variants)],  # fmt: skip
+        "deltas": [
+            {
+                "variant": d.variant,
+                "dataset": d.dataset,
+                "subset": d.subset,
+                "seeds": d.seeds,
+                **d.comparison.as_dict(),
+            }
+            for d in items
+        ],
+        "seed_spreads": [
+            {
+                "variant": s.variant,
+                "dataset": s.dataset,
+                "seeds": s.seeds,
+                "values": s.values,
+                "mean": s.mean,
+                "sd": s.sd,
+            }
+            for s in seed_spreads(variants)
+        ],
     }
 
 
@@ -221,12 +246,19 @@ def render_html(
         "generated": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}",
         "no_results": _no_results(runs),
         "has_hard": has_hard and bool(table.datasets),
-        "overall": {"title": f"Deltas against {base.label}", "entries": overall,
-                    "empty": why_none, "notes": []},  # fmt: skip
-        "hard_deltas": (hard or has_hard) and {
-            "title": f"Hard-class deltas against {base.label}", "entries": hard,
+        "overall": {
+            "title": f"Deltas against {base.label}",
+            "entries": overall,
+            "empty": why_none,
+            "notes": [],
+        },
+        "hard_deltas": (hard or has_hard)
+        and {
+            "title": f"Hard-class deltas against {base.label}",
+            "entries": hard,
             "empty": why_none if not overall else "No pair of runs has paired hard-class results.",
-            "notes": hard_gaps(variants, base)},  # fmt: skip
+            "notes": hard_gaps(variants, base),
+        },
         "alpha": table.alpha,
         "spreads": seed_spreads(variants),
         "charts": charts,

@@ -28,9 +28,7 @@ def _per_run_accuracy(m: np.ndarray, n_boot: int, rng: np.random.Generator) -> n
     return draws @ patterns.astype(float) / n
 
 
-def _replicates(
-    sides: list[list[np.ndarray]], n_boot: int, seed: int
-) -> list[np.ndarray]:
+def _replicates(sides: list[list[np.ndarray]], n_boot: int, seed: int) -> list[np.ndarray]:
     """For each side (a list of seeds x questions matrices, one per dataset), n_boot replicates
     of the mean over datasets of its mean over seeds. The sides' matrices of one dataset are
     resampled on the same questions (paired)."""

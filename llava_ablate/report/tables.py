@@ -282,9 +282,12 @@ def footnote_lines(t: PaperTable, arrows: str = "↑/↓") -> list[str]:
     zero_shot = [r.label for r in t.rows if r.zero_shot]
     lines = [
         f"Accuracy (%) of the {t.scorer} scorer"
-        + (f" (zero-shot rows: the most similar of the same options, "
-           f"{', '.join(sorted({s for r in t.rows if r.zero_shot for s in r.scorers}))})"
-           if zero_shot else "")  # fmt: skip
+        + (
+            f" (zero-shot rows: the most similar of the same options, "
+            f"{', '.join(sorted({s for r in t.rows if r.zero_shot for s in r.scorers}))})"
+            if zero_shot
+            else ""
+        )
         + f"; seeds: training seeds per row. {interval_note(t)}",
         f"{arrows}: significantly above/below the baseline ({t.baseline}) in a paired test on the "
         f"same frozen questions (exact McNemar, p < {t.alpha}, one run a side; else the paired "
@@ -421,4 +424,3 @@ def write_tables(t: PaperTable, stem: Path) -> list[Path]:
         path.write_text(text, encoding="utf-8")
         out.append(path)
     return out
-
