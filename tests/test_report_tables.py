@@ -275,6 +275,13 @@ def test_demo_summary_ends_with_the_wall_time_and_the_two_findings(tmp_path):
     # The table above uses the report's rows: the CLIP row first, each scorer.
     assert lines[1].startswith("mini_clip zero-shot (baseline)")
     assert sum(x.startswith("variant (") for x in lines) == 2
+    # The demo prints exactly this for its stage-2 steps and its baseline.
+    from llava_ablate.demo.__main__ import LLMS, Step, summary
+
+    assert LLMS[:2] == ("small_qwen2", "smollm2_135m")
+    steps = [Step(f"stage 2 {k}", "train.py", [], grid / f"{k[0]}-{k[1]}" / "export", 1, *k, 42)
+             for k in answers]  # fmt: skip
+    assert summary(steps, clip, 754.2) == text
 
 
 def test_report_templates_ship_as_package_data():
