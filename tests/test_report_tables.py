@@ -297,3 +297,26 @@ def test_report_templates_ship_as_package_data():
     for t in templates:
         rel = t.relative_to(ROOT / "llava_ablate").as_posix()
         assert any(fnmatch(rel, p) for p in patterns), f"{rel} is not package data"
+
+
+def test_wandb_report_groups_by_the_trained_runs_axes_beside_a_zero_shot_row(tmp_path):
+    """The zero-shot results have no axes (and no W&B run): they must not make every axis of
+    the trained runs look varied."""
+    import wandb_workspaces.reports.v2 as wr
+    from test_report import _args
+
+    from llava_ablate.report.command import build
+    from llava_ablate.report.wandb_report import build_report
+
+    rng = np.random.default_rng(1)
+    grid = tmp_path / "grid"
+    for llm in ("tiny_llama", "tiny_qwen2"):
+        _write_run(grid, llm, rng, {"digits": 0.5}, name=llm)
+    clip = _clip(tmp_path, {"digits": rng.random(400) < 0.5})
+    runs, base, items = build(_args([str(grid), str(clip)], baseline=None))
+    assert base.label == "mini_clip zero-shot"
+    report = build_report(runs, base, items, project="p", entity="e", group="g", title="T")
+    heads = [b.text for b in report.blocks if isinstance(b, wr.H2)]
+    assert [h for h in heads if " by " in h] == ["Accuracy per dataset by llm",
+                                                 "Hard-class accuracy by llm",
+                                                 "Training curves by llm"]  # fmt: skip
