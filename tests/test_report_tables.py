@@ -148,7 +148,9 @@ def test_labels_name_the_axes_and_other_keys_go_to_a_footnote(tmp_path):
             _write_run(grid, llm, rng, {"digits": 0.5}, data=data, max_steps=steps,
                        name=f"{llm}-{data}")  # fmt: skip
     r = _report(tmp_path, [grid / f"{llm}-{d}" for llm in ("small_qwen2", "smollm2_135m")
-                           for d in ("demo_base", "demo_extra")])  # fmt: skip
+                           for d in ("demo_base", "demo_extra")],
+                "--baseline", "small_qwen2 x demo_extra")  # typed without the `×`  # fmt: skip
+    assert _md_rows(r["md"])[1][0] == "**small_qwen2 × demo_extra** (baseline)"
     labels = [x[0].replace("**", "").replace(" (baseline)", "") for x in _md_rows(r["md"])]
     assert labels == ["small_qwen2 × demo_base", "small_qwen2 × demo_extra",
                       "smollm2_135m × demo_base", "smollm2_135m × demo_extra"]  # fmt: skip

@@ -68,7 +68,8 @@ def add_report_command(subparsers) -> None:
     p.add_argument("paths", nargs="+", help="a grid directory (runs below it) or run directories")
     p.add_argument("--out", default="report.html", help="the HTML file to write")
     p.add_argument("--baseline", default=None,
-                   help="variant label or one of its run dirs (default: the first)")  # fmt: skip
+                   help="a row's label (`x` for `×`) or one of its run dirs (default: the "
+                        "zero-shot row if any, else the first row)")  # fmt: skip
     p.add_argument("--scorer", default="likelihood", help="which scorer's results to compare")
     p.add_argument("--exposure", default=None, help="class_name,exposure CSV (data exposure)")
     p.add_argument("--bootstrap", type=int, default=2000, help="paired-bootstrap resamples")

@@ -94,10 +94,11 @@ def pick_baseline(variants: list[Variant], baseline: str | None) -> Variant:
     in `grid_order`, a zero-shot baseline when there is one (the paper's comparison)."""
     if baseline is None:
         return variants[0]
+    typed = _typed(baseline)  # `small_qwen2 x demo_base` for `small_qwen2 × demo_base`
     matches = [
         v for v in variants
-        if baseline == v.label or any(baseline in (r.label, str(r.path), r.path.name)
-                                      for r in v.runs)
+        if typed == _typed(v.label) or any(baseline in (r.label, str(r.path), r.path.name)
+                                           for r in v.runs)
     ]  # fmt: skip
     if len(matches) != 1:
         raise ResultsError(
@@ -105,6 +106,10 @@ def pick_baseline(variants: list[Variant], baseline: str | None) -> Variant:
             f"{[v.label for v in variants]}"
         )
     return matches[0]
+
+
+def _typed(label: str) -> str:
+    return label.replace(" × ", " x ")
 
 
 def _matrix(results: list[DatasetResult], name: str) -> tuple[list[str], np.ndarray, int]:
