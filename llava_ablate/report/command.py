@@ -16,7 +16,8 @@ from llava_ablate.report.collect import (
 from llava_ablate.report.compare import deltas, group_variants, hard_deltas, pick_baseline
 from llava_ablate.report.exposure import read_exposure
 from llava_ablate.report.html import render_html
-from llava_ablate.report.tables import build_table, write_tables
+from llava_ablate.report.table_files import write_tables
+from llava_ablate.report.tables import build_table
 
 
 def build(args: argparse.Namespace):

@@ -26,6 +26,7 @@ from llava_ablate.report.compare import Delta, Variant, group_variants, hard_gap
 from llava_ablate.report.exposure import binned_accuracy, exposure_bins
 from llava_ablate.report.svg import bar_chart, colour, dodged_points_chart, line_chart
 from llava_ablate.report.tables import (
+    ARROWS,
     PaperTable,
     TableRow,
     build_table,
@@ -58,7 +59,7 @@ def environment() -> jinja2.Environment:
         interval=lambda c: (
             "[no interval]" if c.ci_low is None else f"[{pct(c.ci_low)}, {pct(c.ci_high)}]"
         ),
-        arrow=lambda flag: {"up": "↑", "down": "↓"}.get(flag, ""),
+        arrow=lambda flag: ARROWS.get(flag, ""),
         seeds=seeds_text,
         cells=row_cells,
         # A label may break after its separators, so a wide table fits the page.
