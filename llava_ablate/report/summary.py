@@ -12,7 +12,7 @@ from pathlib import Path
 
 from llava_ablate.report.collect import DatasetResult
 from llava_ablate.report.command import build
-from llava_ablate.report.compare import Delta, Variant, _compare, group_variants
+from llava_ablate.report.compare import Delta, Variant, compare_results, group_variants, hard_gap
 from llava_ablate.report.tables import (
     PaperTable,
     beyond_axes_lines,
@@ -57,7 +57,7 @@ def paired_delta(a: Variant, b: Variant, dataset: str, hard: bool, n_boot: int, 
         out = [r.datasets[dataset] for r in v.runs]
         return [ds.hard_only() for ds in out] if hard else out
 
-    return _compare(b.label, dataset, [*results(a), *results(b)], len(a.runs), n_boot, seed)
+    return compare_results(b.label, dataset, [*results(a), *results(b)], len(a.runs), n_boot, seed)
 
 
 def _pp(d: Delta) -> str:
@@ -77,9 +77,10 @@ def finding(variants: list[Variant], axis: str, pair: tuple[str, str], across: t
         if a is None or b is None:
             parts.append(f"{other}={option}: not run")
             continue
-        hard = paired_delta(a, b, dataset, True, n_boot, seed)
-        overall = paired_delta(a, b, dataset, False, n_boot, seed)
-        parts.append(f"{other}={option}: hard classes {_pp(hard)}, all questions {_pp(overall)}")
+        overall = _pp(paired_delta(a, b, dataset, False, n_boot, seed))
+        gap = hard_gap([r.datasets[dataset] for r in (*a.runs, *b.runs)])
+        hard = f"none ({gap})" if gap else _pp(paired_delta(a, b, dataset, True, n_boot, seed))
+        parts.append(f"{other}={option}: hard classes {hard}, all questions {overall}")
     what = "same stage-2 samples" if axis == LLM else "same LLM"
     return f"{axis.upper()} axis, {pair[1]} - {pair[0]} ({what}, {dataset}): " + "; ".join(
         parts) + "."  # fmt: skip

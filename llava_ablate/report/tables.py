@@ -28,7 +28,7 @@ import numpy as np
 
 from llava_ablate.eval.stats import Estimate
 from llava_ablate.report.collect import DatasetResult, RunResult
-from llava_ablate.report.compare import Delta, Variant, _matrix, group_variants
+from llava_ablate.report.compare import Delta, Variant, group_variants, paired_matrix
 from llava_ablate.report.intervals import mean_delta_interval, mean_interval
 
 UP, DOWN = "up", "down"
@@ -126,7 +126,7 @@ class _Builder:
         results = [ds for s in sides for ds in s.results]
         if not all(ds.correct for ds in results):
             return None
-        _, both, _ = _matrix(results, name)
+        _, both, _ = paired_matrix(results, name)
         out, start = [], 0
         for s in sides:
             out.append(both[start : start + len(s.results)])
