@@ -27,7 +27,8 @@ def test_demo_quick_grid_is_above_chance_and_reported(cache_dir, tmp_path, capsy
     report = main(args)
     assert report.exists() and "demo_extra" in report.read_text()
     out = capsys.readouterr().out
-    assert "chance = 1/26" in out and "mini-CLIP zero-shot" in out
+    assert "chance = 1/26" in out and "mini_clip zero-shot (baseline)" in out
+    assert "Wall time: " in out and "DATA axis, demo_extra - demo_base" in out
     stage2 = sorted(runs.glob("small_qwen2-mini_clip-mlp2x_gelu-demo_*-demo_finetune-*"))
     assert [p.name.split("-")[3] for p in stage2] == ["demo_base", "demo_extra"]
     fingerprints = set()

@@ -182,16 +182,13 @@ def test_table_figures_equal_the_results_files_and_flag_paired_tests(tmp_path):
     assert r"clip \emph{(baseline)}" in tex and "fp-digits (all 2 rows)" in tex
 
 
-def test_average_and_hard_columns_combine_the_paired_deltas(tmp_path):
-    """`average` and `hard` flags: the per-dataset paired deltas (all questions; the hard
-    classes' questions, as compare.py's hard-class deltas mark them) combined as independent
-    normal errors; flagged exactly when that interval excludes zero."""
-    from types import SimpleNamespace
-
-    from llava_ablate.eval.stats import paired_comparison
+def test_average_and_hard_columns_are_bootstrapped_over_questions(tmp_path):
+    """`average` and `hard` over several datasets: the mean delta against the baseline, its
+    interval the paired bootstrap over every dataset's questions (no normal approximation),
+    recomputed here by plain index resampling; flagged exactly when it excludes zero."""
     from llava_ablate.report.collect import discover_runs, label_runs, read_run
-    from llava_ablate.report.compare import deltas, group_variants, pick_baseline
-    from llava_ablate.report.tables import Z95, build_table
+    from llava_ablate.report.compare import deltas, group_variants, hard_deltas, pick_baseline
+    from llava_ablate.report.tables import build_table
 
     rng = np.random.default_rng(11)
     grid = tmp_path / "random"
@@ -201,27 +198,32 @@ def test_average_and_hard_columns_combine_the_paired_deltas(tmp_path):
     label_runs(runs)
     variants = group_variants(runs)
     base = pick_baseline(variants, "base")
-    items = deltas(variants, base, 500, 0)
-    hard_items = []
-    for ds in ("digits", "shapes"):  # the questions of the hard class ("owl") only
-        a, b = (next(r for r in runs if r.path.name == m).datasets[ds] for m in ("base", "better"))
-        lines = (grid / "base" / ds / "predictions.jsonl").read_text().splitlines()
-        owl = [json.loads(x)["qid"] for x in lines if json.loads(x)["label"] == "owl"]
-        c = paired_comparison(np.array([a.correct[q] for q in owl]),
-                              np.array([b.correct[q] for q in owl]), 500, 0)  # fmt: skip
-        hard_items.append(SimpleNamespace(variant="better", dataset=ds, comparison=c,
-                                          subset="hard classes"))  # fmt: skip
-    table = build_table(runs, base, items + hard_items, scorer="likelihood")
+    items = deltas(variants, base, 500, 0) + hard_deltas(variants, base, 500, 0)
+    table = build_table(runs, base, items, scorer="likelihood", n_boot=2000, seed=0)
     row = next(r for r in table.rows if r.label == "better")
-    for cell, source in ((row.average, items), (row.hard, hard_items)):
-        cs = [d.comparison for d in source if d.variant == "better"]
-        mean = np.mean([c.delta for c in cs])
-        se = np.sqrt(sum(((c.delta_ci_high - c.delta_ci_low) / (2 * Z95)) ** 2 for c in cs)) / 2
+    by = {r.path.name: r for r in runs}
+    boot = np.random.default_rng(1)
+    for cell, hard in ((row.average, False), (row.hard, True)):
+        pairs = []
+        for ds in ("digits", "shapes"):
+            a, b = by["base"].datasets[ds], by["better"].datasets[ds]
+            if hard:
+                a, b = a.hard_only(), b.hard_only()
+            pairs.append((np.array(list(a.correct.values())), np.array(list(b.correct.values()))))
+        mean = np.mean([b.mean() - a.mean() for a, b in pairs])
+        reps = []
+        for _ in range(3000):
+            reps.append(np.mean([b[i].mean() - a[i].mean() for a, b in pairs
+                                 for i in [boot.integers(0, len(a), len(a))]]))  # fmt: skip
+        lo, hi = np.quantile(reps, [0.025, 0.975])
         assert cell.delta == pytest.approx(mean)
-        excludes_zero = mean - Z95 * se > 0 or mean + Z95 * se < 0
+        assert (cell.delta_ci_low, cell.delta_ci_high) == pytest.approx((lo, hi), abs=0.01)
+        excludes_zero = cell.delta_ci_low > 0 or cell.delta_ci_high < 0
         assert cell.flag == (("up" if mean > 0 else "down") if excludes_zero else None)
+    assert row.average.flag == "up"  # 0.5 -> 0.6 on 2 x 300 questions
     # The dataset cells stay on the all-questions tests (the hard ones do not overwrite them).
-    digits = next(d for d in items if d.variant == "better" and d.dataset == "digits")
+    digits = next(d for d in items if d.variant == "better" and d.dataset == "digits"
+                  and d.subset == "all questions")  # fmt: skip
     assert row.cells["digits"].p_value == digits.comparison.mcnemar_p
 
 
@@ -314,20 +316,21 @@ def test_eval_grid_2x2_on_slurm_then_the_table_equals_the_results(
     assert rep.returncode == 0, rep.stderr[-3000:]
     rows = _read_csv(out.with_suffix(".csv"))
     md = out.with_suffix(".md").read_text()
-    for model in ("tiny_clip", "tiny_llava"):
+    # The CLIP baseline is a zero-shot row, named so (first, as in the paper's table).
+    for model, label in (("tiny_clip", "tiny_clip zero-shot"), ("tiny_llava", "tiny_llava")):
         values = []
         for ds in ("image_folder", "caltech101"):
             acc = json.loads((results / model / ds / "metrics.json").read_text())
             acc = acc["scorers"]["likelihood"]["accuracy"]
-            row = rows[(model, ds)]
+            row = rows[(label, ds)]
             assert (float(row["accuracy"]), float(row["ci_low"]), float(row["ci_high"]),
                     int(row["n"])) == (acc["value"], acc["ci_low"], acc["ci_high"], acc["n"])  # fmt: skip
             assert f"{100 * acc['value']:.1f} [{100 * acc['ci_low']:.1f}, " in md
             values.append(acc["value"])
-        assert float(rows[(model, "average")]["accuracy"]) == pytest.approx(np.mean(values))
+        assert float(rows[(label, "average")]["accuracy"]) == pytest.approx(np.mean(values))
     for ds, fp in fingerprints:
         assert f"{ds}: {fp} (all 2 rows)" in md
-    assert "**tiny_clip** (baseline)" in md
+    assert "**tiny_clip zero-shot** (baseline)" in md
 
 
 @pytest.mark.slow

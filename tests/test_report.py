@@ -15,7 +15,12 @@ import numpy as np
 import pytest
 
 from llava_ablate.eval.scoring import Prediction
-from llava_ablate.eval.stats import bootstrap_accuracy, mcnemar_exact, paired_comparison
+from llava_ablate.eval.stats import (
+    bootstrap_accuracy,
+    mcnemar_exact,
+    paired_comparison,
+    wilson_accuracy,
+)
 from llava_ablate.report.collect import ResultsError
 from llava_ablate.report.command import build
 from llava_ablate.report.html import pct, render_html
@@ -24,22 +29,26 @@ from llava_ablate.report.wandb_report import build_report, save_report
 CLASSES = ["cat", "dog", "owl", "fox"]
 
 
-def _write_dataset(out: Path, name: str, correct: np.ndarray, hard: set[str], fp: str) -> dict:
+def _write_dataset(out: Path, name: str, correct: np.ndarray, hard: set[str], fp: str,
+                   scorers: tuple[str, ...] = ("likelihood",)) -> dict:  # fmt: skip
+    """One dataset's results as the evaluator writes them (eval/metrics.py: Wilson intervals),
+    every scorer with the same answers."""
     out.mkdir(parents=True)
     labels = [CLASSES[i % len(CLASSES)] for i in range(len(correct))]
     preds = [
-        Prediction(f"{name}-{i}", "likelihood", 0, lab, "A", "A" if c else "B", lab, bool(c))
+        Prediction(f"{name}-{i}", s, 0, lab, "A", "A" if c else "B", lab, bool(c))
+        for s in scorers
         for i, (lab, c) in enumerate(zip(labels, correct, strict=True))
     ]
     (out / "predictions.jsonl").write_text("".join(json.dumps(asdict(p)) + "\n" for p in preds))
     mask = np.array([lab in hard for lab in labels])
     m = {
-        "accuracy": bootstrap_accuracy(correct, 2000, 0).as_dict(),
-        "hard_accuracy": bootstrap_accuracy(correct[mask], 2000, 0).as_dict(),
+        "accuracy": wilson_accuracy(correct).as_dict(),
+        "hard_accuracy": wilson_accuracy(correct[mask]).as_dict(),
     }
     (out / "metrics.json").write_text(json.dumps(
         {"step": 20, "dataset": name, "n_questions": len(correct), "fingerprint": fp,
-         "scorers": {"likelihood": m}}))  # fmt: skip
+         "scorers": {s: m for s in scorers}}))  # fmt: skip
     with open(out / "per_class.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, ["class_name", "n", "hard", "accuracy", "ci_low", "ci_high"])
         w.writeheader()
@@ -54,6 +63,7 @@ def _write_dataset(out: Path, name: str, correct: np.ndarray, hard: set[str], fp
 def _write_run(
     root: Path, llm: str, rng, p_right: dict[str, float], *, seed: int = 42, lr: float = 2e-5,
     log_every: int = 5, name: str | None = None, data: str = "toy_instruct",
+    max_steps: int = 20, hard: set[str] | None = None,
 ) -> tuple[Path, dict]:  # fmt: skip
     run = root / (name or f"llm={llm}")
     run.mkdir(parents=True)
@@ -61,7 +71,8 @@ def _write_run(
     (run / "config.yaml").write_text(
         f"vision: {{name: tiny_clip}}\nllm: {{name: {llm}, arch: {arch}}}\n"
         f"projector: {{type: mlp2x_gelu}}\ndata: {{name: {data}}}\n"
-        f"recipe: {{name: finetune, lr: {{llm: {lr:.1e}}}}}\ndeepspeed: {{name: zero2}}\n"
+        f"recipe: {{name: finetune, lr: {{llm: {lr:.1e}}}, max_steps: {max_steps}}}\n"
+        "deepspeed: {name: zero2}\n"
         f"train: {{seed: {seed}, log_every: {log_every}}}\n"
     )
     (run / "metrics.jsonl").write_text(
@@ -70,8 +81,8 @@ def _write_run(
     files = {}
     for ds, p in p_right.items():
         correct = rng.random(400) < p
-        files[ds] = (correct, _write_dataset(run / "eval/step_20" / ds, ds, correct, {"owl"},
-                                             f"fp-{ds}"))  # fmt: skip
+        files[ds] = (correct, _write_dataset(run / "eval/step_20" / ds, ds, correct,
+                                             {"owl"} if hard is None else hard, f"fp-{ds}"))  # fmt: skip
     # An earlier evaluation that the report must ignore (it reads the latest step).
     _write_dataset(run / "eval/step_10" / "digits", "digits", np.zeros(400, bool), {"owl"}, "x")
     return run, files
@@ -88,7 +99,7 @@ def two_runs(tmp_path):
 def _args(paths, **kw):
     import argparse
 
-    defaults = dict(paths=paths, scorer="likelihood", baseline="llm=tiny_llama",
+    defaults = dict(paths=paths, scorer="likelihood", baseline="tiny_llama",
                     bootstrap=2000, seed=0)  # fmt: skip
     return argparse.Namespace(**{**defaults, **kw})
 
@@ -101,12 +112,12 @@ def _report_data(html: str) -> dict:
 def test_html_report_values_deltas_and_cis_equal_the_results_files(two_runs):
     grid, (base_dir, base_files), (var_dir, var_files) = two_runs
     runs, base, items = build(_args([str(grid)]))
-    assert [r.label for r in runs] == ["llm=tiny_llama", "llm=tiny_qwen2"]
+    assert [r.label for r in runs] == ["tiny_llama", "tiny_qwen2"]
     assert all(r.differs == {} and len(r.config_hash) == 8 for r in runs)
     html = render_html(runs, base, items, title="t", exposure={"cat": 0, "dog": 10, "owl": 1000},
                        n_boot=2000, seed=0)  # fmt: skip
     data = _report_data(html)
-    for label, files in (("llm=tiny_llama", base_files), ("llm=tiny_qwen2", var_files)):
+    for label, files in (("tiny_llama", base_files), ("tiny_qwen2", var_files)):
         for ds, (_, m) in files.items():
             shown = data["variants"][label]["datasets"][ds]
             assert shown["accuracy"] == m["accuracy"]  # exact, straight from metrics.json
@@ -184,16 +195,19 @@ def test_report_names_the_keys_runs_differ_in_beyond_the_axes(tmp_path):
     _write_run(grid, "tiny_qwen2", rng, p, name="b", log_every=1)  # cadence: not a difference
     _write_run(grid, "tiny_llama", rng, p, name="c", lr=1e-4)
     runs, base, items = build(_args([str(grid)], baseline="a"))
-    # llm.arch differs too, but only with the llm axis: the axis explains it
-    assert [r.differs for r in runs] == [{"recipe.lr.llm": 2e-5}, {"recipe.lr.llm": 2e-5},
-                                         {"recipe.lr.llm": 1e-4}]  # fmt: skip
-    assert [r.label for r in runs] == ["llm=tiny_llama,recipe.lr.llm=2e-05",
-                                       "llm=tiny_qwen2,recipe.lr.llm=2e-05",
-                                       "llm=tiny_llama,recipe.lr.llm=0.0001"]  # fmt: skip
+    # llm.arch differs too, but only with the llm axis: the axis explains it. The labels name
+    # the axis; the lr enters a label only where two variants would otherwise share it. Rows:
+    # the grid's order (the llm options as found), then alphabetical.
+    assert [r.path.name for r in runs] == ["c", "a", "b"]
+    assert [r.differs for r in runs] == [{"recipe.lr.llm": 1e-4}, {"recipe.lr.llm": 2e-5},
+                                         {"recipe.lr.llm": 2e-5}]  # fmt: skip
+    assert [r.label for r in runs] == ["tiny_llama (recipe.lr.llm=0.0001)",
+                                       "tiny_llama (recipe.lr.llm=2e-05)",
+                                       "tiny_qwen2"]  # fmt: skip
     assert len({r.config_hash for r in runs}) == 3 and len(items) == 4  # 2 overall, 2 hard
     html = render_html(runs, base, items, title="t", n_boot=200, seed=0)
     assert "beyond the axes" in html and "<code>recipe.lr.llm=0.0001</code>" in html
-    assert _report_data(html)["variants"]["llm=tiny_llama,recipe.lr.llm=0.0001"]["differs"] == {
+    assert _report_data(html)["variants"]["tiny_llama (recipe.lr.llm=0.0001)"]["differs"] == {
         "recipe.lr.llm": 1e-4}  # fmt: skip
 
 
@@ -206,9 +220,9 @@ def test_runs_differing_only_in_seed_are_aggregated_over_seeds_and_questions(tmp
         for seed, pr in enumerate(ps, start=1):
             run, f = _write_run(grid, llm, rng, {"digits": pr}, seed=seed, name=f"{llm}-s{seed}")
             files[(llm, seed)] = f["digits"]
-    runs, base, items = build(_args([str(grid)], baseline="llm=tiny_llama"))
-    assert [r.label for r in runs][:3] == [f"llm=tiny_llama,seed={s}" for s in (1, 2, 3)]
-    assert base.label == "llm=tiny_llama" and base.seeds == [1, 2, 3]
+    runs, base, items = build(_args([str(grid)], baseline="tiny_llama"))
+    assert [r.label for r in runs][:3] == [f"tiny_llama, seed={s}" for s in (1, 2, 3)]
+    assert base.label == "tiny_llama" and base.seeds == [1, 2, 3]
     d, hard = items  # all questions, then the hard classes' own seeds x questions comparison
     assert not d.single_seed and d.seeds == "3 vs 3 seeds"
     assert hard.subset == "hard classes" and hard.seeds == "3 vs 3 seeds"
@@ -227,7 +241,7 @@ def test_runs_differing_only_in_seed_are_aggregated_over_seeds_and_questions(tmp
     html = render_html(runs, base, items, title="t", n_boot=2000, seed=0)
     data = _report_data(html)
     assert "Spread over training seeds" in html and "3 vs 3 seeds" in html
-    (spread,) = [s for s in data["seed_spreads"] if s["variant"] == "llm=tiny_qwen2"]
+    (spread,) = [s for s in data["seed_spreads"] if s["variant"] == "tiny_qwen2"]
     values = [accs[("tiny_qwen2", s)] for s in (1, 2, 3)]
     assert spread["values"] == values and spread["seeds"] == [1, 2, 3]
     assert spread["sd"] == pytest.approx(np.std(values, ddof=1))
@@ -253,7 +267,7 @@ def test_wandb_report_model_has_the_sections_as_panels_grouped_by_axis(two_runs)
                           title="T")  # fmt: skip
     heads = [b.text for b in report.blocks if isinstance(b, wr.H2)]
     assert heads == ["Accuracy per dataset by llm", "Hard-class accuracy by llm",
-                     "Training curves by llm", "Deltas against llm=tiny_llama", "Variants"]  # fmt: skip
+                     "Training curves by llm", "Deltas against tiny_llama", "Variants"]  # fmt: skip
     grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
     bars = [p for g in grids for p in g.panels if isinstance(p, wr.BarPlot)]
     assert sorted(m for p in bars for m in p.metrics) == [

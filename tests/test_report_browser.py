@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_report import _args, _write_run
+from test_report import _args, _write_dataset, _write_run
 
 from llava_ablate.report.command import build
 from llava_ablate.report.html import render_html
@@ -93,9 +93,19 @@ def _grid(root: Path) -> Path:
 
 
 def test_report_renders_with_every_series_label_visible(chromium, tmp_path):
-    runs, base, items = build(_args([str(_grid(tmp_path / "grid"))], baseline=None))
+    grid = _grid(tmp_path / "grid")
+    rng = np.random.default_rng(6)  # a second seed of one variant, and a CLIP zero-shot row
+    _write_run(grid, "tiny_llama", rng, {"digits": 0.5, "shapes": 0.6}, data="demo_base",
+               name="tiny_llama-demo_base-s2", seed=7)  # fmt: skip
+    clip = tmp_path / "clip"
+    for ds in ("digits", "shapes"):
+        _write_dataset(clip / ds, ds, rng.random(400) < 0.5, {"owl"}, f"fp-{ds}")
+    (clip / "run.json").write_text(json.dumps({"model_type": "clip", "model_path": "x"}))
+    runs, base, items = build(_args([str(grid), str(clip)], baseline=None))
     labels = [r.label for r in runs]
-    assert any(len(label) > 40 for label in labels)  # longer than the old legend cut (~25)
+    rows = list(dict.fromkeys(r.variant for r in runs))  # a row per variant, seeds aggregated
+    assert rows[0] == "clip zero-shot" and base.label == rows[0] and len(rows) == len(runs) - 1
+    assert any(len(label) > 40 for label in rows)  # longer than the old legend cut (~25)
     page = tmp_path / "report.html"
     page.write_text(render_html(runs, base, items, title="2x2", n_boot=200, seed=0,
                                 exposure={"cat": 0, "dog": 3, "owl": 3, "fox": 60}))  # fmt: skip
@@ -105,7 +115,9 @@ def test_report_renders_with_every_series_label_visible(chromium, tmp_path):
     assert len(figures) == 4  # accuracy bars, loss, exposure per dataset (digits, shapes)
     for fig in figures:
         shown = [x for x in probe["labels"] if x["figure"] == fig]
-        assert [x["text"] for x in shown] == labels, fig  # every series, its whole label
+        # Every series, its whole label: a row per variant, a loss curve per trained run.
+        expected = [x for x in labels if "zero-shot" not in x] if fig == "Training loss" else rows
+        assert [x["text"] for x in shown] == expected, fig
         assert all(x["visible"] for x in shown), [x for x in shown if not x["visible"]]
     assert probe["outside"] == []  # no tick, title or axis label outside its chart
     assert probe["pageWidth"][0] <= probe["pageWidth"][1]  # no table wider than the window

@@ -280,33 +280,14 @@ def seed_spread_lines(scores: list[ArmScore]) -> list[str]:
     return lines
 
 
-def summary(stage2: list[Step], baseline: Path) -> str:
-    from llava_ablate.report.collect import read_dataset, read_run
+def summary(stage2: list[Step], baseline: Path, wall_s: float | None = None) -> str:
+    """The report's rows (seeds aggregated, the zero-shot row first, the report's intervals)
+    for the names and the letter scorer, the wall time and the two findings with their CIs."""
+    from llava_ablate.report.summary import grid_summary
 
-    def row(name: str, acc, hard) -> str:
-        h = f"{hard.value:.3f} [{hard.ci_low:.3f}, {hard.ci_high:.3f}]" if hard else "-"
-        return f"{name:<34} {acc.value:>6.3f} [{acc.ci_low:.3f}, {acc.ci_high:.3f}]  {h:>22}"
-
-    seeds_of: dict[str, set] = {}
-    for step in stage2:
-        seeds_of.setdefault(step.llm, set()).add(step.seed)
-    lines = [f"{'variant (scorer)':<34} {'accuracy [95% CI]':>22}  {'hard classes [95% CI]':>22}"]
-    scores = []
-    for step in stage2:
-        d = step.done.parent
-        steps = json.loads((step.done / "llava_ablate.json").read_text())["steps"]
-        seed = f" s{step.seed}" if len(seeds_of[step.llm]) > 1 else ""
-        for scorer in (SCORER, "likelihood"):
-            ds = read_run(d, scorer).datasets["mini_classify"]
-            tag = "names" if scorer == SCORER else "letter"
-            name = f"{step.llm} x {step.data}{seed} ({tag})"
-            lines.append(row(name, ds.accuracy, ds.hard) + f"  {steps} st")
-            if scorer == SCORER:
-                hard = ds.hard.value if ds.hard else None
-                scores.append(ArmScore(step.llm, step.data, step.seed, ds.accuracy.value, hard))
-    clip = read_dataset(baseline / "mini_classify", "likelihood")
-    lines.append(row("mini-CLIP zero-shot (26 options)", clip.accuracy, clip.hard))
-    return "\n".join(lines + seed_spread_lines(scores))
+    paths = [*dict.fromkeys(s.done.parent for s in stage2), baseline]
+    return grid_summary(paths, scorers=[SCORER, "likelihood"], llms=(LLMS[0], LLMS[1]),
+                        data=DATA, wall_s=wall_s)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> Path | None:
@@ -356,6 +337,7 @@ def main(argv: list[str] | None = None) -> Path | None:
             todo = "finished" if step.finished() else shlex.join(command(step, args.nproc))
             print(f"{step.label:<40} {todo}")
         return None
+    started = time.perf_counter()  # the summary's wall time: the steps and the report
     bar = tqdm(steps, desc="demo", unit="step")
     for step in bar:
         bar.set_postfix_str(step.label)
@@ -370,6 +352,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         [
             "report",
             *(str(s.done.parent) for s in stage2),  # every seed: the report aggregates them
+            str(steps[-1].done.parent),  # the zero-shot baseline: its own row, the baseline
             "--scorer",
             SCORER,
             "--out",
@@ -380,7 +363,7 @@ def main(argv: list[str] | None = None) -> Path | None:
             "llava-ablate demo: LLM x data, in miniature",
         ]
     )
-    print("\n" + summary(stage2, steps[-1].done.parent))
+    print("\n" + summary(stage2, steps[-1].done.parent, time.perf_counter() - started))
     print(f"\nchance = 1/26 = {1 / 26:.3f}; logs: {log_dir}\nreport: {report}")
     return report
 

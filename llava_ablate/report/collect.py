@@ -4,9 +4,13 @@ results (`metrics.json`, `predictions.jsonl`, `per_class.csv` per dataset) -- fr
 run's `eval/step_<N>/` (the latest step) or from an `evaluate.py` results directory. Nothing here
 computes a number the files do not hold.
 
-`label_runs` names each run by the axes that differ between the compared runs plus the
-result-affecting keys that differ *beyond* the axes (`recipe.lr.llm`, ...); `train.seed` is an
-axis of its own: runs that differ only in it form one variant, aggregated in compare.py."""
+`label_runs` names each run by the options of the axes that differ between the compared runs
+(`small_qwen2 × demo_base`); the result-affecting keys that differ *beyond* the axes
+(`recipe.max_steps`, ...) are kept in `differs` for a footnote or column, and enter a label only
+where two variants would otherwise share it. `train.seed` is an axis of its own: runs that
+differ only in it form one variant, aggregated in compare.py and tables.py. `grid_order` puts
+the zero-shot baselines (evaluate.py `model.type=clip|siglip`) first, then the variants in the
+grid's order: each axis's options in the order the runs were given, then alphabetically."""
 
 from __future__ import annotations
 
@@ -25,6 +29,10 @@ from llava_ablate.run_identity import AXES, RECORD, axes_of, config_hash, flatte
 
 SEED_KEY = "train.seed"
 EVAL_MARKER = "run.json"  # evaluate.py's results directory (one model), llava_ablate/eval/run.py
+# A zero-shot baseline answers the same multiple-choice questions by its most similar option
+# (eval/baselines.py calls that scorer `likelihood`): its row when another scorer is compared.
+ZERO_SHOT_SCORER = "likelihood"
+AXIS_JOIN = " × "
 
 
 class ResultsError(ValueError):
@@ -60,6 +68,8 @@ class RunResult:
     eval_dir: Path | None = None
     config_hash: str | None = None  # run_identity.json's (or config.yaml's) result hash
     settings: dict[str, Any] = field(default_factory=dict)  # flattened result-affecting config
+    zero_shot: str | None = None  # the model type of a CLIP/SigLIP zero-shot baseline (run.json)
+    model_name: str = ""  # evaluate.py's model.name (metrics.json `model`), else ""
     # Set by `label_runs`:
     variant: str = ""  # the axes and keys that differ between the compared runs, seed aside
     label: str = ""  # `variant`, plus `seed=N` when the variant has several seeds
@@ -166,15 +176,39 @@ def read_run(run: Path, scorer: str = "likelihood") -> RunResult:
     result = RunResult(run, axes_of(config or {}), config_text, curves)
     result.config_hash, result.settings = _identity(run, config)
     _seedless_lineage(result.settings, config or {})
+    result.zero_shot, result.model_name = _zero_shot(run)
     result.eval_dir = find_eval_dir(run)
     if result.eval_dir is not None:
         for d in sorted(p for p in result.eval_dir.iterdir() if p.is_dir()):
             if (d / "metrics.json").exists():
-                ds = read_dataset(d, scorer)
+                ds = read_dataset(d, _scorer_of(d, scorer) if result.zero_shot else scorer)
                 result.datasets[ds.dataset] = ds
     if not config_text and not result.datasets:
         raise ResultsError(f"{run} holds neither a run (config.yaml) nor evaluation results")
     return result
+
+
+def _zero_shot(run: Path) -> tuple[str | None, str]:
+    """(model type, model name) of an evaluate.py results directory of a zero-shot baseline."""
+    marker = run / EVAL_MARKER
+    if not marker.exists():
+        return None, ""
+    try:
+        kind = json.loads(marker.read_text()).get("model_type")
+        summary = run / "metrics.json"
+        name = json.loads(summary.read_text()).get("model", "") if summary.exists() else ""
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{marker} (or its metrics.json) is not JSON: {e}") from e
+    return (None if kind in (None, "mllm") else str(kind)), str(name or "")
+
+
+def _scorer_of(directory: Path, scorer: str) -> str:
+    """The compared scorer where the zero-shot results hold it, else its option choice."""
+    try:
+        scored = json.loads((directory / "metrics.json").read_text()).get("scorers") or {}
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{directory / 'metrics.json'} is not JSON: {e}") from e
+    return scorer if scorer in scored else ZERO_SHOT_SCORER
 
 
 def discover_runs(paths: list[Path]) -> list[Path]:
@@ -276,16 +310,23 @@ def differing_keys(runs: list[RunResult]) -> list[str]:
 
 
 def label_runs(runs: list[RunResult]) -> None:
-    """Name each run by the axes and the keys beyond them that differ between the runs
-    (`llm=qwen2,recipe.lr.llm=0.0001`). Runs that differ only in `train.seed` share a variant;
-    path-valued keys are listed in `differs` but kept out of labels."""
-    differing = [a for a in AXES if len({r.axes.get(a) for r in runs}) > 1]
+    """Name each run by the options of the axes that differ between the trained runs
+    (`small_qwen2 × demo_base`) and each zero-shot baseline by its model (`mini_clip zero-shot`).
+    Runs that differ only in `train.seed` share a variant. The keys beyond the axes go to
+    `differs`; one enters a label only when variants would otherwise share it (then the label
+    says the value that tells them apart, path-valued keys aside)."""
+    trained = [r for r in runs if not r.zero_shot]
+    differing = [a for a in AXES if len({r.axes.get(a) for r in trained}) > 1]
     beyond = differing_keys([r for r in runs if r.settings])
     for r in runs:
         r.differs = {k: r.settings.get(k, "<absent>") for k in beyond} if r.settings else {}
-        parts = [f"{a}={r.axes[a]}" for a in differing if a in r.axes]
-        parts += [f"{k}={_value(v)}" for k, v in r.differs.items() if "/" not in _value(v)]
-        r.variant = ",".join(parts) or r.path.name
+        if r.zero_shot:
+            r.variant = f"{r.model_name or r.path.name} zero-shot"
+            continue
+        r.variant = AXIS_JOIN.join(r.axes[a] for a in differing if a in r.axes)
+    _tell_apart(trained)
+    for r in runs:
+        r.variant = r.variant or r.path.name
     # One variant = one config up to the seed, each seed once. Anything else (a path-valued
     # key, no config at all, the same run twice) is told apart by its directory.
     _split(runs, lambda r: f"{r.variant} ({r.path.name})" if r.variant != r.path.name else "")
@@ -294,7 +335,50 @@ def label_runs(runs: list[RunResult]) -> None:
     for r in runs:
         sizes[r.variant] = sizes.get(r.variant, 0) + 1
     for r in runs:
-        r.label = f"{r.variant},seed={r.seed}" if sizes[r.variant] > 1 else r.variant
+        r.label = f"{r.variant}, seed={r.seed}" if sizes[r.variant] > 1 else r.variant
+
+
+def _tell_apart(runs: list[RunResult]) -> None:
+    """Runs sharing an axis label but not their config (seed aside): add the keys beyond the
+    axes whose values differ among them."""
+    groups: dict[str, list[RunResult]] = {}
+    for r in runs:
+        groups.setdefault(r.variant, []).append(r)
+    for members in groups.values():
+        if len({_without_seed(r) for r in members}) < 2:
+            continue
+        keys = [k for k in members[0].differs
+                if len({_value(r.differs.get(k)) for r in members}) > 1]  # fmt: skip
+        for r in members:
+            shown = [f"{k}={_value(r.differs[k])}" for k in keys if "/" not in _value(r.differs[k])]
+            if shown:
+                extra = ", ".join(shown)
+                r.variant = f"{r.variant} ({extra})" if r.variant else extra
+
+
+def grid_order(runs: list[RunResult]) -> list[RunResult]:
+    """Zero-shot baselines first (as given), then the trained variants in the grid's order:
+    each differing axis ordered by the order its options were first given (a grid directory's
+    runs: alphabetically), ties by label; a variant's runs by seed. Call after label_runs."""
+    rank: dict[str, dict[str, int]] = {}
+    for r in runs:
+        for axis, option in r.axes.items():
+            rank.setdefault(axis, {}).setdefault(option, len(rank[axis]))
+    first_variant: dict[str, int] = {}
+    for i, r in enumerate(runs):
+        first_variant.setdefault(r.variant, i)
+
+    def key(r: RunResult):
+        if r.zero_shot:
+            return (0, first_variant[r.variant], (), "", _seed_key(r))
+        options = tuple(rank[a].get(r.axes.get(a), -1) for a in AXES if a in rank)
+        return (1, 0, options, r.variant, _seed_key(r))
+
+    return sorted(runs, key=key)
+
+
+def _seed_key(r: RunResult) -> tuple:
+    return (r.seed is None, r.seed if isinstance(r.seed, int) else 0, str(r.seed))
 
 
 def _split(runs: list[RunResult], rename) -> None:

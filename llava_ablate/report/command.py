@@ -6,16 +6,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from llava_ablate.report.collect import ResultsError, discover_runs, label_runs, read_run
+from llava_ablate.report.collect import (
+    ResultsError,
+    discover_runs,
+    grid_order,
+    label_runs,
+    read_run,
+)
 from llava_ablate.report.compare import deltas, group_variants, hard_deltas, pick_baseline
 from llava_ablate.report.exposure import read_exposure
 from llava_ablate.report.html import render_html
+from llava_ablate.report.table_files import write_tables
+from llava_ablate.report.tables import build_table
 
 
 def build(args: argparse.Namespace):
     paths = discover_runs([Path(p) for p in args.paths])
     runs = [read_run(p, args.scorer) for p in paths]
     label_runs(runs)  # runs that differ only in train.seed form one variant
+    runs = grid_order(runs)  # zero-shot baselines, then the grid's order: the rows' order
     variants = group_variants(runs)
     base = pick_baseline(variants, args.baseline)
     items = deltas(variants, base, args.bootstrap, args.seed)
@@ -30,14 +39,14 @@ def report_command(args: argparse.Namespace) -> None:
     except (ResultsError, ValueError, OSError) as e:
         raise SystemExit(f"report failed: {e}") from e
     title = args.title or f"llava-ablate: {', '.join(map(str, args.paths))}"
+    # One table for the page and the files: the same rows, aggregation and intervals.
+    table = build_table(runs, base, items, scorer=args.scorer, n_boot=args.bootstrap,
+                        seed=args.seed)  # fmt: skip
     html = render_html(runs, base, items, title=title, exposure=exposure,
-                       n_boot=args.bootstrap, seed=args.seed)  # fmt: skip
+                       n_boot=args.bootstrap, seed=args.seed, table=table)  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
-    from llava_ablate.report.tables import build_table, write_tables
-
-    table = build_table(runs, base, items, scorer=args.scorer)
     tables = write_tables(table, out.with_suffix(""))  # the paper-style table, beside the HTML
     print(f"table (models x datasets): {', '.join(map(str, tables))}")
     n_variants = len({r.variant for r in runs})
@@ -60,7 +69,8 @@ def add_report_command(subparsers) -> None:
     p.add_argument("paths", nargs="+", help="a grid directory (runs below it) or run directories")
     p.add_argument("--out", default="report.html", help="the HTML file to write")
     p.add_argument("--baseline", default=None,
-                   help="variant label or one of its run dirs (default: the first)")  # fmt: skip
+                   help="a row's label (`x` for `×`) or one of its run dirs (default: the "
+                        "zero-shot row if any, else the first row)")  # fmt: skip
     p.add_argument("--scorer", default="likelihood", help="which scorer's results to compare")
     p.add_argument("--exposure", default=None, help="class_name,exposure CSV (data exposure)")
     p.add_argument("--bootstrap", type=int, default=2000, help="paired-bootstrap resamples")

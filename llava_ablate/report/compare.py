@@ -32,6 +32,10 @@ class Variant:
     def seeds(self) -> list:
         return [r.seed for r in self.runs]
 
+    @property
+    def zero_shot(self) -> bool:
+        return any(r.zero_shot for r in self.runs)
+
 
 def group_variants(runs: list[RunResult]) -> list[Variant]:
     """Runs sharing a variant label (set by label_runs), in first-seen order."""
@@ -86,12 +90,15 @@ class Delta:
 
 
 def pick_baseline(variants: list[Variant], baseline: str | None) -> Variant:
+    """`baseline` (a variant label or one of its runs), else the first variant: with the runs
+    in `grid_order`, a zero-shot baseline when there is one (the paper's comparison)."""
     if baseline is None:
         return variants[0]
+    typed = _typed(baseline)  # `small_qwen2 x demo_base` for `small_qwen2 × demo_base`
     matches = [
         v for v in variants
-        if baseline == v.label or any(baseline in (r.label, str(r.path), r.path.name)
-                                      for r in v.runs)
+        if typed == _typed(v.label) or any(baseline in (r.label, str(r.path), r.path.name)
+                                           for r in v.runs)
     ]  # fmt: skip
     if len(matches) != 1:
         raise ResultsError(
@@ -101,7 +108,11 @@ def pick_baseline(variants: list[Variant], baseline: str | None) -> Variant:
     return matches[0]
 
 
-def _matrix(results: list[DatasetResult], name: str) -> tuple[list[str], np.ndarray, int]:
+def _typed(label: str) -> str:
+    return label.replace(" × ", " x ")
+
+
+def paired_matrix(results: list[DatasetResult], name: str) -> tuple[list[str], np.ndarray, int]:
     """Correctness on the questions every run scored (rows = runs), and how many questions
     some run scored but not all (an unreadable image is skipped by one run, say)."""
     ref = results[0]
@@ -149,7 +160,7 @@ def deltas(variants: list[Variant], base: Variant, n_boot: int, seed: int) -> li
     out = []
     for variant, name in _pairs(variants, base):
         results = [r.datasets[name] for r in (*base.runs, *variant.runs)]
-        out.append(_compare(variant.label, name, results, len(base.runs), n_boot, seed))
+        out.append(compare_results(variant.label, name, results, len(base.runs), n_boot, seed))
     return out
 
 
@@ -159,8 +170,8 @@ def hard_deltas(variants: list[Variant], base: Variant, n_boot: int, seed: int) 
     out = []
     for variant, name in _pairs(variants, base):
         results = [r.datasets[name] for r in (*base.runs, *variant.runs)]
-        if _hard_gap(results) is None:
-            d = _compare(variant.label, name, [ds.hard_only() for ds in results], len(base.runs),
+        if hard_gap(results) is None:
+            d = compare_results(variant.label, name, [ds.hard_only() for ds in results], len(base.runs),
                          n_boot, seed)  # fmt: skip
             d.subset = "hard classes"
             out.append(d)
@@ -171,13 +182,13 @@ def hard_gaps(variants: list[Variant], base: Variant) -> list[str]:
     """Why a (variant, dataset) pair with hard classes has no hard-class delta."""
     out = []
     for variant, name in _pairs(variants, base):
-        why = _hard_gap([r.datasets[name] for r in (*base.runs, *variant.runs)])
+        why = hard_gap([r.datasets[name] for r in (*base.runs, *variant.runs)])
         if why:
             out.append(f"{variant.label} vs {base.label} on {name}: {why}")
     return out
 
 
-def _hard_gap(results: list[DatasetResult]) -> str | None:
+def hard_gap(results: list[DatasetResult]) -> str | None:
     sets = {ds.hard_classes for ds in results}
     if sets == {frozenset()}:
         return "no hard classes in these evaluations"
@@ -199,11 +210,11 @@ def _pairs(variants: list[Variant], base: Variant):
                 yield variant, name
 
 
-def _compare(
+def compare_results(
     label: str, name: str, results: list[DatasetResult], n_base: int, n_boot: int, seed: int
 ) -> Delta:
     """Baseline runs (the first n_base results) against the variant's, paired on questions."""
-    _, both, unpaired = _matrix(results, name)
+    _, both, unpaired = paired_matrix(results, name)
     a, b = both[:n_base], both[n_base:]
     if len(a) == len(b) == 1:
         comparison = paired_comparison(a[0], b[0], n_boot, seed)

@@ -1,142 +1,71 @@
-"""The offline report: one self-contained HTML file (inline CSS and SVG, no network) with the
-run x dataset accuracy table, hard-class accuracy, deltas against a baseline (paired CIs and
-McNemar p-values for a single seed; seeds x questions CIs for several), the spread over seeds,
-plots, and each run's config hash, the keys it differs in beyond the axes and its exact config.
-Every number shown is also in the embedded `report-data` JSON, straight from the results files."""
+"""The offline report: one self-contained HTML file (inline CSS and SVG, no network). Python
+computes (the paper table of tables.py, compare.py's paired tests, the charts), Jinja2 templates
+lay out, one per section (report/templates/, shipped as package data): the accuracy table with
+the zero-shot baselines' rows (seeds aggregated as in report.md/.csv/.tex: it is the same
+table), hard-class accuracy, deltas against the baseline, the spread over seeds, plots, and each
+run's config hash, the keys it differs in beyond the axes and its exact config. Every number is
+also in the embedded `report-data` JSON, straight from the results files.
+
+The charts stay hand-written SVG (svg.py): the page must open offline as one file, and the
+charting libraries that could draw them either embed a multi-megabyte JavaScript bundle per page
+(Plotly, Vega-Lite) or are not installed here (matplotlib); ours are ~160 lines, carry hover
+titles, and the browser tests measure them."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
 from datetime import datetime, timezone
-from html import escape
+from functools import cache
 
-from llava_ablate.eval.stats import Estimate
+import jinja2
+from markupsafe import Markup, escape
+
 from llava_ablate.report.collect import RunResult
 from llava_ablate.report.compare import Delta, Variant, group_variants, hard_gaps, seed_spreads
 from llava_ablate.report.exposure import binned_accuracy, exposure_bins
 from llava_ablate.report.svg import bar_chart, colour, dodged_points_chart, line_chart
-
-CSS = """
-body{font-family:system-ui,sans-serif;margin:2em auto;padding:0 1em;max-width:1100px;color:#222}
-table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{border:1px solid #ccc;padding:4px 8px}
-th{background:#f3f3f3}tr>th:first-child{max-width:24em}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-.ci{color:#777;font-size:0.85em}.sig{font-weight:bold}.base{background:#fffbe6}
-pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:0.8em}
-.why{color:#555;font-style:italic}figure.chart{margin:1em 0 1.5em}
-.legend{list-style:none;display:flex;flex-wrap:wrap;gap:4px 18px;padding:0;margin:4px 0 0 64px}
-.legend li{display:flex;align-items:baseline;gap:6px;max-width:100%;overflow-wrap:anywhere}
-.swatch{display:inline-block;flex:none;width:12px;height:12px;border-radius:2px}
-"""
+from llava_ablate.report.tables import (
+    ARROWS,
+    PaperTable,
+    TableRow,
+    build_table,
+    columns,
+    footnote_lines,
+    interval_note,
+    row_cells,
+    seeds_text,
+)
 
 
 def pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
-def _label(text: str) -> str:
-    """A variant label that may break after its commas, so a wide table fits the page."""
-    return escape(text).replace(",", ",<wbr>")
-
-
-def _acc_cell(a: Estimate | None) -> str:
-    if a is None:
-        return '<td class="num">-</td>'
-    return (
-        f'<td class="num" data-value="{a.value!r}">{pct(a.value)}'
-        f' <span class="ci">[{pct(a.ci_low)}, {pct(a.ci_high)}]</span></td>'
+@cache
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("llava_ablate.report", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "html.j2"], default_for_string=True),
+        undefined=jinja2.StrictUndefined,  # a misspelt field fails the render, not the page
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
-
-
-def _accuracy_table(runs, datasets, base, hard: bool) -> str:
-    head = "".join(f"<th>{escape(d)}</th>" for d in datasets)
-    rows = []
-    for r in runs:
-        cls = ' class="base"' if r.variant == base.label else ""
-        cells = "".join(
-            _acc_cell(
-                (r.datasets[d].hard if hard else r.datasets[d].accuracy)
-                if d in r.datasets
-                else None
-            )  # fmt: skip
-            for d in datasets
-        )
-        rows.append(f"<tr{cls}><th>{_label(r.label)}</th>{cells}</tr>")
-    return f"<table><tr><th>variant</th>{head}</tr>{''.join(rows)}</table>"
-
-
-def _delta_table(items: list[Delta], alpha: float = 0.05) -> str:
-    rows = []
-    for d in items:
-        c = d.comparison
-        p = c.mcnemar_p
-        sig = ' class="num sig"' if p is not None and p < alpha else ' class="num"'
-        only = "-" if c.b_only is None else f"{c.b_only} / {c.a_only}"
-        p_cell = "-" if p is None else f'<span data-value="{p!r}">{p:.3g}</span>'
-        rows.append(
-            f"<tr><th>{_label(d.variant)}</th><td>{escape(d.dataset)}</td>"
-            f"<td>{escape(d.seeds)}</td>"
-            f'<td class="num">{pct(c.acc_a)}</td><td class="num">{pct(c.acc_b)}</td>'
-            f'<td{sig} data-value="{c.delta!r}">{100 * c.delta:+.2f}'
-            f' <span class="ci">[{100 * c.delta_ci_low:+.2f}, {100 * c.delta_ci_high:+.2f}]</span>'
-            f'</td><td class="num">{only}</td>'
-            f'<td class="num">{p_cell}</td>'
-            f'<td class="num">{c.n}{_unpaired(c)}</td></tr>'
-        )
-    return (
-        "<table><tr><th>variant</th><th>dataset</th><th>seeds</th><th>baseline acc</th>"
-        "<th>variant acc</th><th>&Delta; (pp) [95% CI]</th><th>only variant / only baseline "
-        f"right</th><th>McNemar p</th><th>n</th></tr>{''.join(rows)}</table>"
+    env.filters.update(
+        pct=pct,
+        pp=lambda x: f"{100 * x:+.2f}",
+        repr=repr,
+        value=lambda c: f"{pct(c.value)}" + (f" ± {pct(c.sd)}" if c.sd is not None else ""),
+        interval=lambda c: (
+            "[no interval]" if c.ci_low is None else f"[{pct(c.ci_low)}, {pct(c.ci_high)}]"
+        ),
+        arrow=lambda flag: ARROWS.get(flag, ""),
+        seeds=seeds_text,
+        cells=row_cells,
+        # A label may break after its separators, so a wide table fits the page.
+        wbr=lambda s: Markup(str(escape(s)).replace(",", ",<wbr>").replace(" × ", " ×<wbr> ")),
     )
-
-
-def _unpaired(c) -> str:
-    k = getattr(c, "unpaired", 0)
-    return f' <span class="ci">(paired on shared questions; {k} left out)</span>' if k else ""
-
-
-def _seed_table(variants: list[Variant]) -> str:
-    rows = []
-    for s in seed_spreads(variants):
-        values = ", ".join(f"{pct(v)} (seed {seed})" for seed, v in zip(s.seeds, s.values,
-                                                                       strict=True))  # fmt: skip
-        rows.append(
-            f"<tr><th>{_label(s.variant)}</th><td>{escape(s.dataset)}</td>"
-            f'<td class="num">{len(s.values)}</td><td class="num" data-value="{s.mean!r}">'
-            f'{pct(s.mean)}</td><td class="num">{pct(s.sd)}</td>'
-            f'<td class="num">{pct(min(s.values))} &ndash; {pct(max(s.values))}</td>'
-            f"<td>{values}</td></tr>"
-        )
-    return (
-        "<table><tr><th>variant</th><th>dataset</th><th>seeds</th><th>mean acc</th>"
-        "<th>sd over seeds</th><th>min &ndash; max</th><th>per seed</th></tr>"
-        f"{''.join(rows)}</table>"
-    )
-
-
-def _differs(r: RunResult) -> str:
-    if not r.differs:
-        return ""
-    items = "".join(f"<li><code>{escape(k)}={escape(str(v))}</code></li>"
-                    for k, v in r.differs.items())  # fmt: skip
-    return f"<p>differs from the compared runs beyond the axes in:</p><ul>{items}</ul>"
-
-
-def _why(text: str) -> str:
-    """What an empty section shows instead: why it is empty and what would fill it."""
-    return f'<p class="why">{escape(text)}</p>'
-
-
-def _figure(svg: str, names: list[str]) -> str:
-    """A chart with its legend in HTML below it: labels wrap instead of being cut."""
-    items = "".join(
-        f'<li><span class="swatch" style="background:{colour(i)}"></span>'
-        f'<span class="series-label">{escape(name)}</span></li>'
-        for i, name in enumerate(names)
-    )
-    legend = f'<figcaption><ul class="legend">{items}</ul></figcaption>'
-    return f'<figure class="chart">{svg}{legend}</figure>'
+    return env
 
 
 def _no_results(runs: list[RunResult]) -> str:
@@ -148,19 +77,36 @@ def _no_results(runs: list[RunResult]) -> str:
     )
 
 
-def _delta_section(title: str, items: list[Delta], empty: str, notes: list[str]) -> list[str]:
-    out = [f"<section><h2>{escape(title)}</h2>"]
-    out.append(_delta_table(items) if items else _why(empty))
-    out += [_why(n) for n in notes]
-    return [*out, "</section>"]
+def _chart(svg: str, names: list[str], note: str = "") -> dict:
+    return {"svg": svg, "names": names, "colours": [colour(i) for i in range(len(names))],
+            "note": note}  # fmt: skip
 
 
-def _exposure_figure(dataset: str, runs: list[RunResult], exposure: dict[str, float]) -> str:
-    rows = {r.label: r.datasets[dataset].per_class for r in runs if dataset in r.datasets}
+def _bars(t: PaperTable) -> dict:
+    """Every table row (zero-shot baselines included) per dataset, with its interval."""
+    series = {}
+    for row in t.rows:
+        series[row.label] = [None if (c := row.cells[d]) is None
+                             else (c.value, _or(c.ci_low, c.value), _or(c.ci_high, c.value))
+                             for d in t.datasets]  # fmt: skip
+    svg = bar_chart("Accuracy per dataset (95% CI)", t.datasets, series)
+    return _chart(svg, list(series), "Intervals as in the table (Wilson for one run; the "
+                  "bootstrap over seeds and questions for a mean over seeds).")  # fmt: skip
+
+
+def _or(x, default):
+    return default if x is None else x
+
+
+def _exposure(dataset: str, variants: list[Variant], exposure: dict[str, float]) -> dict:
+    """Accuracy per exposure group, one series per variant (its seeds' questions pooled)."""
+    rows = {v.label: [row for r in v.runs if dataset in r.datasets
+                      for row in r.datasets[dataset].per_class]
+            for v in variants if any(dataset in r.datasets for r in v.runs)}  # fmt: skip
     values = [exposure[row["class_name"]] for per in rows.values() for row in per
               if row["class_name"] in exposure]  # fmt: skip
     if not values:
-        return _why(f"{dataset}: no class of its per_class.csv is in the exposure table")
+        return _chart("", [], f"{dataset}: no class of its per_class.csv is in the exposure table")
     bins = exposure_bins(values)
     series = {}
     for label, per in rows.items():
@@ -180,109 +126,52 @@ def _exposure_figure(dataset: str, runs: list[RunResult], exposure: dict[str, fl
         "training samples mentioning the class",
         "accuracy over the group's questions",
     )
-    return _figure(svg, list(series))
+    several = any(len(v.runs) > 1 for v in variants)
+    note = "A group's accuracy pools its classes' questions (Wilson interval)" + (
+        "; a variant with several seeds pools its seeds' answers." if several else "."
+    )
+    return _chart(svg, list(series), note)
 
 
-def render_html(
-    runs: list[RunResult],
-    base: RunResult,
-    delta_items: list[Delta],
-    *,
-    title: str,
-    exposure: dict[str, float] | None = None,
-    n_boot: int,
-    seed: int,
-) -> str:
-    datasets = sorted({d for r in runs for d in r.datasets})
-    variants = group_variants(runs)
-    multi_seed = any(len(v.runs) > 1 for v in variants)
-    overall = [d for d in delta_items if d.subset == "all questions"]
-    hard = [d for d in delta_items if d.subset != "all questions"]
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
-        f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1>",
-        f"<p>{len(runs)} runs, {len(variants)} variants, {len(datasets)} datasets; baseline "
-        f"<b>{escape(base.label)}</b>. Accuracies in %, 95% CIs in brackets (from the "
-        f"results files). Deltas ({n_boot} resamples, seed {seed}) on the same questions: for "
-        f"one seed a side (<i>single seed</i>: it shows question noise only, not how much "
-        f"retraining moves a run) a paired bootstrap and the exact McNemar test; for runs that "
-        f"differ only in <code>train.seed</code>, the delta of the mean over seeds with a "
-        f"bootstrap over seeds and then questions (with fewer than 3 seeds a side it is "
-        f"optimistic). Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
-    ]
-    if not datasets:
-        parts.append(_why(_no_results(runs)))
-    parts += ["<section><h2>Accuracy per dataset</h2>",
-              _accuracy_table(runs, datasets, base, hard=False) if datasets
-              else _why("No evaluation results (see above)."), "</section>"]  # fmt: skip
-    if any(ds.hard for r in runs for ds in r.datasets.values()):
-        parts += ["<section><h2>Hard-class accuracy</h2>",
-                  _accuracy_table(runs, datasets, base, True), "</section>"]  # fmt: skip
-    if not datasets:
-        why_none = "No evaluation results (see above)."
-    elif len(variants) < 2:
-        why_none = "Only one variant: there is nothing to compare the baseline with."
-    else:
-        why_none = "No dataset was evaluated by both the baseline and another variant."
-    parts += _delta_section(f"Deltas against {base.label}", overall, why_none, [])
-    if hard or any(ds.hard for r in runs for ds in r.datasets.values()):
-        parts += _delta_section(
-            f"Hard-class deltas against {base.label}",
-            hard,
-            why_none if not overall else "No pair of runs has paired hard-class results.",
-            hard_gaps(variants, base),
-        )
-    if multi_seed:
-        parts += ["<section><h2>Spread over training seeds</h2>", _seed_table(variants),
-                  "</section>"]  # fmt: skip
-    parts.append("<section><h2>Plots</h2>")
-    names = [r.label for r in runs]
-    if datasets:
-        series = {
-            r.label: [
-                (
-                    r.datasets[d].accuracy.value,
-                    r.datasets[d].accuracy.ci_low,
-                    r.datasets[d].accuracy.ci_high,
-                )
-                if d in r.datasets
-                else None  # fmt: skip
-                for d in datasets
-            ]
-            for r in runs
-        }
-        parts.append(_figure(bar_chart("Accuracy per dataset (95% CI)", datasets, series), names))
+def _loss(runs: list[RunResult]) -> dict:
     curves = {r.label: [(row["step"], row["loss"]) for row in r.curves if "loss" in row]
-              for r in runs}  # fmt: skip
-    if any(curves.values()):
-        parts.append(_figure(line_chart("Training loss", curves, "optimizer step", "loss"), names))
-    else:
-        parts.append(_why("No training curves: no run has loss rows in its metrics.jsonl "
-                          "(evaluation-only results directories have none)."))  # fmt: skip
-    if exposure:
-        parts += [_exposure_figure(d, runs, exposure) for d in datasets]
-    parts.append("</section>")
-    parts.append("<section><h2>Runs</h2>")
-    for r in runs:
-        where = escape(str(r.eval_dir or r.path))
-        parts.append(
-            f"<h3>{escape(r.label)}</h3><p>run <code>{escape(str(r.path))}</code>, config hash "
-            f"<code>{escape(r.config_hash or '-')}</code>, results <code>{where}</code></p>"
-            f"{_differs(r)}<details><summary>exact config</summary>"
-            f"<pre>{escape(r.config_text or '(no config.yaml)')}</pre></details>"
-        )
-    parts.append("</section>")
-    data = {
-        "baseline": base.label,
+              for r in runs if not r.zero_shot}  # fmt: skip
+    if not any(curves.values()):
+        return _chart("", [], "No training curves: no run has loss rows in its metrics.jsonl "
+                      "(evaluation-only results directories have none).")  # fmt: skip
+    return _chart(line_chart("Training loss", curves, "optimizer step", "loss"), list(curves))
+
+
+def _data(runs: list[RunResult], t: PaperTable, items: list[Delta], variants) -> dict:
+    def row(r: TableRow) -> dict:
+        return {"label": r.label, "baseline": r.baseline, "zero_shot": r.zero_shot,
+                "seeds": r.seeds, "differs": r.differs,
+                "cells": {d: c and asdict(c) for d, c in r.cells.items()},
+                "hard_cells": {d: c and asdict(c) for d, c in r.hard_cells.items()},
+                "average": r.average and asdict(r.average), "hard": r.hard and asdict(r.hard)}  # fmt: skip
+
+    return {
+        "baseline": t.baseline,
+        "table": {
+            "datasets": t.datasets,
+            "rows": [row(r) for r in t.rows],
+            "n_boot": t.n_boot,
+            "seed": t.seed,
+        },
         "variants": {
             r.label: {
                 "path": str(r.path),
                 "variant": r.variant,
                 "seed": r.seed,
+                "zero_shot": r.zero_shot,
                 "config_hash": r.config_hash,
                 "differs": r.differs,
                 "datasets": {
-                    d: {"accuracy": asdict(x.accuracy), "hard": x.hard and asdict(x.hard)}
+                    d: {
+                        "accuracy": asdict(x.accuracy),
+                        "hard": x.hard and asdict(x.hard),
+                        "scorer": x.scorer,
+                    }
                     for d, x in r.datasets.items()
                 },
             }
@@ -295,8 +184,8 @@ def render_html(
                 "subset": d.subset,
                 "seeds": d.seeds,
                 **d.comparison.as_dict(),
-            }  # fmt: skip
-            for d in delta_items
+            }
+            for d in items
         ],
         "seed_spreads": [
             {
@@ -306,13 +195,75 @@ def render_html(
                 "values": s.values,
                 "mean": s.mean,
                 "sd": s.sd,
-            }  # fmt: skip
+            }
             for s in seed_spreads(variants)
         ],
     }
-    parts.append(
-        '<script type="application/json" id="report-data">'
-        + json.dumps(data).replace("</", "<\\/")
-        + "</script></body></html>"
-    )
-    return "\n".join(parts)
+
+
+def render_html(
+    runs: list[RunResult],
+    base: Variant,
+    delta_items: list[Delta],
+    *,
+    title: str,
+    exposure: dict[str, float] | None = None,
+    n_boot: int,
+    seed: int,
+    table: PaperTable | None = None,
+) -> str:
+    """The page for `runs` (in the rows' order, collect.grid_order) against `base`; `table`
+    defaults to tables.build_table of the same inputs (the scorer read from the results)."""
+    if table is None:
+        scorer = next((ds.scorer for r in runs if not r.zero_shot for ds in r.datasets.values()),
+                      "likelihood")  # fmt: skip
+        table = build_table(runs, base, delta_items, scorer=scorer, n_boot=n_boot, seed=seed)
+    variants = group_variants(runs)
+    overall = [d for d in delta_items if d.subset == "all questions"]
+    hard = [d for d in delta_items if d.subset != "all questions"]
+    has_hard = any(ds.hard for r in runs for ds in r.datasets.values())
+    if not table.datasets:
+        why_none = "No evaluation results (see above)."
+    elif len(variants) < 2:
+        why_none = "Only one variant: there is nothing to compare the baseline with."
+    else:
+        why_none = "No dataset was evaluated by both the baseline and another variant."
+    charts = [_bars(table)] if table.datasets else []
+    charts.append(_loss(runs))
+    if exposure:
+        charts += [_exposure(d, variants, exposure) for d in table.datasets]
+    env = environment()
+    context = {
+        "m": env.get_template("macros.html.j2").module,
+        "title": title,
+        "n_runs": len(runs),
+        "n_variants": len(variants),
+        "n_boot": n_boot,
+        "seed": seed,
+        "table": table,
+        "columns": columns(table),
+        "footnotes": footnote_lines(table),
+        "interval_note": interval_note(table),
+        "generated": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}",
+        "no_results": _no_results(runs),
+        "has_hard": has_hard and bool(table.datasets),
+        "overall": {
+            "title": f"Deltas against {base.label}",
+            "entries": overall,
+            "empty": why_none,
+            "notes": [],
+        },
+        "hard_deltas": (hard or has_hard)
+        and {
+            "title": f"Hard-class deltas against {base.label}",
+            "entries": hard,
+            "empty": why_none if not overall else "No pair of runs has paired hard-class results.",
+            "notes": hard_gaps(variants, base),
+        },
+        "alpha": table.alpha,
+        "spreads": seed_spreads(variants),
+        "charts": charts,
+        "runs": runs,
+        "data_json": json.dumps(_data(runs, table, delta_items, variants)).replace("</", "<\\/"),
+    }
+    return env.get_template("page.html.j2").render(context)

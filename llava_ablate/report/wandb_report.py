@@ -12,8 +12,10 @@ from llava_ablate.report.compare import Delta, Variant
 
 
 def varied_axes(runs: list[RunResult]) -> list[str]:
-    axes = sorted({a for r in runs for a in r.axes})
-    return [a for a in axes if len({r.axes.get(a) for r in runs}) > 1]
+    """The axes the trained runs differ in (a zero-shot baseline has none: no W&B run)."""
+    trained = [r for r in runs if not r.zero_shot]
+    axes = sorted({a for r in trained for a in r.axes})
+    return [a for a in axes if len({r.axes.get(a) for r in trained}) > 1]
 
 
 def build_report(
