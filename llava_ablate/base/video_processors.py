@@ -33,6 +33,12 @@ VIDEO_PROCESSORS = {
 }
 
 
+# model_type -> (module, class): processors that transformers marks as needing torchvision
+# although their image path does not (Pixtral's imports a size helper from the torchvision
+# image processor's module).
+PROCESSORS = {"mistral3": ("pixtral.processing_pixtral", "PixtralProcessor")}
+
+
 class _NoTorchvision(types.ModuleType):
     """Stands in for torchvision while a video processor module is imported: any use raises."""
 
@@ -76,6 +82,7 @@ def video_processor_class(model_type: str) -> type:
 def allow_video_processors() -> None:
     from transformers import processing_utils
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.processing_auto import AutoProcessor
     from transformers.models.auto.video_processing_auto import AutoVideoProcessor
     from transformers.utils import is_torchvision_available
     from transformers.video_processing_utils import VideoProcessorMixin
@@ -88,3 +95,17 @@ def allow_video_processors() -> None:
     for model_type in VIDEO_PROCESSORS:
         cls = video_processor_class(model_type)
         AutoVideoProcessor.register(CONFIG_MAPPING[model_type], cls, exist_ok=True)
+    for model_type, (module, name) in PROCESSORS.items():
+        cls = getattr(_import_without_torchvision(module), name)
+        AutoProcessor.register(CONFIG_MAPPING[model_type], cls, exist_ok=True)
+
+
+def processor_class(model_type: str) -> type:
+    """The processor class of `model_type` where transformers would hand out a dummy without
+    torchvision (see PROCESSORS)."""
+    from transformers.utils import is_torchvision_available
+
+    module, name = PROCESSORS[model_type]
+    if is_torchvision_available():
+        return getattr(importlib.import_module(f"transformers.models.{module}"), name)
+    return getattr(_import_without_torchvision(module), name)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -64,16 +63,6 @@ def letter_token_ids(processor, n: int = 26) -> tuple[list[int], str]:
     return [b[0] for b in bare], suffix
 
 
-@contextmanager
-def _padding_side(tokenizer, side: str):
-    old = tokenizer.padding_side
-    tokenizer.padding_side = side
-    try:
-        yield
-    finally:
-        tokenizer.padding_side = old
-
-
 class MLLMChoiceModel:
     """Any image-text-to-text model + processor (Llava, LLaVA-OneVision, Qwen2-VL, ...)."""
 
@@ -117,14 +106,15 @@ class MLLMChoiceModel:
         return self._encode([it.image for it in items], texts, side)
 
     def _encode(self, images: list, texts: list[str], side: str) -> dict:
-        with _padding_side(self.processor.tokenizer, side):
-            enc = self.processor(
-                images=images,
-                text=texts,
-                padding=True,
-                return_tensors="pt",
-                add_special_tokens=self.add_special_tokens,
-            )
+        # As a call argument: some processors (InternVL's) set their own side per call.
+        enc = self.processor(
+            images=self.family.images_arg(images),
+            text=texts,
+            padding=True,
+            padding_side=side,
+            return_tensors="pt",
+            add_special_tokens=self.add_special_tokens,
+        )
         dtype = next(self.model.parameters()).dtype
         out = {}
         for k, v in enc.items():
@@ -219,7 +209,7 @@ class MLLMChoiceModel:
                 return
         pre = self.model(
             **{k: v[:1, :split] for k, v in tokens.items()},
-            **self.family.one_image(images, 0, self.model.config),
+            **self.family.one_image(images, ids, 0, self.model.config),
             **_positions(positions, slice(0, 1), slice(0, split)),
             use_cache=True,
             logits_to_keep=1,

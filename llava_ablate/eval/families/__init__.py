@@ -7,14 +7,27 @@ tests/test_eval_families.py's matrix.
 from __future__ import annotations
 
 from llava_ablate.eval.families.base import Family
+from llava_ablate.eval.families.gemma3 import Gemma3
+from llava_ablate.eval.families.idefics3 import Idefics3
+from llava_ablate.eval.families.internvl import InternVL
 from llava_ablate.eval.families.llava import Llava
 from llava_ablate.eval.families.llava_next import LlavaNext
 from llava_ablate.eval.families.llava_onevision import LlavaOnevision
+from llava_ablate.eval.families.mistral3 import Mistral3
 from llava_ablate.eval.families.qwen_vl import QwenVL
 
 FAMILIES: dict[str, Family] = {
     model_type: family
-    for family in (Llava(), LlavaNext(), LlavaOnevision(), QwenVL())
+    for family in (
+        Llava(),
+        LlavaNext(),
+        LlavaOnevision(),
+        QwenVL(),
+        InternVL(),
+        Idefics3(),
+        Gemma3(),
+        Mistral3(),
+    )  # fmt: skip
     for model_type in family.model_types
 }
 

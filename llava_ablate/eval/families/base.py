@@ -15,13 +15,15 @@ import torch
 class Family:
     name: str = "llava"
     model_types: tuple[str, ...] = ()
-    # The image inputs are one row per image, as the processor returns them for a batch.
-    batched_images: bool = True
 
-    def one_image(self, inputs: dict, row: int, config) -> dict:
-        """The image-side inputs (no input_ids/attention_mask) of batch row `row` alone: what a
-        prefill over that row's prompt takes."""
-        return {k: v[row : row + 1] for k, v in inputs.items()}
+    def images_arg(self, images: list) -> list:
+        """`images` (one per prompt) as the processor takes them for a batch."""
+        return images
+
+    def one_image(self, images: dict, input_ids, row: int, config) -> dict:
+        """The image-side inputs (`images`: all but the per-token ones) of batch row `row`
+        alone, one image per row: what a prefill over that row's prompt takes."""
+        return {k: v[row : row + 1] for k, v in images.items()}
 
     def positions(self, model, inputs: dict) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(position ids of a right-padded prompt batch, or None where the model derives them

@@ -17,14 +17,13 @@ from llava_ablate.eval.families.base import Family
 class QwenVL(Family):
     name = "qwen_vl"
     model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-    batched_images = False
 
-    def one_image(self, inputs: dict, row: int, config) -> dict:
-        grid = inputs["image_grid_thw"]
+    def one_image(self, images: dict, input_ids, row: int, config) -> dict:
+        grid = images["image_grid_thw"]
         counts = grid.prod(dim=1).tolist()  # patches per image
         start = sum(counts[:row])
         return {
-            "pixel_values": inputs["pixel_values"][start : start + counts[row]],
+            "pixel_values": images["pixel_values"][start : start + counts[row]],
             "image_grid_thw": grid[row : row + 1],
         }
 
