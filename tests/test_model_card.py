@@ -100,3 +100,13 @@ def test_random_init_and_local_weights_are_not_base_models(tmp_path):
     meta = ModelCard.load(out / CARD).data.to_dict()
     assert "base_model" not in meta  # a hub would reject a local path or a random init
     assert "| llm | tiny_qwen2 | random init |" in (out / CARD).read_text()
+
+
+def test_a_video_capable_export_says_how_to_load_without_torchvision(tmp_path):
+    """The code itself runs in tests/test_processors_without_torchvision.py (`bare`)."""
+    onevision = ModelCard.load(
+        write_model_card(export_dir(tmp_path / "ov", ("arch=llava_onevision",)))
+    )
+    llava = ModelCard.load(write_model_card(export_dir(tmp_path / "llava", ("arch=llava",))))
+    line = 'runpy.run_path("<this directory>/without_torchvision.py")["allow_video_processors"]()'
+    assert line in onevision.text and "runpy" not in llava.text

@@ -5,11 +5,15 @@ a video processor, and transformers ties every video processor to torchvision: w
 project's CPU machines: the PyPI torchvision breaks beside the CPU torch build) the processor's
 class check cannot find `VideoProcessorMixin`, `AutoProcessor.from_pretrained` gets a dummy video
 processor that refuses to load, and some video processor modules import torchvision at the top.
-Images never touch the video processor. `allow_video_processors()` registers each family's real
-class through transformers' own `AutoVideoProcessor.register` (importing a module that needs
+Images never touch the video processor. (Mistral 3's Pixtral processor is marked as needing
+torchvision for a size helper of the same kind.) `allow_video_processors()` registers each
+family's real class through transformers' own `AutoVideoProcessor.register` (importing a module that needs
 torchvision against a stand-in that raises on first use, so a video still fails, clearly) and
 exposes the mixin the check looks for; with torchvision installed it does nothing, and stock
 loading works unchanged.
+
+This file imports nothing of llava_ablate: exports carry a copy (WITHOUT_TORCHVISION) that a
+process without the package runs, as their model card says.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import functools
 import importlib
 import sys
 import types
+
+WITHOUT_TORCHVISION = "without_torchvision.py"  # the copy in an export
 
 # model_type -> (module under transformers.models, class): the video processor of each family.
 VIDEO_PROCESSORS = {
@@ -54,7 +60,9 @@ class _NoTorchvision(types.ModuleType):
 def _import_without_torchvision(module: str):
     names = ["torchvision", "torchvision.transforms", "torchvision.transforms.v2"]
     names.append("torchvision.transforms.v2.functional")
-    stubs = {n: _NoTorchvision(n) for n in names if n not in sys.modules}
+    # Absent, or blocked (None: how a test makes an installed torchvision unimportable).
+    stubs = {n: _NoTorchvision(n) for n in names if sys.modules.get(n) is None}
+    before = {n: sys.modules[n] for n in stubs if n in sys.modules}
     for n, stub in stubs.items():
         stub.__path__ = []  # a package, so the submodules import
         sys.modules[n] = stub
@@ -66,6 +74,7 @@ def _import_without_torchvision(module: str):
     finally:
         for n in stubs:
             sys.modules.pop(n, None)
+        sys.modules.update(before)
 
 
 def video_processor_class(model_type: str) -> type:
@@ -98,6 +107,10 @@ def allow_video_processors() -> None:
     for model_type, (module, name) in PROCESSORS.items():
         cls = getattr(_import_without_torchvision(module), name)
         AutoProcessor.register(CONFIG_MAPPING[model_type], cls, exist_ok=True)
+        # AutoProcessor resolves a saved `processor_class` by name in the family's package,
+        # which hands out a dummy without torchvision: the real class takes the name there.
+        package = importlib.import_module(f"transformers.models.{module.split('.')[0]}")
+        setattr(package, name, cls)
 
 
 def processor_class(model_type: str) -> type:
