@@ -34,3 +34,8 @@ class Family:
     def text_positions(self, positions: torch.Tensor) -> torch.Tensor:
         """1-D text positions [B, W] in the layout the model's forward takes."""
         return positions
+
+    def image_tokens(self, image_processor, height: int, width: int, per_tile: int = 0) -> int:
+        """Image tokens of a height x width image, by the image processor's own arithmetic
+        (dynamic-resolution families; `per_tile`: tokens per tile where tiles are counted)."""
+        raise NotImplementedError(f"{self.name}: a fixed image-token count (see its config)")

@@ -17,6 +17,10 @@ class InternVL(Family):
         start = sum(tiles[:row])
         return {"pixel_values": images["pixel_values"][start : start + tiles[row]]}
 
+    def image_tokens(self, image_processor, height: int, width: int, per_tile: int = 0) -> int:
+        tiles = image_processor.get_number_of_image_patches(height, width, {})
+        return 2 + tiles * per_tile  # <img> + tokens per tile (thumbnail included) + </img>
+
 
 def _tokens_per_tile(config) -> int:
     vision = config.vision_config

@@ -39,3 +39,7 @@ class QwenVL(Family):
 
     def text_positions(self, positions: torch.Tensor) -> torch.Tensor:
         return positions[None].expand(3, *positions.shape)
+
+    def image_tokens(self, image_processor, height: int, width: int, per_tile: int = 0) -> int:
+        patches = image_processor.get_number_of_image_patches(height, width, {})
+        return patches // image_processor.merge_size**2  # 2x2 patches merge into one token
