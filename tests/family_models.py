@@ -2,9 +2,10 @@
 configs (2 text layers, hidden 64), each with its real processor class and its published chat
 template, on the project's tiny BPE tokenizer plus the family's special tokens.
 
-A builder returns (model, processor). The templates are the families' published ones (from each
-model's `chat_template.json` on the hub) as far as image + text turns go; tool calls, system
-prompt options and video branches are left out where they do not change these turns.
+A builder returns (model, processor). The templates are transcribed from the checkpoints named
+above each (their `chat_template.json`), as far as image + text turns go; tool calls, system
+prompt options and dates are left out where they do not change these turns. Our own exports
+(llava, llava_onevision) are built by the project's builder with the templates it ships.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from conftest import build_tiny
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=4096)  # fmt: skip
 
+# Qwen/Qwen2-VL-7B-Instruct (Qwen2.5-VL-7B-Instruct's is the same)
 QWEN2_VL_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
     "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
@@ -41,7 +43,7 @@ QWEN2_VL_TEMPLATE = (
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-# Qwen3-VL-Instruct: no default system turn; images as Qwen2-VL's.
+# Qwen/Qwen3-VL-8B-Instruct: no default system turn; images as Qwen2-VL's.
 QWEN3_VL_TEMPLATE = (
     "{%- for message in messages %}{{- '<|im_start|>' + message.role + '\\n' }}"
     "{%- if message.content is string %}{{- message.content }}{%- else %}"

@@ -5,8 +5,6 @@ and a batch mixes image sizes (different token counts for the dynamic-resolution
 
 from __future__ import annotations
 
-import json
-
 import family_models as fm
 import numpy as np
 import pytest
@@ -142,5 +140,4 @@ def test_an_unsupported_family_fails_before_loading(tmp_path):
     with pytest.raises(ValueError, match="'paligemma'.*supported: .*qwen2_vl") as err:
         load_mllm(str(tmp_path), torch.float32, torch.device("cpu"))
     assert str(tmp_path) in str(err.value)
-    assert set(fm.BUILDERS) <= set(supported())
-    json.loads((tmp_path / "config.json").read_text())  # nothing else was written or loaded
+    assert set(fm.BUILDERS) == set(supported())  # every supported family is in the matrix
