@@ -17,8 +17,11 @@ from pathlib import Path
 import eval_fixtures as fx
 import numpy as np
 import pytest
+from PIL import Image
 from test_report import _write_dataset
 from test_slurm_grid import _env, slurm  # noqa: F401 - the session fixture
+
+from llava_ablate.eval.families import supported
 
 from conftest import ROOT, build_tiny
 
@@ -29,6 +32,16 @@ PAPER_DATASETS = ["imagenet", "imagenetv2", "objectnet", "caltech101", "cub200",
 def _plan_args(grid: str, runs_root: Path, *overrides: str) -> argparse.Namespace:
     return argparse.Namespace(grid=grid, overrides=list(overrides), runs_root=str(runs_root),
                               gpu=None)  # fmt: skip
+
+
+KNOWN_FAMILIES = {
+    "llava-hf/llava-1.5-7b-hf": "llava",
+    "llava-hf/llava-onevision-qwen2-7b-ov-hf": "llava_onevision",
+    "llava-hf/llava-v1.6-mistral-7b-hf": "llava_next",
+    "Qwen/Qwen2-VL-7B-Instruct": "qwen2_vl",
+    "Qwen/Qwen2.5-VL-7B-Instruct": "qwen2_5_vl",
+    "OpenGVLab/InternVL3-8B-hf": "internvl",
+}
 
 
 def test_paper_models_is_composed_and_planned_without_downloads(tmp_path, monkeypatch):
@@ -43,16 +56,24 @@ def test_paper_models_is_composed_and_planned_without_downloads(tmp_path, monkey
         "llava15_7b": ("mllm", "llava-hf/llava-1.5-7b-hf"),
         "onevision_7b": ("mllm", "llava-hf/llava-onevision-qwen2-7b-ov-hf"),
         "qwen2vl_7b": ("mllm", "Qwen/Qwen2-VL-7B-Instruct"),
+        "llava_next_7b": ("mllm", "llava-hf/llava-v1.6-mistral-7b-hf"),
+        "qwen25vl_7b": ("mllm", "Qwen/Qwen2.5-VL-7B-Instruct"),
+        "internvl3_8b": ("mllm", "OpenGVLab/InternVL3-8B-hf"),
         "clip_l14_336": ("clip", "openai/clip-vit-large-patch14-336"),
         "siglip_so400m": ("siglip", "google/siglip-so400m-patch14-384"),
+        "siglip2_so400m": ("siglip", "google/siglip2-so400m-patch14-384"),
     }
+    # Every MLLM's family is one the evaluator supports (each checked on a tiny model).
+    for m in grid.models:
+        if m.type == "mllm":
+            assert KNOWN_FAMILIES[m.path] in supported(), m.path
     # Every (model, dataset, strategy) once; one Slurm array per model and strategy.
     keys = {(j.model, j.dataset, j.distractors) for j in evals}
-    assert len(evals) == len(keys) == 5 * 10 * 2
+    assert len(evals) == len(keys) == 9 * 10 * 2
     assert {j.dataset for j in evals} == set(PAPER_DATASETS)
     assert {j.distractors for j in evals} == {"random", "hard"}
-    assert len(make_eval_units(evals)) == 10
-    assert "100 evaluation jobs, 100 to run in 10 Slurm arrays" in text
+    assert len(make_eval_units(evals)) == 18
+    assert "180 evaluation jobs, 180 to run in 18 Slurm arrays" in text
     # Questions from the splits' published sizes (no data here), tokens and GPU-hours.
     line = next(x for x in text.splitlines() if " llava15_7b " in x and " imagenet " in x)
     assert "~50,000" in line and "7.06B" in line
@@ -63,6 +84,48 @@ def test_paper_models_is_composed_and_planned_without_downloads(tmp_path, monkey
     assert one.out_dir == tmp_path / "paper_models" / "random" / "llava15_7b"
     assert "model.path=llava-hf/llava-1.5-7b-hf" in one.overrides
     assert not (tmp_path / "paper_models").exists()  # planning writes nothing
+
+
+def test_plan_counts_dynamic_image_tokens_at_the_datasets_image_sizes(tmp_path):
+    """Qwen2-VL and InternVL3 tokens come from their image processors' arithmetic at the
+    images' sizes (no data here: the typical 375x500 photo), not from a constant."""
+    from transformers import GotOcr2ImageProcessorPil, Qwen2VLImageProcessorPil
+
+    from llava_ablate.launch.evalplan import (
+        KNOWN_DYNAMIC,
+        TYPICAL_IMAGE,
+        image_tokens_at,
+        model_scale,
+    )
+
+    qwen = model_scale("Qwen/Qwen2-VL-7B-Instruct", "mllm")
+    # smart_resize(375, 500) -> 364 x 504 px = 26 x 36 patches of 14 px, merged 2x2
+    assert image_tokens_at(qwen, [TYPICAL_IMAGE]) == 26 * 36 // 4 == 234
+    processor = Qwen2VLImageProcessorPil()
+    assert image_tokens_at(qwen, [(1000, 1000)]) == processor.get_number_of_image_patches(
+        1000, 1000, {}) // 4 != 234  # fmt: skip
+    big = processor.get_number_of_image_patches(1000, 1000, {}) // 4  # capped by max_pixels
+    assert image_tokens_at(qwen, [(375, 500), (1000, 1000)]) == round((234 + big) / 2)
+    internvl = model_scale("OpenGVLab/InternVL3-8B-hf", "mllm")
+    tiles = GotOcr2ImageProcessorPil(
+        **dict(KNOWN_DYNAMIC["OpenGVLab/InternVL3-8B-hf"].kwargs)
+    ).get_number_of_image_patches(375, 500, {})
+    assert tiles > 1 and image_tokens_at(internvl, [TYPICAL_IMAGE]) == 2 + 256 * tiles
+    assert image_tokens_at(model_scale("llava-hf/llava-1.5-7b-hf", "mllm"), [(9, 9)]) == 576
+    # With the dataset here: the sizes of its own images.
+    from types import SimpleNamespace
+
+    from llava_ablate.eval_config import DatasetCfg
+    from llava_ablate.launch.evalplan import _image_sizes
+
+    root = fx.digits_folder(tmp_path / "digits", per_class=1)
+    cfg = SimpleNamespace(eval=SimpleNamespace(
+        datasets={"digits": DatasetCfg(kind="image_folder", root=str(root))},
+        questions=SimpleNamespace(seed=0)))  # fmt: skip
+    sizes = _image_sizes(SimpleNamespace(dataset="digits"), cfg)
+    first = sorted(root.rglob("*.png"))[0]
+    assert len(sizes) == 10 and sizes[0] != TYPICAL_IMAGE
+    assert {s for s in sizes} == {Image.open(first).size[::-1]}
 
 
 @pytest.mark.parametrize("grid_name,stage2", [("llm_x_data", "finetune"),

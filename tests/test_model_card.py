@@ -120,3 +120,13 @@ def test_the_card_lists_what_was_not_trained_on_whole(tmp_path):
         "- truncated at max_length 2048: llava_v1_5_mix665k: 41 samples, 90210 tokens dropped"
         in text
     )
+
+
+def test_a_video_capable_export_says_how_to_load_without_torchvision(tmp_path):
+    """The code itself runs in tests/test_processors_without_torchvision.py (`bare`)."""
+    onevision = ModelCard.load(
+        write_model_card(export_dir(tmp_path / "ov", ("arch=llava_onevision",)))
+    )
+    llava = ModelCard.load(write_model_card(export_dir(tmp_path / "llava", ("arch=llava",))))
+    line = 'runpy.run_path("<this directory>/without_torchvision.py")["allow_video_processors"]()'
+    assert line in onevision.text and "runpy" not in llava.text

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -20,13 +19,10 @@ import torch
 from llava_ablate.base.chat_templates import processor_messages, render
 from llava_ablate.base.mcq import LETTERS
 from llava_ablate.base.video_processors import allow_video_processors
+from llava_ablate.eval.families import family_for
 from llava_ablate.eval.scoring import PromptItem
 
 log = logging.getLogger(__name__)
-
-# Models whose forward can be split at any token with a KV cache and give the same result
-# (plain 1-D positions from the cache length); Qwen2-VL's M-RoPE positions are not among them.
-PREFIX_SPLITTABLE = {"llava", "llava_next", "llava_onevision"}
 
 
 def letter_token_ids(processor, n: int = 26) -> tuple[list[int], str]:
@@ -67,16 +63,6 @@ def letter_token_ids(processor, n: int = 26) -> tuple[list[int], str]:
     return [b[0] for b in bare], suffix
 
 
-@contextmanager
-def _padding_side(tokenizer, side: str):
-    old = tokenizer.padding_side
-    tokenizer.padding_side = side
-    try:
-        yield
-    finally:
-        tokenizer.padding_side = old
-
-
 class MLLMChoiceModel:
     """Any image-text-to-text model + processor (Llava, LLaVA-OneVision, Qwen2-VL, ...)."""
 
@@ -92,6 +78,7 @@ class MLLMChoiceModel:
         names_answer: str = "{option}",
     ):
         self.model, self.processor = model, processor
+        self.family = family_for(model.config.model_type)
         self.max_new_tokens = max_new_tokens
         self.names_prompt, self.names_answer = names_prompt, names_answer
         self._answer_ids: dict[str, list[int]] = {}
@@ -119,14 +106,15 @@ class MLLMChoiceModel:
         return self._encode([it.image for it in items], texts, side)
 
     def _encode(self, images: list, texts: list[str], side: str) -> dict:
-        with _padding_side(self.processor.tokenizer, side):
-            enc = self.processor(
-                images=images,
-                text=texts,
-                padding=True,
-                return_tensors="pt",
-                add_special_tokens=self.add_special_tokens,
-            )
+        # As a call argument: some processors (InternVL's) set their own side per call.
+        enc = self.processor(
+            images=self.family.images_arg(images),
+            text=texts,
+            padding=True,
+            padding_side=side,
+            return_tensors="pt",
+            add_special_tokens=self.add_special_tokens,
+        )
         dtype = next(self.model.parameters()).dtype
         out = {}
         for k, v in enc.items():
@@ -185,7 +173,8 @@ class MLLMChoiceModel:
                     )  # fmt: skip
                     uses.setdefault(text, []).append((r, "name_likelihood"))
             texts = list(uses)
-            for i, (last, cache, length) in enumerate(self._prefills(items[rows[0]].image, texts)):
+            prefills = self._prefills(items[rows[0]].image, texts)
+            for i, (last, cache, length, offset) in enumerate(prefills):
                 logp = torch.log_softmax(last.float(), dim=-1)
                 names = [r for r, s in uses[texts[i]] if s == "name_likelihood"]
                 for r, scorer in uses[texts[i]]:
@@ -193,45 +182,51 @@ class MLLMChoiceModel:
                         out[scorer][r] = logp[self.letter_ids].cpu().numpy()
                     else:  # the last user of the cache may consume it; the others copy it
                         own = cache if r == names[-1] else copy.deepcopy(cache)
-                        out[scorer][r] = self._answers_on(logp, own, length, items[r].question)
+                        out[scorer][r] = self._answers_on(
+                            logp, own, length, offset, items[r].question
+                        )
         return out
 
     def _prefills(self, image, texts: list[str]):
-        """Yield (logits after the last token, KV cache, length) of each prompt, in order.
+        """Yield (logits after the last token, KV cache, length, position offset) of each
+        prompt, in order; the text after a prompt sits at positions length + offset + j.
 
         One forward over the prompts' common prefix (image included), then their differing
         tails as one right-padded batch on copies of its cache; each prompt's cache is then
-        cut to its own length, so what follows sees exactly its prompt's keys and values."""
+        cut to its own length, so what follows sees exactly its prompt's keys and values.
+        Positions come from the family (explicit for multimodal RoPE, else from the cache)."""
         enc = self._encode([image] * len(texts), texts, "right")
-        ids, mask = enc.pop("input_ids"), enc.pop("attention_mask")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        positions, offsets = self.family.positions(self.model, enc)
+        tokens, images = _token_aligned(enc)
         lengths = mask.sum(dim=1).tolist()
-        if len(texts) == 1:
-            split = lengths[0]
-        else:
+        split = lengths[0]
+        if len(texts) > 1:
             split = _common_prefix(ids, min(lengths) - 1)
-            image_in_tail = (ids[:, split:] == self.model.config.image_token_index).any()
-            if image_in_tail or self.model.config.model_type not in PREFIX_SPLITTABLE:
-                for text in texts:  # nothing shareable: one forward per prompt
+            if (ids[:, split:] == self.model.config.image_token_id).any():
+                for text in texts:  # the image differs in place: nothing shareable
                     yield from self._prefills(image, [text])
                 return
         pre = self.model(
-            input_ids=ids[:1, :split],
-            attention_mask=mask[:1, :split],
+            **{k: v[:1, :split] for k, v in tokens.items()},
+            **self.family.one_image(images, ids, 0, self.model.config),
+            **_positions(positions, slice(0, 1), slice(0, split)),
             use_cache=True,
             logits_to_keep=1,
-            **{k: v[:1] for k, v in enc.items()},  # the image (pixel_values, image_sizes, ...)
         )
         cache = getattr(pre, "cache", None) or pre.past_key_values
         if len(texts) == 1:
-            yield pre.logits[0, -1], cache, split
+            yield pre.logits[0, -1], cache, split, int(offsets[0])
             return
         tails = [n - split for n in lengths]
         width = max(tails)
         cache.batch_repeat_interleave(len(texts))
+        rest = {k: v[:, split : split + width] for k, v in tokens.items() if k != "attention_mask"}
         last, cache = self._logits_at(
             torch.tensor(tails) - 1,
-            input_ids=ids[:, split : split + width],
+            **rest,
             attention_mask=mask[:, : split + width],
+            **_positions(positions, slice(None), slice(split, split + width)),
             use_cache=True,
             **{self._cache_kwarg: cache},
         )
@@ -240,7 +235,7 @@ class MLLMChoiceModel:
             own.batch_select_indices(torch.tensor([i], device=self.device))
             if width > n:
                 own.crop(n - width)  # drop the right padding of this prompt's tail
-            yield last[i], own, split + n
+            yield last[i], own, split + n, int(offsets[i])
 
     def _logits_at(self, positions: torch.Tensor, **inputs):
         """(logits at one position per row, the KV cache): the head runs on those positions
@@ -256,7 +251,9 @@ class MLLMChoiceModel:
             logits = out.logits[rows, positions]
         return logits, getattr(out, "cache", None) or out.past_key_values
 
-    def _answers_on(self, first: torch.Tensor, cache, length: int, question) -> np.ndarray:
+    def _answers_on(
+        self, first: torch.Tensor, cache, length: int, offset: int, question
+    ) -> np.ndarray:
         """Summed log P(each option's answer | prompt) from the prompt's next-token log-probs
         and its KV cache (consumed): all options at once on copies of the cache."""
         answers = [
@@ -269,9 +266,11 @@ class MLLMChoiceModel:
         mask = (torch.arange(width) < torch.tensor([len(a) for a in answers])[:, None]).long()
         cache.batch_repeat_interleave(len(answers))
         prefix = torch.ones(len(answers), length, dtype=torch.long)
+        at = torch.arange(length, length + width).expand(len(answers), -1) + offset
         cont = self.model(
             input_ids=ids,
             attention_mask=torch.cat([prefix, mask], dim=1).to(self.device),
+            position_ids=self.family.text_positions(at.to(self.device)),
             use_cache=True,
             **{self._cache_kwarg: cache},
         )
@@ -299,9 +298,10 @@ class MLLMChoiceModel:
 
 def load_mllm(path: str, dtype: torch.dtype, device: torch.device, attn: str = "sdpa"):
     """(model, processor) from an exported directory or a hub id; any AutoModelForImageTextToText."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-    allow_video_processors()  # LLaVA-OneVision processors on machines without torchvision
+    family_for(AutoConfig.from_pretrained(path).model_type, where=path)  # before any weights
+    allow_video_processors()  # processors of video-capable families without torchvision
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attn)
     processor = AutoProcessor.from_pretrained(path)
     return model.to(device).eval(), processor
@@ -320,3 +320,20 @@ def _common_prefix(ids: torch.Tensor, limit: int) -> int:
     """How many leading tokens every row shares (at most `limit`)."""
     differs = (ids[:, :limit] != ids[:1, :limit]).any(dim=0).nonzero()
     return int(differs[0]) if len(differs) else limit
+
+
+def _token_aligned(enc: dict) -> tuple[dict, dict]:
+    """(the inputs with one entry per token: input_ids, attention_mask, token_type_ids, ...;
+    the rest: the images' pixel values, sizes, grids)."""
+    shape = enc["input_ids"].shape
+    tokens = {
+        k: v
+        for k, v in enc.items()
+        if v.shape == shape and not torch.is_floating_point(v)  # not a [n, d] of patches
+    }
+    return tokens, {k: v for k, v in enc.items() if k not in tokens}
+
+
+def _positions(positions: torch.Tensor | None, rows: slice, cols: slice) -> dict:
+    """`position_ids` of those rows and tokens ([B, T] or [3, B, T]), if the family gives any."""
+    return {} if positions is None else {"position_ids": positions[..., rows, cols]}

@@ -13,7 +13,7 @@ It is an estimate of scale ("an hour or a week"), not a measurement.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
@@ -28,16 +28,61 @@ CHARS_PER_TOKEN = 4
 DEFAULT_NAME_CHARS = 12  # an unknown dataset's mean class-name length
 
 # The public models of launch/paper_models.yaml, so a plan needs no hub access: parameters and
-# image tokens per image (LLaVA-1.5: 24x24 patches; OneVision anyres_max_9 at 384 px: the base
-# image + a 2x2 grid of 729-token tiles for a typical photo; Qwen2-VL: one token per 28x28 px,
-# ~448x448 for a typical photo; CLIP/SigLIP: the tower's patches).
+# image tokens per image (LLaVA-1.5: 24x24 patches; OneVision anyres_max_9 at 384 px and
+# LLaVA-NeXT at 336 px: the base image + a 2x2 grid of tiles for a typical photo;
+# CLIP/SigLIP: the tower's patches). Qwen2/2.5-VL and InternVL3 (dynamic resolution) are
+# counted at the dataset's image sizes by their image processors (KNOWN_DYNAMIC); their number
+# here is only a fallback.
 KNOWN_EVAL_MODELS: dict[str, tuple[float, int]] = {
     "llava-hf/llava-1.5-7b-hf": (7.06e9, 576),
     "llava-hf/llava-onevision-qwen2-7b-ov-hf": (8.03e9, 5 * 729),
+    "llava-hf/llava-v1.6-mistral-7b-hf": (7.57e9, 5 * 576),  # anyres: base + 2x2 tiles
     "Qwen/Qwen2-VL-7B-Instruct": (8.29e9, 256),
+    "Qwen/Qwen2.5-VL-7B-Instruct": (8.29e9, 256),
+    "OpenGVLab/InternVL3-8B-hf": (7.94e9, 7 * 256),
     "openai/clip-vit-large-patch14-336": (4.28e8, 577),
     "google/siglip-so400m-patch14-384": (8.78e8, 729),
+    "google/siglip2-so400m-patch14-384": (1.14e9, 729),
 }
+
+
+@dataclass(frozen=True)
+class DynamicImages:
+    """A dynamic-resolution model's image processor as published: the plan asks its own
+    arithmetic (through the family's adapter) how many tokens the dataset's images become."""
+
+    model_type: str
+    image_processor: str  # a transformers image processor class (PIL: no torchvision needed)
+    kwargs: tuple = ()  # its published settings, where they differ from the class's defaults
+    per_tile: int = 0  # tiled families: image tokens per tile
+
+    def tokens(self, height: int, width: int) -> int:
+        import transformers
+
+        from llava_ablate.eval.families import family_for
+
+        processor = getattr(transformers, self.image_processor)(**dict(self.kwargs))
+        return family_for(self.model_type).image_tokens(processor, height, width, self.per_tile)
+
+
+KNOWN_DYNAMIC: dict[str, DynamicImages] = {
+    "Qwen/Qwen2-VL-7B-Instruct": DynamicImages("qwen2_vl", "Qwen2VLImageProcessorPil"),
+    "Qwen/Qwen2.5-VL-7B-Instruct": DynamicImages("qwen2_5_vl", "Qwen2VLImageProcessorPil"),
+    "OpenGVLab/InternVL3-8B-hf": DynamicImages(
+        "internvl",
+        "GotOcr2ImageProcessorPil",
+        (
+            ("size", {"height": 448, "width": 448}),
+            ("crop_to_patches", True),
+            ("min_patches", 1),
+            ("max_patches", 12),
+        ),
+        per_tile=256,
+    ),  # fmt: skip
+}
+# The image size a plan assumes where the dataset's files are not here: ImageNet's commonest.
+TYPICAL_IMAGE = (375, 500)  # height, width
+SIZE_SAMPLE = 64  # images whose sizes a plan reads when the dataset is here
 
 # Published sizes of the evaluation splits the layouts read (conf/eval/datasets/), for a plan
 # made where the data is not: shown with "~". Caltech-101 without BACKGROUND_Google.
@@ -52,6 +97,7 @@ class ModelScale:
     params: float | None
     image_tokens: int | None
     source: str  # where the numbers come from
+    dynamic: DynamicImages | None = None  # image tokens depend on the image's size
 
 
 @dataclass
@@ -71,7 +117,7 @@ def model_scale(path: str, model_type: str) -> ModelScale:
     (a model built on the meta device), else unknown."""
     if path in KNOWN_EVAL_MODELS:
         params, tokens = KNOWN_EVAL_MODELS[path]
-        return ModelScale(params, tokens, "known")
+        return ModelScale(params, tokens, "known", KNOWN_DYNAMIC.get(path))
     if not (Path(path) / "config.json").exists():
         return ModelScale(None, None, f"no config.json at {path} (yet)")
     import torch
@@ -89,6 +135,33 @@ def model_scale(path: str, model_type: str) -> ModelScale:
         vision = getattr(config, "vision_config", config)
         tokens = (vision.image_size // vision.patch_size) ** 2
     return ModelScale(float(params), int(tokens), "config.json")
+
+
+def image_tokens_at(scale: ModelScale, sizes: list[tuple[int, int]]) -> int | None:
+    """Mean image tokens per image over `sizes` (height, width) for a dynamic-resolution model,
+    else the model's fixed count."""
+    if scale.dynamic is None:
+        return scale.image_tokens
+    return round(sum(scale.dynamic.tokens(h, w) for h, w in sizes) / len(sizes))
+
+
+def _image_sizes(job: EvalJob, cfg) -> list[tuple[int, int]]:
+    """(height, width) of up to SIZE_SAMPLE of the dataset's images, else
+    [TYPICAL_IMAGE]."""
+    from llava_ablate.eval.layouts import load_dataset
+
+    dcfg = cfg.eval.datasets[job.dataset]
+    if not Path(dcfg.root).exists() or dcfg.builtin:
+        return [TYPICAL_IMAGE]
+    try:
+        dataset = load_dataset(job.dataset, dcfg, cfg.eval.questions.seed)
+        sizes = []
+        for sample in dataset.samples[:SIZE_SAMPLE]:
+            image = dataset.load_image(sample)
+            sizes.append((image.height, image.width))
+    except (ValueError, OSError, AttributeError, TypeError):  # evaluate.py will name it
+        return [TYPICAL_IMAGE]
+    return sizes or [TYPICAL_IMAGE]
 
 
 def _count_units(job: EvalJob, cfg) -> tuple[int | None, float]:
@@ -191,6 +264,8 @@ def plan_eval_jobs(
             and not (dcfg.per_class or dcfg.total)
         ):
             units = KNOWN_SPLIT_SIZES[job.dataset] * max(1, cfg.eval.scoring.cyclic_permutations)
+        if scale.dynamic is not None:  # at this dataset's image sizes
+            scale = replace(scale, image_tokens=image_tokens_at(scale, _image_sizes(job, cfg)))
         per = tokens_per_unit(cfg, scale, chars, cfg.model.type)
         tokens = units * per if units is not None and per is not None else None
         hours = None

@@ -21,6 +21,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from llava_ablate.base.files import atomic_write
+from llava_ablate.base.video_processors import VIDEO_PROCESSORS, WITHOUT_TORCHVISION
 
 CARD = "README.md"
 INFO = "llava_ablate.json"  # written by model/export.py: the variant, steps, tokens, command
@@ -141,6 +142,7 @@ def render_model_card(info: dict, evaluations: list[CardEvaluation], name: str) 
             'processor = AutoProcessor.from_pretrained("<this directory>")',
             "```",
             "",
+            *_without_torchvision(variant),
             *_variant_section(variant, info),
             *_training_section(variant, info),
             *_mixture_section(variant["data"]),
@@ -160,6 +162,26 @@ def render_model_card(info: dict, evaluations: list[CardEvaluation], name: str) 
         ]
     )
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
+
+
+def _without_torchvision(variant: dict) -> list[str]:
+    """What a machine without torchvision runs first, for a processor with a video half."""
+    arch = (variant.get("arch") or {}).get("type", "llava")
+    if arch not in VIDEO_PROCESSORS:
+        return []
+    return [
+        "Images need no torchvision, but transformers ties this processor's video half to it. "
+        "Where torchvision is not installed (or does not import), run this once in the process "
+        "before `AutoProcessor.from_pretrained` (it imports only transformers; with torchvision "
+        "it does nothing):",
+        "",
+        "```python",
+        "import runpy",
+        "",
+        f'runpy.run_path("<this directory>/{WITHOUT_TORCHVISION}")["allow_video_processors"]()',
+        "```",
+        "",
+    ]
 
 
 def base_models(variant: dict) -> list[str]:

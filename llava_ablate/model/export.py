@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from peft import PeftModel
 
+from llava_ablate.base import video_processors
 from llava_ablate.base.chat_templates import multimodal_chat_template, processor_messages, render
 from llava_ablate.model.lora import merged
 
@@ -71,6 +73,9 @@ def save_processor(processor, out_dir: Path) -> None:
 
     processor.chat_template = multimodal_chat_template(processor.tokenizer, processor.chat_template)
     processor.save_pretrained(out_dir)
+    # Loading this processor without torchvision, where llava_ablate is not installed: the card
+    # says how (a processor with a video half needs the call).
+    shutil.copyfile(video_processors.__file__, Path(out_dir) / video_processors.WITHOUT_TORCHVISION)
     # The file both the tokenizer and the processor load: the processor writes it last.
     reloaded = AutoProcessor.from_pretrained(out_dir)
     prompt = reloaded.apply_chat_template(STANDARD_MESSAGES, add_generation_prompt=True)
