@@ -13,6 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from llava_ablate.config import compose_config
+from llava_ablate.launch.buildtime import RECORDS_PER_S_PER_WORKER
 from llava_ablate.launch.requests import (
     TIME_FLOOR_MIN,
     TIME_SAFETY,
@@ -85,6 +86,9 @@ def test_llm_x_data_submits_the_plans_time_and_one_gpu_per_evaluation(small_llm_
         assert int(sbatch["time"]) == math.ceil(hours * 60 * TIME_SAFETY / 10) * 10 < 2880
         assert sbatch["gpus-per-node"] == "1" and sbatch["ntasks-per-node"] == "1"
     assert "1x1 (1 GPU)" in text.split("evaluation stage")[1]
+    # The shard build at the measured per-worker rate (bench/parquet_build.py), 2 workers.
+    hours = 665_298 / RECORDS_PER_S_PER_WORKER / 3600
+    assert f"llava665k: ~665,298 rows, ~{hours:,.1f} worker-hours = ~{hours / 2:,.1f} h" in text
 
 
 def test_a_timeout_the_user_sets_is_submitted_as_written(small_llm_x_data, tmp_path):

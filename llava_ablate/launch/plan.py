@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from llava_ablate.config import Config, ConfigError, compose_config, to_object
+from llava_ablate.launch.buildtime import BuildEstimate, build_estimate, build_lines
 from llava_ablate.launch.estimate import (
     DataSize,
     Memory,
@@ -64,6 +65,7 @@ class PlanRow:
     typical_len: int | None = None
     max_len: int = 0
     request: Request | None = None  # what Slurm is asked for (launch/requests.py)
+    build: BuildEstimate | None = None  # converting its mixture's sources to shards
 
     def _fits(self, memory: Memory | None) -> bool:
         return memory is None or not self.gpu_mem_gib or memory.total / 2**30 <= self.gpu_mem_gib
@@ -234,6 +236,7 @@ def plan_job(job: Job, grid: GridSpec, extra: list[str]) -> PlanRow:
         typical_len,
         max_len,
         job.request,
+        build_estimate(cfg.data),
     )
 
 
@@ -318,6 +321,8 @@ def format_plan(grid: GridSpec, rows: list[PlanRow]) -> str:
                 f"(tower {r.size.vision_tokens:,}, the largest grid); {typical}"
             )
     out += _data_lines(rows)
+    builds = {r.build.mixture: (r.build, not r.data.estimated) for r in rows if r.build}
+    out += build_lines(builds)
     hours = [r for r in todo if r.gpu_hours is not None]
     if grid.gpu != "cpu":
         total = sum(r.gpu_hours for r in hours)
@@ -346,7 +351,8 @@ def request_line(gpu: str) -> str:
     return (
         f"time: the Slurm time limit requested (est: the wall-clock estimate on the job's "
         f"GPUs) = est x {TIME_SAFETY:g}, at least {TIME_FLOOR_MIN} min, at most the "
-        "launcher's timeout_min; a hydra.launcher.timeout_min you set is used as written"
+        "launcher's timeout_min (a longer job checkpoints and requeues itself there); a "
+        "hydra.launcher.timeout_min you set is used as written"
     )
 
 
