@@ -114,5 +114,9 @@ def test_sizing_rules():
     assert big.gpus == 5 and big.timeout_min <= 2880  # 100 h x 2 / 48 h
     huge = evaluation_request(1.0, 72e9, 80, 8, 2880, [])  # bf16 weights > one GPU
     assert huge.gpus is None and "more than one GPU" in huge.note
+    unknown = evaluation_request(None, 7e9, 80, 8, 2880, [])  # questions unknown here
+    assert (unknown.gpus, unknown.timeout_min, unknown.timeout_sized) == (1, 2880, False)
+    cpu = evaluation_request(None, 7e9, 0, 0, 30, [])  # a CPU grid (slurm_cpu): untouched
+    assert cpu.overrides() == [] and cpu.timeout_min == 30
     kept = evaluation_request(1.0, 7e9, 80, 4, 2880, ["hydra.launcher.gpus_per_node=4"])
     assert kept.gpus is None and kept.hours == 0.25

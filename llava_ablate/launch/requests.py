@@ -103,12 +103,16 @@ def evaluation_request(
     gpus_set = any(user_set(k, explicit) for k in GPU_KEYS)
     gpus: int | None = None
     note = ""
-    if gpu_hours is None:
-        note = "no estimate: the launcher's GPUs and time limit"
-    elif gpus_set:
+    if gpus_set:
         note = "GPUs as set"
-    elif params and gpu_mem_gib and 2 * params * WEIGHT_HEADROOM / 2**30 > gpu_mem_gib:
+    elif not launcher_gpus or not gpu_mem_gib:
+        note = "a CPU launcher or no GPU assumed: the launcher's tasks"
+    elif not params:
+        note = "model size unknown: the launcher's GPUs"
+    elif 2 * params * WEIGHT_HEADROOM / 2**30 > gpu_mem_gib:
         note = "its bf16 weights need more than one GPU's memory: the launcher's GPUs kept"
+    elif gpu_hours is None:  # questions unknown: one GPU still holds the model
+        gpus, note = 1, "questions unknown: one GPU, the launcher's time limit"
     else:
         needed = gpu_hours * 60 * TIME_SAFETY / launcher_timeout if launcher_timeout else 1
         gpus = min(EVAL_MAX_GPUS, max(1, math.ceil(needed)))
