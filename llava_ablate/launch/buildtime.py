@@ -13,12 +13,14 @@ from llava_ablate.config import DataCfg
 
 # bench/parquet_build.py: the streaming parquet build, one worker, 1,000 rows a shard, each row
 # a distinct ~40 KB 512x384 JPEG re-encoded to the 336 px the CLIP-L/336 grids store, and 1-4
-# LLaVA turns; 2,000- and 20,000-row files. LLaVA-JSON sources (image files) convert at a
-# similar rate per image; text-only rows are faster.
-RECORDS_PER_S_PER_WORKER = 45.0
+# LLaVA turns; 2,000- and 20,000-row files (78 and 777 MiB). The rate is records per CPU-second
+# of the worker (171 measured), i.e. a worker with a core of its own: on the shared machine it
+# was measured on (2 cores, load 10-14) the wall clock gave 31 records/s. LLaVA-JSON sources
+# (image files) do the same work per image; text-only rows are faster.
+RECORDS_PER_S_PER_WORKER = 170.0
 MEASURED = (
-    "bench/parquet_build.py, 2-core x86_64 shared with other jobs (load ~6-12), 2026-12-03; "
-    "a dedicated core converts faster"
+    "bench/parquet_build.py: records per CPU-second of one worker, 2-core x86_64 CPU under "
+    "load 10-14, 2026-12-03"
 )
 
 

@@ -244,7 +244,8 @@ def format_eval_plan(title: str, rows: list[EvalPlanRow], gpu: str, mfu: float) 
                       table))  # fmt: skip
     out.append(request_line(gpu) + "; an evaluation gets one GPU when its model fits one "
                "(ranks split the questions; more only to end inside the launcher's limit), "
-               "unless you set gpus_per_node/tasks_per_node")  # fmt: skip
+               "unless you set gpus_per_node/tasks_per_node; the jobs of one Slurm array share "
+               "its longest request")  # fmt: skip
     if any(r.questions is not None and not r.questions_known for r in rows):
         out.append("~: the split's published size (the data is not on this machine)")
     unknown = sorted({r.job.dataset for r in rows if r.questions is None})
