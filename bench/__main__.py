@@ -13,7 +13,14 @@ import sys
 
 import torch
 
-BENCHES = ["loader_throughput", "shard_hashing", "padding_waste", "eval_throughput", "name_scoring"]
+BENCHES = [
+    "loader_throughput",
+    "shard_hashing",
+    "padding_waste",
+    "eval_throughput",
+    "name_scoring",
+    "parquet_build",
+]
 
 
 SUBCOMMANDS = {"gpu": "bench.gpu"}  # take their own command-line arguments

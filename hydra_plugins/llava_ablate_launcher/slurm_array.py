@@ -29,13 +29,11 @@ log = logging.getLogger(__name__)
 
 
 class SlurmArrayLauncher(SlurmLauncher):
-    def launch(
-        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
-    ) -> Sequence[JobReturn]:
-        # As hydra-submitit-launcher 1.2's `launch`, plus the record of the job ids.
+    def executor(self):
+        """submitit's executor with this launcher's parameters (what every sbatch script of
+        the array says: its time limit, GPUs, tasks...); as hydra-submitit-launcher 1.2."""
         import submitit
 
-        assert self.config is not None and len(job_overrides) > 0
         init = {"folder": self.params["submitit_folder"]}
         if "max_num_timeout" in self.params:
             init[f"{self._EXECUTOR}_max_num_timeout"] = self.params["max_num_timeout"]
@@ -49,6 +47,14 @@ class SlurmArrayLauncher(SlurmLauncher):
                 if k not in init_keys
             }
         )
+        return executor
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        # As hydra-submitit-launcher 1.2's `launch`, plus the record of the job ids.
+        assert self.config is not None and len(job_overrides) > 0
+        executor = self.executor()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
         sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -191,6 +191,27 @@ def _write_shard(i: int) -> dict:
     return stats
 
 
+def shard_runs(todo: list[int], per_shard: int, seek_points: list[int] | None) -> list[list[int]]:
+    """The shards to write, in runs that one worker writes in order. A reader that can start
+    cheaply only at some source indices (parquet: a row group's first row) lists them in
+    `seek_points`; a shard that starts elsewhere continues its predecessor's run, so that run
+    reads the row group once instead of every shard re-reading it. None: any index is cheap
+    (the source is in memory), every shard is a run of its own."""
+    points = set(seek_points) if seek_points is not None else None
+    runs: list[list[int]] = []
+    for i in todo:
+        joins = points is not None and runs and runs[-1][-1] == i - 1
+        if joins and i * per_shard not in points:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def _write_run(run: list[int]) -> list[dict]:
+    return [_write_shard(i) for i in run]
+
+
 def _write_records(job: _Job, i: int, tar: Path, stats: dict) -> None:
     """Shard `i`'s records into the tar at `tar`, counting what was kept and skipped in `stats`."""
     with wds.TarWriter(str(tar), mtime=0) as sink:  # fixed mtime: byte-identical rebuilds
@@ -320,14 +341,14 @@ def build_source(
         unit="shard",
         disable=None,
     )
-    if workers > 1 and len(todo) > 1:
-        with mp.get_context("fork").Pool(min(workers, len(todo))) as pool:
-            for _ in pool.imap_unordered(_write_shard, todo):
-                bar.update()
+    runs = shard_runs(todo, samples_per_shard, reader.seek_points())
+    if workers > 1 and len(runs) > 1:
+        with mp.get_context("fork").Pool(min(workers, len(runs))) as pool:
+            for done in pool.imap_unordered(_write_run, runs):
+                bar.update(len(done))
     else:
-        for i in todo:
-            _write_shard(i)
-            bar.update()
+        for run in runs:
+            bar.update(len(_write_run(run)))
     bar.close()
     _JOB = None
     return _write_manifest(src, out_dir, n_shards, fp, len(reader), max_image_side)

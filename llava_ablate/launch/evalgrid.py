@@ -36,6 +36,7 @@ from llava_ablate.launch.grid import (
     shard_count,
     string_list,
 )
+from llava_ablate.launch.requests import Request, unit_request
 
 EVAL_KIND = "evaluate"
 _MODEL_KEYS = set(ModelCfg.__dataclass_fields__) - {"name"}
@@ -88,6 +89,7 @@ class EvalJob:
     common: list[str]
     parent: Job | None = None  # training grids: the job whose export this scores
     shards: int = 1  # >1: array tasks each score a part, then one merge job scores the whole
+    request: Request | None = None  # set by launch/evalplan.py (launch/requests.py)
 
     @property
     def out_dir(self) -> Path:
@@ -233,8 +235,17 @@ class EvalUnit:
             return f"{what} x {self.shards} shards"
         return f"{what} (merge)" if self.merge else what
 
+    @property
+    def request(self) -> Request | None:
+        """The array's Slurm request: the longest of its jobs', per array task."""
+        share = 0.0 if self.merge else 1.0 / self.shards
+        return unit_request([j.request for j in self.jobs], share)
+
     def overrides(self, launcher: list[str], sweep_dir: Path) -> list[str]:
+        """evaluate.py's multirun: the jobs' overrides, the grid's launcher, then the request
+        sized from the plan (the command line's, appended by the caller, win over it)."""
         datasets = [j.dataset for j in self.jobs]
+        request = self.request
         sweep = ",".join(datasets) if len(datasets) > 1 else f"[{datasets[0]}]"
         shards = []
         if self.shards > 1:
@@ -245,6 +256,7 @@ class EvalUnit:
             f"eval/datasets={sweep}",
             *shards,
             *launcher,
+            *(request.overrides() if request else []),
             f"hydra.sweep.dir={quote(str(sweep_dir))}",
             "hydra.sweep.subdir=${hydra.job.num}",
         ]

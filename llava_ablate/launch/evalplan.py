@@ -22,7 +22,8 @@ from llava_ablate.config import ConfigError, compose_config
 from llava_ablate.eval_config import validate_evaluate
 from llava_ablate.launch.estimate import fmt_count, gpu_spec
 from llava_ablate.launch.evalgrid import EvalJob, make_eval_units
-from llava_ablate.launch.plan import Resources, _resources, _table
+from llava_ablate.launch.plan import Resources, _resources, _table, request_line
+from llava_ablate.launch.requests import Request, evaluation_request
 
 CHARS_PER_TOKEN = 4
 DEFAULT_NAME_CHARS = 12  # an unknown dataset's mean class-name length
@@ -110,6 +111,7 @@ class EvalPlanRow:
     tokens: float | None
     scale: ModelScale
     gpu_hours: float | None
+    request: Request | None = None  # what Slurm is asked for (launch/requests.py)
 
 
 def model_scale(path: str, model_type: str) -> ModelScale:
@@ -227,7 +229,7 @@ def plan_eval_jobs(
 ) -> list[EvalPlanRow]:
     """A row per job. `parent_scale`: id(training job) -> the size its plan computed, for
     exports that do not exist yet."""
-    peak, _ = gpu_spec(gpu)
+    peak, gpu_mem = gpu_spec(gpu)
     rows = []
     composed: dict[tuple, tuple] = {}
     for job in jobs:
@@ -253,8 +255,8 @@ def plan_eval_jobs(
                 scale = (parent_scale or {}).get(id(job.parent)) or ModelScale(None, None, "?")
             else:
                 scale = model_scale(m.path, m.type)
-            composed[key] = (cfg, _resources(node), scale)
-        cfg, res, scale = composed[key]
+            composed[key] = (cfg, _resources(node), scale, [*launcher, *extra])
+        cfg, res, scale, explicit = composed[key]
         units, chars = _count_units(job, cfg)
         known = units is not None
         dcfg = cfg.eval.datasets[job.dataset]
@@ -271,7 +273,13 @@ def plan_eval_jobs(
         hours = None
         if gpu != "cpu" and tokens is not None and scale.params:
             hours = tokens * 2 * scale.params / (peak * mfu) / 3600
-        rows.append(EvalPlanRow(job, _status(job), res, units, known, tokens, scale, hours))
+        launcher_gpus = res.gpus if res.gpus_per_node else 0
+        job.request = evaluation_request(
+            hours, scale.params, gpu_mem, launcher_gpus, res.timeout_min, explicit
+        )
+        rows.append(
+            EvalPlanRow(job, _status(job), res, units, known, tokens, scale, hours, job.request)
+        )
     return rows
 
 
@@ -288,15 +296,20 @@ def format_eval_plan(title: str, rows: list[EvalPlanRow], gpu: str, mfu: float) 
     table = []
     for i, r in enumerate(rows, 1):
         res = r.resources
-        alloc = f"{res.nodes}x{res.tasks_per_node}" + (
-            f" ({res.gpus} GPU)" if res.gpus_per_node else " (CPU)"
+        gpus = r.request.gpus if r.request and r.request.gpus else None
+        alloc = (
+            f"{res.nodes}x{gpus} ({res.nodes * gpus} GPU)"
+            if gpus
+            else f"{res.nodes}x{res.tasks_per_node}"
+            + (f" ({res.gpus} GPU)" if res.gpus_per_node else " (CPU)")
         )
         if r.job.shards > 1:
             alloc += f" x{r.job.shards} shards"
         after = f"{r.job.parent.stage}/{r.job.parent.name}" if r.job.parent else "-"
         table.append([
             str(i), r.job.stage, r.job.model, r.job.dataset, r.job.distractors, r.status, after,
-            alloc, f"{res.timeout_min}m", "?" if r.questions is None else ("" if r.questions_known else "~") + f"{r.questions:,}",
+            alloc, r.request.cell() if r.request else f"{res.timeout_min}m",
+            "?" if r.questions is None else ("" if r.questions_known else "~") + f"{r.questions:,}",
             "?" if r.tokens is None else fmt_count(r.tokens),
             "?" if r.scale.params is None else fmt_count(r.scale.params),
             "-" if r.gpu_hours is None else f"{r.gpu_hours:,.2f}",
@@ -304,6 +317,10 @@ def format_eval_plan(title: str, rows: list[EvalPlanRow], gpu: str, mfu: float) 
     out.append(_table(["#", "stage", "model", "dataset", "distractors", "status", "after",
                        "nodes x tasks", "time", "questions", "tokens", "params", "GPU-h"],
                       table))  # fmt: skip
+    out.append(request_line(gpu) + "; an evaluation gets one GPU when its model fits one "
+               "(ranks split the questions; more only to end inside the launcher's limit), "
+               "unless you set gpus_per_node/tasks_per_node; the jobs of one Slurm array share "
+               "its longest request")  # fmt: skip
     if any(r.questions is not None and not r.questions_known for r in rows):
         out.append("~: the split's published size (the data is not on this machine)")
     unknown = sorted({r.job.dataset for r in rows if r.questions is None})

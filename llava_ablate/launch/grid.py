@@ -28,6 +28,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from llava_ablate.config import CONF_DIR, CONF_MODULE, ConfigError
 from llava_ablate.eval_config import DISTRACTORS
+from llava_ablate.launch.requests import Request
 from llava_ablate.run_identity import RunIdentity
 
 # Grids are the config group `grid` (conf/grid links to launch/), so ours ship in the package and
@@ -83,6 +84,8 @@ class Job:
     children: list = field(default_factory=list)
     # Set by launch/plan.py check_identities: the directory holds this job's config (or none).
     identity: RunIdentity | None = None
+    # Set by launch/plan.py: the Slurm request sized from the plan (launch/requests.py).
+    request: Request | None = None
 
     @property
     def name(self) -> str:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from llava_ablate.config import Config, ConfigError, compose_config, to_object
+from llava_ablate.launch.buildtime import BuildEstimate, build_estimate, build_lines
 from llava_ablate.launch.estimate import (
     DataSize,
     Memory,
@@ -22,6 +23,7 @@ from llava_ablate.launch.estimate import (
     train_flops,
 )
 from llava_ablate.launch.grid import GridSpec, Job, expand
+from llava_ablate.launch.requests import TIME_FLOOR_MIN, TIME_SAFETY, Request, training_request
 from llava_ablate.run_identity import RunConfigMismatch, check_run_identity
 
 
@@ -62,6 +64,8 @@ class PlanRow:
     memory_typical: Memory | None = None  # at the mean length (batches group similar lengths)
     typical_len: int | None = None
     max_len: int = 0
+    request: Request | None = None  # what Slurm is asked for (launch/requests.py)
+    build: BuildEstimate | None = None  # converting its mixture's sources to shards
 
     def _fits(self, memory: Memory | None) -> bool:
         return memory is None or not self.gpu_mem_gib or memory.total / 2**30 <= self.gpu_mem_gib
@@ -213,6 +217,8 @@ def plan_job(job: Job, grid: GridSpec, extra: list[str]) -> PlanRow:
             data.vision_tokens,
         )
         gpu_hours = flops / (peak_flops * grid.mfu) / 3600
+    explicit = [*grid.launcher, *extra, *job.overrides]  # what the user set wins
+    job.request = training_request(gpu_hours, res.gpus, res.timeout_min, explicit)
     return PlanRow(
         job,
         _status(job),
@@ -229,6 +235,8 @@ def plan_job(job: Job, grid: GridSpec, extra: list[str]) -> PlanRow:
         memory_at(typical_len) if typical_len and typical_len < max_len else None,
         typical_len,
         max_len,
+        job.request,
+        build_estimate(cfg.data),
     )
 
 
@@ -270,7 +278,7 @@ def format_plan(grid: GridSpec, rows: list[PlanRow]) -> str:
                 r.status,
                 f"#{index[id(r.job.parent)]}" if r.job.parent else "-",
                 alloc,
-                f"{res.timeout_min}m",
+                r.request.cell() if r.request else f"{res.timeout_min}m",
                 "?" if r.steps is None else f"{r.mark}{r.steps:,}",
                 f"{r.micro_batch}x{r.grad_accum}x{res.world}",
                 "?" if r.tokens is None else r.mark + fmt_count(r.tokens),
@@ -299,7 +307,7 @@ def format_plan(grid: GridSpec, rows: list[PlanRow]) -> str:
             table,
         )
     )
-    out += ["", _memory_lines(rows)]
+    out += [request_line(grid.gpu), "", _memory_lines(rows)]
     for i, r in enumerate(rows, 1):
         if r.size.anyres is not None:
             typical = (
@@ -313,6 +321,8 @@ def format_plan(grid: GridSpec, rows: list[PlanRow]) -> str:
                 f"(tower {r.size.vision_tokens:,}, the largest grid); {typical}"
             )
     out += _data_lines(rows)
+    builds = {r.build.mixture: (r.build, not r.data.estimated) for r in rows if r.build}
+    out += build_lines(builds)
     hours = [r for r in todo if r.gpu_hours is not None]
     if grid.gpu != "cpu":
         total = sum(r.gpu_hours for r in hours)
@@ -332,6 +342,18 @@ def format_plan(grid: GridSpec, rows: list[PlanRow]) -> str:
         res = first_rows[0].resources
         out.append(f"partition={res.partition} account={res.account} qos={res.qos}")
     return "\n".join(out)
+
+
+def request_line(gpu: str) -> str:
+    """How the `time` column's Slurm request follows from the estimate."""
+    if gpu == "cpu":
+        return "time: the launcher's timeout_min (no GPU assumed, nothing to size it from)"
+    return (
+        f"time: the Slurm time limit requested (est: the wall-clock estimate on the job's "
+        f"GPUs) = est x {TIME_SAFETY:g}, at least {TIME_FLOOR_MIN} min, at most the "
+        "launcher's timeout_min (a longer job checkpoints and requeues itself there); a "
+        "hydra.launcher.timeout_min you set is used as written"
+    )
 
 
 def _memory_cell(r: PlanRow) -> str:

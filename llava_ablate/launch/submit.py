@@ -30,12 +30,14 @@ from llava_ablate.launch.evalgrid import (
     make_eval_units,
 )
 from llava_ablate.launch.grid import GridSpec, Job, quote
+from llava_ablate.launch.requests import unit_request
 from llava_ablate.launch.slurm import JOB_IDS_FILE
 
 log = logging.getLogger("llava_ablate.launch")
 
 # Hydra's submitit Slurm launcher, recording the job ids it submitted (JOB_IDS_FILE).
 SLURM_LAUNCHER = "hydra_plugins.llava_ablate_launcher.slurm_array.SlurmArrayLauncher"
+SLURM_TARGET = f"hydra.launcher._target_={SLURM_LAUNCHER}"
 # train.py, as a module of the installed package: runs from any directory (relative paths in a
 # grid, --runs-root and hydra.searchpath mean the same to the jobs as to this process).
 TRAIN_APP = "llava_ablate.launch.train_app"
@@ -110,9 +112,11 @@ def unit_overrides(unit: Unit, grid: GridSpec, sweep_dir: Path) -> list[str]:
             f"wandb.group={quote(grid.name)}",
             f"wandb.name={quote(wandb_name)}",
         ]
+    request = unit_request([j.request for j in unit.jobs])  # sized by the plan, if it ran
     return [
         *per_job,
         *grid.launcher,
+        *(request.overrides() if request else []),  # the command line's (after) win
         f"hydra.sweep.dir={quote(str(sweep_dir))}",
         "hydra.sweep.subdir=${hydra.job.num}",
     ]
@@ -187,18 +191,28 @@ def submit_grid(
 
     check_identities(grid, jobs, extra)  # "finished" only for a run of the config composed now
     root = Path(grid.runs_root) / grid.name / ".launch"
+    launches = grid_launches(grid, jobs, extra, evals or [])
+    return run_launches(grid.name, launches, [*grid.launcher, *extra], root, wait,
+                        submit_timeout_s)  # fmt: skip
+
+
+def grid_launches(
+    grid: GridSpec, jobs: list[Job], extra: list[str], evals: list[EvalJob]
+) -> list[Launch]:
+    """The multiruns that submit a training grid's unfinished jobs, then its evaluations:
+    each with the overrides it is started with (the plan's Slurm request included)."""
+    root = Path(grid.runs_root) / grid.name / ".launch"
     launches = []
     for unit in make_units(jobs):
         sweep_dir = root / f"{len(launches):02d}-{unit.stage}"
         overrides = unit_overrides(unit, grid, sweep_dir) + list(extra)
         launches.append(Launch(unit, TRAIN_APP, overrides, sweep_dir))
-    for unit in make_eval_units(evals or []):
+    for unit in make_eval_units(evals):
         sweep_dir = root / f"{len(launches):02d}-{unit.stage}-{_slug(unit.jobs[0])}"
         overrides = unit.overrides(list(grid.launcher), sweep_dir)
         launches.append(Launch(unit, EVAL_APP, overrides + evaluation_overrides(extra),
                                sweep_dir))  # fmt: skip
-    return run_launches(grid.name, launches, [*grid.launcher, *extra], root, wait,
-                        submit_timeout_s)  # fmt: skip
+    return launches
 
 
 def submit_eval_grid(
@@ -212,13 +226,20 @@ def submit_eval_grid(
     """Submit every unfinished evaluation of a `kind: evaluate` grid: one Slurm array per model
     and distractor strategy, its unfinished datasets swept."""
     root = Path(grid.runs_root) / grid.name / ".launch"
+    launches = eval_grid_launches(grid, jobs, extra)
+    return run_launches(grid.name, launches, [*grid.launcher, *extra], root, wait,
+                        submit_timeout_s)  # fmt: skip
+
+
+def eval_grid_launches(grid: EvalGridSpec, jobs: list[EvalJob], extra: list[str]) -> list[Launch]:
+    """An evaluation grid's multiruns, each with the overrides it is started with."""
+    root = Path(grid.runs_root) / grid.name / ".launch"
     launches = []
     for unit in make_eval_units(jobs):
         sweep_dir = root / f"{len(launches):02d}-{_slug(unit.jobs[0])}"
         overrides = unit.overrides(list(grid.launcher), sweep_dir) + list(extra)
         launches.append(Launch(unit, EVAL_APP, overrides, sweep_dir))
-    return run_launches(grid.name, launches, [*grid.launcher, *extra], root, wait,
-                        submit_timeout_s)  # fmt: skip
+    return launches
 
 
 def _slug(job: EvalJob) -> str:
@@ -250,7 +271,7 @@ def run_launches(
         overrides = list(launch.overrides)
         parent = unit.parent
         if slurm:
-            overrides.append(f"hydra.launcher._target_={SLURM_LAUNCHER}")
+            overrides.append(SLURM_TARGET)
         if slurm and parent is not None and id(parent) in array_of:
             overrides += [  # submitit's own `dependency`; Slurm's kill-on-invalid-dep beside it
                 f"+hydra.launcher.dependency=afterok:{array_of[id(parent)]}",

@@ -1,11 +1,13 @@
 """Readers for the source formats a mixture can declare; each yields RawRecords by index.
 
 A reader is opened once (in the parent of the build's worker processes) and then read by index
-ranges, so conversion can be split into fixed, deterministic shards.
+ranges, so conversion can be split into fixed, deterministic shards. JSON and classification
+sources are loaded whole (the workers share them by fork); parquet sources are streamed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -30,11 +32,15 @@ class RawRecord:
 class SourceReader(Protocol):
     def __len__(self) -> int: ...
 
-    def records(self, start: int, stop: int) -> list[RawRecord]: ...
+    def records(self, start: int, stop: int) -> Iterable[RawRecord]: ...
 
     def input_files(self) -> list[Path]: ...
 
     def image_files(self) -> list[Path]: ...  # images read from disk (for the staleness check)
+
+    # Indices where a read can start without decoding earlier rows (and len(self)); None when
+    # the whole source is in memory. The build keeps shards between two of them in one worker.
+    def seek_points(self) -> list[int] | None: ...
 
 
 def unreleased_sources(data: DataCfg) -> str | None:

@@ -82,6 +82,9 @@ class ClassificationReader:
             [Path(self.src.class_names)] if self.src.class_names else []
         )
 
+    def seek_points(self) -> None:
+        return None  # in memory: any index range is cheap
+
     def image_files(self) -> list[Path]:
         return [image for image, _ in self.items]
 

@@ -89,6 +89,9 @@ class LlavaJsonReader:
     def input_files(self) -> list[Path]:
         return self.files
 
+    def seek_points(self) -> None:
+        return None  # in memory: any index range is cheap
+
     def image_files(self) -> list[Path]:
         return [p for rec in self.records(0, len(self)) for p in rec.images if isinstance(p, Path)]
 
