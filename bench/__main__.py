@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-BENCHES = ["loader_throughput", "padding_waste", "eval_throughput", "name_scoring"]
+BENCHES = ["loader_throughput", "padding_waste", "eval_throughput", "name_scoring", "logits_memory"]
 
 
 SUBCOMMANDS = {"gpu": "bench.gpu"}  # take their own command-line arguments

@@ -19,6 +19,7 @@ from llava_ablate.launch.estimate import (
     gpu_spec,
     memory_per_rank,
     model_size,
+    supervised_per_sample,
     train_flops,
 )
 from llava_ablate.launch.grid import GridSpec, Job, expand
@@ -193,6 +194,7 @@ def plan_job(job: Job, grid: GridSpec, extra: list[str]) -> PlanRow:
             offload_optimizer=cfg.deepspeed.offload_optimizer,
             offload_param=cfg.deepspeed.offload_param,
             gpu=on_gpu,
+            supervised=supervised_per_sample(size, data, seq_len),
         )
 
     max_len = data.longest or cfg.recipe.max_length
