@@ -23,8 +23,8 @@ from torch.utils.checkpoint import checkpoint
 IGNORE = -100
 
 # Supervised tokens per cross-entropy chunk: its fp32 logits, log-softmax and gradient take
-# ~12 bytes x vocab per token (1024 x 152,064: ~1.8 GiB at once, in the backward).
-LOSS_CHUNK_TOKENS = 1024
+# ~12 bytes x vocab per token (512 x 152,064: ~0.9 GiB at once, in the backward).
+LOSS_CHUNK_TOKENS = 512
 
 
 def supervised_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
