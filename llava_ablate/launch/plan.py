@@ -348,7 +348,8 @@ def _memory_lines(rows: list[PlanRow]) -> str:
     out = [
         "memory per rank (weights + gradients + optimizer + activations + overhead) at the typical "
         "(mean) sample length and at the longest (the manifests' longest sample, else "
-        "recipe.max_length); batches group similar lengths, so most steps are near the typical:"
+        "recipe.max_length); batches group similar lengths, so most steps are near the typical; "
+        "activations count logits at the supervised tokens only (at most a sample's text):"
     ]
     for i, r in enumerate(rows, 1):
         for label, m, n, ok in (("typical", r.memory_typical, r.typical_len, r.fits_typical),
