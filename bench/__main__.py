@@ -20,6 +20,7 @@ BENCHES = [
     "eval_throughput",
     "name_scoring",
     "parquet_build",
+    "logits_memory",
 ]
 
 

@@ -131,10 +131,12 @@ class Case:
     llm: str
     batching: str
     attn: str
+    kernels: str = "none"  # recipe.kernels
 
     @property
     def name(self) -> str:
-        return f"{self.llm}-{self.batching}-{self.attn}"
+        suffix = "" if self.kernels == "none" else f"-{self.kernels}"
+        return f"{self.llm}-{self.batching}-{self.attn}{suffix}"
 
 
 def overrides(shapes: Shapes, case: Case, run_dir: Path) -> list[str]:
@@ -153,6 +155,7 @@ def overrides(shapes: Shapes, case: Case, run_dir: Path) -> list[str]:
         f"recipe.max_steps={shapes.steps}",
         f"recipe.max_length={shapes.max_length}",
         f"train.attn_implementation={case.attn}",
+        f"recipe.kernels={case.kernels}",
         f"train.log_every={shapes.log_every}",
         "train.save_every=0",
         "train.export=false",
@@ -267,6 +270,15 @@ def attention_impls() -> tuple[list[str], dict[str, str]]:
     return ["sdpa"], {"flash_attention_2": "not installed"}
 
 
+def kernel_options(gpu: bool) -> tuple[list[str], dict[str, str]]:
+    """recipe.kernels beyond none that can run here, and why the others cannot."""
+    if not gpu:
+        return [], {"liger": "needs a CUDA GPU"}
+    if importlib.util.find_spec("liger_kernel") is None:
+        return [], {"liger": "not installed (pip install 'llava-ablate[liger]')"}
+    return ["liger"], {}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m bench gpu")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, a few steps (CPU)")
@@ -287,6 +299,8 @@ def main(argv: list[str] | None = None) -> dict:
     first = next(iter(shapes.llms))
     cases = [Case(llm, mode, "sdpa") for llm in shapes.llms for mode in modes]
     cases += [Case(first, modes[0], a) for a in attns if a != "sdpa"]
+    kernels, kernel_notes = kernel_options(gpu)
+    cases += [Case(first, modes[0], "sdpa", k) for k in kernels]  # with and without
     check_configs(shapes, cases, work)
     cache_dir = os.environ.get("LLAVA_CACHE_DIR", str(ROOT / ".cache" / "llava_ablate"))
     env = {
@@ -308,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_source": peak_source,
         "mfu_formula": "6 * llm_params * tokens_per_s / peak_flops",
         "attention": {"sdpa": "run", **{a: "run" for a in attns}, **attn_notes},
+        "kernels": {"none": "run", **{k: "run" for k in kernels}, **kernel_notes},
         "batching_modes": modes,
         "training": [],
     }
@@ -333,7 +348,8 @@ def batching_ratios(rows: list[dict], modes: list[str]) -> dict:
     """tokens/s of each mode over the first mode's, per LLM (sdpa runs)."""
     out = {}
     for llm in dict.fromkeys(r["llm"] for r in rows):
-        rate = {r["batching"]: r["tokens_per_s"] for r in rows if r["llm"] == llm}
+        plain = [r for r in rows if r["attn"] == "sdpa" and r.get("kernels", "none") == "none"]
+        rate = {r["batching"]: r["tokens_per_s"] for r in plain if r["llm"] == llm}
         rate = {m: rate[m] for m in modes if m in rate and rate}
         base = rate[modes[0]]
         out[llm] = {f"{m}/{modes[0]}": v / base for m, v in rate.items() if m != modes[0]}
@@ -345,14 +361,16 @@ def print_table(r: dict) -> None:
     print(
         f"MFU = {r['mfu_formula']}, peak {r['peak_flops'] / 1e12:.0f} TFLOPS ({r['peak_source']})"
     )
-    print(f"attention: {r['attention']}")
-    head = ["llm", "batching", "attn", "tokens/s", "MFU", "peak GiB", "plan GiB", "data wait"]
+    print(f"attention: {r['attention']}, kernels: {r['kernels']}")
+    head = ["llm", "batching", "attn", "kernels", "tokens/s", "MFU", "peak GiB", "plan GiB",
+            "data wait"]  # fmt: skip
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for row in r["training"]:
         cells = [
             row["llm"],
             row["batching"],
             row["attn"],
+            row["kernels"],
             f"{row['tokens_per_s']:,.0f}",
             f"{row['mfu']:.1%}",
             f"{row['peak_mem_gib']:.3g}",

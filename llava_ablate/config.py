@@ -220,6 +220,7 @@ class RecipeCfg:
     overflow: str = "truncate"
     init_from: str | None = None  # exported directory of a previous stage
     init_parts: list[str] = field(default_factory=lambda: ["projector"])  # projector|vision|llm|all
+    kernels: str = "none"  # none | liger: fused RMSNorm/RoPE/SwiGLU in the LLM (CUDA only)
 
 
 @dataclass
@@ -313,6 +314,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "recipe.prompt_format": ("chat", "plain"),
     "recipe.schedule": ("cosine", "constant"),
     "recipe.overflow": ("truncate", "skip"),
+    "recipe.kernels": ("none", "liger"),
     "data.on_bad_shard": ("error", "skip"),
     "data.batching": ("none", "group", "pack"),
     "deepspeed.zero_stage": (0, 1, 2, 3),

@@ -140,7 +140,7 @@ def result_config(cfg: DictConfig) -> dict[str, Any]:
             return [walk(_child(node, i, f"{path}[{i}]"), f"{path}[{i}]") for i in range(len(node))]
         return norm(node)
 
-    return _without_default_arch(walk(cfg, ""))
+    return _without_default_kernels(_without_default_arch(walk(cfg, "")))
 
 
 def _without_default_arch(part: dict[str, Any]) -> dict[str, Any]:
@@ -150,6 +150,15 @@ def _without_default_arch(part: dict[str, Any]) -> dict[str, Any]:
     arch = part.get("arch")
     if isinstance(arch, dict) and arch.get("type") == "llava":
         part = {k: v for k, v in part.items() if k != "arch"}
+    return part
+
+
+def _without_default_kernels(part: dict[str, Any]) -> dict[str, Any]:
+    """`recipe.kernels=none` is what every run was before the key existed: left out, it keeps
+    those runs' identities; fused kernels (`liger`) are hashed."""
+    recipe = part.get("recipe")
+    if isinstance(recipe, dict) and recipe.get("kernels") == "none":
+        part = {**part, "recipe": {k: v for k, v in recipe.items() if k != "kernels"}}
     return part
 
 

@@ -192,10 +192,13 @@ def test_plan_estimates_the_paper_grid_before_the_build(tmp_path):
     assert 28 / 1.35 < align.gpu_hours < 28 * 1.35
     sft = by[("finetune", "llm=vicuna7b,data=llava665k")]
     assert 80 / 1.35 < sft.gpu_hours < 80 * 1.35
-    # Qwen2's 152k-vocab logits at 2048 tokens do not fit an 80 GB GPU; at the typical length
-    # (576 image + ~16 caption tokens) the same stage-1 job does.
+    # Qwen2's 152k-vocab logits: the loss keeps the LM head at the supervised positions only
+    # (train/loss.py). A 2048-token stage-1 sample supervises at most its 1,472 text tokens
+    # (576 are image placeholders), a typical one its ~16 caption tokens: the stage-1 job fits
+    # an 80 GB GPU at both lengths (with every position's logits it needed 91.2 GiB at 2048).
     qwen = by[("align", "llm=qwen2")]
-    assert not qwen.fits and qwen.fits_typical
+    assert qwen.fits and qwen.fits_typical
+    assert qwen.memory.total < 70 * GIB
     assert qwen.memory_typical.activations < qwen.memory.activations / 3
     si = by[("finetune", "llm=qwen2,data=si32m")]
     assert si.data.unreleased == ["llava_wild_4v_39k", "llava_wild_4v_12k"]
@@ -212,5 +215,37 @@ def test_plan_estimates_the_paper_grid_before_the_build(tmp_path):
     assert "GPU-hours to run: unknown" not in text and "GPU-hours to run: >=" in text
     assert f"~{align.steps:,}" in text and f">={si.steps:,}" in text
     assert "! #6 llm=qwen2,data=si32m: its mixture has unreleased sources" in text
-    assert "#4 typical ~   592 tokens:" in text and "> 80 GiB: will not fit" in text
-    assert "#4 fits at the typical length" in text
+    assert "#4 typical ~   592 tokens:" in text and "#4 max      2,048 tokens:" in text
+    assert "will not fit" not in text
+
+
+def test_logits_are_counted_at_the_supervised_tokens_only():
+    """The plan models the loss of train/loss.py: 16-bit logits (and their gradient) at the
+    supervised positions plus one fp32 chunk, not every position's logits."""
+    from llava_ablate.launch.estimate import (
+        DataSize,
+        ModelSize,
+        memory_per_rank,
+        supervised_per_sample,
+    )
+    from llava_ablate.train.loss import LOSS_CHUNK_TOKENS
+
+    total = {"vision": 303_507_456, "projector": 20_979_712, "llm": 7_615_616_512}
+    size = ModelSize(total=total, trainable={"vision": 0, "projector": total["projector"],
+                     "llm": 0}, llm_hidden=3584, llm_layers=28, vocab=152_064,
+                     vision_hidden=1024, vision_layers=24, image_tokens=576)  # fmt: skip
+    captions = DataSize(558_128, 592.0, 1.0, "declared")  # LCS-558K: every sample has an image
+    chats = DataSize(665_298, 811.0, 0.939, "declared")  # LLaVA-665K: some text-only
+    assert supervised_per_sample(size, captions, 592) == 16  # the caption
+    assert supervised_per_sample(size, captions, 2048) == 2048 - 576  # all text beside the image
+    assert supervised_per_sample(size, chats, 2048) == 2048  # a text-only sample, all supervised
+    assert supervised_per_sample(size, DataSize(None, None, None, "?"), 2048) is None
+
+    kw = dict(zero_stage=2, world=8, precision="bf16", micro_batch=32, seq_len=592,
+              gradient_checkpointing=False)  # fmt: skip
+    every = memory_per_rank(size, **kw).activations
+    caption = memory_per_rank(size, **kw, supervised=16).activations
+    n = 32 * 16
+    expected = n * 152_064 * 4 + min(n, LOSS_CHUNK_TOKENS) * 152_064 * 12
+    every_logits = 32 * 592 * 152_064 * 4 + LOSS_CHUNK_TOKENS * 152_064 * 12
+    assert every - caption == pytest.approx(every_logits - expected)

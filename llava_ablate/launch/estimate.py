@@ -8,9 +8,11 @@ parameter costs 2 bytes of weights, each trainable one 2 bytes of gradient and 1
 state (fp32 master, m, v); ZeRO-1 shards the optimizer states over the ranks, ZeRO-2 also the
 gradients, ZeRO-3 also the weights; offload moves them to host memory. Activations follow
 Korthikanti et al. 2022 (34*s*b*h bytes per transformer layer in 16-bit with fused attention;
-only layer inputs are kept with gradient checkpointing) plus the logits (16-bit, and the fp32
-copy the loss makes), which dominate for 150k-token vocabularies. It is an estimate: expect the
-real peak within ~20%, and read it as "does it fit", not as a measurement.
+only layer inputs are kept with gradient checkpointing) plus the logits. The loss keeps the LM
+head at the supervised positions only and runs the cross-entropy in chunks (train/loss.py): the
+16-bit logits of those positions and their gradient, plus one chunk's fp32 logits, log-softmax
+and gradient; at 150k-token vocabularies this still dominates a long-answer batch. It is an
+estimate: expect the real peak within ~20%, and read it as "does it fit", not as a measurement.
 """
 
 from __future__ import annotations
@@ -360,6 +362,7 @@ def memory_per_rank(
     offload_optimizer: bool = False,
     offload_param: bool = False,
     gpu: bool = True,
+    supervised: float | None = None,
 ) -> Memory:
     """Model states (weights, gradients, Adam) by the ZeRO paper's accounting, then activations.
 
@@ -370,7 +373,12 @@ def memory_per_rank(
     for ZeRO-1 and ZeRO-2 and have no fp32 case. Where they apply -- a full fine-tune in bf16
     under ZeRO-2/3 -- the two differ by one term: DeepSpeed also counts an fp32 gradient
     partition, 4 (ZeRO-2) or 2 (ZeRO-3) more bytes per parameter and rank, within the margin
-    this plan gives (tests/test_plan.py checks the difference)."""
+    this plan gives (tests/test_plan.py checks the difference).
+
+    `supervised`: tokens per sample the loss is taken on (`supervised_per_sample`); None: every
+    position, an upper bound."""
+    from llava_ablate.train.loss import LOSS_CHUNK_TOKENS
+
     wbytes = 4 if precision == "fp32" else 2
     # Adam: fp32 master copy (mixed precision only) + two fp32 moments.
     obytes = 8 if precision == "fp32" else 12
@@ -389,7 +397,8 @@ def memory_per_rank(
         llm_acts = layers * s * b * h * wbytes + per_layer
     else:
         llm_acts = layers * per_layer
-    logits = b * s * size.vocab * (wbytes + 4)
+    n = b * (s if supervised is None else min(supervised, s))  # positions with logits
+    logits = n * size.vocab * 2 * wbytes + min(n, LOSS_CHUNK_TOKENS) * size.vocab * 12
     acts = llm_acts + logits
     if size.trainable["vision"]:
         tokens = b * (size.vision_tokens or size.image_tokens)  # anyres: every view of an image
@@ -398,22 +407,38 @@ def memory_per_rank(
     return Memory(weights, gradients, optimizer, acts, overhead)
 
 
+def supervised_per_sample(size: ModelSize, data: DataSize, seq_len: int) -> float | None:
+    """An upper bound on the tokens the loss is taken on in a sample `seq_len` tokens long: its
+    text (the prompt's included), never its image placeholders. A sample of the mean length
+    carries the mean placeholders; a longer one at least one image if every sample has one,
+    else it may be all text. None when the data size is unknown (every position counts)."""
+    images = data.images_per_sample
+    if images is None:
+        return None
+    per_image = data.image_tokens or size.image_tokens
+    if data.tokens_per_sample is not None and seq_len <= round(data.tokens_per_sample):
+        return max(seq_len - images * per_image, 1.0)
+    return float(max(seq_len - per_image, 1) if images >= 1 else seq_len)
+
+
 def config_memory(
     cfg: Config, size: ModelSize, data: DataSize, world: int, precision: str, gpu: bool
 ) -> Memory:
     """`memory_per_rank` for a composed config at its longest batch, with the arguments
     `llava-ablate plan` passes for a job (launch/plan.py `plan_job`)."""
+    seq_len = data.longest or cfg.recipe.max_length
     return memory_per_rank(
         size,
         zero_stage=cfg.deepspeed.zero_stage,
         world=world,
         precision=precision,
         micro_batch=cfg.recipe.micro_batch_size,
-        seq_len=data.longest or cfg.recipe.max_length,
+        seq_len=seq_len,
         gradient_checkpointing=cfg.train.gradient_checkpointing,
         offload_optimizer=cfg.deepspeed.offload_optimizer,
         offload_param=cfg.deepspeed.offload_param,
         gpu=gpu,
+        supervised=supervised_per_sample(size, data, seq_len),
     )
 
 

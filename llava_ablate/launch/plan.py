@@ -20,6 +20,7 @@ from llava_ablate.launch.estimate import (
     gpu_spec,
     memory_per_rank,
     model_size,
+    supervised_per_sample,
     train_flops,
 )
 from llava_ablate.launch.grid import GridSpec, Job, expand
@@ -197,6 +198,7 @@ def plan_job(job: Job, grid: GridSpec, extra: list[str]) -> PlanRow:
             offload_optimizer=cfg.deepspeed.offload_optimizer,
             offload_param=cfg.deepspeed.offload_param,
             gpu=on_gpu,
+            supervised=supervised_per_sample(size, data, seq_len),
         )
 
     max_len = data.longest or cfg.recipe.max_length
@@ -368,7 +370,8 @@ def _memory_lines(rows: list[PlanRow]) -> str:
     out = [
         "memory per rank (weights + gradients + optimizer + activations + overhead) at the typical "
         "(mean) sample length and at the longest (the manifests' longest sample, else "
-        "recipe.max_length); batches group similar lengths, so most steps are near the typical:"
+        "recipe.max_length); batches group similar lengths, so most steps are near the typical; "
+        "activations count logits at the supervised tokens only (at most a sample's text):"
     ]
     for i, r in enumerate(rows, 1):
         for label, m, n, ok in (("typical", r.memory_typical, r.typical_len, r.fits_typical),

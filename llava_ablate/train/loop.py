@@ -22,6 +22,7 @@ from llava_ablate.base.faults import (
     agree,
 )
 from llava_ablate.train import checkpoint
+from llava_ablate.train.loss import supervised_loss
 from llava_ablate.train.metrics import MetricsLogger, peak_memory_gb
 
 log = logging.getLogger("llava_ablate.train")
@@ -119,9 +120,8 @@ def train_loop(
         inputs = {k: batch[k].to(device) for k in _MODEL_KEYS if k in batch}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(engine.module.dtype)
-        # No KV cache in training; with one, transformers would not read packed position_ids
-        # as separate sequences (and model.config.use_cache does not reach a Llava's LLM).
-        loss = engine(**inputs, use_cache=False, num_items_in_batch=num_items).loss
+        # The LM head runs only where a label is supervised (train/loss.py).
+        loss = supervised_loss(engine, inputs, num_items)
         if empty:
             loss = loss * 0.0
 

@@ -49,6 +49,7 @@ from llava_ablate.model.card import evaluations_in, record_evaluations
 from llava_ablate.model.export import export_engine, is_exported
 from llava_ablate.model.freeze import apply_training_plan, format_plan
 from llava_ablate.model.init_from import load_parts
+from llava_ablate.model.kernels import apply_kernels
 from llava_ablate.model.lora import apply_lora
 from llava_ablate.run_identity import RunIdentity, check_run_identity, record_run_identity
 from llava_ablate.train import checkpoint
@@ -209,6 +210,7 @@ def build_model(cfg: Config, precision: str) -> Model:
     )
     model = variant.model
     recipe = cfg.recipe
+    apply_kernels(model.model.language_model, recipe.kernels)
     if recipe.init_from:
         load_parts(model, recipe.init_from, recipe.init_parts)
     if recipe.lora is not None:
