@@ -212,6 +212,9 @@ EXERCISES: dict[str, Compose | Real | Parse | Make | Covered] = {
     "python -m bench.shard_hashing [--samples 600] [--repeats 3]": Parse(
         ["--samples", "600", "--repeats", "3"]
     ),
+    "python -m bench.logits_memory [--tokens 2048] [--steps 3]": Parse(
+        ["--tokens", "2048", "--steps", "3"]
+    ),
 }
 
 

@@ -45,7 +45,11 @@ def setup_run_logging(run_dir: Path, rank: int) -> Path:
     console = logging.StreamHandler()
     console.setFormatter(logging.Formatter(_CONSOLE_FORMAT))
     logging.basicConfig(level=level, handlers=[console, _file_handler], force=True)
-    logging.captureWarnings(True)  # `warnings.warn` -> the "py.warnings" logger -> both
+    # `warnings.warn` -> the "py.warnings" logger -> both. Off first: captureWarnings(True) is a
+    # no-op while a stale capture is recorded, though someone (pytest, an earlier in-process
+    # run) may have put `warnings.showwarning` back since.
+    logging.captureWarnings(False)
+    logging.captureWarnings(True)
     # transformers and DeepSpeed log through handlers of their own that bypass the root logger.
     transformers.logging.set_verbosity_warning()
     transformers.logging.disable_default_handler()
