@@ -130,8 +130,10 @@ def test_llm_axis_is_the_per_seed_delta_on_the_same_samples():
     "argv, message",
     [
         (["--seeds", "1", "1"], "each seed once"),
-        (["--llms", "smollm2_135m", "--seeds", "42", "1"],
-         "extra seeds train only small_qwen2, mini_lm"),  # fmt: skip
+        (
+            ["--llms", "smollm2_135m", "--seeds", "42", "1"],
+            "extra seeds train only small_qwen2, mini_lm",
+        ),  # fmt: skip
     ],
 )
 def test_seed_options_are_checked_before_any_work(argv, message, tmp_path, capsys):

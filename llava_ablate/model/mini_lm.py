@@ -164,7 +164,7 @@ def build_mini_lm(
     tokenizer,
     config: dict,
     *,
-    steps: int = 300,
+    steps: int = 120,
     batch: int = 32,
     length: int = 64,
     lr: float = 3e-3,
