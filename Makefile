@@ -10,6 +10,7 @@ NPROC  ?= 2
 # password; SUDO=false skips apt-get altogether (what a user without root gets).
 SUDO   ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 APT    := apt-get install -y -q --no-install-recommends
+FASHION_DEB ?= /usr/share/datasets/fashion-mnist
 
 .PHONY: install lmms browser demo test test-slow lint bench
 install: $(VENV)/.installed
@@ -26,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	# Fashion-MNIST, one of the demo dataset's three real-image sources: Debian's package where
 	# apt-get and root are at hand; else the demo fetches the official files (MD5-checked) on
 	# first use, or reads FASHION_MNIST_DIR (llava_ablate/data/mini_classify.py).
-	@test -n "$$FASHION_MNIST_DIR" || test -d /usr/share/datasets/fashion-mnist \
+	@test -n "$$FASHION_MNIST_DIR" || test -d $(FASHION_DEB) \
 	  || { command -v apt-get >/dev/null && { $(SUDO) $(APT) dataset-fashion-mnist \
 	       || { $(SUDO) apt-get update -q && $(SUDO) $(APT) dataset-fashion-mnist; }; }; } \
 	  || echo "make install: Debian's dataset-fashion-mnist not installed (needs apt-get and" \

@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 
 RECIPE_VERSION = 1  # bump when the code changes what a build produces
 # Intra-op threads while training, whoever calls: a fixed count keeps the weights the same from
-# the demo's own step and from a rank that builds it on first use (the other rank waits).
-THREADS = 2
+# the demo's own step and from a rank that builds it on first use (the other rank waits). One:
+# two threads took 2x the CPU time for the same steps on a busy machine (spinning workers).
+THREADS = 1
 
 # What each class looks like, in words (mini_classify's class names).
 LOOKS = {
@@ -218,8 +219,8 @@ def _train(out, classes, tokenizer, config, fingerprint, *, steps, batch, length
         opt.step()
         sched.step()
         losses.append(loss.item())
-        if (step + 1) % 200 == 0:
-            log.info("mini-lm step %d loss %.3f", step + 1, sum(losses[-200:]) / 200)
+        if (step + 1) % 20 == 0:
+            log.info("mini-lm step %d/%d loss %.3f", step + 1, steps, sum(losses[-20:]) / 20)
     window = max(1, steps // 10)
     training = {
         "steps": steps,
