@@ -57,7 +57,7 @@ from llava_ablate.demo.plan import (
 from llava_ablate.demo.summary import SCORER, summary
 
 # Steps done, the elapsed total, and the running step with its expected time from the plan.
-BAR = "{desc} {n_fmt}/{total_fmt} steps |{bar:20}| {elapsed} elapsed | {postfix}"
+BAR = "{desc} {n_fmt}/{total_fmt} steps |{bar:20}| {elapsed} elapsed{postfix}"
 
 
 @dataclass(frozen=True)
