@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	# Fashion-MNIST, one of the demo dataset's three real-image sources: Debian's package where
 	# apt-get and root are at hand; else the demo fetches the official files (MD5-checked) on
 	# first use, or reads FASHION_MNIST_DIR (llava_ablate/data/mini_classify.py).
-	@test -n "$$FASHION_MNIST_DIR" || test -d $(FASHION_DEB) \
+	@test -n "$$FASHION_MNIST_DIR" || test -f $(FASHION_DEB)/train-images-idx3-ubyte.gz \
 	  || { command -v apt-get >/dev/null && { $(SUDO) $(APT) dataset-fashion-mnist \
 	       || { $(SUDO) apt-get update -q && $(SUDO) $(APT) dataset-fashion-mnist; }; }; } \
 	  || echo "make install: Debian's dataset-fashion-mnist not installed (needs apt-get and" \
