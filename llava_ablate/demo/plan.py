@@ -46,10 +46,10 @@ QUICK = Budget(  # the test suite's run
 # Expected seconds on 2 idle CPU cores, projected from the CPU time measured per step (README:
 # the demo's timing; wall = CPU seconds / 2 cores): a launch (imports, DeepSpeed init on 2
 # ranks), seconds per optimizer step, and the evaluation at the end of stage 2 per test image.
-LAUNCH_S = 15.0
+LAUNCH_S = 10.0
 STEP_S = {  # llm -> (stage 1, stage 2) seconds per step
-    "small_qwen2": (0.3, 0.35),
-    "mini_lm": (0.3, 0.35),
+    "small_qwen2": (0.1, 0.37),
+    "mini_lm": (0.1, 0.37),
     "smollm2_135m": (1.0, 8.0),
 }
 EVAL_S_PER_IMAGE = {"small_qwen2": 0.1, "mini_lm": 0.1, "smollm2_135m": 1.0}
