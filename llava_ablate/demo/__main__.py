@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         "--with-smollm2",
         action="store_true",
         help="add the real SmolLM2-135M-Instruct arm (~30x the CPU time per sample; fewer "
-        "stage-2 steps, first seed only; adds ~25 min on 2 cores)",
+        "stage-2 steps, first seed only; ~33 min more on 2 idle cores, issue 20)",
     )
     parser.add_argument(
         "--seeds",
