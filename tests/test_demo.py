@@ -1,6 +1,6 @@
-"""The embedded default, reduced: the README's main command with fewer steps and the small LLM
-only (the SmolLM2 arms run in `make demo`). Real data, real DeepSpeed runs on 2 CPU ranks, the
-real evaluator and report."""
+"""The embedded default, reduced: the README's main command (both small LLMs: random-init and
+text-pretrained) with fewer steps. Real data, the mini-LM pre-trained for real, real DeepSpeed
+runs on 2 CPU ranks, the real evaluator and report."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ def test_demo_quick_grid_is_above_chance_and_reported(cache_dir, tmp_path, capsy
     runs = tmp_path / "runs"
     args = [
         "--quick",
-        "--llms",
-        "small_qwen2",
         "--runs-root",
         str(runs),
         "--cache-dir",
@@ -26,11 +24,16 @@ def test_demo_quick_grid_is_above_chance_and_reported(cache_dir, tmp_path, capsy
     ]
     report = main(args)
     assert report.exists() and "demo_extra" in report.read_text()
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "chance = 1/26" in out and "mini_clip zero-shot (baseline)" in out
+    assert "LLM axis, mini_lm - small_qwen2 (same samples)" in out
     assert "Wall time: " in out and "DATA axis, demo_extra - demo_base" in out
-    stage2 = sorted(runs.glob("small_qwen2-mini_clip-mlp2x_gelu-demo_*-demo_finetune-*"))
-    assert [p.name.split("-")[3] for p in stage2] == ["demo_base", "demo_extra"]
+    assert "wall time" in out.splitlines()[-1]  # the summary ends with the wall time
+    assert "(expected ~" in captured.err  # the bar shows each step's expected time
+    stage2 = sorted(runs.glob("*-mini_clip-mlp2x_gelu-demo_*-demo_finetune-*"))
+    assert [p.name.split("-")[0] for p in stage2] == ["mini_lm"] * 2 + ["small_qwen2"] * 2
+    assert [p.name.split("-")[3] for p in stage2] == ["demo_base", "demo_extra"] * 2
     fingerprints = set()
     for run in stage2:
         result = read_run(run, "name_likelihood").datasets["mini_classify"]
@@ -47,4 +50,5 @@ def test_demo_quick_grid_is_above_chance_and_reported(cache_dir, tmp_path, capsy
 
     # Re-running reuses every finished step.
     main(args)
-    assert capsys.readouterr().out.count("done before") == 4  # stage 1, 2 x stage 2, baseline
+    # mini-LM, 2 x (stage 1, 2 x stage 2), baseline
+    assert capsys.readouterr().out.count("done before") == 8

@@ -10,33 +10,31 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llava_ablate.demo.__main__ import (
-    FULL,
-    ArmScore,
-    main,
-    plan,
-    run_dir_of,
-    seed_spread_lines,
-)
+from llava_ablate.demo.__main__ import main
+from llava_ablate.demo.plan import FULL, LLMS, OPTIONAL_LLMS, plan, run_dir_of
+from llava_ablate.demo.summary import ArmScore, llm_axis_lines, seed_spread_lines
 
 
 def _value(step, key: str) -> str:
     return next(o.split("=", 1)[1] for o in step.overrides if o.startswith(key + "="))
 
 
-def test_each_seed_of_the_cheap_arm_gets_its_own_runs_from_its_own_stage1(tmp_path):
+def test_each_seed_of_the_cheap_arms_gets_its_own_runs_from_its_own_stage1(tmp_path):
     steps = plan(tmp_path / "runs", tmp_path / "cache", tmp_path / "exp.csv", FULL,
-                 seeds=(42, 1))  # fmt: skip
+                 LLMS + OPTIONAL_LLMS, seeds=(42, 1))  # fmt: skip
+    assert steps[0].label == "pretrain mini-LM on class texts"  # once, whatever the seeds
+    assert steps[0].done == tmp_path / "cache" / "mini_lm" / "build.json"
     train = [s for s in steps if s.script == "train.py"]
-    # small_qwen2: stage 1 + 2 data arms per seed; SmolLM2 (the costly arm): the first seed only.
+    # small_qwen2 and mini_lm: stage 1 + 2 data arms per seed; SmolLM2 (costly): the first seed.
     assert sorted((s.llm, s.seed) for s in train if s.label.startswith("stage 1")) == [
-        ("small_qwen2", 1), ("small_qwen2", 42), ("smollm2_135m", 42)]  # fmt: skip
+        ("mini_lm", 1), ("mini_lm", 42), ("small_qwen2", 1), ("small_qwen2", 42),
+        ("smollm2_135m", 42)]  # fmt: skip
     stage2 = [s for s in train if s.label.startswith("stage 2")]
     assert sorted((s.llm, s.data, s.seed) for s in stage2) == sorted(
-        [("small_qwen2", d, seed) for d in ("demo_base", "demo_extra") for seed in (42, 1)]
+        [(llm, d, seed) for llm in LLMS for d in ("demo_base", "demo_extra") for seed in (42, 1)]
         + [("smollm2_135m", d, 42) for d in ("demo_base", "demo_extra")]
     )
-    assert len({s.done for s in train}) == len(train) == 9  # no two runs share a directory
+    assert len({s.done for s in train}) == len(train) == 15  # no two runs share a directory
     assert len({s.label for s in steps}) == len(steps)  # log files are named by label
     stage1 = {(s.llm, s.seed): s.done for s in train if s.label.startswith("stage 1")}
     for s in train:
@@ -44,10 +42,24 @@ def test_each_seed_of_the_cheap_arm_gets_its_own_runs_from_its_own_stage1(tmp_pa
         assert s.done == run_dir_of(s.overrides) / "export"  # what train.py will name it
     for s in stage2:
         assert _value(s, "recipe.init_from") == str(stage1[s.llm, s.seed]), s.label
+    # The LLM axis is sample-matched: both small LLMs get the same steps in each stage.
+    for stage in ("stage 1", "stage 2"):
+        assert len({s.steps for s in train if s.llm in LLMS and s.label.startswith(stage)}) == 1
     # The seeds are in the run hash, so their directories differ only by it.
     qwen = sorted(s.done.parent.name for s in stage2 if s.llm == "small_qwen2")
     assert len({name.rsplit("-", 1)[0] for name in qwen}) == 2  # two data arms, two seeds each
     assert steps[-1].label == "baseline mini-CLIP zero-shot"
+
+
+def test_the_default_plan_is_expected_within_the_demo_budget(tmp_path):
+    """`make demo`'s steps, as the progress bar announces them: within ~10 of the 15 minutes
+    (issue 20's margin for a slower machine), each with a positive expectation."""
+    steps = plan(tmp_path / "runs", tmp_path / "cache", tmp_path / "exp.csv", FULL)
+    assert all(s.expected_s > 0 for s in steps)
+    assert sum(s.expected_s for s in steps) <= 11 * 60
+    with_smollm2 = plan(tmp_path / "runs", tmp_path / "cache", tmp_path / "exp.csv", FULL,
+                        LLMS + OPTIONAL_LLMS)  # fmt: skip
+    assert sum(s.expected_s for s in with_smollm2) > 20 * 60  # why it is not the default
 
 
 def test_default_seed_plans_the_runs_make_demo_already_has(tmp_path):
@@ -55,7 +67,8 @@ def test_default_seed_plans_the_runs_make_demo_already_has(tmp_path):
     option (and no seed tag in any label), so a finished `make demo` is reused."""
     steps = plan(tmp_path / "runs", tmp_path / "cache", tmp_path / "exp.csv", FULL)
     train = [s for s in steps if s.script == "train.py"]
-    assert len(train) == 6 and all(s.seed == 42 for s in train)
+    assert len(train) == 6 and all(s.seed == 42 for s in train)  # 2 LLMs x (stage 1 + 2 data)
+    assert {s.llm for s in train} == set(LLMS)  # SmolLM2 only on request
     assert not any("seed" in s.label for s in steps)
     first = train[0]
     without = [o for o in first.overrides if not o.startswith("train.seed=")]
@@ -93,11 +106,34 @@ def test_summary_spread_over_seeds_and_the_per_seed_data_delta():
     assert seed_spread_lines(scores[-2:]) == []  # a single-seed demo prints no spread
 
 
+def test_llm_axis_is_the_per_seed_delta_on_the_same_samples():
+    scores = [
+        ArmScore("small_qwen2", "demo_base", 42, 0.40, 0.10),
+        ArmScore("mini_lm", "demo_base", 42, 0.50, 0.20),
+        ArmScore("small_qwen2", "demo_base", 1, 0.45, 0.10),
+        ArmScore("mini_lm", "demo_base", 1, 0.44, 0.30),
+        ArmScore("small_qwen2", "demo_extra", 42, 0.40, 0.30),
+        ArmScore("mini_lm", "demo_extra", 42, 0.60, 0.50),
+    ]
+    lines = llm_axis_lines(scores)
+    assert lines[1] == "LLM axis, mini_lm - small_qwen2 (same samples), name likelihood, per seed"
+    text = "\n".join(lines)
+    assert "demo_base accuracy      +0.100 (seed 42), -0.010 (seed 1)   NOT in every seed" in text
+    assert "demo_base hard classes  +0.100 (seed 42), +0.200 (seed 1)   positive in every seed" in (
+        text
+    )
+    assert "demo_extra accuracy      +0.200 (seed 42)   positive in every seed" in text
+    assert llm_axis_lines(scores[:1]) == []  # one LLM: no axis
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--seeds", "1", "1"], "each seed once"),
-        (["--llms", "smollm2_135m", "--seeds", "42", "1"], "extra seeds train only small_qwen2"),
+        (
+            ["--llms", "smollm2_135m", "--seeds", "42", "1"],
+            "extra seeds train only small_qwen2, mini_lm",
+        ),  # fmt: skip
     ],
 )
 def test_seed_options_are_checked_before_any_work(argv, message, tmp_path, capsys):

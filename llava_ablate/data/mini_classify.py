@@ -1,7 +1,8 @@
 """mini-classify: a 30-class real-image classification set built offline from installed assets.
 
 - 10 handwritten digits (scikit-learn's `load_digits`, 8x8 scans),
-- 10 Fashion-MNIST garments (Debian `dataset-fashion-mnist`, 28x28 photos),
+- 10 Fashion-MNIST garments (28x28 photos): Debian's `dataset-fashion-mnist`, the directory
+  FASHION_MNIST_DIR names, or else the official files fetched once (MD5-checked),
 - 10 letters rendered from the installed fonts (DejaVu variants + Pillow's own), jittered.
 
 Naturally confusable pairs are kept on purpose: digit zero / letter O, digit one / letter I,
@@ -17,8 +18,11 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
+import logging
 import os
 import random
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +31,19 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from llava_ablate.base.files import atomic_write
 
-FASHION_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+log = logging.getLogger(__name__)
+
+DEBIAN_FASHION_DIR = Path(
+    "/usr/share/datasets/fashion-mnist"
+)  # apt-get install dataset-fashion-mnist
+# The official files and the MD5 checksums Zalando publishes for them (their README).
+FASHION_URL = "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion"
+FASHION_MD5 = {
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
 SIZE = 32
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -74,17 +90,64 @@ def _read_idx(path: Path) -> np.ndarray:
 
 def _fashion(split: str) -> tuple[np.ndarray, np.ndarray]:
     prefix = "train" if split == "train" else "t10k"
-    images, labels = (
-        FASHION_DIR / f"{prefix}-images-idx3-ubyte.gz",
-        FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz",
+    root = fashion_dir()
+    return (
+        _read_idx(root / f"{prefix}-images-idx3-ubyte.gz"),
+        _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz"),
     )
-    if not images.exists():
+
+
+def _has_fashion(root: Path) -> bool:
+    return all((root / name).is_file() for name in FASHION_MD5)
+
+
+def fashion_dir() -> Path:
+    """Where the four Fashion-MNIST files are: FASHION_MNIST_DIR if set, else Debian's package,
+    else the user cache; when neither holds them, the official files are fetched into
+    FASHION_MNIST_DIR (or the cache) and checked against the published MD5s. Offline, the error
+    names every way to provide them."""
+    env = os.environ.get("FASHION_MNIST_DIR")
+    if env:
+        target = Path(env)
+        candidates = [target]
+    else:
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        target = cache / "llava_ablate" / "fashion-mnist"
+        candidates = [DEBIAN_FASHION_DIR, target]
+    for root in candidates:
+        if _has_fashion(root):
+            return root
+    url = os.environ.get("FASHION_MNIST_URL", FASHION_URL)
+    where = " or ".join(str(c) for c in candidates)
+    log.warning("Fashion-MNIST not found in %s: fetching the official files from %s into %s "
+                "(MD5-checked)", where, url, target)  # fmt: skip
+    try:
+        _fetch_fashion(url, target)
+    except OSError as e:  # URLError and timeouts are OSErrors
         raise FileNotFoundError(
-            f"Fashion-MNIST not found at {images}: install it with "
-            "`apt-get install dataset-fashion-mnist` (what `make install` does), or set "
-            "FASHION_MNIST_DIR to a directory with the four *-ubyte.gz files"
-        )
-    return _read_idx(images), _read_idx(labels)
+            f"Fashion-MNIST (part of the demo's mini-classify) is not in {where}, and fetching "
+            f"it from {url} failed ({e}). Either install Debian's package (`sudo apt-get install "
+            f"dataset-fashion-mnist`, into {DEBIAN_FASHION_DIR}), or download the four files "
+            f"{', '.join(FASHION_MD5)} (e.g. from {FASHION_URL}) on a machine with a network "
+            "and set FASHION_MNIST_DIR to the directory holding them"
+        ) from e
+    return target
+
+
+def _fetch_fashion(url: str, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for name, md5 in FASHION_MD5.items():
+        if (target / name).is_file():
+            continue
+        with urllib.request.urlopen(f"{url}/{name}", timeout=60) as response:
+            data = response.read()
+        got = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        if got != md5:
+            raise OSError(f"{url}/{name}: MD5 {got}, the published checksum is {md5}")
+        tmp = target / f".{name}.part"
+        tmp.write_bytes(data)
+        tmp.rename(target / name)  # a file under its name is always complete
+        log.info("Fashion-MNIST: %s fetched (%d bytes, MD5 ok)", name, len(data))
 
 
 def _fonts() -> list[ImageFont.FreeTypeFont]:

@@ -127,7 +127,7 @@ class ModelSize:
 def _text_config(llm: LLMCfg, cache_dir: str):
     from transformers import AutoConfig
 
-    if llm.pretrained is None:
+    if llm.pretrained is None or llm.builtin:  # a built-in LLM is trained from its llm.config
         from llava_ablate.model.build import build_tokenizer
 
         vocab = len(build_tokenizer(llm, cache_dir))  # random init: the vocabulary is ours

@@ -167,6 +167,11 @@ def shard_image_side(vision: VisionCfg, setting, arch: ArchCfg = LLAVA) -> int |
 
 
 def build_llm(cfg: LLMCfg, vocab_size: int, attn: str, dtype: torch.dtype, cache_dir):
+    if cfg.builtin:  # pre-trained offline on first use (the demo's mini-LM)
+        from llava_ablate.model.mini_lm import generate_builtin_llm
+
+        tokenizer = build_tokenizer(cfg, cache_dir)
+        generate_builtin_llm(cfg.builtin, Path(cfg.pretrained or ""), tokenizer, cfg.config)
     if cfg.pretrained:
         src = resolve_llm_source(cfg.pretrained, cfg.gguf_file, cache_dir)
         return AutoModelForCausalLM.from_pretrained(src, dtype=dtype, attn_implementation=attn)
