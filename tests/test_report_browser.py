@@ -54,13 +54,13 @@ document.body.appendChild(pre);
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Debian's chromium (`make install` installs it); CI sets LLAVA_REQUIRE_BROWSER=1."""
+    """Debian's chromium (`make test` installs it: its `browser` target); CI sets LLAVA_REQUIRE_BROWSER=1."""
     path = shutil.which("chromium")
     if path is None:
-        msg = "no chromium on PATH (apt-get install chromium; `make install` does)"
+        msg = "no chromium on PATH (apt-get install chromium; `make test` does (target `browser`))"
         if os.environ.get("LLAVA_REQUIRE_BROWSER"):  # set by `make test` and CI
             pytest.fail(msg)
-        # Only a bare `pytest` on a machine where `make install` never ran (no Debian chromium)
+        # Only a bare `pytest` on a machine where `make test` never ran (no Debian chromium)
         # gets here: the browser is a system package, not a Python dependency.
         pytest.skip(msg)
     return path
