@@ -243,22 +243,24 @@ def test_demo_summary_ends_with_the_wall_time_and_the_two_findings(tmp_path):
     grid = tmp_path / "grid"
     answers = {}
     owl = np.arange(400) % len(CLASSES) == CLASSES.index("owl")
-    for llm, p in (("small_qwen2", 0.4), ("smollm2_135m", 0.7)):
+    for llm, p in (("small_qwen2", 0.4), ("mini_lm", 0.7)):
         for data, hard_p in (("demo_base", 0.1), ("demo_extra", 0.5)):
             run = grid / f"{llm}-{data}"
             _write_run(grid, llm, rng, {}, data=data, name=run.name)
             correct = np.where(owl, rng.random(400) < hard_p, rng.random(400) < p)
-            _write_dataset(run / "eval/step_20/digits", "digits", correct, {"owl"}, "fp-digits",
+            # The demo's one dataset, under its own name (the demo's summary reads it by name).
+            _write_dataset(run / "eval/step_20/mini_classify", "mini_classify", correct, {"owl"},
+                           "fp-mini_classify",
                            scorers=("name_likelihood", "likelihood"))  # fmt: skip
             answers[(llm, data)] = correct
-    clip = _clip(tmp_path, {"digits": rng.random(400) < 0.5})
+    clip = _clip(tmp_path, {"mini_classify": rng.random(400) < 0.5})
     text = grid_summary([grid, clip], scorers=["name_likelihood", "likelihood"],
-                        llms=("small_qwen2", "smollm2_135m"), data=("demo_base", "demo_extra"),
+                        llms=("small_qwen2", "mini_lm"), data=("demo_base", "demo_extra"),
                         wall_s=754.2, n_boot=2000, seed=0)  # fmt: skip
     lines = text.splitlines()
     assert lines[-3] == "Wall time: 12 min 34 s."
     llm_line, data_line = lines[-2:]
-    assert llm_line.startswith("LLM axis, smollm2_135m - small_qwen2 (same stage-2 samples")
+    assert llm_line.startswith("LLM axis, mini_lm - small_qwen2 (same stage-2 samples")
     assert data_line.startswith("DATA axis, demo_extra - demo_base (same LLM")
 
     def pp(a, b, mask) -> str:
@@ -268,22 +270,28 @@ def test_demo_summary_ends_with_the_wall_time_and_the_two_findings(tmp_path):
 
     everything = np.ones(400, bool)
     for data in ("demo_base", "demo_extra"):
-        a, b = answers[("small_qwen2", data)], answers[("smollm2_135m", data)]
+        a, b = answers[("small_qwen2", data)], answers[("mini_lm", data)]
         assert f"data={data}: hard classes {pp(a, b, owl)}, all questions " \
                f"{pp(a, b, everything)}" in llm_line  # fmt: skip
-    for llm in ("small_qwen2", "smollm2_135m"):
+    for llm in ("small_qwen2", "mini_lm"):
         a, b = answers[(llm, "demo_base")], answers[(llm, "demo_extra")]
         assert f"llm={llm}: hard classes {pp(a, b, owl)}" in data_line
     # The table above uses the report's rows: the CLIP row first, each scorer.
     assert lines[1].startswith("mini_clip zero-shot (baseline)")
     assert sum(x.startswith("variant (") for x in lines) == 2
     # The demo prints exactly this for its stage-2 steps and its baseline.
-    from llava_ablate.demo.__main__ import LLMS, Step, summary
+    from llava_ablate.demo.plan import LLMS, Step
+    from llava_ablate.demo.summary import summary
 
-    assert LLMS[:2] == ("small_qwen2", "smollm2_135m")
+    assert LLMS[:2] == ("small_qwen2", "mini_lm")
     steps = [Step(f"stage 2 {k}", "train.py", [], grid / f"{k[0]}-{k[1]}" / "export", 1, *k, 42)
              for k in answers]  # fmt: skip
-    assert summary(steps, clip, 754.2) == text
+    printed = summary(steps, clip, 754.2)
+    # The demo's own per-seed LLM-axis lines, then the report's table, the wall time and the
+    # two findings, exactly as above.
+    assert printed.splitlines()[-3:] == lines[-3:]
+    assert "mini_clip zero-shot (baseline)" in printed
+    assert printed.splitlines()[1].startswith("LLM axis, mini_lm - small_qwen2 (same samples)")
 
 
 def test_report_templates_ship_as_package_data():
