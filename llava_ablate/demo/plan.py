@@ -12,7 +12,7 @@ from pathlib import Path
 APPS = {
     "train.py": "llava_ablate.launch.train_app",
     "evaluate.py": "llava_ablate.launch.evaluate_app",
-    "mini_lm": "llava_ablate.model.mini_lm",  # one process (no torchrun)
+    "mini_lm": "llava_ablate.demo.mini_lm_app",  # one process (no torchrun)
 }
 # The LLM axis: two LLMs of one shape and cost per step, random-init vs pre-trained on text about
 # the classes; both see the same samples. SmolLM2 (real, ~30x the cost per sample) is optional.

@@ -256,24 +256,3 @@ def generate_builtin_llm(name: str, out: Path, tokenizer, config: dict) -> Path:
     data = generate_builtin("mini_classify", out.parent / "mini_classify")
     with file_lock(out.with_suffix(".lock")):
         return build_mini_lm(out, data, tokenizer, config)
-
-
-def main(argv: list[str] | None = None) -> Path:
-    """`python -m llava_ablate.model.mini_lm llm=mini_lm paths.cache_dir=...`: build the
-    configured built-in LLM now (the demo's first step) instead of in the first run using it."""
-    import sys
-
-    from llava_ablate.config import compose_config, to_object
-    from llava_ablate.model.build import build_tokenizer
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg = to_object(compose_config(sys.argv[1:] if argv is None else argv))
-    if not cfg.llm.builtin:
-        raise SystemExit(f"llm={cfg.llm.name} has no llm.builtin: nothing to build")
-    tokenizer = build_tokenizer(cfg.llm, cfg.paths.cache_dir)
-    return generate_builtin_llm(cfg.llm.builtin, Path(cfg.llm.pretrained or ""), tokenizer,
-                                cfg.llm.config)  # fmt: skip
-
-
-if __name__ == "__main__":
-    main()
