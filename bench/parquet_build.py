@@ -9,7 +9,7 @@ the CLIP-L/336 grids store: `data.max_image_side=auto`), so its peak RSS (getrus
 worker's. The old reader (kept here as the baseline: `pq.read_table(f).to_pylist()` for every
 shard) runs only up to `--old-max-rows`: at 20,000 rows it would hold ~10x the file in memory.
 
-    python -m bench.parquet_build [--rows 2000 20000] [--old-max-rows 2000] [--dir /tmp/x]
+    python -m bench.parquet_build [--rows 2000 20000] [--old-max-rows 2000] [--dir DIR]
 
 `llava-ablate plan` projects build times from the streaming rate measured here
 (llava_ablate/launch/build_rate.py holds the figure and where it came from).

@@ -6,7 +6,6 @@ Runs in a copy of the repository with its own venv (the project's venv is never 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,7 +22,6 @@ def _make(args: list[str], cwd, env, timeout=1800) -> subprocess.CompletedProces
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_install_and_demo_dry_run_without_root(tmp_path):
     repo = copy_repository(tmp_path / "repo")
     empty = tmp_path / "no-fashion"

@@ -14,7 +14,6 @@ from llava_ablate.report.tables import (
     UP,
     Cell,
     PaperTable,
-    TableRow,
     columns,
     footnote_lines,
     interval_text,
@@ -28,10 +27,6 @@ def _text_cell(c: Cell | None) -> str:
     if c is None:
         return "–"
     return f"{value_text(c)} {interval_text(c)}" + ARROWS.get(c.flag, "")
-
-
-def _row_label(row: TableRow) -> str:
-    return row.label + (" (baseline)" if row.baseline else "")
 
 
 def to_markdown(t: PaperTable) -> str:
