@@ -94,6 +94,9 @@ class LLMCfg:
     chat_template: str | None = None  # shipped template used when the tokenizer has none
     force_chat_template: bool = False  # use the shipped template even if the tokenizer has one
     builtin: str | None = None  # an LLM the project pre-trains offline into `pretrained` (demo)
+    # That pre-training's knobs (steps, lr, ...): config keys, hence in the run identity, so a
+    # changed recipe names new runs instead of reusing runs trained on the old model.
+    builtin_recipe: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -140,7 +140,7 @@ def result_config(cfg: DictConfig) -> dict[str, Any]:
             return [walk(_child(node, i, f"{path}[{i}]"), f"{path}[{i}]") for i in range(len(node))]
         return norm(node)
 
-    return _without_default_kernels(_without_default_arch(walk(cfg, "")))
+    return _without_added_defaults(_without_default_arch(walk(cfg, "")))
 
 
 def _without_default_arch(part: dict[str, Any]) -> dict[str, Any]:
@@ -153,12 +153,19 @@ def _without_default_arch(part: dict[str, Any]) -> dict[str, Any]:
     return part
 
 
-def _without_default_kernels(part: dict[str, Any]) -> dict[str, Any]:
-    """`recipe.kernels=none` is what every run was before the key existed: left out, it keeps
-    those runs' identities; fused kernels (`liger`) are hashed."""
-    recipe = part.get("recipe")
-    if isinstance(recipe, dict) and recipe.get("kernels") == "none":
-        part = {**part, "recipe": {k: v for k, v in recipe.items() if k != "kernels"}}
+# Keys added after runs existed, with the value every earlier run had: left out of the hash
+# while they hold it, so those runs keep their identities; any other value is hashed.
+ADDED_LATER = {
+    ("recipe", "kernels"): "none",  # fused kernels (liger) are hashed
+    ("llm", "builtin_recipe"): {},  # a built-in LLM's pre-training recipe (the demo's mini-LM)
+}
+
+
+def _without_added_defaults(part: dict[str, Any]) -> dict[str, Any]:
+    for (group, key), default in ADDED_LATER.items():
+        node = part.get(group)
+        if isinstance(node, dict) and key in node and node[key] == default:
+            part = {**part, group: {k: v for k, v in node.items() if k != key}}
     return part
 
 

@@ -64,3 +64,28 @@ def test_llm_mini_lm_is_pretrained_on_first_use_then_cached(tmp_path, vision):
     build_tiny(tmp_path, vision, "mini_lm", overrides=(*overrides, "llm.config.hidden_size=48"))
     assert (out / "build.json").stat().st_mtime_ns != built
     assert json.loads((out / "config.json").read_text())["hidden_size"] == 48
+
+
+def test_the_pretraining_recipe_is_in_the_run_identity(tmp_path):
+    """A changed mini-LM recipe names new runs (the old runs' weights came from the old model);
+    an LLM without one (every run before the key existed) keeps its identity."""
+    from llava_ablate.config import compose_config
+    from llava_ablate.demo.plan import run_dir_of
+    from llava_ablate.run_identity import result_config
+
+    common = ["+experiment=demo_stage1", f"train.runs_root={tmp_path}"]
+    mini = run_dir_of([*common, "llm=mini_lm"])
+    assert run_dir_of([*common, "llm=mini_lm", "llm.builtin_recipe.lr=3e-3"]) != mini
+    assert run_dir_of([*common, "llm=mini_lm", "llm.builtin_recipe.lr=1e-3"]) == mini
+    hashed = result_config(compose_config([*common, "llm=mini_lm"]))
+    assert hashed["llm"]["builtin_recipe"]["lr"] == 1e-3
+    assert "builtin_recipe" not in result_config(compose_config([*common, "llm=small_qwen2"]))["llm"]
+
+
+def test_an_unknown_recipe_key_fails_before_any_work(tmp_path):
+    from llava_ablate.model.mini_lm import generate_builtin_llm
+
+    tok = build_tiny_tokenizer(tmp_path / "tok", "qwen2")
+    with pytest.raises(ValueError, match=r"llm.builtin_recipe: unknown key\(s\) \['epochs'\]"):
+        generate_builtin_llm("mini_lm", tmp_path / "mini_lm", tok, {}, epochs=3)
+    assert not (tmp_path / "mini_lm").exists() and not (tmp_path / "mini_classify").exists()

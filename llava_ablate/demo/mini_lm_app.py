@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"llm={cfg.llm.name} has no llm.builtin: nothing to build")
     tokenizer = build_tokenizer(cfg.llm, cfg.paths.cache_dir)
     return generate_builtin_llm(cfg.llm.builtin, Path(cfg.llm.pretrained or ""), tokenizer,
-                                cfg.llm.config)  # fmt: skip
+                                cfg.llm.config, **cfg.llm.builtin_recipe)  # fmt: skip
 
 
 if __name__ == "__main__":

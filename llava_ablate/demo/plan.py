@@ -43,19 +43,19 @@ QUICK = Budget(  # the test suite's run
     {"small_qwen2": (20, 60), "mini_lm": (20, 60), "smollm2_135m": (4, 4)}, eval_per_class=4
 )
 
-# Expected seconds on 2 idle CPU cores, projected from the CPU time measured per step (README:
-# the demo's timing; wall = CPU seconds / 2 cores): a launch (imports, DeepSpeed init on 2
+# Expected wall seconds on 2 idle CPU cores, from `make demo` measured on a fresh clone on an
+# idle 2-core AMD EPYC (README: the demo's timing): a launch (imports, DeepSpeed init on 2
 # ranks), seconds per optimizer step, and the evaluation at the end of stage 2 per test image.
 LAUNCH_S = 10.0
 STEP_S = {  # llm -> (stage 1, stage 2) seconds per step
-    "small_qwen2": (0.1, 0.37),
-    "mini_lm": (0.1, 0.37),
-    "smollm2_135m": (1.0, 8.0),
+    "small_qwen2": (0.12, 0.32),
+    "mini_lm": (0.12, 0.32),
+    "smollm2_135m": (1.0, 8.0),  # projected from CPU time on a loaded machine (not re-measured)
 }
 EVAL_S_PER_IMAGE = {"small_qwen2": 0.1, "mini_lm": 0.1, "smollm2_135m": 1.0}
-MINI_LM_S = 75.0  # pre-training the mini-LM (one thread: wall = CPU time)
-FIRST_STAGE1_S = 20.0  # mini-classify and the mini-CLIP tower, built by the first stage 1
-BASELINE_S = 15.0
+MINI_LM_S = 70.0  # pre-training the mini-LM (one thread)
+FIRST_STAGE1_S = 50.0  # mini-classify and the mini-CLIP tower, built by the first stage 1
+BASELINE_S = 8.0
 
 
 @dataclass

@@ -171,7 +171,9 @@ def build_llm(cfg: LLMCfg, vocab_size: int, attn: str, dtype: torch.dtype, cache
         from llava_ablate.model.mini_lm import generate_builtin_llm
 
         tokenizer = build_tokenizer(cfg, cache_dir)
-        generate_builtin_llm(cfg.builtin, Path(cfg.pretrained or ""), tokenizer, cfg.config)
+        generate_builtin_llm(
+            cfg.builtin, Path(cfg.pretrained or ""), tokenizer, cfg.config, **cfg.builtin_recipe
+        )
     if cfg.pretrained:
         src = resolve_llm_source(cfg.pretrained, cfg.gguf_file, cache_dir)
         return AutoModelForCausalLM.from_pretrained(src, dtype=dtype, attn_implementation=attn)

@@ -246,16 +246,25 @@ def _train(out, classes, tokenizer, config, fingerprint, *, steps, batch, length
     return out
 
 
-def generate_builtin_llm(name: str, out: Path, tokenizer, config: dict) -> Path:
+_POSITIONAL = ("out", "data_root", "tokenizer", "config")
+
+
+def generate_builtin_llm(name: str, out: Path, tokenizer, config: dict, **recipe) -> Path:
     """Train built-in LLM `name` into `out` once; mini-classify (whose class names it learns)
     lives next to it and is generated first if needed. Concurrent ranks wait for the one that
-    trains."""
+    trains. `recipe`: `build_mini_lm`'s keyword arguments (llm.builtin_recipe)."""
+    import inspect
+
     from llava_ablate.data.builtin import generate_builtin
 
     if name != "mini_lm":
         raise ValueError(f"llm.builtin={name!r}; known: ['mini_lm']")
+    known = [p for p in inspect.signature(build_mini_lm).parameters if p not in _POSITIONAL]
+    unknown = sorted(set(recipe) - set(known))
+    if unknown:
+        raise ValueError(f"llm.builtin_recipe: unknown key(s) {unknown}; known: {known}")
     if not str(out) or str(out) == ".":
         raise ValueError("llm.builtin=mini_lm needs llm.pretrained: where to write it")
     data = generate_builtin("mini_classify", out.parent / "mini_classify")
     with file_lock(out.with_suffix(".lock")):
-        return build_mini_lm(out, data, tokenizer, config)
+        return build_mini_lm(out, data, tokenizer, config, **recipe)
