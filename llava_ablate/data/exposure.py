@@ -69,13 +69,21 @@ class PhraseIndex:
                 self.by_first.setdefault(variant[0], []).append((variant, k))
 
     def mentions(self, text: str) -> dict[int, int]:
-        """concept index -> number of mentions in `text`."""
+        """concept index -> number of mentions in `text`. Leftmost-longest, without overlaps:
+        "t-shirt" is one mention of t-shirt, not also one of shirt ("sea lion" is no lion)."""
         tokens = words(text)
         found: dict[int, int] = {}
-        for i, tok in enumerate(tokens):
-            for phrase, k in self.by_first.get(tok, ()):
-                if tuple(tokens[i : i + len(phrase)]) == phrase:
-                    found[k] = found.get(k, 0) + 1
+        i = 0
+        while i < len(tokens):
+            hits = [(len(p), k) for p, k in self.by_first.get(tokens[i], ())
+                    if tuple(tokens[i : i + len(p)]) == p]  # fmt: skip
+            if not hits:
+                i += 1
+                continue
+            n = max(length for length, _ in hits)
+            for k in {k for length, k in hits if length == n}:  # a phrase two classes share
+                found[k] = found.get(k, 0) + 1
+            i += n
         return found
 
 
