@@ -62,6 +62,16 @@ def test_the_default_plan_is_expected_within_the_demo_budget(tmp_path):
     assert sum(s.expected_s for s in with_smollm2) > 20 * 60  # why it is not the default
 
 
+def test_another_exposure_table_names_other_stage2_runs(tmp_path):
+    """The demo names its exposure table by content: a table counted otherwise (e.g. before
+    the leftmost-longest fix) is another path, hence other stage-2 runs, never reused ones."""
+    def stage2(table):
+        steps = plan(tmp_path / "runs", tmp_path / "cache", tmp_path / table, FULL)
+        return {s.done for s in steps if s.label.startswith("stage 2")}
+
+    assert stage2("exposure_demo_base-aaaa.csv").isdisjoint(stage2("exposure_demo_base-bbbb.csv"))
+
+
 def test_default_seed_plans_the_runs_make_demo_already_has(tmp_path):
     """`--seeds` defaults to train.seed's own default: the same directories as before the
     option (and no seed tag in any label), so a finished `make demo` is reused."""

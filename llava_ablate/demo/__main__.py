@@ -103,21 +103,28 @@ def _total_cpu() -> float:
 
 
 def exposure_table(runs_root: Path, cache_dir: Path) -> Path:
-    """Concept exposure of the base mixture: hard classes are its least-mentioned ones."""
+    """Concept exposure of the base mixture: hard classes are its least-mentioned ones. Counted
+    on every start (seconds) into a file named by its content: the path is in each stage-2 run's
+    config, hence in its identity, so runs scored with another table are never reused."""
+    import hashlib
+    import tempfile
+
     from llava_ablate.config import compose_config, to_object
     from llava_ablate.data.builtin import prepare_builtin
     from llava_ablate.data.exposure import exposure_table as table
     from llava_ablate.data.exposure import load_concepts, mixture_texts, write_exposure
     from llava_ablate.data.mixture import open_mixture
 
-    out = runs_root / "exposure_demo_base.csv"
-    if out.exists():
-        return out
     cfg = to_object(compose_config(["data=demo_base", f"paths.cache_dir={cache_dir}"]))
     prepare_builtin(cfg.data, cfg.train.seed)
     names = Path(cfg.data.sources[0].path).parent / "names.txt"
     rows = table(mixture_texts(open_mixture(cfg.data, cfg.train.seed)), load_concepts(names))
-    write_exposure(rows, out)
+    with tempfile.TemporaryDirectory(dir=runs_root) as tmp:
+        counted = Path(tmp) / "table.csv"
+        write_exposure(rows, counted)
+        digest = hashlib.sha256(counted.read_bytes()).hexdigest()[:8]
+        out = runs_root / f"exposure_demo_base-{digest}.csv"
+        counted.replace(out)  # the same table again: the same bytes
     return out
 
 
