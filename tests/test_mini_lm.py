@@ -47,7 +47,9 @@ def test_the_text_describes_every_class_the_visual_data_lacks(tmp_path):
 @pytest.mark.parametrize("vision", ["tiny_clip"])
 def test_llm_mini_lm_is_pretrained_on_first_use_then_cached(tmp_path, vision):
     torch.set_num_threads(1)
-    overrides = (f"paths.cache_dir={tmp_path}", *NARROW)
+    # The narrow model needs the higher lr to show a clear fall in 120 steps (set through
+    # llm.builtin_recipe, as a user would).
+    overrides = (f"paths.cache_dir={tmp_path}", *NARROW, "llm.builtin_recipe.lr=3e-3")
     variant = build_tiny(tmp_path, vision, "mini_lm", overrides=overrides)
     out = tmp_path / "mini_lm"
     log = json.loads((out / "training.json").read_text())
