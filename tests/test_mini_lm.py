@@ -90,4 +90,7 @@ def test_an_unknown_recipe_key_fails_before_any_work(tmp_path):
     tok = build_tiny_tokenizer(tmp_path / "tok", "qwen2")
     with pytest.raises(ValueError, match=r"llm.builtin_recipe: unknown key\(s\) \['epochs'\]"):
         generate_builtin_llm("mini_lm", tmp_path / "mini_lm", tok, {}, epochs=3)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \[\], missing \['seed'\]"):
+        generate_builtin_llm("mini_lm", tmp_path / "mini_lm", tok, {},
+                             steps=1, batch=1, length=8, lr=1e-3)  # fmt: skip
     assert not (tmp_path / "mini_lm").exists() and not (tmp_path / "mini_classify").exists()

@@ -165,17 +165,15 @@ def build_mini_lm(
     tokenizer,
     config: dict,
     *,
-    steps: int = 120,
-    batch: int = 32,
-    length: int = 64,
-    # 1e-3, not 3e-3: both reach the same corpus loss (0.31) in 120 steps, but the 3e-3 model
-    # then learned images worse in stage 2 (seed 42, demo_base: 0.36 vs 0.46 on the test
-    # questions; 5e-4 also gave 0.46): a gentler pre-training leaves a model that still adapts.
-    lr: float = 1e-3,
-    seed: int = 0,
+    steps: int,
+    batch: int,
+    length: int,
+    lr: float,
+    seed: int,
 ) -> Path:
     """Causal-LM train a Qwen2 of `config` (llm.config) on the class texts into `out`, unless the
-    same recipe is there already; returns `out`."""
+    same recipe is there already; returns `out`. The recipe has no defaults here: its one source
+    is `llm.builtin_recipe` (conf/llm/mini_lm.yaml), which the run identity hashes."""
     out = Path(out)
     classes = class_names(data_root)
     recipe = dict(steps=steps, batch=batch, length=length, lr=lr, seed=seed, threads=THREADS)
@@ -246,9 +244,6 @@ def _train(out, classes, tokenizer, config, fingerprint, *, steps, batch, length
     return out
 
 
-_POSITIONAL = ("out", "data_root", "tokenizer", "config")
-
-
 def generate_builtin_llm(name: str, out: Path, tokenizer, config: dict, **recipe) -> Path:
     """Train built-in LLM `name` into `out` once; mini-classify (whose class names it learns)
     lives next to it and is generated first if needed. Concurrent ranks wait for the one that
@@ -259,10 +254,12 @@ def generate_builtin_llm(name: str, out: Path, tokenizer, config: dict, **recipe
 
     if name != "mini_lm":
         raise ValueError(f"llm.builtin={name!r}; known: ['mini_lm']")
-    known = [p for p in inspect.signature(build_mini_lm).parameters if p not in _POSITIONAL]
-    unknown = sorted(set(recipe) - set(known))
-    if unknown:
-        raise ValueError(f"llm.builtin_recipe: unknown key(s) {unknown}; known: {known}")
+    params = inspect.signature(build_mini_lm).parameters.values()
+    known = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+    unknown, missing = sorted(set(recipe) - set(known)), [k for k in known if k not in recipe]
+    if unknown or missing:
+        raise ValueError(f"llm.builtin_recipe: unknown key(s) {unknown}, missing {missing}; "
+                         f"it takes {known}")  # fmt: skip
     if not str(out) or str(out) == ".":
         raise ValueError("llm.builtin=mini_lm needs llm.pretrained: where to write it")
     data = generate_builtin("mini_classify", out.parent / "mini_classify")
