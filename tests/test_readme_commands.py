@@ -1,4 +1,5 @@
-"""Every command in a fenced ```bash block of README.md and bench/README.md is exercised here.
+"""Every command in a fenced ```bash block of README.md, docs/*.md and bench/README.md is
+exercised here.
 
 `EXERCISES` maps each command (its text, comment dropped, continuation lines joined, words
 separated by one space) to how it is exercised; a README command without an entry fails
@@ -36,7 +37,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-READMES = [ROOT / "README.md", ROOT / "bench/README.md"]
+# The front page, every docs page and the bench page: a page added to docs/ is covered at once.
+READMES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench/README.md"]
 
 
 def readme_commands(path: Path) -> list[str]:
