@@ -139,9 +139,11 @@ class ModelCfg:
     dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU | bf16 | fp16 | fp32
     attn_implementation: str = "sdpa"
     templates: str = "simple"  # clip/siglip: simple ("a photo of a {}.") | openai80 | a file
-    # pad: LLaVA-1.5's pad-to-square (never for anyres processors, e.g. LLaVA-OneVision, which
-    # tile at the image's aspect ratio) | native: as the processor takes it
-    image_aspect: str = "pad"
+    # auto: as the family's makers evaluate it (eval/families: pad for LLaVA-1.5 and our llava
+    # exports; native for the dynamic-resolution and tiling families) | pad: LLaVA-1.5's
+    # pad-to-square (never for anyres processors, which tile at the image's aspect ratio) |
+    # native: as the processor takes it
+    image_aspect: str = "auto"
 
 
 @dataclass
@@ -236,7 +238,7 @@ def validate_evaluate(cfg: EvaluateConfig) -> None:
     check_known_keys(cfg)  # `+model.foo=1` is added even in struct mode
     _choice("model.type", cfg.model.type, MODEL_TYPES)
     _choice("model.dtype", cfg.model.dtype, ("auto", "bf16", "fp16", "fp32"))
-    _choice("model.image_aspect", cfg.model.image_aspect, ("pad", "native"))
+    _choice("model.image_aspect", cfg.model.image_aspect, ("auto", "pad", "native"))
     scorers = set(cfg.eval.scoring.scorers)
     if cfg.model.type != "mllm" and "generate" in scorers:
         raise ConfigError(

@@ -30,6 +30,14 @@ def test_demo_quick_grid_is_above_chance_and_reported(cache_dir, tmp_path, capsy
     assert "LLM axis, mini_lm - small_qwen2 (same samples)" in out
     assert "Wall time: " in out and "DATA axis, demo_extra - demo_base" in out
     assert "wall time" in out.splitlines()[-1]  # the summary ends with the wall time
+    assert "idle cores" not in out.splitlines()[-1]  # what was measured, not a projection
+    # The report's files, not only the terminal, carry the tower's zero-shot row as baseline.
+    html = report.read_text()
+    assert "mini_clip zero-shot" in _accuracy_figure(html)  # the accuracy plot and its legend
+    for suffix in (".md", ".csv", ".tex"):
+        table = report.with_suffix(suffix).read_text()
+        assert "mini_clip zero-shot" in table, suffix
+    assert "against mini_clip zero-shot" in out  # the paired tests are against it
     assert "(expected ~" in captured.err  # the bar shows each step's expected time
     stage2 = sorted(runs.glob("*-mini_clip-mlp2x_gelu-demo_*-demo_finetune-*"))
     assert [p.name.split("-")[0] for p in stage2] == ["mini_lm"] * 2 + ["small_qwen2"] * 2
@@ -52,3 +60,9 @@ def test_demo_quick_grid_is_above_chance_and_reported(cache_dir, tmp_path, capsy
     main(args)
     # mini-LM, 2 x (stage 1, 2 x stage 2), baseline
     assert capsys.readouterr().out.count("done before") == 8
+
+
+def _accuracy_figure(html: str) -> str:
+    """The report's first chart (accuracy per dataset) with its legend."""
+    start = html.index('<figure class="chart">')
+    return html[start : html.index("</figure>", start)]

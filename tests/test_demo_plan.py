@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llava_ablate.demo.__main__ import main
+from llava_ablate.demo.__main__ import main, report_inputs
 from llava_ablate.demo.plan import FULL, LLMS, OPTIONAL_LLMS, plan, run_dir_of
 from llava_ablate.demo.summary import ArmScore, llm_axis_lines, seed_spread_lines
 
@@ -49,11 +49,16 @@ def test_each_seed_of_the_cheap_arms_gets_its_own_runs_from_its_own_stage1(tmp_p
     qwen = sorted(s.done.parent.name for s in stage2 if s.llm == "small_qwen2")
     assert len({name.rsplit("-", 1)[0] for name in qwen}) == 2  # two data arms, two seeds each
     assert steps[-1].label == "baseline mini-CLIP zero-shot"
+    # The report's inputs: each stage-2 run once, and the zero-shot row its files must carry.
+    assert report_inputs(stage2, steps[-1].done.parent) == [
+        *(str(s.done.parent) for s in stage2),
+        str(tmp_path / "runs" / "mini_clip-zero_shot"),
+    ]
 
 
 def test_the_default_plan_is_expected_within_the_demo_budget(tmp_path):
     """`make demo`'s steps, as the progress bar announces them: within ~10 of the 15 minutes
-    (issue 20's margin for a slower machine), each with a positive expectation."""
+    (a margin for a slower machine), each with a positive expectation."""
     steps = plan(tmp_path / "runs", tmp_path / "cache", tmp_path / "exp.csv", FULL)
     assert all(s.expected_s > 0 for s in steps)
     assert sum(s.expected_s for s in steps) <= 11 * 60
@@ -65,6 +70,7 @@ def test_the_default_plan_is_expected_within_the_demo_budget(tmp_path):
 def test_another_exposure_table_names_other_stage2_runs(tmp_path):
     """The demo names its exposure table by content: a table counted otherwise (e.g. before
     the leftmost-longest fix) is another path, hence other stage-2 runs, never reused ones."""
+
     def stage2(table):
         steps = plan(tmp_path / "runs", tmp_path / "cache", tmp_path / table, FULL)
         return {s.done for s in steps if s.label.startswith("stage 2")}

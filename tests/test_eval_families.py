@@ -133,6 +133,41 @@ def test_generate_equals_stock_generate(family):
         assert text == processor.batch_decode(new, skip_special_tokens=True)[0], name
 
 
+def test_default_images_reach_each_family_as_its_makers_give_them(family, tmp_path):
+    """`model.image_aspect=auto`, the default: a non-square image reaches the model as its family
+    is evaluated -- padded to a square for LLaVA-1.5 (and our llava exports), as read for the
+    dynamic-resolution and tiling families -- and both likelihood scorers, through evaluate.py's
+    own item maker, equal one stock forward on that image."""
+    from llava_ablate.data.images import mean_colour, pad_to_square
+    from llava_ablate.eval.datasets import ClassificationDataset, Sample
+    from llava_ablate.eval.run import image_aspect_of, item_maker
+    from llava_ablate.eval_config import EvalCfg, EvaluateConfig, ModelCfg
+
+    name, model, processor = family
+    model.config.save_pretrained(tmp_path)  # what AutoConfig reads of model.path: the family
+    cfg = EvaluateConfig(model=ModelCfg(path=str(tmp_path)), out_dir=str(tmp_path / "out"))
+    assert cfg.model.image_aspect == "auto"
+    aspect = image_aspect_of(cfg, processor.image_processor)
+    assert aspect == ("pad" if name == "llava" else "native"), name
+    image = Image.new("RGB", (112, 56))
+    image.putdata([(x * 2, y * 4, (x + y) % 256) for y in range(56) for x in range(112)])
+    image.save(tmp_path / "wide.png")
+    q = _question(2)
+    dataset = ClassificationDataset(
+        "d", NAMES, [Sample(q.sample_id, 0, str(tmp_path / "wide.png"))]
+    )
+    item = item_maker(dataset, EvalCfg(), processor.image_processor, aspect == "pad")(q)
+    given = (
+        pad_to_square(image, mean_colour(processor.image_processor)) if name == "llava" else image
+    )
+    assert item.image.size == given.size and list(item.image.getdata()) == list(given.getdata())
+    cm = MLLMChoiceModel(model, processor)
+    fused = cm.choice_scores([item], ["likelihood", "name_likelihood"])
+    letters, names = _references(cm, model, processor, PromptItem(q, given, item.text))
+    np.testing.assert_allclose(fused["likelihood"][0, :5], letters[:5], atol=1e-4)
+    np.testing.assert_allclose(fused["name_likelihood"][0], names, atol=1e-4)
+
+
 def test_an_unsupported_family_fails_before_loading(tmp_path):
     from transformers import PaliGemmaConfig
 

@@ -202,6 +202,7 @@ def test_evaluate_cli_torchrun_matches_single_process(cache_dir, digits, tmp_pat
     one = run([sys.executable], tmp_path / "one")
     assert one["scorers"] == two["scorers"]
     assert one["question_set"]["fingerprint"] == two["question_set"]["fingerprint"]
+    assert one["image_aspect"] == "pad"  # model.image_aspect=auto: our llava export pads
     lines = (tmp_path / "two" / "image_folder" / "predictions.jsonl").read_text().splitlines()
     assert (
         len(lines) == 40
@@ -321,3 +322,30 @@ def test_hard_distractors_from_a_clip_text_tower(cache_dir, digits):
         i = digits.classnames.index(q.label)
         nearest = {digits.classnames[j] for j in np.argsort(-sim[i])[1:4]}
         assert set(q.options) - {q.label} == nearest
+
+
+def test_evaluate_multirun_records_one_flat_folder_per_job(cache_dir, digits, tmp_path):
+    """`evaluate.py -m` over model paths (slashes and all): the sweep's records are one folder
+    per job, named by its number, model and distractors -- never nested on an override's `/`."""
+    model, processor = _tiny_clip(cache_dir)
+    paths = [tmp_path / "zoo" / "a" / "clip", tmp_path / "zoo" / "b" / "clip_b"]
+    for path in paths:
+        model.save_pretrained(path)
+        processor.save_pretrained(path)
+    templates = tmp_path / "templates.txt"
+    templates.write_text("a photo of a {}.</s>\n")
+    root = digits.samples[0].image.rsplit("/", 2)[0]
+    cmd = [sys.executable, str(ROOT / "evaluate.py"), "-m", "model.type=clip",
+           f"model.path={paths[0]},{paths[1]}", f"model.templates={templates}",
+           "eval/datasets=[image_folder]", f"eval.datasets.image_folder.root={root}",
+           "eval.scoring.scorers=[likelihood]", "eval.stats.bootstrap=100"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    sweep = tmp_path / "results" / "multirun"
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())  # beside Hydra's multirun.yaml
+    assert [p.name for p in jobs] == ["0-clip-random", "1-clip_b-random"]
+    for job in jobs:
+        assert sorted(p.name for p in job.iterdir()) == ["evaluate.log", "hydra"]
+    for tag in ("clip", "clip_b"):  # each model's results where a single run puts them
+        assert (tmp_path / "results" / tag / "random" / "image_folder" / "metrics.json").exists()

@@ -81,7 +81,9 @@ def test_the_pretraining_recipe_is_in_the_run_identity(tmp_path):
     assert run_dir_of([*common, "llm=mini_lm", "llm.builtin_recipe.lr=1e-3"]) == mini
     hashed = result_config(compose_config([*common, "llm=mini_lm"]))
     assert hashed["llm"]["builtin_recipe"]["lr"] == 1e-3
-    assert "builtin_recipe" not in result_config(compose_config([*common, "llm=small_qwen2"]))["llm"]
+    assert (
+        "builtin_recipe" not in result_config(compose_config([*common, "llm=small_qwen2"]))["llm"]
+    )
 
 
 def test_an_unknown_recipe_key_fails_before_any_work(tmp_path):

@@ -30,7 +30,8 @@ CLASSES = ["cat", "dog", "owl", "fox"]
 
 
 def _write_dataset(out: Path, name: str, correct: np.ndarray, hard: set[str], fp: str,
-                   scorers: tuple[str, ...] = ("likelihood",)) -> dict:  # fmt: skip
+                   scorers: tuple[str, ...] = ("likelihood",),
+                   image_aspect: str | None = None) -> dict:  # fmt: skip
     """One dataset's results as the evaluator writes them (eval/metrics.py: Wilson intervals),
     every scorer with the same answers."""
     out.mkdir(parents=True)
@@ -48,7 +49,8 @@ def _write_dataset(out: Path, name: str, correct: np.ndarray, hard: set[str], fp
     }
     (out / "metrics.json").write_text(json.dumps(
         {"step": 20, "dataset": name, "n_questions": len(correct), "fingerprint": fp,
-         "scorers": {s: m for s in scorers}}))  # fmt: skip
+         "scorers": {s: m for s in scorers}}
+        | ({"image_aspect": image_aspect} if image_aspect else {})))  # fmt: skip
     with open(out / "per_class.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, ["class_name", "n", "hard", "accuracy", "ci_low", "ci_high"])
         w.writeheader()

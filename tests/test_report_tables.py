@@ -53,7 +53,7 @@ def _clip(root: Path, correct: dict[str, np.ndarray], hard=frozenset({"owl"})) -
     """evaluate.py model.type=clip results: scored `likelihood` (its option choice) only."""
     out = root / "mini_clip-zero_shot"
     for ds, c in correct.items():
-        _write_dataset(out / ds, ds, c, set(hard), f"fp-{ds}")
+        _write_dataset(out / ds, ds, c, set(hard), f"fp-{ds}", image_aspect="processor")
     (out / "run.json").write_text(json.dumps({"model_type": "clip", "model_path": "x"}))
     (out / "metrics.json").write_text(json.dumps({"model": "mini_clip"}))
     return out
@@ -111,7 +111,8 @@ def test_zero_shot_baseline_is_a_row_with_paired_tests_against_it(tmp_path):
         _write_run(grid, llm, rng, {}, name=llm)
         correct = rng.random(300) < p
         _write_dataset(run / "eval/step_20/digits", "digits", correct, {"owl"}, "fp-digits",
-                       scorers=("name_likelihood", "likelihood"))  # fmt: skip
+                       scorers=("name_likelihood", "likelihood"),
+                       image_aspect="pad" if llm == "small_qwen2" else None)  # fmt: skip
         runs[llm] = correct
     clip_correct = rng.random(300) < 0.6
     clip = _clip(tmp_path, {"digits": clip_correct})
@@ -136,6 +137,16 @@ def test_zero_shot_baseline_is_a_row_with_paired_tests_against_it(tmp_path):
         assert float(r["cell"][(llm, "digits")]["mcnemar_p"]) == pytest.approx(d["mcnemar_p"])
         assert d["delta"] == pytest.approx(correct.mean() - clip_correct.mean())
     assert r["cell"][("small_qwen2", "digits")]["significant"] == "up"  # 0.8 vs 0.6, n=300
+    # How the images reached each model, as its metrics.json records it, in every table.
+    images = (
+        "Images as each model read them -- the zero-shot tower's resize and centre crop: "
+        "mini_clip zero-shot; padded to a square (LLaVA-1.5's protocol): small_qwen2; not "
+        "recorded: tiny_llama."
+    )
+    assert images in r["md"] and "padded to a square" in r["html"]
+    assert r"padded to a square (LLaVA-1.5's protocol): small\_qwen2" in r["tex"]
+    assert r["cell"][("small_qwen2", "digits")]["image_aspect"] == "pad"
+    assert r["cell"][("mini_clip zero-shot", "digits")]["image_aspect"] == "processor"
     assert r["cell"][("tiny_llama", "digits")]["significant"] == "down"
 
 

@@ -226,6 +226,7 @@ class TrainingEvalHook:
             "skipped": skip_summary(skipped),
             "fingerprint": frozen.fingerprint(),
             "num_options": frozen.num_options,
+            "image_aspect": "pad" if self.pad else "native",
             "scorers": by_scorer,  # the layout evaluate.py writes
         }
         for m in by_scorer.values():

@@ -368,9 +368,8 @@ def import_samples(
     with atomic_write(ds_dir / SKIPPED) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for s in task.skipped:
             fh.write(json.dumps(asdict(s)) + "\n")
-    metrics = dataset_metrics(
-        task.qset, preds, ecfg, [scorer], dataset, ds_dir, model_name, task.skipped
-    )
+    metrics = dataset_metrics(task.qset, preds, ecfg, [scorer], dataset, ds_dir, model_name,
+                              task.skipped, task.info.get("image_aspect"))  # fmt: skip
     metrics["lmms_eval"] = {
         "samples": str(samples_file),
         "task": task.info["tasks"][kind],

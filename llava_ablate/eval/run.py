@@ -84,6 +84,7 @@ def evaluate_dataset(
     resume: bool = True,
     model_name: str = "model",
     shard: tuple[int, int] = (0, 1),
+    image_aspect: str | None = None,
 ) -> dict | None:
     """Score `qset` (skipping finished units when resuming); metrics on rank 0, None elsewhere.
 
@@ -130,7 +131,8 @@ def evaluate_dataset(
         scored = {u.question.qid for u in units if u.key in done}
         unscored = {q.qid for q in qset.questions} - scored
         skipped = store.merge_skips(unscored)
-        result = dataset_metrics(qset, preds, ecfg, scorers, dataset, out_dir, model_name, skipped)
+        result = dataset_metrics(qset, preds, ecfg, scorers, dataset, out_dir, model_name,
+                                 skipped, image_aspect)  # fmt: skip
     world.barrier()
     return result
 
@@ -151,9 +153,11 @@ def dataset_metrics(
     out_dir: Path,
     model_name,
     skipped: list[Skip] | None = None,
+    image_aspect: str | None = None,
 ):
     """metrics.json of one dataset: every number over the scored questions of the frozen set,
-    the skipped ones (unreadable images) counted per reason and named."""
+    the skipped ones (unreadable images) counted per reason and named, and how the images
+    reached the model (`image_aspect`: pad | native | processor)."""
     n_boot, seed = ecfg.stats.bootstrap, ecfg.stats.seed
     skipped = skipped or []
     frozen, qset = qset, scored_subset(qset, skipped)
@@ -166,6 +170,7 @@ def dataset_metrics(
         "n_scored": len(qset.questions),
         "skipped": skip_summary(skipped),
         "num_options": qset.num_options,
+        "image_aspect": image_aspect,
         "question_set": {
             "fingerprint": frozen.fingerprint(),
             "distractors": qset.strategy,
@@ -242,14 +247,26 @@ def load_model(cfg: EvaluateConfig, world: DistInfo):
     return choice, choice.processor.image_processor
 
 
-def _pads_to_square(cfg: EvaluateConfig, image_processor) -> bool:
-    """LLaVA-1.5 evaluates padded-to-square images (model.image_aspect=pad); an anyres processor
-    (LLaVA-OneVision: `image_grid_pinpoints`) tiles the image at its own aspect ratio instead."""
-    pad = cfg.model.type == "mllm" and cfg.model.image_aspect == "pad"
-    if pad and getattr(image_processor, "image_grid_pinpoints", None):
+def image_aspect_of(cfg: EvaluateConfig, image_processor) -> str:
+    """How the images reach the model: `pad` (LLaVA-1.5's pad-to-square), `native` (as its
+    processor takes them) or `processor` (a CLIP/SigLIP baseline's own resize and crop).
+    `model.image_aspect=auto` follows the family's makers (its adapter's `image_aspect`); an
+    anyres processor (`image_grid_pinpoints`) tiles at the image's own aspect ratio, never pads."""
+    if cfg.model.type != "mllm":
+        return "processor"
+    aspect = cfg.model.image_aspect
+    if aspect == "auto":
+        from transformers import AutoConfig
+
+        from llava_ablate.eval.families import family_for
+
+        family = family_for(AutoConfig.from_pretrained(cfg.model.path).model_type)
+        aspect = family.image_aspect
+        log.info("model.image_aspect=auto: %s, as the %s family is evaluated", aspect, family.name)
+    if aspect == "pad" and getattr(image_processor, "image_grid_pinpoints", None):
         log.info("anyres image processor: images keep their aspect ratio (no pad-to-square)")
-        return False
-    return pad
+        return "native"
+    return aspect
 
 
 def run_evaluation(cfg: EvaluateConfig) -> dict:
@@ -292,7 +309,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
         model, image_processor = None, None
     wandb_run = _wandb_init(cfg, model_name) if world.rank == 0 else None
     summary: dict = {}
-    pad = _pads_to_square(cfg, image_processor)
+    aspect = image_aspect_of(cfg, image_processor)
     for name, dataset, qset in prepared:
         if hasattr(model, "with_classes"):
             model.with_classes(dataset.classnames)
@@ -302,12 +319,13 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
             qset,
             cfg.eval,
             out / name,
-            make_item=item_maker(dataset, cfg.eval, image_processor, pad),
+            make_item=item_maker(dataset, cfg.eval, image_processor, aspect == "pad"),
             scorers=scorers,
             world=world,
             resume=cfg.resume,
             model_name=model_name,
             shard=shard,
+            image_aspect=aspect,
         )
         if metrics is not None:
             summary[name] = {s: metrics["scorers"][s]["accuracy"] for s in scorers}

@@ -51,6 +51,7 @@ class DatasetResult:
     source: Path  # the dataset's results directory
     labels: dict[str, str] = field(default_factory=dict)  # question id -> true class
     hard_classes: frozenset[str] = frozenset()  # per_class.csv's `hard` column
+    image_aspect: str | None = None  # pad | native | processor (metrics.json); None: not recorded
 
     def hard_only(self) -> DatasetResult:
         """The same results restricted to the questions whose true class is hard."""
@@ -139,6 +140,7 @@ def read_dataset(directory: Path, scorer: str) -> DatasetResult:
         source=directory,
         labels=labels,
         hard_classes=frozenset(r["class_name"] for r in per_class if _true(r.get("hard"))),
+        image_aspect=m.get("image_aspect"),
     )
 
 

@@ -44,7 +44,7 @@ def to_markdown(t: PaperTable) -> str:
 
 CSV_FIELDS = ["model", "baseline", "zero_shot", "seeds", "column", "accuracy", "sd", "ci_low",
               "ci_high", "interval", "n", "delta", "delta_ci_low", "delta_ci_high", "mcnemar_p",
-              "significant", "beyond_axes"]  # fmt: skip
+              "significant", "beyond_axes", "image_aspect"]  # fmt: skip
 
 
 def _blank(x) -> Any:
@@ -71,7 +71,7 @@ def to_csv(t: PaperTable) -> str:
                         "delta": _blank(c.delta), "delta_ci_low": _blank(c.delta_ci_low),
                         "delta_ci_high": _blank(c.delta_ci_high),
                         "mcnemar_p": _blank(c.p_value), "significant": c.flag or "",
-                        "beyond_axes": beyond})  # fmt: skip
+                        "beyond_axes": beyond, "image_aspect": row.image_aspect})  # fmt: skip
     return buf.getvalue()
 
 

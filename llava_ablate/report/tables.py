@@ -64,6 +64,7 @@ class TableRow:
     hard: Cell | None
     differs: dict[str, Any] = field(default_factory=dict)  # keys beyond the axes -> value
     scorers: list[str] = field(default_factory=list)
+    image_aspect: str = ""  # how images reached the model (pad | native | processor), joined
 
 
 @dataclass
@@ -187,7 +188,9 @@ def build_table(
         is_base = v.label == base.label
         row = TableRow(v.label, is_base, v.zero_shot, v.seeds, {}, {}, None, None,
                        v.runs[0].differs,
-                       sorted({ds.scorer for r in v.runs for ds in r.datasets.values()}))  # fmt: skip
+                       sorted({ds.scorer for r in v.runs for ds in r.datasets.values()}),
+                       ", ".join(sorted({ds.image_aspect or "not recorded" for r in v.runs
+                                         for ds in r.datasets.values()})))  # fmt: skip
         for hard, out in ((False, row.cells), (True, row.hard_cells)):
             for name in datasets:
                 side = b.side(v, name, hard)
@@ -283,6 +286,7 @@ def footnote_lines(t: PaperTable, arrows: str = "↑/↓") -> list[str]:
         "over several datasets: the paired bootstrap of the mean delta).",
     ]
     lines += beyond_axes_lines(t)
+    lines += image_lines(t)
     lines += [f"No interval: {g}." for g in t.gaps]
     lines.append("Question sets (fingerprints):")
     for d in t.datasets:
@@ -294,6 +298,22 @@ def footnote_lines(t: PaperTable, arrows: str = "↑/↓") -> list[str]:
             parts = "; ".join(f"{fp}: {', '.join(labels)}" for fp, labels in fps.items())
             lines.append(f"{d}: DIFFERENT question sets -- {parts}")
     return lines
+
+
+IMAGE_ASPECTS = {
+    "pad": "padded to a square (LLaVA-1.5's protocol)",
+    "native": "as the model's processor takes them (native resolution, tiles)",
+    "processor": "the zero-shot tower's resize and centre crop",
+}
+
+
+def image_lines(t: PaperTable) -> list[str]:
+    """How the images reached each row's model, as recorded in its metrics.json."""
+    by: dict[str, list[str]] = {}
+    for r in t.rows:
+        by.setdefault(r.image_aspect or "not recorded", []).append(r.label)
+    parts = [f"{IMAGE_ASPECTS.get(a, a)}: {', '.join(labels)}" for a, labels in by.items()]
+    return ["Images as each model read them -- " + "; ".join(parts) + "."] if parts else []
 
 
 def beyond_axes_lines(t: PaperTable) -> list[str]:

@@ -15,6 +15,10 @@ import torch
 class Family:
     name: str = "llava"
     model_types: tuple[str, ...] = ()
+    # How the family's makers feed it an image, what `model.image_aspect=auto` follows:
+    # "native", the processor takes the image as it is (dynamic resolution, tiles, anyres),
+    # unless the family pads it to a square first (LLaVA-1.5: "pad").
+    image_aspect: str = "native"
 
     def images_arg(self, images: list) -> list:
         """`images` (one per prompt) as the processor takes them for a batch."""

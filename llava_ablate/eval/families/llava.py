@@ -6,3 +6,4 @@ from llava_ablate.eval.families.base import Family
 class Llava(Family):
     name = "llava"
     model_types = ("llava",)
+    image_aspect = "pad"  # LLaVA-1.5's image_aspect_ratio=pad, as it trains and evaluates
