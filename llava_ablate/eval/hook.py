@@ -41,6 +41,7 @@ from llava_ablate.eval.run import item_maker, log_skips
 from llava_ablate.eval.scoring import Prediction, Skip, score_units, units_for
 from llava_ablate.eval.store import PredictionStore
 from llava_ablate.eval_config import HOOK_SCORERS, EvalCfg, validate_eval
+from llava_ablate.run_environment import current_environment
 
 log = logging.getLogger("llava_ablate.eval")
 
@@ -227,6 +228,7 @@ class TrainingEvalHook:
             "fingerprint": frozen.fingerprint(),
             "num_options": frozen.num_options,
             "scorers": by_scorer,  # the layout evaluate.py writes
+            "environment": current_environment(),  # the training run's (run_environment.py)
         }
         for m in by_scorer.values():
             m["n_skipped"] = len(skipped)
