@@ -57,7 +57,7 @@ def current_environment() -> dict[str, Any]:
     env |= _torch_state()
     env |= {name: _version(name) for name in PACKAGES}
     env["hosts"] = _hosts()
-    return env
+    return {"schema": ENV_SCHEMA, **{k: env[k] for k in KEYS if k in env}}  # one order everywhere
 
 
 def _version(dist: str) -> str | None:

@@ -173,7 +173,7 @@ def _environment_section(info: dict) -> list[str]:
     if not env:
         return []
     lines = ["## Software", "", "| | |", "| --- | --- |"]
-    lines += [f"| {k} | {v} |" for k, v in env.items() if k in ENV_KEYS and v is not None]
+    lines += [f"| {k} | {env[k]} |" for k in ENV_KEYS if env.get(k) is not None]
     lines.append("")
     for changes in info.get("environment_changes") or []:
         lines += [
