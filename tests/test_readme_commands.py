@@ -191,6 +191,14 @@ EXERCISES: dict[str, Compose | Real | Parse | Make | Covered] = {
     "hydra.launcher.account=me": Real(append=["--dry-run"], why="planned: needs Slurm"),
     "llava-ablate report runs/llm_x_data/eval/random --baseline llm=vicuna7b,data=llava665k "
     "--out tables/llm_x_data_random.html": Parse(),
+    # --- docs/environment.md
+    "make install": Make("install"),
+    "make install LOCK=requirements/cuda.txt "
+    "TORCH=/path/to/your/torch-2.13.0+cu130-cp311-linux_x86_64.whl": Make("install"),
+    "make install LOCK=": Make("install"),
+    "make lock": Make("lock"),
+    "make lock UPGRADE=1": Make("lock"),
+    "llava-ablate report runs/llm_x_data/finetune --strict-env": Parse(),
     # --- bench/README.md
     "python bench/eval_throughput.py": Parse(),
     "python bench/eval_throughput.py --llm tiny_llama --questions 64": Real(

@@ -54,6 +54,7 @@ def read_wandb_records(path: Path) -> list:
 def test_offline_run_files_contain_config_axes_and_the_logged_metrics(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
+    from llava_ablate.run_environment import current_environment
     from llava_ablate.train.metrics import MetricsLogger
     from llava_ablate.train.tracking import Tracker
 
@@ -63,7 +64,7 @@ def test_offline_run_files_contain_config_axes_and_the_logged_metrics(tmp_path, 
     tracker = Tracker(
         enabled=True, project="llava-ablate-test", entity=None, group="tiny_2x2",
         name="llm=tiny_qwen2,vision=tiny_siglip", run_dir=tmp_path,
-        config=OmegaConf.to_container(cfg, resolve=False),
+        config=OmegaConf.to_container(cfg, resolve=False), environment=current_environment(),
     )  # fmt: skip
     assert tracker.run is not None
     metrics = MetricsLogger(tmp_path, enabled=True, tracker=tracker)
@@ -86,6 +87,7 @@ def test_offline_run_files_contain_config_axes_and_the_logged_metrics(tmp_path, 
     unwrap = lambda v: v["value"] if isinstance(v, dict) and "value" in v else v  # noqa: E731
     assert unwrap(config["llm"]) == "tiny_qwen2" and unwrap(config["vision"]) == "tiny_siglip"
     assert unwrap(config["recipe"]) == "finetune" and unwrap(config["deepspeed"]) == "zero2"
+    assert unwrap(config["environment"]) == current_environment()  # what the run ran on
     history = {}
     for r in records:
         if r.WhichOneof("record_type") == "history":

@@ -41,6 +41,7 @@ from llava_ablate.eval.run import item_maker, log_skips
 from llava_ablate.eval.scoring import Prediction, Skip, score_units, units_for
 from llava_ablate.eval.store import PredictionStore
 from llava_ablate.eval_config import HOOK_SCORERS, EvalCfg, validate_eval
+from llava_ablate.run_environment import current_environment
 
 log = logging.getLogger("llava_ablate.eval")
 
@@ -228,6 +229,7 @@ class TrainingEvalHook:
             "num_options": frozen.num_options,
             "image_aspect": "pad" if self.pad else "native",
             "scorers": by_scorer,  # the layout evaluate.py writes
+            "environment": current_environment(),  # the training run's (run_environment.py)
         }
         for m in by_scorer.values():
             m["n_skipped"] = len(skipped)

@@ -46,6 +46,7 @@ from llava_ablate.eval.store import PredictionStore, _read, read_skips
 from llava_ablate.eval_config import EvalCfg, EvaluateConfig, model_tag, validate_evaluate
 from llava_ablate.model.card import INFO as CARD_INFO
 from llava_ablate.model.card import evaluations_in, record_evaluations
+from llava_ablate.run_environment import current_environment
 
 log = logging.getLogger("llava_ablate.eval")
 
@@ -180,6 +181,7 @@ def dataset_metrics(
         },
         "hard_classes": {"rule": selector.describe(), "n": len(hard)},
         "scorers": {s: scorer_metrics(qset, preds, s, hard, n_boot, seed) for s in scorers},
+        "environment": current_environment(),  # what produced these numbers (run_environment.py)
     }
     for s in scorers:  # the skip count next to every accuracy
         metrics["scorers"][s]["n_skipped"] = len(skipped)
@@ -374,7 +376,7 @@ def write_summary(out: Path, model_name: str, summary: dict) -> None:
     path = out / "metrics.json"
     with file_lock(out / ".metrics.lock"):
         merged = json.loads(path.read_text()) if path.exists() else {}
-        merged.update({"model": model_name, **summary})
+        merged.update({"model": model_name, **summary, "environment": current_environment()})
         with atomic_write(path) as tmp:
             tmp.write_text(json.dumps(merged, indent=2))
 
@@ -409,7 +411,7 @@ def _wandb_init(cfg: EvaluateConfig, model_name: str):
             project=cfg.eval.wandb_project,
             name=f"eval-{model_name}",
             job_type="eval",
-            config={"model": cfg.model.path},
+            config={"model": cfg.model.path, "environment": current_environment()},
         )
     except Exception as e:  # noqa: BLE001 - W&B must never fail an evaluation
         log.warning("W&B unavailable (%s): metrics stay in %s only", e, cfg.out_dir)

@@ -22,6 +22,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from llava_ablate.base.files import atomic_write
 from llava_ablate.base.video_processors import VIDEO_PROCESSORS, WITHOUT_TORCHVISION
+from llava_ablate.run_environment import KEYS as ENV_KEYS
 
 CARD = "README.md"
 INFO = "llava_ablate.json"  # written by model/export.py: the variant, steps, tokens, command
@@ -159,9 +160,28 @@ def render_model_card(info: dict, evaluations: list[CardEvaluation], name: str) 
             + (f", config hash `{info['config_hash']}`" if info.get("config_hash") else "")
             + ".",
             "",
+            *_environment_section(info),
         ]
     )
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
+
+
+def _environment_section(info: dict) -> list[str]:
+    """The software and hardware the run started on (run_environment.py) and, in a warning,
+    every resume that ran on something else. Absent from older exports."""
+    env = info.get("environment")
+    if not env:
+        return []
+    lines = ["## Software", "", "| | |", "| --- | --- |"]
+    lines += [f"| {k} | {env[k]} |" for k in ENV_KEYS if env.get(k) is not None]
+    lines.append("")
+    for changes in info.get("environment_changes") or []:
+        lines += [
+            f"**Warning:** resumed on other software than it started with: {'; '.join(changes)}. "
+            "Its steps were not all made by the same software.",
+            "",
+        ]
+    return lines
 
 
 def _without_torchvision(variant: dict) -> list[str]:

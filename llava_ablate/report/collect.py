@@ -25,6 +25,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from llava_ablate.eval.stats import Estimate
+from llava_ablate.report.environment import read_environment
 from llava_ablate.run_identity import AXES, RECORD, axes_of, config_hash, flatten, result_config
 
 SEED_KEY = "train.seed"
@@ -75,6 +76,8 @@ class RunResult:
     variant: str = ""  # the axes and keys that differ between the compared runs, seed aside
     label: str = ""  # `variant`, plus `seed=N` when the variant has several seeds
     differs: dict[str, Any] = field(default_factory=dict)  # keys beyond the axes -> this value
+    environment: dict[str, Any] | None = None  # what it ran on (report/environment.py)
+    env_differs: dict[str, str] = field(default_factory=dict)  # set by mark_environment
 
     @property
     def seed(self) -> Any:
@@ -179,6 +182,7 @@ def read_run(run: Path, scorer: str = "likelihood") -> RunResult:
     result.config_hash, result.settings = _identity(run, config)
     _seedless_lineage(result.settings, config or {})
     result.zero_shot, result.model_name = _zero_shot(run)
+    result.environment = read_environment(run)
     result.eval_dir = find_eval_dir(run)
     if result.eval_dir is not None:
         for d in sorted(p for p in result.eval_dir.iterdir() if p.is_dir()):

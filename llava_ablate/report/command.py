@@ -14,6 +14,11 @@ from llava_ablate.report.collect import (
     read_run,
 )
 from llava_ablate.report.compare import deltas, group_variants, hard_deltas, pick_baseline
+from llava_ablate.report.environment import (
+    environment_lines,
+    mark_environment,
+    strict_environment_error,
+)
 from llava_ablate.report.exposure import read_exposure
 from llava_ablate.report.html import render_html
 from llava_ablate.report.table_files import write_tables
@@ -24,6 +29,9 @@ def build(args: argparse.Namespace):
     paths = discover_runs([Path(p) for p in args.paths])
     runs = [read_run(p, args.scorer) for p in paths]
     label_runs(runs)  # runs that differ only in train.seed form one variant
+    mark_environment(runs)  # the software/hardware keys the rows differ in
+    if getattr(args, "strict_env", False) and (why := strict_environment_error(runs)):
+        raise ResultsError(why)
     runs = grid_order(runs)  # zero-shot baselines, then the grid's order: the rows' order
     variants = group_variants(runs)
     base = pick_baseline(variants, args.baseline)
@@ -49,6 +57,8 @@ def report_command(args: argparse.Namespace) -> None:
     out.write_text(html, encoding="utf-8")
     tables = write_tables(table, out.with_suffix(""))  # the paper-style table, beside the HTML
     print(f"table (models x datasets): {', '.join(map(str, tables))}")
+    for line in environment_lines(runs):  # also in the tables' notes and on the page
+        print(line)
     n_variants = len({r.variant for r in runs})
     hard = sum(d.subset != "all questions" for d in items)
     print(f"{len(runs)} runs, {n_variants} variants, {len(items) - hard} comparison(s) (+{hard} on "
@@ -73,6 +83,9 @@ def add_report_command(subparsers) -> None:
                         "zero-shot row if any, else the first row)")  # fmt: skip
     p.add_argument("--scorer", default="likelihood", help="which scorer's results to compare")
     p.add_argument("--exposure", default=None, help="class_name,exposure CSV (data exposure)")
+    p.add_argument("--strict-env", action="store_true",
+                   help="fail when the rows ran on different software (package versions, "
+                        "commit) or a row has no recorded environment")  # fmt: skip
     p.add_argument("--bootstrap", type=int, default=2000, help="paired-bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--title", default=None)

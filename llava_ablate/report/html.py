@@ -166,6 +166,8 @@ def _data(runs: list[RunResult], t: PaperTable, items: list[Delta], variants) ->
                 "zero_shot": r.zero_shot,
                 "config_hash": r.config_hash,
                 "differs": r.differs,
+                "environment": r.environment,
+                "env_differs": r.env_differs,
                 "datasets": {
                     d: {
                         "accuracy": asdict(x.accuracy),

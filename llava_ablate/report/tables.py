@@ -29,6 +29,7 @@ import numpy as np
 from llava_ablate.eval.stats import Estimate
 from llava_ablate.report.collect import DatasetResult, RunResult
 from llava_ablate.report.compare import Delta, Variant, group_variants, paired_matrix
+from llava_ablate.report.environment import environment_lines
 from llava_ablate.report.intervals import mean_delta_interval, mean_interval
 
 UP, DOWN = "up", "down"
@@ -78,6 +79,7 @@ class PaperTable:
     n_boot: int
     seed: int
     gaps: list[str] = field(default_factory=list)  # cells without an interval, and why
+    environment: list[str] = field(default_factory=list)  # report/environment.py's notes
 
 
 def _subset(delta: Delta) -> str:
@@ -212,7 +214,7 @@ def build_table(
         row.hard = _mean_column(b, v, base, with_hard, row.hard_cells, True, is_base, alpha)
         rows.append(row)
     return PaperTable(datasets, rows, fingerprints, scorer, alpha, base.label, n_boot, seed,
-                      b.gaps)  # fmt: skip
+                      b.gaps, environment_lines(runs))  # fmt: skip
 
 
 def _mean_column(b: _Builder, v: Variant, base: Variant, names: list[str], cells: dict,
@@ -287,6 +289,7 @@ def footnote_lines(t: PaperTable, arrows: str = "↑/↓") -> list[str]:
     ]
     lines += beyond_axes_lines(t)
     lines += image_lines(t)
+    lines += t.environment  # the software/hardware the rows differ in
     lines += [f"No interval: {g}." for g in t.gaps]
     lines.append("Question sets (fingerprints):")
     for d in t.datasets:

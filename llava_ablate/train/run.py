@@ -51,6 +51,11 @@ from llava_ablate.model.freeze import apply_training_plan, format_plan
 from llava_ablate.model.init_from import load_parts
 from llava_ablate.model.kernels import apply_kernels
 from llava_ablate.model.lora import apply_lora
+from llava_ablate.run_environment import (
+    read_run_environment,
+    record_run_environment,
+    warn_resumed_with_changes,
+)
 from llava_ablate.run_identity import RunIdentity, check_run_identity, record_run_identity
 from llava_ablate.train import checkpoint
 from llava_ablate.train.ds_config import (
@@ -151,11 +156,13 @@ def start_run(dcfg: DictConfig) -> Run:
 
 
 def claim_run_dir(run: Run) -> str:
-    """Record the run's identity (config.yaml + run_identity.json, once) and seed; returns the
-    precision (bf16/fp16/fp32) resolved for this machine."""
+    """Record the run's identity (config.yaml + run_identity.json, once) and its environment
+    (environment.json: a resume on other software warns, naming each difference) and seed;
+    returns the precision (bf16/fp16/fp32) resolved for this machine."""
     run.dir.mkdir(parents=True, exist_ok=True)
     if run.info.is_main:
         record_run_identity(run.dcfg, run.dir, run.identity)
+        warn_resumed_with_changes(record_run_environment(run.dir))
     precision = resolve_precision(run.cfg.train.precision)
     _seed(run.cfg.train.seed)
     return precision
@@ -339,6 +346,7 @@ def open_tracking(run: Run) -> Tracking:
             run_hash=run.identity.run_hash,
             mode=w.mode,
             config=OmegaConf.to_container(run.dcfg, resolve=True),  # type: ignore[arg-type]
+            environment=_started_environment(run)["environment"],  # the same on every resume
         )
     return Tracking(tracker, MetricsLogger(run.dir, enabled=run.info.is_main, tracker=tracker))
 
@@ -494,6 +502,7 @@ def finish(
                 "config_hash": run.identity.config_hash,
                 "command": training_command(),
                 "data_dropped": dropped,  # skipped and truncated samples (the card lists them)
+                **_environment_info(run),  # the software it ran on (the card lists it)
             },
         )
         if run.info.is_main:  # the card, with the run's own final evaluation (model/card.py)
@@ -541,6 +550,23 @@ def report_skips(
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+def _started_environment(run: Run) -> dict:
+    """environment.json (rank 0 wrote it in claim_run_dir)."""
+    record = read_run_environment(run.dir)
+    assert record is not None, f"{run.dir}: environment.json was not written"
+    return record
+
+
+def _environment_info(run: Run) -> dict:
+    """The environment the run started with and each resume's differences, for the export's
+    llava_ablate.json (rank 0 reads it; every rank passes it, only rank 0 writes)."""
+    record = read_run_environment(run.dir) if run.info.is_main else None
+    if record is None:
+        return {}
+    changes = [c["changes"] for c in record.get("resumed_with_changes", [])]
+    return {"environment": record["environment"], "environment_changes": changes}
 
 
 def _pads_to_square(cfg: Config) -> bool:

@@ -38,6 +38,7 @@ class Tracker:
         mode: str | None = None,
         run_id: str | None = None,  # stable per run directory (run_identity.RunIdentity)
         run_hash: str | None = None,  # the run's config hash: a top-level key to filter on
+        environment: dict | None = None,  # the software it started on (run_environment.py)
     ):
         self.run = None
         self._service = False  # wandb's service process was started: close it in finish()
@@ -56,7 +57,12 @@ class Tracker:
                 group=group,
                 name=name,
                 dir=str(run_dir),
-                config={**axes_of(config), "run_hash": run_hash, "config": config},
+                config={
+                    **axes_of(config),
+                    "run_hash": run_hash,
+                    "config": config,
+                    "environment": environment or {},
+                },
                 mode=mode,
                 id=run_id or _stable_id(run_dir),
                 resume="allow",  # a resumed run continues its W&B run
