@@ -24,7 +24,7 @@ from llava_ablate.data.anyres import anyres_token_counts, size_only_processor, t
 from llava_ablate.data.batching import pack_window
 from llava_ablate.data.encode import Collator, EncodeOptions, SampleEncoder
 from llava_ablate.launch.estimate import memory_per_rank, model_size
-from llava_ablate.model.build import anyres_pinpoints
+from llava_ablate.model.archs import anyres_pinpoints
 from llava_ablate.model.freeze import apply_training_plan
 from llava_ablate.model.init_from import load_parts
 

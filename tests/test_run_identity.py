@@ -213,3 +213,26 @@ def test_seed_multirun_gives_three_run_dirs_and_hydra_run_dir_follows(tmp_path):
     (single,) = run(["train.seed=2", *common])
     assert single[0] == multi[1][0]  # the same config names the same run, single or multirun
     assert Path(single[1]).resolve() == Path(single[0]).resolve()  # Hydra's run dir is the run's
+
+
+# The run directory (readable axes + config hash) of every shipped experiment and of the
+# README's variants, as every earlier version named it: a refactor of the configs or of the
+# architecture code must not rename a finished run (it would be trained again).
+SHIPPED_RUN_NAMES = {
+    "demo_stage1": "tiny_llama-mini_clip-mlp2x_gelu-demo_captions-demo_align-2faf5635",
+    "demo_stage2": "tiny_llama-mini_clip-mlp2x_gelu-demo_base-demo_finetune-f82c1e40",
+    "llava15_7b_stage1": "vicuna7b-clip_l14_336-mlp2x_gelu-llava558k-align-cdb90fbf",
+    "llava15_7b_stage2": "vicuna7b-clip_l14_336-mlp2x_gelu-llava665k-finetune-6f0353d4",
+    "onevision_si_7b": "llava_onevision-qwen2-siglip_so400m-mlp2x_gelu-si32m-finetune_full-23a02a12",
+    "tiny_align": "tiny_llama-tiny_clip-mlp2x_gelu-toy_captions-align-7f5c7571",
+    "tiny_finetune": "tiny_llama-tiny_clip-mlp2x_gelu-toy_instruct-finetune-374677f6",
+    "llm=qwen2 data=si32m": "qwen2-clip_l14_336-mlp2x_gelu-si32m-finetune-b79a7b11",
+    "arch=llava_onevision vision=siglip_so400m llm=qwen2 data=si32m": "llava_onevision-qwen2-siglip_so400m-mlp2x_gelu-si32m-finetune-e7f3c4f7",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_RUN_NAMES))
+def test_shipped_configs_keep_their_run_identity(name):
+    overrides = name.split() if "=" in name else [f"+experiment={name}"]
+    cfg = compose_config([*overrides, "train.runs_root=runs"])
+    assert Path(str(cfg.train.run_dir)).name == SHIPPED_RUN_NAMES[name]

@@ -11,6 +11,7 @@ newline, as the processor and the model (`batch_num_images`) treat multi-image s
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 from PIL import Image
 from transformers import LlavaOnevisionImageProcessorPil, LlavaOnevisionProcessor
@@ -57,3 +58,27 @@ def size_only_processor(
     processor.vision_aspect_ratio = vision_aspect_ratio
     processor.vision_feature_select_strategy = select_strategy
     return processor
+
+
+@dataclass
+class AnyresImages:
+    """Tokens per image under anyres, from the processor's own arithmetic (the plan's sizes)."""
+
+    processor: object  # a size-only LlavaOnevisionProcessor
+    tokens_per_view: int  # placeholder tokens of one view (no newline)
+
+    def placeholders(self, height: float, width: float) -> int:
+        return anyres_token_counts(self.processor, [(round(height), round(width))])[0]
+
+    def tower_tokens(self, height: float, width: float) -> int:
+        size = (round(height), round(width))
+        return tower_views(self.processor, size) * self.tokens_per_view
+
+    def largest(self) -> tuple[int, int]:
+        """(placeholder, tower) tokens of the largest images: one that fills a grid exactly
+        is never unpadded, so the most tokens come from a pinpoint-shaped image."""
+        sizes = self.processor.image_processor.image_grid_pinpoints
+        return (
+            max(self.placeholders(h, w) for h, w in sizes),
+            max(self.tower_tokens(h, w) for h, w in sizes),
+        )

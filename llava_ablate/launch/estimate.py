@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from llava_ablate.config import Config, LLMCfg, VisionCfg
+
+if TYPE_CHECKING:  # transformers' OneVision classes load only for an anyres plan
+    from llava_ablate.data.anyres import AnyresImages
 
 log = logging.getLogger("llava_ablate.launch")
 
@@ -66,34 +70,6 @@ KNOWN_VISION = {
         image_size=384, patch_size=14,
     ),
 }  # fmt: skip
-
-
-@dataclass
-class AnyresImages:
-    """Tokens per image under anyres, from the processor's own arithmetic (data/anyres.py)."""
-
-    processor: object  # a size-only LlavaOnevisionProcessor
-    tokens_per_view: int  # placeholder tokens of one view (no newline)
-
-    def placeholders(self, height: float, width: float) -> int:
-        from llava_ablate.data.anyres import anyres_token_counts
-
-        return anyres_token_counts(self.processor, [(round(height), round(width))])[0]
-
-    def tower_tokens(self, height: float, width: float) -> int:
-        from llava_ablate.data.anyres import tower_views
-
-        size = (round(height), round(width))
-        return tower_views(self.processor, size) * self.tokens_per_view
-
-    def largest(self) -> tuple[int, int]:
-        """(placeholder, tower) tokens of the largest images: one that fills a grid exactly
-        is never unpadded, so the most tokens come from a pinpoint-shaped image."""
-        sizes = self.processor.image_processor.image_grid_pinpoints
-        return (
-            max(self.placeholders(h, w) for h, w in sizes),
-            max(self.tower_tokens(h, w) for h, w in sizes),
-        )
 
 
 class EstimateError(ValueError):
@@ -168,14 +144,15 @@ def _vision_config(vision: VisionCfg):
 
 def model_size(cfg: Config) -> ModelSize:
     """Exact parameter counts of the variant and of what its recipe trains (meta device)."""
-    from llava_ablate.model.build import ARCHS, build_projector, llava_config
+    from llava_ablate.model.archs import arch_for
+    from llava_ablate.model.build import build_projector, llava_config
     from llava_ablate.model.freeze import apply_training_plan
 
     text = _text_config(cfg.llm, cfg.paths.cache_dir)
     tower = _vision_config(cfg.vision)
     config = llava_config(cfg.vision, cfg.projector, tower, text, 0, cfg.arch)
     with torch.device("meta"):
-        model = ARCHS[cfg.arch.type][0](config)
+        model = arch_for(cfg.arch.type).model_cls(config)
         model.model.multi_modal_projector = build_projector(config, cfg.projector, cfg.arch)
         if cfg.recipe.lora is not None:
             from llava_ablate.model.lora import apply_lora
@@ -188,10 +165,9 @@ def model_size(cfg: Config) -> ModelSize:
         lora=cfg.recipe.lora is not None,
         vision_feature_layer=cfg.vision.feature_layer,
     )
-    image_tokens, vision_tokens, anyres = getattr(config, "image_seq_length", 0), None, None
-    if cfg.arch.type == "llava_onevision":
-        anyres = _anyres_images(cfg, tower, config)
-        image_tokens, vision_tokens = anyres.largest()
+    image_tokens, vision_tokens, anyres = arch_for(cfg.arch.type).image_tokens(
+        cfg.vision, cfg.arch, tower, config
+    )
     return ModelSize(
         total={m: c.total for m, c in counts.items()},
         trainable={m: c.trainable for m, c in counts.items()},
@@ -209,21 +185,6 @@ def model_size(cfg: Config) -> ModelSize:
 # A typical text length for sources that publish none (data.sizes without text_tokens): about
 # LLaVA-665K's mean. The plan says where it assumed it.
 ASSUMED_TEXT_TOKENS = 270
-
-
-def _anyres_images(cfg: Config, tower, config) -> AnyresImages:
-    from llava_ablate.data.anyres import size_only_processor
-
-    patches = (tower.image_size // tower.patch_size) ** 2
-    extra = 1 if cfg.vision.arch == "clip" else 0  # CLIP's CLS (dropped again by "default")
-    processor = size_only_processor(
-        tower.image_size,
-        config.image_grid_pinpoints,
-        patches + extra,
-        cfg.arch.vision_aspect_ratio,
-        cfg.vision.select_strategy,
-    )
-    return AnyresImages(processor, patches)
 
 
 @dataclass

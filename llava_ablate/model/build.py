@@ -1,5 +1,7 @@
 """Build a LLaVA variant as transformers' own LlavaForConditionalGeneration, or (arch=
-llava_onevision) LlavaOnevisionForConditionalGeneration with its anyres processor.
+llava_onevision) LlavaOnevisionForConditionalGeneration with its anyres processor: what differs
+per architecture (config, processor, extra parameters, image tokens) is its adapter's, in
+model/archs/.
 
 The vision tower and the LLM are loaded (or random-initialised) on their own, then placed into a
 skeleton of the arch built on the meta device: no second copy of a 7B model is ever
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,30 +24,19 @@ from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     CLIPVisionModel,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaOnevisionConfig,
-    LlavaOnevisionForConditionalGeneration,
-    LlavaOnevisionImageProcessorPil,
-    LlavaOnevisionProcessor,
-    LlavaProcessor,
+    PretrainedConfig,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
+    ProcessorMixin,
     SiglipImageProcessorPil,
     SiglipVisionConfig,
     SiglipVisionModel,
 )
-from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
-from transformers.models.llava_onevision.modeling_llava_onevision import (
-    LlavaOnevisionMultiModalProjector,
-)
-from transformers.models.llava_onevision.video_processing_llava_onevision import (
-    LlavaOnevisionVideoProcessor,
-)
 
 from llava_ablate.base.chat_templates import ensure_chat_template, multimodal_chat_template
-from llava_ablate.base.video_processors import allow_video_processors
 from llava_ablate.config import ArchCfg, LLMCfg, ProjectorCfg, VisionCfg
 from llava_ablate.data.images import resolve_max_image_side, tower_side
+from llava_ablate.model.archs import ProcessorParts, arch_for
 from llava_ablate.model.sources import resolve_llm_source, resolve_package_dir
 from llava_ablate.model.tiny_tokenizer import build_tiny_tokenizer
 
@@ -60,18 +50,13 @@ _VISION = {
     "siglip": (SiglipVisionConfig, SiglipVisionModel, SiglipImageProcessorPil),
 }
 _TEXT_ARCH = {"llama": "llama", "qwen2": "qwen2"}
-# arch.type -> (model class, projector class): the transformers classes each arch is built as.
-ARCHS = {
-    "llava": (LlavaForConditionalGeneration, LlavaMultiModalProjector),
-    "llava_onevision": (LlavaOnevisionForConditionalGeneration, LlavaOnevisionMultiModalProjector),
-}
 LLAVA = ArchCfg(name="llava", type="llava")
 
 
 @dataclass
 class Variant:
-    model: LlavaForConditionalGeneration | LlavaOnevisionForConditionalGeneration
-    processor: LlavaProcessor | LlavaOnevisionProcessor
+    model: PreTrainedModel  # the arch's transformers class (model/archs/)
+    processor: ProcessorMixin
     # Placeholder tokens per image (llava); anyres: per tower view, an image's count depends on
     # its size (llava_ablate/data/anyres.py asks the processor).
     num_image_tokens: int
@@ -160,9 +145,10 @@ def shard_image_side(vision: VisionCfg, setting, arch: ArchCfg = LLAVA) -> int |
             f"({vision.pretrained}), which cannot be loaded ({e}); make it available, or set "
             "data.max_image_side to a number of pixels (or null: keep the original images)"
         ) from e
-    if arch.type == "llava_onevision":  # the grid the processor tiles onto, as build_variant sets
-        side = int(processor.size.get("height") or processor.size.get("shortest_edge"))
-        processor.image_grid_pinpoints = anyres_pinpoints(arch, side)
+    side = int(processor.size.get("height") or processor.size.get("shortest_edge"))
+    grid = arch_for(arch.type).tile_grid(arch, side)
+    if grid is not None:  # the grid the processor tiles onto, as build_variant sets it
+        processor.image_grid_pinpoints = grid
     return resolve_max_image_side("auto", tower_side(processor, vision.image_aspect == "pad"))
 
 
@@ -189,13 +175,6 @@ def _tokens_per_image(vision_cfg: VisionCfg, tower_config) -> tuple[int, int]:
     return patches + keep_extra, extra
 
 
-def anyres_pinpoints(arch: ArchCfg, image_size: int) -> list[list[int]]:
-    """LLaVA-OneVision's `image_grid_pinpoints`: every grid of 1..grid_tiles crops per side, in
-    pixels (its (1x1),...,(6x6) at 384 px: [[384, 384], [384, 768], ..., [2304, 2304]])."""
-    n = arch.grid_tiles
-    return [[i * image_size, j * image_size] for i in range(1, n + 1) for j in range(1, n + 1)]
-
-
 def llava_config(
     vision: VisionCfg,
     projector: ProjectorCfg,
@@ -203,7 +182,7 @@ def llava_config(
     text_config,
     image_token_index: int,
     arch: ArchCfg = LLAVA,
-) -> LlavaConfig | LlavaOnevisionConfig:
+) -> PretrainedConfig:
     """The variant's config around its towers' configs: the one place the arch's keys are set
     (build_variant, and launch/estimate.py's meta-device model)."""
     feature_layer = vision.feature_layer
@@ -218,15 +197,8 @@ def llava_config(
         projector_hidden_act="gelu" if projector.type == "mlp2x_gelu" else "linear",
         tie_word_embeddings=bool(getattr(text_config, "tie_word_embeddings", False)),
     )
-    if arch.type == "llava_onevision":
-        return LlavaOnevisionConfig(
-            **common,
-            # No video here: a token id no input holds (the config's default is a Qwen2 id).
-            video_token_index=-1,
-            image_grid_pinpoints=anyres_pinpoints(arch, tower_config.image_size),
-            vision_aspect_ratio=arch.vision_aspect_ratio,
-        )
-    return LlavaConfig(**common, image_seq_length=_tokens_per_image(vision, tower_config)[0])
+    tokens = _tokens_per_image(vision, tower_config)[0]
+    return arch_for(arch.type).config(arch, common, tower_config, tokens)
 
 
 def build_variant(
@@ -248,19 +220,14 @@ def build_variant(
     lm.config.__dict__.pop("quantization_config", None)
     image_token_index = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     config = llava_config(vision, projector, tower.config, lm.config, image_token_index, arch)
-    model_cls = ARCHS[arch.type][0]
+    adapter = arch_for(arch.type)
     with torch.device("meta"):
-        model = model_cls(config)
+        model = adapter.model_cls(config)
     model.model.vision_tower = tower
     model.model.language_model = lm.model
     model.lm_head = lm.lm_head
     model.model.multi_modal_projector = build_projector(config, projector, arch).to(dtype)
-    if (
-        arch.type == "llava_onevision"
-    ):  # the row separator of anyres features, as OneVision inits it
-        hidden = config.text_config.hidden_size
-        newline = torch.randn(hidden, dtype=dtype) / math.sqrt(hidden)
-        model.model.image_newline = torch.nn.Parameter(newline)
+    adapter.add_parameters(model, config, dtype)  # e.g. OneVision's image_newline
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         # The new <image> row is never read (image features replace it) but must exist.
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
@@ -271,68 +238,23 @@ def build_variant(
     _check_materialised(model)
 
     # Processor-style list content renders as training's "<image>\nQ" (the eval hook, exports).
-    chat_template = multimodal_chat_template(tokenizer)
-    if arch.type == "llava_onevision":
-        allow_video_processors()
-        processor = LlavaOnevisionProcessor(
-            image_processor=_anyres_image_processor(image_processor, config),
-            tokenizer=tokenizer,
-            video_processor=_video_processor(image_processor, config),
-            # What the tower emits per view (CLIP's CLS included; "default" drops it again).
-            num_image_tokens=(tower.config.image_size // tower.config.patch_size) ** 2
-            + extra_tokens,
-            vision_feature_select_strategy=vision.select_strategy,
-            chat_template=chat_template,
-            image_token=IMAGE_TOKEN,
-            vision_aspect_ratio=arch.vision_aspect_ratio,
-        )
-        log.info(
-            "arch=%s: anyres over grids of 1..%d crops of %d px per side (%d pinpoints), "
-            "%s, %d tokens per view",
-            arch.name,
-            arch.grid_tiles,
-            tower.config.image_size,
-            len(config.image_grid_pinpoints),
-            arch.vision_aspect_ratio,
-            num_image_tokens,
-        )
-        return Variant(model, processor, num_image_tokens, anyres=True)
-    processor = LlavaProcessor(
+    parts = ProcessorParts(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=tower.config.patch_size,
-        vision_feature_select_strategy=vision.select_strategy,
-        num_additional_image_tokens=extra_tokens,
+        chat_template=multimodal_chat_template(tokenizer),
         image_token=IMAGE_TOKEN,
-        chat_template=chat_template,
+        patch_size=tower.config.patch_size,
+        tokens_per_view=(tower.config.image_size // tower.config.patch_size) ** 2 + extra_tokens,
+        image_tokens=num_image_tokens,
+        extra_tokens=extra_tokens,
+        select_strategy=vision.select_strategy,
     )
-    return Variant(model=model, processor=processor, num_image_tokens=num_image_tokens)
-
-
-def _anyres_image_processor(tower_processor, config: LlavaOnevisionConfig):
-    """OneVision's image processor with the tower's own normalisation and view size."""
-    size = config.vision_config.image_size
-    return LlavaOnevisionImageProcessorPil(
-        size={"height": size, "width": size},
-        image_grid_pinpoints=config.image_grid_pinpoints,
-        image_mean=list(tower_processor.image_mean),
-        image_std=list(tower_processor.image_std),
-        resample=tower_processor.resample,
-    )
-
-
-def _video_processor(tower_processor, config: LlavaOnevisionConfig):
-    """Never used here (images only), but part of every OneVision processor and its export."""
-    size = config.vision_config.image_size
-    return LlavaOnevisionVideoProcessor(
-        size={"height": size, "width": size},
-        image_mean=list(tower_processor.image_mean),
-        image_std=list(tower_processor.image_std),
-    )
+    processor = adapter.processor(arch, config, parts)
+    return Variant(model, processor, num_image_tokens, anyres=adapter.anyres)
 
 
 def build_projector(config, projector: ProjectorCfg, arch: ArchCfg = LLAVA) -> torch.nn.Module:
-    proj = ARCHS[arch.type][1](config)
+    proj = arch_for(arch.type).projector_cls(config)
     if projector.type == "linear":
         # A single linear map expressed in Llava's 2-layer projector: layer 2 is a frozen
         # identity, so exported checkpoints stay stock `llava` while training LLaVA-1's projector.

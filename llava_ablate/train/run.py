@@ -44,6 +44,7 @@ from llava_ablate.data.stream import (
     resolve_workers,
 )
 from llava_ablate.eval.hook import TrainingEvalHook
+from llava_ablate.model.archs import arch_for
 from llava_ablate.model.build import Variant, build_variant, shard_image_side
 from llava_ablate.model.card import evaluations_in, record_evaluations
 from llava_ablate.model.export import export_engine, is_exported
@@ -571,7 +572,7 @@ def _environment_info(run: Run) -> dict:
 
 def _pads_to_square(cfg: Config) -> bool:
     """LLaVA-1.5's pad-to-square (vision.image_aspect=pad); anyres keeps the aspect ratio."""
-    return cfg.vision.image_aspect == "pad" and cfg.arch.type == "llava"
+    return arch_for(cfg.arch.type).pads_to_square(cfg.vision)
 
 
 def _seed(seed: int) -> None:
