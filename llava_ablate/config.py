@@ -174,7 +174,7 @@ class DataCfg:
     #          (LLaVA's group_by_modality_length): ~6% of tokens are padding on a LLaVA-like mix;
     #   pack:  several samples per row up to recipe.max_length, each attending only to itself
     #          (position_ids restart per sample): 0.5% padding, the same samples per step on
-    #          average, the loss normalised the same way (README: sequence packing).
+    #          average, the loss normalised the same way (docs/data.md: sequence packing).
     # Default group: packing did not win tokens/s where measured (bench/padding_waste.py, CPU,
     # sdpa: 1.00x and 0.85x grouping in two runs). With sdpa a packed row gets a 4D block-diagonal mask, so each row's
     # whole attention matrix is computed and masked: what padding saved is likely spent on

@@ -1,5 +1,6 @@
-"""Every command in a fenced ```bash block of README.md, docs/*.md and bench/README.md is
-exercised here.
+"""Every command in a fenced ```bash block of README.md (the front page), docs/*.md (the pages
+the detail lives on, docs/README.md their index) and bench/README.md is exercised here; a
+command that appears on two pages is one entry.
 
 `EXERCISES` maps each command (its text, comment dropped, continuation lines joined, words
 separated by one space) to how it is exercised; a README command without an entry fails
@@ -94,13 +95,17 @@ class Covered:
     why: str
 
 
-MY_CONF = "/abs/path/my_conf"  # the README's placeholder for a user's config folder
+MY_CONF = "/abs/path/my_conf"  # docs/package.md's placeholder for a user's config folder
 
 EXERCISES: dict[str, Compose | Real | Parse | Make | Covered] = {
-    # --- README.md: set-up
+    # --- README.md (the front page) and docs/demo.md: set-up
     "make demo": Make("demo"),
     "make test": Make("test"),
-    # --- training a variant (7B weights, cluster data: composed)
+    # --- README.md only: a local grid (every job of the sweep composed), a grid's report
+    "python train.py -m llm=vicuna7b,qwen2 data=llava665k,si32m": Compose("train"),
+    "llava-ablate report runs/llm_x_data/finetune --baseline llm=vicuna7b,data=llava665k "
+    "--out llm_x_data.html": Parse(),
+    # --- docs/training.md: training a variant (7B weights, cluster data: composed)
     "torchrun --nproc_per_node=8 train.py llm=qwen2 data=si32m": Compose("train"),
     "torchrun --nproc_per_node=8 train.py +experiment=llava15_7b_stage1": Compose("train"),
     "torchrun --nproc_per_node=8 train.py +experiment=llava15_7b_stage2": Compose("train"),
@@ -108,7 +113,7 @@ EXERCISES: dict[str, Compose | Real | Parse | Make | Covered] = {
     "torchrun --nproc_per_node=8 train.py arch=llava_onevision vision=siglip_so400m llm=qwen2 "
     "data=si32m": Compose("train"),
     "torchrun --nproc_per_node=8 train.py +experiment=onevision_si_7b": Compose("train"),
-    # --- installed anywhere
+    # --- docs/package.md: installed anywhere, your own configs
     "pip install -e .": Covered(
         "tests/test_install.py::test_every_command_of_the_installed_package_from_another_directory",
         "installs into a fresh venv (never into the shared one); slow",
@@ -126,14 +131,14 @@ EXERCISES: dict[str, Compose | Real | Parse | Make | Covered] = {
     f"llava-ablate launch my_grid hydra.searchpath=[file://{MY_CONF}]": Real(
         append=["--dry-run", "--runs-root", "runs"], why="planned: a real launch trains 2 runs"
     ),
-    # --- data
+    # --- docs/data.md
     "llava-ablate data build data=llava665k llm=vicuna7b": Compose("data build"),
     "llava-ablate data exposure data=si32m --classes imagenet_names.txt --out "
     "si32m_exposure.csv": Parse(),
     "torchrun --nproc_per_node=8 train.py data=llava665k": Compose("train"),
     "torchrun --nproc_per_node=8 train.py data=llava665k data.batching=pack "
     "train.attn_implementation=flash_attention_2": Compose("train"),
-    # --- evaluating
+    # --- docs/evaluation.md: evaluating
     "python evaluate.py model.path=runs/<variant>/export eval/datasets=[imagenet,cub200]": Compose(
         "evaluate",  # the placeholder filled in
         "python evaluate.py model.path=runs/x/export eval/datasets=[imagenet,cub200]".split(),
@@ -148,7 +153,7 @@ EXERCISES: dict[str, Compose | Real | Parse | Make | Covered] = {
     "python evaluate.py model.path=... eval.stats.compare_to=results/llava15-7b/random": (
         Compose("evaluate")
     ),
-    # --- the lmms-eval bridge
+    # --- docs/evaluation.md: the lmms-eval bridge
     "make lmms": Make("lmms"),
     "llava-ablate lmms export-task --out lmms_tasks eval/datasets=[imagenet] [--pad-fill-from "
     "runs/x/export]": Parse(
@@ -165,7 +170,7 @@ EXERCISES: dict[str, Compose | Real | Parse | Make | Covered] = {
     "generate.jsonl --task-dir lmms_tasks/llava_ablate_imagenet --out results/x-lmms "
     "--model-name x-lmms": Parse(),
     "llava-ablate report results/x/random results/x-lmms --scorer generate": Parse(),
-    # --- grids on Slurm, reports
+    # --- docs/grids.md: grids on Slurm, reports, the paper's tables (README.md repeats some)
     "python train.py -m llm=vicuna7b,qwen2 data=llava665k,si32m hydra/launcher=slurm "
     "hydra.launcher.partition=gpu hydra.launcher.account=myproj": Compose("train"),
     "python -m llava_ablate.launch llm_x_data --dry-run": Real(),
@@ -292,7 +297,7 @@ def _jobs(overrides: list[str]) -> list[list[str]]:
 
 @pytest.fixture
 def user_conf(tmp_path, monkeypatch) -> Path:
-    """The README's `my_conf/` (my_llm, my_tower, my_mix, my_grid) in a temporary directory,
+    """docs/package.md's `my_conf/` (my_llm, my_tower, my_mix, my_grid) in a temporary directory,
     which is also the working directory."""
     from test_user_configs import write_user_conf
 

@@ -44,7 +44,7 @@ QUICK = Budget(  # the test suite's run
 )
 
 # Expected wall seconds on 2 idle CPU cores, from `make demo` measured on a fresh clone on an
-# idle 2-core AMD EPYC (README: the demo's timing): a launch (imports, DeepSpeed init on 2
+# idle 2-core AMD EPYC (docs/demo.md: the demo's timing): a launch (imports, DeepSpeed init on 2
 # ranks), seconds per optimizer step, and the evaluation at the end of stage 2 per test image.
 LAUNCH_S = 10.0
 STEP_S = {  # llm -> (stage 1, stage 2) seconds per step

@@ -22,8 +22,8 @@ def resolve_package_dir(spec: str) -> str:
     found = importlib.util.find_spec(name)
     if found is None or found.origin is None:
         raise FileNotFoundError(
-            f"{spec}: python package {name!r} is not installed; install it (see README) or point "
-            "llm.pretrained at a hub id or a local directory"
+            f"{spec}: python package {name!r} is not installed; install it (see docs/environment.md) "
+            "or point llm.pretrained at a hub id or a local directory"
         )
     return os.path.dirname(found.origin)
 
