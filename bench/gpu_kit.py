@@ -236,33 +236,44 @@ RUNTIME = ["torch", "transformers", "peft", "deepspeed", "hydra-core", "omegacon
 
 
 def preflight() -> list[str]:
-    """Each runtime distribution's version, and every unmet requirement of them (one line
-    each): what this interpreter would need, said before anything runs."""
+    """The version of each runtime distribution, and every unmet requirement of the kit's
+    wheels and of pyproject.toml (one line each): what this interpreter would need, said before
+    anything runs. The image's own packages are listed, not audited."""
     from importlib import metadata
 
+    import tomllib
     from packaging.requirements import Requirement
+
+    def check(who: str, line: str) -> str | None:
+        req = Requirement(line)
+        if req.marker and not req.marker.evaluate({"extra": ""}):
+            return None
+        try:
+            have = metadata.version(req.name)
+        except metadata.PackageNotFoundError:
+            return f"{who} needs {req}: not installed"
+        ok = req.specifier.contains(have, prereleases=True)
+        return None if ok else f"{who} needs {req}: found {have}"
 
     problems = []
     for name in RUNTIME:
         try:
-            dist = metadata.distribution(name)
+            version = metadata.version(name)
         except metadata.PackageNotFoundError:
             problems.append(f"{name}: not installed")
             continue
-        where = "kit" if name in WHEELS else "image"
-        print(f"  {name:24} {dist.version:14} ({where})")
-        for line in dist.requires or []:
-            req = Requirement(line)
-            if req.marker and not req.marker.evaluate({"extra": ""}):
-                continue
-            try:
-                have = metadata.version(req.name)
-            except metadata.PackageNotFoundError:
-                problems.append(f"{name} {dist.version} needs {req}: not installed")
-                continue
-            if not req.specifier.contains(have, prereleases=True):
-                problems.append(f"{name} {dist.version} needs {req}: found {have}")
-    return problems
+        print(f"  {name:24} {version:14} ({'kit' if name in WHEELS else 'image'})")
+    for name in WHEELS:
+        dist = metadata.distribution(name)
+        problems += [check(f"{name} {dist.version}", line) for line in dist.requires or []]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {n.replace("_", "-") for n in RUNTIME}
+    problems += [
+        check("pyproject.toml", line)
+        for line in project
+        if Requirement(line).name.replace("_", "-") in names
+    ]
+    return [p for p in problems if p]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,6 +38,8 @@ done
 "$PY" -m pip --python "$VENV/bin/python" install -q --no-index --no-deps --no-compile \
   --disable-pip-version-check "$KIT"/wheels/*.whl
 VPY=$VENV/bin/python
+# The image's tools (ninja for DeepSpeed's JIT ops, torchrun) beside its python.
+export PATH="$VENV/bin:$("$PY" -c 'import os, sys; print(os.path.dirname(sys.executable))'):$PATH"
 
 step "versions"
 "$VPY" bench/gpu_kit.py preflight
