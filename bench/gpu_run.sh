@@ -8,8 +8,9 @@
 #   bash bench/gpu_run.sh --quick   # ~5 min: group batching only, fewer steps, CUDA tests
 #   bash bench/gpu_run.sh --smoke   # the CPU rehearsal (tests/test_gpu_kit.py): bench gpu --smoke
 #
-# GPU_RUN_PYTHON (default python3: the image's), GPU_KIT (default .gpu-kit) and GPU_RUN_VENV
-# (default /tmp/llava-gpu-venv) name what it uses; OUT defaults to runs/gpu_run.
+# GPU_RUN_PYTHON (default python3: the image's), GPU_KIT (default .gpu-kit), GPU_RUN_VENV
+# (default /tmp/llava-gpu-venv) and GPU_RUN_WORK (the bench's runs, default /tmp/bench_gpu) name
+# what it uses; OUT defaults to runs/gpu_run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:---full}
@@ -17,6 +18,7 @@ case $MODE in --full | --quick | --smoke) ;; *) echo "usage: $0 [--quick|--smoke
 PY=${GPU_RUN_PYTHON:-python3}
 KIT=${GPU_KIT:-.gpu-kit}
 VENV=${GPU_RUN_VENV:-/tmp/llava-gpu-venv}
+WORK=${GPU_RUN_WORK:-/tmp/bench_gpu}
 OUT=${OUT:-runs/gpu_run}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_run.log") 2>&1
@@ -63,7 +65,7 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 # mini-classify generated here (its Fashion-MNIST source files are not on the device).
 mkdir -p "$LLAVA_CACHE_DIR" && tar -xf "$KIT/mini_classify.tar" -C "$LLAVA_CACHE_DIR"
 
-bench=("$VPY" -m bench gpu --smollm2-shape "$KIT/smollm2" --work-dir /tmp/bench_gpu
+bench=("$VPY" -m bench gpu --smollm2-shape "$KIT/smollm2" --work-dir "$WORK"
   --out "$OUT/bench_gpu.json")
 case $MODE in
   --full) ;;

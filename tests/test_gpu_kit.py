@@ -126,6 +126,7 @@ def test_rehearsal_kit_installs_offline_over_the_image_and_runs_the_bench(tmp_pa
         GPU_RUN_PYTHON=str(stand_in / "bin/python"),
         GPU_KIT=str(kit),
         GPU_RUN_VENV=str(tmp_path / "venv"),
+        GPU_RUN_WORK=str(tmp_path / "work"),
         OUT=str(out),
         LLAVA_CACHE_DIR=str(tmp_path / "cache"),
         LLAVA_TEST_CACHE=str(tmp_path / "cache"),
