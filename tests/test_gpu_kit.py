@@ -101,7 +101,7 @@ def _image_stand_in(python312: str) -> Path:
     return venv
 
 
-@pytest.mark.slow  # 2-core CPU: kit ~1 min, stand-in once ~3 min, gpu_run.sh --smoke ~4 min
+@pytest.mark.slow  # 2-core CPU: 6.4 min (kit ~1, gpu_run.sh --smoke 5.5); the stand-in once 4.6 min
 def test_rehearsal_kit_installs_offline_over_the_image_and_runs_the_bench(tmp_path):
     python312 = _python312()
     stand_in = _image_stand_in(python312)
