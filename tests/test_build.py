@@ -154,6 +154,21 @@ def test_init_from_rejects_another_architecture(cache_dir, tmp_path):
         load_parts(build_tiny(cache_dir).model, tmp_path / "nothing", ["projector"])
 
 
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_the_attention_implementation_reaches_every_attention_layer(cache_dir, attn):
+    """train.attn_implementation, not the Llava skeleton's own default, in the tower and the
+    LLM alike (they share their configs with the skeleton)."""
+    from llava_ablate.config import compose_config, to_object
+    from llava_ablate.model.build import build_variant
+
+    cfg = to_object(compose_config(["vision=tiny_clip", "llm=tiny_qwen2"]))
+    model = build_variant(cfg.vision, cfg.llm, cfg.projector, arch=cfg.arch, cache_dir=cache_dir,
+                          attn_implementation=attn).model  # fmt: skip
+    layers = [m for n, m in model.named_modules() if n.endswith(("self_attn", "attention"))]
+    assert len(layers) == 4  # 2 tower layers, 2 LLM layers
+    assert {m.config._attn_implementation for m in layers} == {attn}
+
+
 def test_flash_attention_without_the_package_fails_clearly():
     import importlib.util
 

@@ -220,6 +220,9 @@ def build_variant(
     lm.config.__dict__.pop("quantization_config", None)
     image_token_index = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     config = llava_config(vision, projector, tower.config, lm.config, image_token_index, arch)
+    # The skeleton would otherwise pick its own default (sdpa) and, sharing the towers'
+    # configs, switch them to it: train.attn_implementation must reach every attention layer.
+    config._attn_implementation = attn_implementation
     adapter = arch_for(arch.type)
     with torch.device("meta"):
         model = adapter.model_cls(config)
