@@ -7,8 +7,9 @@ Training runs the real `train.py` (one process under torchrun, DeepSpeed ZeRO-2,
 own data pipeline on its built-in toy_instruct mixture) for each LLM x batching mode x attention
 implementation, and reads its metrics.jsonl: real (non-padding) tokens/s, data wait and peak
 memory, the first logged window left out as warm-up. Beside each run: the memory
-`llava-ablate plan` estimates for the same config, and MFU = 6 * N * tokens/s / peak, N the
-LLM's parameters (the frozen tower's forward is not counted, so MFU is a lower bound).
+`llava-ablate plan` estimates for the same config, and the MFU and HFU the run itself logs
+(llava_ablate/model/flops.py: the vision tower, projector, LLM and LM head, forward and
+backward, attention at each sample's length; HFU adds padding and recomputed layers).
 Evaluation builds the first LLM's variant in this process and times our scorers against the
 peers' batch-1 `generate` (bench/eval_throughput.py) on mini-classify's 26-option questions.
 
@@ -43,24 +44,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from llava_ablate.base.accelerators import peak_flops as accelerator_peak  # noqa: E402
 from llava_ablate.config import compose_config, to_object  # noqa: E402
 from llava_ablate.launch.estimate import (  # noqa: E402
     GIB,
-    GPUS,
     KNOWN_VISION,
     config_memory,
     data_size,
     model_size,
 )
-
-# Dense bf16 tensor-core peak by device name (substring of torch.cuda.get_device_name()), from
-# the vendors' datasheets (H100/H200 SXM: 989 TFLOPS; A100: 312), as `llava-ablate plan` uses.
-PEAK_BF16 = {
-    "H200": GPUS["h200-141gb"][0],
-    "H100": GPUS["h100-80gb"][0],
-    "A100": GPUS["a100-80gb"][0],
-    "L40S": GPUS["l40s-48gb"][0],
-}
 
 # How each batching mode is asked for (data.batching, llava_ablate/data/batching.py): data, so a
 # new mode is one line. A mode the config refuses fails before any run starts.
@@ -207,7 +199,7 @@ def check_configs(shapes: Shapes, cases: list[Case], work: Path) -> None:
             ) from e
 
 
-def train_case(shapes: Shapes, case: Case, work: Path, env: dict) -> dict:
+def train_case(shapes: Shapes, case: Case, work: Path, env: dict, peak: float) -> dict:
     """Run train.py for `case` (one process, torchrun) and summarise its metrics.jsonl."""
     run_dir = work / case.name
     with socket.socket() as s:
@@ -221,6 +213,7 @@ def train_case(shapes: Shapes, case: Case, work: Path, env: dict) -> dict:
         f"--master_port={port}",
         str(ROOT / "train.py"),
         *overrides(shapes, case, run_dir),
+        f"train.peak_tflops={peak / 1e12:g}",  # the run logs MFU and HFU against it
     ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -240,6 +233,9 @@ def train_case(shapes: Shapes, case: Case, work: Path, env: dict) -> dict:
         "samples_per_s": mean("samples_per_s"),
         "data_wait_frac": mean("data_wait_frac"),
         "peak_mem_gib": max(r["peak_mem_gb"] for r in rows),
+        "tflops_per_device": mean("tflops_per_device"),
+        "mfu": mean("mfu"),
+        "hfu": mean("hfu"),
         "wall_s": wall,
         "windows_timed": len(timed),
     }
@@ -262,11 +258,10 @@ def peak_flops(arg: float | None) -> tuple[float, str]:
         return arg * 1e12, "--peak-tflops"
     if not torch.cuda.is_available():
         raise SystemExit("no GPU: pass --peak-tflops to compute MFU against a stated peak")
-    name = torch.cuda.get_device_name()
-    for key, flops in PEAK_BF16.items():
-        if key in name:
-            return flops, f"bf16 dense peak of {key} (bench/gpu.py PEAK_BF16)"
-    raise SystemExit(f"{name}: no bf16 peak in bench/gpu.py PEAK_BF16; pass --peak-tflops")
+    peak, source = accelerator_peak(None, torch.device("cuda"))
+    if peak is None:
+        raise SystemExit(f"{source}; pass --peak-tflops")
+    return peak, source
 
 
 def eval_figures(shapes: Shapes, llm: str, cache_dir: str, device: torch.device) -> dict:
@@ -366,7 +361,8 @@ def main(argv: list[str] | None = None) -> dict:
         "smoke": args.smoke,
         "peak_flops": peak,
         "peak_source": peak_source,
-        "mfu_formula": "6 * llm_params * tokens_per_s / peak_flops",
+        "mfu_formula": "model FLOPs (vision tower, projector, LLM, LM head; fwd + bwd) / s / peak"
+        " (llava_ablate/model/flops.py); HFU adds padding and recompute",
         "attention": {"sdpa": "run", **{a: "run" for a in attns}, **attn_notes},
         "kernels": {"none": "run", **{k: "run" for k in kernels}, **kernel_notes},
         "batching_modes": modes,
@@ -375,10 +371,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     t_start = time.perf_counter()
     for case in cases:
-        row = {**asdict(case), **train_case(shapes, case, work, env)}
+        row = {**asdict(case), **train_case(shapes, case, work, env, peak)}
         row.update(estimate(shapes, case, work, precision, gpu))
         row["mem_over_estimate"] = row["peak_mem_gib"] / row["estimate_mem_gib"]
-        row["mfu"] = 6 * row["llm_params"] * row["tokens_per_s"] / peak
         results["training"].append(row)
         print(f"  {case.name}: {row['tokens_per_s']:.0f} tokens/s ({row['wall_s']:.0f} s)")
     results["batching_ratio"] = batching_ratios(results["training"], modes)
@@ -419,8 +414,8 @@ def print_table(r: dict) -> None:
     )
     print(f"attention: {r['attention']}, kernels: {r['kernels']}")
     print(f"LLM weights: {r['llm_weights']}")
-    head = ["llm", "batching", "attn", "kernels", "tokens/s", "MFU", "peak GiB", "plan GiB",
-            "data wait"]  # fmt: skip
+    head = ["llm", "batching", "attn", "kernels", "tokens/s", "TFLOP/s", "MFU", "HFU", "peak GiB",
+            "plan GiB", "data wait"]  # fmt: skip
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for row in r["training"]:
         cells = [
@@ -429,7 +424,9 @@ def print_table(r: dict) -> None:
             row["attn"],
             row["kernels"],
             f"{row['tokens_per_s']:,.0f}",
+            f"{row['tflops_per_device']:.3g}",
             f"{row['mfu']:.1%}",
+            f"{row['hfu']:.1%}",
             f"{row['peak_mem_gib']:.3g}",
             f"{row['estimate_mem_gib']:.3g}",
             f"{row['data_wait_frac']:.1%}",

@@ -244,6 +244,8 @@ class TrainCfg:
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU | bf16 | fp16 | fp32
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
     gradient_checkpointing: bool = True
+    # MFU/HFU's peak, TFLOP/s of one device; null: base/accelerators.py's table by GPU name.
+    peak_tflops: float | None = None
     log_every: int = 10
     save_every: int = 500  # optimizer steps between checkpoints; 0 = only at the end
     keep_checkpoints: int = 2

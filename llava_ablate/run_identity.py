@@ -49,6 +49,7 @@ EXCLUDED: dict[str, str] = {
     "train.run_dir": "the run's own directory, which this hash names",
     "train.allow_config_change": "the override that permits a deliberate change",
     "train.log_every": "logging cadence",
+    "train.peak_tflops": "what MFU is reported against, not what trains",
     "train.save_every": "checkpoint cadence: resume is exact, so a cut does not show",
     "train.keep_checkpoints": "disk housekeeping",
     "train.export": "whether the HF directory is written, not what it holds",

@@ -93,9 +93,15 @@ def test_memorises_and_resumes_exactly_after_a_kill(train_launcher, tmp_path, ze
 
 def test_stage1_to_stage2_under_zero3_and_export_generates(train_launcher, tmp_path):
     s1, s2 = tmp_path / "stage1", tmp_path / "stage2"
-    train_launcher(
-        ["+experiment=tiny_align", "deepspeed=zero2", f"train.run_dir={s1}", "recipe.max_steps=10"]
-    )
+    train_launcher(["+experiment=tiny_align", "deepspeed=zero2", f"train.run_dir={s1}",
+                    "recipe.max_steps=10", "train.peak_tflops=0.5"])  # fmt: skip
+    # Every logged window: achieved TFLOP/s (vision tower counted), MFU and HFU against the
+    # stated peak; HFU also counts padding and the recomputed layers. The card says the same.
+    for row in read_metrics(s1):
+        assert row["tflops_per_device"] > 0 and 0 < row["mfu"] <= row["hfu"], row
+        assert row["mfu"] == pytest.approx(row["tflops_per_device"] / 0.5)
+    card = (s1 / "export/README.md").read_text()
+    assert "TFLOP/s per device" in card and "MFU" in card and "train.peak_tflops=0.5" in card
     # Stage 2 with the projector frozen: its exported weights must equal stage 1's exactly,
     # which only holds if the hand-over really loaded them (under ZeRO-3 partitioning).
     stage2 = [
@@ -110,6 +116,9 @@ def test_stage1_to_stage2_under_zero3_and_export_generates(train_launcher, tmp_p
     w1, w2 = load_file(s1 / "export/model.safetensors"), load_file(s2 / "export/model.safetensors")
     proj = [k for k in w1 if "multi_modal_projector" in k]
     assert proj and all(torch.equal(w1[k], w2[k]) for k in proj)
+    # On a CPU with no stated peak: TFLOP/s only, and the card says why there is no MFU.
+    assert all("mfu" not in r and r["tflops_per_device"] > 0 for r in read_metrics(s2))
+    assert "MFU not reported" in (s2 / "export/README.md").read_text()
     llm = [k for k in w1 if "layers.0.self_attn.q_proj" in k]
     assert llm and not all(torch.equal(w1[k], w2[k]) for k in llm)  # stage 2 trained the LLM
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from llava_ablate.base.accelerators import PEAK_TFLOPS
 from llava_ablate.config import Config, LLMCfg, VisionCfg
 
 if TYPE_CHECKING:  # transformers' OneVision classes load only for an anyres plan
@@ -32,13 +33,14 @@ log = logging.getLogger("llava_ablate.launch")
 
 GIB = 2**30
 
-# Peak dense 16-bit tensor-core FLOP/s and memory of the GPUs a plan can assume (`gpu:`).
+# Peak dense 16-bit tensor-core FLOP/s (base/accelerators.py, the one table) and memory of the
+# GPUs a plan can assume (`gpu:`).
 GPUS: dict[str, tuple[float, float]] = {
-    "a100-40gb": (312e12, 40),
-    "a100-80gb": (312e12, 80),
-    "h100-80gb": (989e12, 80),
-    "h200-141gb": (989e12, 141),
-    "l40s-48gb": (362e12, 48),
+    "a100-40gb": (PEAK_TFLOPS["A100"] * 1e12, 40),
+    "a100-80gb": (PEAK_TFLOPS["A100"] * 1e12, 80),
+    "h100-80gb": (PEAK_TFLOPS["H100"] * 1e12, 80),
+    "h200-141gb": (PEAK_TFLOPS["H200"] * 1e12, 141),
+    "l40s-48gb": (PEAK_TFLOPS["L40S"] * 1e12, 48),
     "cpu": (0.0, 0.0),  # CPU nodes: memory and GPU-hours are not reported
 }
 

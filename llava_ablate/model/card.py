@@ -264,8 +264,24 @@ def _training_section(variant: dict, info: dict) -> list[str]:
         f"- learning rates: {lrs or '-'}; schedule {recipe.get('schedule')}, "
         f"warmup {recipe.get('warmup_ratio')}",
         f"- precision: {info.get('precision')}",
+        *_throughput_lines(info.get("throughput")),
         "",
     ]
+
+
+def _throughput_lines(t: dict | None) -> list[str]:
+    """tokens/s, TFLOP/s, MFU and HFU of the run (train/run.py `throughput`); absent before."""
+    if not t:
+        return []
+    line = f"- throughput: {t['tokens_per_s']:,.0f} tokens/s"
+    if "tflops_per_device" in t:
+        line += (f", {t['tflops_per_device']:.3g} TFLOP/s per device (model FLOPs, the vision "
+                 "tower counted)")  # fmt: skip
+    if "mfu" in t:
+        line += f"; MFU {t['mfu']:.1%}, HFU {t['hfu']:.1%} against {t['peak']}"
+    else:
+        line += f"; MFU not reported: {t['peak']}"
+    return [line]
 
 
 def _mixture_section(data: dict) -> list[str]:

@@ -21,6 +21,7 @@ from llava_ablate.base.faults import (
     TooManySkipped,
     agree,
 )
+from llava_ablate.model.flops import FlopModel, batch_shape, step_flops
 from llava_ablate.train import checkpoint
 from llava_ablate.train.loss import supervised_loss
 from llava_ablate.train.metrics import MetricsLogger, peak_memory_gb
@@ -51,6 +52,9 @@ class TrainState:
     nonfinite: int = 0  # micro-batches skipped for a NaN/Inf loss (all ranks agree)
     tokens: int = 0  # tokens trained on by this rank (attention mask, placeholder rows excluded)
     stopped_early: bool = False  # a stop was requested (preemption): checkpointed, not finished
+    # This process's throughput since it started (resumed runs: since the resume), every rank
+    # summed: for the model card.
+    throughput: Counter = field(default_factory=Counter)
 
     def client_state(self) -> dict:
         return {"step": self.step, "nonfinite": self.nonfinite}
@@ -70,6 +74,10 @@ class LoopOptions:
     stop_requested: Callable[[], bool] | None = None
     # Called on every rank after each optimizer step (evaluation hook); a dict result is logged.
     evaluate: Callable[[int], dict | None] | None = None
+    # The variant's FLOP shapes (model/flops.py) and one device's peak FLOP/s: each logged
+    # window reports achieved TFLOP/s, and MFU and HFU where the peak is known.
+    flops: FlopModel | None = None
+    peak_flops: float | None = None
 
 
 def _all_sum(values: list[float], device) -> list[float]:
@@ -149,12 +157,16 @@ def train_loop(
             window["tokens"] += batch["real_tokens"]  # the placeholder row is not data
             state.tokens += batch["real_tokens"]  # tokens seen, for the model card
             window["samples"] += len(batch["ids"])
+            if opts.flops is not None:
+                model_flops, hardware_flops = step_flops(opts.flops, batch_shape(batch, opts.flops))
+                window["model_flops"] += model_flops
+                window["hardware_flops"] += hardware_flops
         if not boundary:
             continue
         state.step += 1
         window["steps"] += 1
         if state.step % opts.log_every == 0 or state.step == opts.total_steps:
-            log_window(engine, metrics, state, window, t_window, lrs)
+            log_window(engine, metrics, state, window, t_window, lrs, opts.peak_flops)
             window.clear()
             t_window = time.perf_counter()
         if opts.evaluate is not None and state.step < opts.total_steps:
@@ -189,12 +201,13 @@ def log_window(
     window: Counter,
     started: float,
     lrs: dict[str, float],
+    peak_flops: float | None = None,
 ) -> None:
     """One metrics line for the optimizer steps since `started`: `window` holds this rank's
-    sums (token losses, supervised tokens, tokens, samples, data wait); collective, summed over
-    ranks."""
+    sums (token losses, supervised tokens, tokens, samples, data wait, FLOPs); collective,
+    summed over ranks."""
     elapsed = time.perf_counter() - started
-    loss_sum, targets, tokens, samples, wait, skipped = _all_sum(
+    loss_sum, targets, tokens, samples, wait, skipped, model_flops, hardware_flops = _all_sum(
         [
             window["loss_sum"],
             window["targets"],
@@ -202,11 +215,15 @@ def log_window(
             window["samples"],
             window["data_wait_s"],
             sum(state.skipped.values()),
+            window["model_flops"],
+            window["hardware_flops"],
         ],
         engine.device,
     )
     world = dist.get_world_size()
     grad_norm = engine.get_global_grad_norm()
+    state.throughput.update(seconds=elapsed, tokens=tokens, model_flops=model_flops,
+                            hardware_flops=hardware_flops)  # fmt: skip
     metrics.log(
         state.step,
         {
@@ -218,8 +235,22 @@ def log_window(
             "data_wait_frac": wait / world / elapsed,
             "peak_mem_gb": peak_memory_gb(),
             "skipped_total": int(skipped),
+            **utilisation(model_flops, hardware_flops, elapsed, world, peak_flops),
         },
     )
+
+
+def utilisation(model_flops: float, hardware_flops: float, seconds: float, world: int,
+                peak_flops: float | None) -> dict[str, float]:  # fmt: skip
+    """Achieved TFLOP/s per device (model FLOPs: model/flops.py) and, against the peak, MFU
+    (model FLOPs) and HFU (hardware FLOPs: padding and recompute included)."""
+    if not model_flops or seconds <= 0:
+        return {}
+    out = {"tflops_per_device": model_flops / seconds / world / 1e12}
+    if peak_flops:
+        out["mfu"] = model_flops / seconds / (world * peak_flops)
+        out["hfu"] = hardware_flops / seconds / (world * peak_flops)
+    return out
 
 
 def _next_batch(

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
+from llava_ablate.base.accelerators import peak_flops
 from llava_ablate.base.distributed import (
     DistInfo,
     dtype_for,
@@ -48,6 +49,7 @@ from llava_ablate.model.archs import arch_for
 from llava_ablate.model.build import Variant, build_variant, shard_image_side
 from llava_ablate.model.card import evaluations_in, record_evaluations
 from llava_ablate.model.export import export_engine, is_exported
+from llava_ablate.model.flops import FlopModel, flop_model
 from llava_ablate.model.freeze import apply_training_plan, format_plan
 from llava_ablate.model.init_from import load_parts
 from llava_ablate.model.kernels import apply_kernels
@@ -66,7 +68,13 @@ from llava_ablate.train.ds_config import (
     plan_batches,
     total_steps,
 )
-from llava_ablate.train.loop import LoopOptions, TrainState, agreed_evaluation, train_loop
+from llava_ablate.train.loop import (
+    LoopOptions,
+    TrainState,
+    agreed_evaluation,
+    train_loop,
+    utilisation,
+)
 from llava_ablate.train.metrics import MetricsLogger
 from llava_ablate.train.preemption import StopFlag, ignore_stop_signals
 from llava_ablate.train.run_log import log_failure, log_start, setup_run_logging
@@ -106,7 +114,7 @@ def _train_and_export(run: Run) -> None:
     tracking = open_tracking(run)
     resumed = resume(run, engine, data.loader, tracking.metrics)
     evaluate = open_evaluation(run, model, engine, tracking.tracker)
-    state, final_eval = train(run, data, engine, tracking, resumed, evaluate)
+    state, final_eval = train(run, data, model, engine, tracking, resumed, evaluate)
     finish(run, data, model, engine, tracking, state, final_eval)
 
 
@@ -203,6 +211,7 @@ class Model:
     module: torch.nn.Module  # what trains: the variant's model, LoRA-wrapped if configured
     param_groups: list[dict]  # for the optimizer: what trains, at which lr
     precision: str  # bf16 | fp16 | fp32: its weights, DeepSpeed's mixed precision
+    flops: FlopModel  # its FLOP shapes, what trains included: MFU and HFU (model/flops.py)
 
 
 def build_model(cfg: Config, precision: str) -> Model:
@@ -233,7 +242,14 @@ def build_model(cfg: Config, precision: str) -> Model:
         vision_feature_layer=cfg.vision.feature_layer,
     )
     log.info("trainable parameters per module:\n%s", format_plan(counts))
-    return Model(variant, model, param_groups, precision)
+    flops = flop_model(
+        variant.model,
+        {part: c.trainable > 0 for part, c in counts.items()},
+        lora=recipe.lora is not None,
+        recompute=cfg.train.gradient_checkpointing,
+        attn_implementation=cfg.train.attn_implementation,
+    )
+    return Model(variant, model, param_groups, precision, flops)
 
 
 @dataclass
@@ -416,7 +432,13 @@ def open_evaluation(run: Run, model: Model, engine, tracker: Tracker | None) -> 
 
 
 def train(
-    run: Run, data: Data, engine, tracking: Tracking, resumed: Resumed, evaluate: Evaluator
+    run: Run,
+    data: Data,
+    model: Model,
+    engine,
+    tracking: Tracking,
+    resumed: Resumed,
+    evaluate: Evaluator,
 ) -> tuple[TrainState, dict | None]:
     """The loop, then the final checkpoint and evaluation; returns (state, final results).
 
@@ -427,6 +449,8 @@ def train(
     cfg = run.cfg
     on_checkpoint = partial(rank_state, loader=data.loader)
     stop_flag = StopFlag()
+    peak, peak_source = peak_flops(cfg.train.peak_tflops, engine.device)
+    log.info("MFU and HFU against: %s", peak_source)
     opts = LoopOptions(
         total_steps=data.steps,
         log_every=cfg.train.log_every,
@@ -437,6 +461,8 @@ def train(
         checkpoint_dir=run.checkpoint_dir,
         stop_requested=stop_flag,
         evaluate=evaluate,
+        flops=model.flops,
+        peak_flops=peak,
     )
     final_eval = None
     try:
@@ -503,6 +529,9 @@ def finish(
                 "config_hash": run.identity.config_hash,
                 "command": training_command(),
                 "data_dropped": dropped,  # skipped and truncated samples (the card lists them)
+                "throughput": throughput(
+                    state, run.info.world, run.cfg.train.peak_tflops, engine.device
+                ),  # fmt: skip
                 **_environment_info(run),  # the software it ran on (the card lists it)
             },
         )
@@ -514,6 +543,21 @@ def finish(
             record_evaluations(run.export_dir, evaluations)
     tracking.close()
     shutdown_distributed()
+
+
+def throughput(state: TrainState, world: int, configured_peak: float | None, device) -> dict:
+    """The run's throughput over its logged windows (since the last resume), for the card:
+    tokens/s, TFLOP/s per device, MFU and HFU against the peak (vision tower included)."""
+    t = state.throughput
+    if not t["seconds"]:
+        return {}
+    peak, source = peak_flops(configured_peak, device)
+    return {
+        "seconds": t["seconds"],
+        "tokens_per_s": t["tokens"] / t["seconds"],
+        **utilisation(t["model_flops"], t["hardware_flops"], t["seconds"], world, peak),
+        "peak": source,
+    }
 
 
 def report_skips(
