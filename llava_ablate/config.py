@@ -440,12 +440,13 @@ class ValidateOnStart(ValidateOnStartBase):
         from hydra.core.hydra_config import HydraConfig
 
         from llava_ablate.base.scheduler import launched_world_size
-        from llava_ablate.run_identity import check_run_identity
+        from llava_ablate.run_identity import check_init_from, check_run_identity
 
         validate(config)
         HydraConfig.instance().set_config(config)  # `${hydra:...}` in train.run_dir resolves
         run_dir = Path(config.train.run_dir)
         check_run_identity(config, run_dir, world_size=launched_world_size())
+        check_init_from(config.recipe.init_from, run_dir)
 
 
 def _check_feature_layer(layer: Any) -> None:

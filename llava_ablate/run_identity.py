@@ -366,3 +366,14 @@ def record_run_identity(cfg: DictConfig, run_dir: Path, ident: RunIdentity) -> N
 
 
 register_resolvers()
+
+
+def check_init_from(init_from: str | None, run_dir: Path) -> None:
+    """A stage that starts from another's export needs that directory -- unless this run has
+    finished (its export is all it needs). Checked before anything is written (Hydra's run
+    directory included) and again when training starts."""
+    if init_from and not (run_dir / EXPORT_MARKER).exists() and not Path(init_from).is_dir():
+        raise ConfigError(
+            f"recipe.init_from={init_from}: no such directory; train the previous stage to "
+            "completion first (its export/ directory), or fix the path"
+        )

@@ -201,6 +201,8 @@ def _last_line(text: str) -> str:
     [
         ("+recipe.not_a_key=1", "recipe.not_a_key"),  # an unknown key, even added with `+`
         ("recipe.micro_batch_size=-4", "recipe.micro_batch_size=-4"),  # out of range
+        # a previous stage that is not there: no empty run directory left behind
+        ("recipe.init_from=/no/such/stage1/export", "recipe.init_from=/no/such/stage1/export"),
     ],
 )
 def test_train_rejects_a_bad_config_before_any_work(tmp_path, override, named):

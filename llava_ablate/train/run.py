@@ -32,7 +32,7 @@ from llava_ablate.base.distributed import (
     shutdown_distributed,
 )
 from llava_ablate.base.faults import RunFault
-from llava_ablate.config import Config, ConfigError, to_object
+from llava_ablate.config import Config, to_object
 from llava_ablate.data.builtin import prepare_builtin
 from llava_ablate.data.encode import Collator, EncodeOptions, SampleEncoder
 from llava_ablate.data.mixture import BuiltMixture, check_image_side, open_mixture, skip_report
@@ -59,7 +59,12 @@ from llava_ablate.run_environment import (
     record_run_environment,
     warn_resumed_with_changes,
 )
-from llava_ablate.run_identity import RunIdentity, check_run_identity, record_run_identity
+from llava_ablate.run_identity import (
+    RunIdentity,
+    check_init_from,
+    check_run_identity,
+    record_run_identity,
+)
 from llava_ablate.train import checkpoint
 from llava_ablate.train.ds_config import (
     BatchPlan,
@@ -151,12 +156,7 @@ def start_run(dcfg: DictConfig) -> Run:
     # resumes, overwrites or calls "finished" another config's run (run_identity.py).
     world = int(os.environ.get("WORLD_SIZE", "1"))
     identity = check_run_identity(dcfg, run_dir, world_size=world)
-    init_from = cfg.recipe.init_from
-    if init_from and not is_exported(run_dir / "export") and not Path(init_from).is_dir():
-        raise ConfigError(
-            f"recipe.init_from={init_from}: no such directory; train the previous stage to "
-            "completion first (its export/ directory), or fix the path"
-        )
+    check_init_from(cfg.recipe.init_from, run_dir)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     info = init_distributed(cfg.train.dist_timeout_s)
     setup_run_logging(run_dir, info.rank)
