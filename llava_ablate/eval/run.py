@@ -29,7 +29,13 @@ from tqdm import tqdm
 
 from llava_ablate.base.distributed import DistInfo, dtype_for, join_world, shutdown_distributed
 from llava_ablate.base.files import atomic_write, file_lock
-from llava_ablate.data.images import mean_colour, pad_to_square
+from llava_ablate.data.images import (
+    ImageAspect,
+    image_aspect,
+    is_anyres,
+    mean_colour,
+    pad_to_square,
+)
 from llava_ablate.eval.datasets import ClassificationDataset, UnreadableImage
 from llava_ablate.eval.hard import HardClassSelector
 from llava_ablate.eval.layouts import load_dataset
@@ -168,7 +174,7 @@ def load_model(cfg: EvaluateConfig, world: DistInfo):
     return choice, choice.processor.image_processor
 
 
-def image_aspect_of(cfg: EvaluateConfig, image_processor) -> str:
+def image_aspect_of(cfg: EvaluateConfig, image_processor) -> ImageAspect:
     """How the images reach the model: `pad` (LLaVA-1.5's pad-to-square), `native` (as its
     processor takes them) or `processor` (a CLIP/SigLIP baseline's own resize and crop).
     `model.image_aspect=auto` follows the family's makers (its adapter's `image_aspect`); an
@@ -184,10 +190,10 @@ def image_aspect_of(cfg: EvaluateConfig, image_processor) -> str:
         family = family_for(AutoConfig.from_pretrained(cfg.model.path).model_type)
         aspect = family.image_aspect
         log.info("model.image_aspect=auto: %s, as the %s family is evaluated", aspect, family.name)
-    if aspect == "pad" and getattr(image_processor, "image_grid_pinpoints", None):
+    anyres = is_anyres(image_processor)
+    if aspect == "pad" and anyres:
         log.info("anyres image processor: images keep their aspect ratio (no pad-to-square)")
-        return "native"
-    return aspect
+    return image_aspect(aspect, anyres=anyres)
 
 
 def run_evaluation(cfg: EvaluateConfig) -> dict:

@@ -34,6 +34,7 @@ from llava_ablate.base.faults import RunFault
 from llava_ablate.config import Config, ConfigError, to_object
 from llava_ablate.data.builtin import prepare_builtin
 from llava_ablate.data.encode import Collator, EncodeOptions, SampleEncoder
+from llava_ablate.data.images import image_aspect
 from llava_ablate.data.mixture import BuiltMixture, check_image_side, open_mixture, skip_report
 from llava_ablate.data.shards import side_text
 from llava_ablate.data.stream import (
@@ -571,7 +572,7 @@ def _environment_info(run: Run) -> dict:
 
 def _pads_to_square(cfg: Config) -> bool:
     """LLaVA-1.5's pad-to-square (vision.image_aspect=pad); anyres keeps the aspect ratio."""
-    return cfg.vision.image_aspect == "pad" and cfg.arch.type == "llava"
+    return image_aspect(cfg.vision.image_aspect, anyres=cfg.arch.type != "llava") == "pad"
 
 
 def _seed(seed: int) -> None:
