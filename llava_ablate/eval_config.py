@@ -9,7 +9,7 @@ the schemas and nothing imports upwards.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Literal
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -19,10 +19,12 @@ from llava_ablate.base.config import (
     PathsCfg,
     Range,
     ValidateOnStartBase,
+    check_choices,
     check_known_keys,
+    choices_of,
 )
 
-DATASET_KINDS = (
+DatasetKind = Literal[
     "imagenet",
     "imagenetv2",
     "objectnet",
@@ -37,18 +39,15 @@ DATASET_KINDS = (
     "csv",
     "jsonl",
     "parquet",
-)
-DISTRACTORS = ("random", "hard", "file")
+]
 # all_classes: zero-shot baselines only; name_likelihood, generate: MLLMs only
-SCORERS = ("likelihood", "name_likelihood", "generate", "all_classes")
+Scorer = Literal["likelihood", "name_likelihood", "generate", "all_classes"]
 HOOK_SCORERS = ("likelihood", "name_likelihood")  # fixed forwards per question: ZeRO-3 safe
-HARD_MODES = ("none", "bottom_q", "list", "exposure")
-MODEL_TYPES = ("mllm", "clip", "siglip")
 
 
 @dataclass
 class DatasetCfg:
-    kind: str = MISSING  # one of DATASET_KINDS
+    kind: Annotated[str, DatasetKind] = MISSING
     root: str = MISSING  # the dataset's directory (or the CSV/JSONL/parquet file)
     split: str = "test"  # test | val | train | all (what the layout offers; ImageNet: val)
     classnames: str | None = None  # a file overriding the class names (one per line, or TSV)
@@ -66,7 +65,7 @@ class DatasetCfg:
 @dataclass
 class QuestionsCfg:
     num_options: int = 26  # A-Z; fewer when a dataset has fewer classes
-    distractors: str = "random"  # random | hard | file
+    distractors: Annotated[str, Literal["random", "hard", "file"]] = "random"
     # Text encoder for `hard`: "auto" (CLIP text tower from `hard_encoder_path` if set, else the
     # labelled lexical fallback), "clip:<hub id or dir>", "siglip:<hub id or dir>", "tfidf".
     encoder: str = "auto"
@@ -85,7 +84,7 @@ class ScoringCfg:
     # name_likelihood: the option whose class name is likeliest as the answer (VLMClassifier's
     # probabilistic inference, on the same options); generate: parse free text (MLLMs);
     # all_classes: argmax over every class (CLIP/SigLIP). The first listed is the headline.
-    scorers: list[str] = field(default_factory=lambda: ["likelihood"])
+    scorers: list[Annotated[str, Scorer]] = field(default_factory=lambda: ["likelihood"])
     batch_size: int = 8
     max_new_tokens: int = 16  # generate only
     # name_likelihood: the prompt the names answer (null: the MCQ text itself; or an open
@@ -97,7 +96,7 @@ class ScoringCfg:
 
 @dataclass
 class HardCfg:
-    mode: str = "none"  # none | bottom_q | list | exposure
+    mode: Annotated[str, Literal["none", "bottom_q", "list", "exposure"]] = "none"
     q: float = 0.2  # bottom_q / exposure: the fraction of classes called hard
     # bottom_q: a reference run's per_class.csv (class_name,accuracy); "{dataset}" is substituted
     reference: str | None = None
@@ -133,17 +132,19 @@ class EvalCfg:
 
 @dataclass
 class ModelCfg:
-    type: str = "mllm"  # mllm (any AutoModelForImageTextToText) | clip | siglip (zero-shot)
+    # mllm: any AutoModelForImageTextToText; clip | siglip: a zero-shot baseline
+    type: Annotated[str, Literal["mllm", "clip", "siglip"]] = "mllm"
     path: str = MISSING  # exported directory or hub id
     name: str | None = None  # label in results; default: the path's last component
-    dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU | bf16 | fp16 | fp32
+    dtype: Annotated[str, Literal["auto", "bf16", "fp16", "fp32"]] = "auto"  # auto: bf16 on GPU
     attn_implementation: str = "sdpa"
     templates: str = "simple"  # clip/siglip: simple ("a photo of a {}.") | openai80 | a file
     # auto: as the family's makers evaluate it (eval/families: pad for LLaVA-1.5 and our llava
     # exports; native for the dynamic-resolution and tiling families) | pad: LLaVA-1.5's
     # pad-to-square (never for anyres processors, which tile at the image's aspect ratio) |
-    # native: as the processor takes it
-    image_aspect: str = "auto"
+    # native: as the processor takes it (training's vision.image_aspect=resize). What reached the
+    # model (pad | native) is recorded in metrics.json (data/images.py `image_aspect`).
+    image_aspect: Annotated[str, Literal["auto", "pad", "native"]] = "auto"
 
 
 @dataclass
@@ -162,6 +163,14 @@ class EvaluateConfig:
     out_dir: str = MISSING
     resume: bool = True  # skip question ids already in predictions
     shard: ShardCfg = field(default_factory=ShardCfg)
+
+
+# The allowed values as tuples, for code that lists them (declared in the types above).
+DATASET_KINDS = choices_of(DatasetCfg, "kind")
+DISTRACTORS = choices_of(QuestionsCfg, "distractors")
+SCORERS = choices_of(ScoringCfg, "scorers")
+HARD_MODES = choices_of(HardCfg, "mode")
+MODEL_TYPES = choices_of(ModelCfg, "type")
 
 
 def model_tag(name: str | None, path: str) -> str:
@@ -198,21 +207,18 @@ _SUBSAMPLE = Range(low=1, nullable=True)
 
 def validate_eval(cfg: EvalCfg) -> None:
     """Check the values OmegaConf cannot type; raise ConfigError naming the key."""
+    check_choices(cfg, "eval")  # every key whose type declares its values
     for name, ds in cfg.datasets.items():
-        _choice(f"eval.datasets.{name}.kind", ds.kind, DATASET_KINDS)
         _SUBSAMPLE.check(f"eval.datasets.{name}.per_class", ds.per_class)
         _SUBSAMPLE.check(f"eval.datasets.{name}.total", ds.total)
     for key, allowed in _EVAL_RANGES.items():
         section, field_name = key.split(".")
         allowed.check(f"eval.{key}", getattr(getattr(cfg, section), field_name))
     q = cfg.questions
-    _choice("eval.questions.distractors", q.distractors, DISTRACTORS)
     if not 2 <= q.num_options <= 26:
         raise ConfigError(f"eval.questions.num_options={q.num_options}: must be in 2..26 (A-Z)")
     if q.distractors == "file" and not q.options_file:
         raise ConfigError("eval.questions.distractors=file needs eval.questions.options_file")
-    for s in cfg.scoring.scorers:
-        _choice("eval.scoring.scorers", s, SCORERS)
     if not cfg.scoring.scorers:
         raise ConfigError(f"eval.scoring.scorers is empty; choose from {list(SCORERS)}")
     answer = cfg.scoring.names_answer
@@ -224,7 +230,6 @@ def validate_eval(cfg: EvalCfg) -> None:
         ) from None
     if "{option}" not in answer:
         raise ConfigError(f"eval.scoring.names_answer={answer!r} must contain {{option}}")
-    _choice("eval.hard.mode", cfg.hard.mode, HARD_MODES)
     if cfg.hard.mode == "bottom_q" and not cfg.hard.reference:
         raise ConfigError("eval.hard.mode=bottom_q needs eval.hard.reference (a per_class.csv)")
     if cfg.hard.mode == "exposure" and not cfg.hard.exposure_table:
@@ -236,9 +241,7 @@ def validate_eval(cfg: EvalCfg) -> None:
 def validate_evaluate(cfg: EvaluateConfig) -> None:
     """evaluate.py's config (a composed DictConfig or the EvaluateConfig made from it)."""
     check_known_keys(cfg)  # `+model.foo=1` is added even in struct mode
-    _choice("model.type", cfg.model.type, MODEL_TYPES)
-    _choice("model.dtype", cfg.model.dtype, ("auto", "bf16", "fp16", "fp32"))
-    _choice("model.image_aspect", cfg.model.image_aspect, ("auto", "pad", "native"))
+    check_choices(cfg.model, "model")
     scorers = set(cfg.eval.scoring.scorers)
     if cfg.model.type != "mllm" and "generate" in scorers:
         raise ConfigError(
@@ -267,8 +270,3 @@ class ValidateOnStart(ValidateOnStartBase):
 
     def validate(self, config: DictConfig) -> None:
         validate_evaluate(config)  # type: ignore[arg-type]
-
-
-def _choice(key: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")

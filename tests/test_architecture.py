@@ -19,8 +19,8 @@ LAYERS: list[tuple[str, ...]] = [
         "conf",
     ),  # distributed start/stop + agreed stops, file locks + atomic writes, chat, config errors;
     # conf: the Hydra config groups (YAML, no imports)
-    # the structured configs, a run's identity and the environment it ran on
-    ("config", "eval_config", "run_identity", "run_environment"),
+    # the structured configs, a run's identity, the environment it ran on, its W&B tracking
+    ("config", "eval_config", "run_identity", "run_environment", "tracking"),
     ("data",),
     ("model",),
     ("eval",),

@@ -143,7 +143,7 @@ def test_load_error_on_one_rank_stops_both(cache_dir, tmp_path):
 SIGNALLED_TRACKER = """
 import signal, sys, psutil
 from pathlib import Path
-from llava_ablate.train.tracking import Tracker
+from llava_ablate.tracking import Tracker
 t = Tracker(enabled=True, project="p", entity=None, group=None, name="n", run_dir=Path(sys.argv[1]),
             config={}, mode="offline")
 assert t.run is not None

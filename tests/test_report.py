@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llava_ablate.eval.results import SCHEMA
 from llava_ablate.eval.scoring import Prediction
 from llava_ablate.eval.stats import (
     bootstrap_accuracy,
@@ -48,9 +49,9 @@ def _write_dataset(out: Path, name: str, correct: np.ndarray, hard: set[str], fp
         "hard_accuracy": wilson_accuracy(correct[mask]).as_dict(),
     }
     (out / "metrics.json").write_text(json.dumps(
-        {"step": 20, "dataset": name, "n_questions": len(correct), "fingerprint": fp,
-         "scorers": {s: m for s in scorers}}
-        | ({"image_aspect": image_aspect} if image_aspect else {})))  # fmt: skip
+        {"schema": SCHEMA, "model": None, "step": 20, "dataset": name,
+         "n_questions": len(correct), "image_aspect": image_aspect,
+         "question_set": {"fingerprint": fp}, "scorers": {s: m for s in scorers}}))  # fmt: skip
     with open(out / "per_class.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, ["class_name", "n", "hard", "accuracy", "ci_low", "ci_high"])
         w.writeheader()
@@ -171,7 +172,7 @@ def test_report_refuses_different_question_sets(two_runs):
     grid, _, (var_dir, _) = two_runs
     m_file = var_dir / "eval/step_20/digits/metrics.json"
     m = json.loads(m_file.read_text())
-    m["fingerprint"] = "other"
+    m["question_set"]["fingerprint"] = "other"
     m_file.write_text(json.dumps(m))
     with pytest.raises(ResultsError, match="different question sets"):
         build(_args([str(grid)]))

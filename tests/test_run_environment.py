@@ -195,7 +195,7 @@ def test_strict_env_passes_same_software_and_refuses_unrecorded_rows(two_version
 def test_evaluation_results_record_their_environment(tmp_path):
     """evaluate.py's summary metrics.json carries the environment; the report reads it for an
     evaluation-only row."""
-    from llava_ablate.eval.run import write_summary
+    from llava_ablate.eval.results import write_summary
     from llava_ablate.report.environment import read_environment
 
     write_summary(tmp_path, "m", {"digits": {"accuracy": 0.5}})

@@ -15,7 +15,8 @@ from transformers import (
     LlavaProcessor,
 )
 
-from llava_ablate.config import _CHOICES, compose_config, to_object
+from llava_ablate.base.config import choices_of
+from llava_ablate.config import ArchCfg, compose_config, to_object
 from llava_ablate.data.anyres import anyres_token_counts
 from llava_ablate.launch.estimate import model_size
 from llava_ablate.model.archs import ARCHS, arch_for
@@ -30,7 +31,7 @@ ROWS = {
 
 
 def test_every_arch_type_has_an_adapter_and_a_row():
-    assert set(_CHOICES["arch.type"]) == set(ARCHS) == set(ROWS)
+    assert set(choices_of(ArchCfg, "type")) == set(ARCHS) == set(ROWS)
     for arch_type, adapter in ARCHS.items():
         assert adapter.type == arch_type and arch_for(arch_type) is adapter
 

@@ -55,8 +55,8 @@ def test_offline_run_files_contain_config_axes_and_the_logged_metrics(tmp_path, 
     from omegaconf import OmegaConf
 
     from llava_ablate.run_environment import current_environment
+    from llava_ablate.tracking import Tracker
     from llava_ablate.train.metrics import MetricsLogger
-    from llava_ablate.train.tracking import Tracker
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn, get_args, get_origin, get_type_hints
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -65,6 +66,86 @@ class Range:
         else:
             text = f"{'<' if self.high_open else '<='} {num(self.high)}"
         return text + (" or null" if self.nullable else "")
+
+
+def declared_choices(annotation: Any) -> tuple | None:
+    """The values a field's type allows: `Annotated[str, Literal["clip", "siglip"]]` (a list's
+    elements: `list[Annotated[...]]`); None when it declares none. OmegaConf 2.3 types the
+    field by Annotated's first argument and ignores the Literal, which is ours to check."""
+    if get_origin(annotation) is Annotated:
+        return next(
+            (get_args(m) for m in annotation.__metadata__ if get_origin(m) is Literal), None
+        )
+    if get_origin(annotation) is list:
+        return declared_choices(get_args(annotation)[0])
+    return None
+
+
+@functools.cache
+def _declared(schema: type) -> dict[str, tuple[tuple, bool]]:
+    """field -> (allowed values, whether the field is a list of them), of `schema`'s fields."""
+    hints = get_type_hints(schema, include_extras=True)
+    found = {}
+    for f in dataclasses.fields(schema):
+        allowed = declared_choices(hints[f.name])
+        if allowed is not None:
+            found[f.name] = (allowed, get_origin(hints[f.name]) is list)
+    return found
+
+
+def choices_of(schema: type, name: str) -> tuple:
+    """The values `schema.name` may take, as its type declares them."""
+    return _declared(schema)[name][0]
+
+
+def check_choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def check_choices(node: Any, path: str = "") -> None:
+    """Every key at or below `node` (a structured DictConfig, or the dataclasses `to_object`
+    makes) whose field type declares its allowed values: raise ConfigError naming the first
+    key holding another value, and the values allowed."""
+    schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else type(node)
+    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
+        for key, child in _children(node):  # eval.datasets: name -> DatasetCfg
+            check_choices(child, f"{path}.{key}")
+        return
+    declared = _declared(schema)
+    for f in dataclasses.fields(schema):
+        key = f"{path}.{f.name}" if path else f.name
+        if f.name in declared:
+            allowed, is_list = declared[f.name]
+            value = getattr(node, f.name)
+            for v in (value or ()) if is_list else (value,):
+                check_choice(key, v, allowed)
+            continue
+        child = node._get_node(f.name) if isinstance(node, DictConfig) else getattr(node, f.name)
+        if isinstance(child, ListConfig | list):
+            for i, item in enumerate(_present(child)):
+                check_choices(item, f"{key}[{i}]")
+        elif _present_node(child):
+            check_choices(child, key)
+
+
+def _present_node(child: Any) -> bool:
+    if isinstance(child, DictConfig):
+        return not (child._is_missing() or child._is_none())
+    return dataclasses.is_dataclass(child) or isinstance(child, dict)
+
+
+def _present(items: Any) -> list:
+    if isinstance(items, ListConfig):
+        if items._is_missing() or items._is_none():
+            return []
+        items = [items._get_node(i) for i in range(len(items))]  # unresolved
+    return [x for x in items if _present_node(x)]
+
+
+def _children(node: Any) -> list[tuple[Any, Any]]:
+    pairs = node.items_ex(resolve=False) if isinstance(node, DictConfig) else node.items()
+    return [(k, v) for k, v in pairs if _present_node(v)]
 
 
 # Only nodes typed by a dataclass are checked: the `dict[str, Any]` fields (vision.config and

@@ -19,9 +19,11 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from llava_ablate.base.config import choices_of
+from llava_ablate.config import DataCfg
 from llava_ablate.data.encode import Skip, Tokenized
 
-MODES = ("none", "group", "pack")
+MODES = choices_of(DataCfg, "batching")
 
 Row = list  # samples (Tokenized, later their finished dicts or Skips) laid end to end
 MicroBatch = list  # rows
@@ -30,7 +32,7 @@ MicroBatch = list  # rows
 @dataclass
 class BatchingOptions:
     micro_batch: int  # samples per micro-batch (per window on average, with `pack`)
-    mode: str = "group"  # none | group | pack
+    mode: str = "group"  # one of MODES (data.batching)
     group_buffer: int = 32  # micro-batches' worth of samples sorted or packed together
     max_length: int = 2048  # a packed row's limit in tokens (recipe.max_length)
 

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from llava_ablate.base.config import check_choice, choices_of
+from llava_ablate.config import RecipeCfg
+
 IGNORE_INDEX = -100
 DEFAULT_IMAGE_TOKEN = "<image>"  # the placeholder LLaVA-format data uses
 _ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
@@ -288,8 +291,8 @@ def tokenize_conversation(
     Each image placeholder becomes `num_image_tokens` copies of the image token, or, given one
     count per image in order (anyres: it depends on the image's size), that image's count.
     """
-    if overflow not in ("truncate", "skip"):
-        raise ValueError(f"overflow must be 'truncate' or 'skip', got {overflow!r}")
+    check_choice("recipe.prompt_format", prompt_format, choices_of(RecipeCfg, "prompt_format"))
+    check_choice("recipe.overflow", overflow, choices_of(RecipeCfg, "overflow"))
     per_image = None if isinstance(num_image_tokens, int) else list(num_image_tokens)
     counts_given = [num_image_tokens] if per_image is None else per_image
     if any(n < 1 for n in counts_given) or max_length < 1:
@@ -327,10 +330,8 @@ def tokenize_conversation(
 
     if prompt_format == "chat":
         text, spans = _chat_text_and_spans(sample_id, messages, tokenizer)
-    elif prompt_format == "plain":
+    else:  # plain
         text, spans = _plain_text_and_spans(sample_id, messages, tokenizer, image * num_images)
-    else:
-        raise ValueError(f"prompt_format must be 'chat' or 'plain', got {prompt_format!r}")
 
     enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
     ids = enc["input_ids"]

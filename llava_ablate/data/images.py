@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -42,6 +43,26 @@ def pad_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image
     return canvas
 
 
+# How an image reaches the model -- the one vocabulary of training, evaluation and every
+# metrics.json (`image_aspect`): `pad` (LLaVA-1.5's pad-to-square, then the processor), `native`
+# (the processor takes the image as it is: its own resize and crop, dynamic resolution or anyres
+# tiles), `processor` (a CLIP/SigLIP zero-shot baseline's own resize and crop). The configs ask
+# for one by other names: training's vision.image_aspect=resize is `native`, evaluation's
+# model.image_aspect=auto is the family's choice (eval/run.py `image_aspect_of`).
+ImageAspect = Literal["pad", "native", "processor"]
+
+
+def image_aspect(requested: str, *, anyres: bool) -> ImageAspect:
+    """`pad` when asked for and the processor does not tile (anyres keeps the image's aspect
+    ratio onto a grid of crops, never pads); otherwise `native`."""
+    return "pad" if requested == "pad" and not anyres else "native"
+
+
+def is_anyres(image_processor) -> bool:
+    """Whether the processor tiles at the image's aspect ratio (`image_grid_pinpoints`)."""
+    return bool(getattr(image_processor, "image_grid_pinpoints", None))
+
+
 def mean_colour(image_processor) -> tuple[int, int, int]:
     mean = getattr(image_processor, "image_mean", None) or (0.5, 0.5, 0.5)
     return tuple(int(round(255 * m)) for m in mean)  # type: ignore[return-value]
@@ -52,9 +73,8 @@ def tower_side(image_processor, pad: bool) -> int:
     averaged away. Anyres (OneVision): the largest side of its grid; pad-to-square: the
     tower's size (the padded square's side is the image's longer side); resize: twice it
     (`RESIZE_ASPECT_ROOM`)."""
-    grid = getattr(image_processor, "image_grid_pinpoints", None)
-    if grid:
-        return max(max(pair) for pair in grid)
+    if is_anyres(image_processor):
+        return max(max(pair) for pair in image_processor.image_grid_pinpoints)
     size = dict(getattr(image_processor, "size", None) or {})
     if "longest_edge" in size:
         return int(size["longest_edge"])

@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llava_ablate.base.config import choices_of
 from llava_ablate.config import DataCfg, SourceCfg
 from llava_ablate.data.shards import MANIFEST, StaleShards, covers, too_small
 from llava_ablate.data.sources import unreleased_sources
@@ -23,7 +24,7 @@ from llava_ablate.data.sources import unreleased_sources
 log = logging.getLogger(__name__)
 
 _STRATEGY = re.compile(r"^(all|first:(\d+(?:\.\d+)?)%|end:(\d+(?:\.\d+)?)%|random:(\d+))$")
-ON_BAD_SHARD = ("error", "skip")
+ON_BAD_SHARD = choices_of(DataCfg, "on_bad_shard")
 
 
 class MixtureNotBuilt(FileNotFoundError):

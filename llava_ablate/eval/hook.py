@@ -6,13 +6,12 @@ shapes: the questions are split into equal shares (the last rank's share padded 
 that are then dropped), scored with the likelihood scorers listed in eval.scoring.scorers (a
 fixed number of forwards per question; `generate` is left to evaluate.py), and all-gathered.
 A question whose image cannot be read still runs its forwards on a blank stand-in (ranks stay
-in step), then is skipped and counted. Results go to <run_dir>/eval/step_<N>/<dataset>/ and are
-returned on every rank.
+in step), then is skipped and counted. Results go to <run_dir>/eval/step_<N>/<dataset>/ (the
+files evaluate.py writes, eval/results.py) and are returned on every rank.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,22 +25,15 @@ from llava_ablate.base.config import ConfigError
 from llava_ablate.base.distributed import DistInfo, current_world
 from llava_ablate.base.faults import EvaluationFailed, agree
 from llava_ablate.eval.datasets import ClassificationDataset
-from llava_ablate.eval.hard import HardClassSelector
 from llava_ablate.eval.layouts import load_dataset
-from llava_ablate.eval.metrics import (
-    per_class_rows,
-    scored_subset,
-    scorer_metrics,
-    skip_summary,
-    write_per_class,
-)
+from llava_ablate.eval.metrics import scored_subset
 from llava_ablate.eval.models import MLLMChoiceModel
 from llava_ablate.eval.questions import QuestionSet, frozen_question_set
+from llava_ablate.eval.results import tracked_metrics, write_results
 from llava_ablate.eval.run import item_maker, log_skips
 from llava_ablate.eval.scoring import Prediction, Skip, score_units, units_for
 from llava_ablate.eval.store import PredictionStore
 from llava_ablate.eval_config import HOOK_SCORERS, EvalCfg, validate_eval
-from llava_ablate.run_environment import current_environment
 
 log = logging.getLogger("llava_ablate.eval")
 
@@ -202,58 +194,15 @@ class TrainingEvalHook:
         return results
 
     def _report(self, ds, frozen, preds, step, skipped: list[Skip]) -> dict:
-        cfg = self.cfg
-        qs = scored_subset(frozen, skipped)
-        hard = HardClassSelector(cfg.hard).select(ds.classnames, ds.name)
-        by_scorer = {
-            s: scorer_metrics(qs, preds, s, hard, cfg.stats.bootstrap, cfg.stats.seed)
-            for s in self.scorers
-        }
         out = self.out / f"step_{step}" / ds.name
         store = PredictionStore(out)
         store.clear()
         store.append(preds)
         store.append_skips(skipped)
-        store.merge([f"{q.qid}@0" for q in qs.questions])
+        store.merge([f"{q.qid}@0" for q in scored_subset(frozen, skipped).questions])
         store.merge_skips({s.qid for s in skipped})
-        rows = per_class_rows(qs, preds, self.scorers, hard, cfg.stats.bootstrap, cfg.stats.seed)
-        write_per_class(out / "per_class.csv", rows)
-        self.last_per_class[ds.name] = rows  # rank 0: for the W&B per-class table
-        record = {
-            "step": step,
-            "dataset": ds.name,
-            "n_questions": len(frozen.questions),
-            "n_scored": len(qs.questions),
-            "skipped": skip_summary(skipped),
-            "fingerprint": frozen.fingerprint(),
-            "num_options": frozen.num_options,
-            "image_aspect": "pad" if self.pad else "native",
-            "scorers": by_scorer,  # the layout evaluate.py writes
-            "environment": current_environment(),  # the training run's (run_environment.py)
-        }
-        for m in by_scorer.values():
-            m["n_skipped"] = len(skipped)
-        (out / "metrics.json").write_text(json.dumps(record, indent=2))
-        flat: dict = {f"eval/{ds.name}/skipped": len(skipped)}
-        for i, (scorer, m) in enumerate(by_scorer.items()):
-            acc = m["accuracy"]
-            log.info(
-                "step %d eval %s %s: accuracy %.4f [%.4f, %.4f] (n=%d, %d skipped)",
-                step,
-                ds.name,
-                scorer,
-                acc["value"],
-                acc["ci_low"],
-                acc["ci_high"],
-                acc["n"],
-                len(skipped),
-            )
-            # The first listed scorer is the headline (eval/<dataset>/accuracy); every scorer
-            # also logs under its own name.
-            for prefix in [f"eval/{ds.name}/{scorer}"] + ([f"eval/{ds.name}"] if i == 0 else []):
-                flat[f"{prefix}/accuracy"] = acc["value"]
-                flat[f"{prefix}/accuracy_ci_low"] = acc["ci_low"]
-                flat[f"{prefix}/accuracy_ci_high"] = acc["ci_high"]
-                if "hard_accuracy" in m:
-                    flat[f"{prefix}/hard_accuracy"] = m["hard_accuracy"]["value"]
-        return flat
+        results = write_results(out, ds, frozen, preds, self.cfg, self.scorers,
+                                model=self.out.parent.name, skipped=skipped, step=step,
+                                image_aspect="pad" if self.pad else "native")  # fmt: skip
+        self.last_per_class[ds.name] = results.per_class  # rank 0: for the W&B per-class table
+        return tracked_metrics(results.metrics)

@@ -36,7 +36,7 @@ from llava_ablate.base.mcq import LETTERS
 from llava_ablate.data.images import pad_to_square
 from llava_ablate.eval.datasets import ClassificationDataset, UnreadableImage
 from llava_ablate.eval.questions import QuestionSet, mcq_prompt
-from llava_ablate.eval.run import dataset_metrics
+from llava_ablate.eval.results import summary_entry, write_results, write_summary
 from llava_ablate.eval.scoring import Prediction, Skip, Unit, predictions_from_text
 from llava_ablate.eval.store import MERGED, SKIPPED
 from llava_ablate.eval_config import EvalCfg, QuestionsCfg
@@ -368,9 +368,7 @@ def import_samples(
     with atomic_write(ds_dir / SKIPPED) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for s in task.skipped:
             fh.write(json.dumps(asdict(s)) + "\n")
-    metrics = dataset_metrics(task.qset, preds, ecfg, [scorer], dataset, ds_dir, model_name,
-                              task.skipped, task.info.get("image_aspect"))  # fmt: skip
-    metrics["lmms_eval"] = {
+    lmms_eval = {
         "samples": str(samples_file),
         "task": task.info["tasks"][kind],
         "output_type": OUTPUT_TYPES[kind],
@@ -379,15 +377,11 @@ def import_samples(
         else "the letter whose continuation has the lowest loss (lmms-eval's multiple_choice)",
         **(provenance or {}),
     }
-    (ds_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    summary_file = Path(out_dir) / "metrics.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-    summary["model"] = model_name
-    summary[dataset.name] = {
-        scorer: metrics["scorers"][scorer]["accuracy"],
-        "skipped": metrics["skipped"]["by_reason"],
-    }
-    summary_file.write_text(json.dumps(summary, indent=2))
+    metrics = write_results(ds_dir, dataset, task.qset, preds, ecfg, [scorer], model=model_name,
+                            skipped=task.skipped, image_aspect=task.info.get("image_aspect"),
+                            compare_to=ecfg.stats.compare_to,
+                            extra={"lmms_eval": lmms_eval}).metrics  # fmt: skip
+    write_summary(Path(out_dir), model_name, {dataset.name: summary_entry(metrics)})
     return metrics
 
 

@@ -1,6 +1,6 @@
 """Evaluate one model on the configured datasets: question sets -> predictions -> metrics.
 
-results/<out_dir>/
+results/<out_dir>/              (the files and their schema: eval/results.py)
   metrics.json                  every dataset's headline numbers (+ skipped questions)
   <dataset>/metrics.json        full metrics (CIs, positions, agreement, cyclic, comparison,
                                 skipped questions per reason)
@@ -17,36 +17,37 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
 from llava_ablate.base.distributed import DistInfo, dtype_for, join_world, shutdown_distributed
 from llava_ablate.base.files import atomic_write, file_lock
-from llava_ablate.data.images import mean_colour, pad_to_square
+from llava_ablate.data.images import (
+    ImageAspect,
+    image_aspect,
+    is_anyres,
+    mean_colour,
+    pad_to_square,
+)
 from llava_ablate.eval.datasets import ClassificationDataset, UnreadableImage
 from llava_ablate.eval.hard import HardClassSelector
 from llava_ablate.eval.layouts import load_dataset
-from llava_ablate.eval.metrics import (
-    agreement,
-    compare_runs,
-    per_class_rows,
-    scored_subset,
-    scorer_metrics,
-    skip_summary,
-    write_per_class,
-)
 from llava_ablate.eval.questions import Question, QuestionSet, frozen_question_set, mcq_prompt
+from llava_ablate.eval.results import summary_entry, tracked_metrics, write_results, write_summary
 from llava_ablate.eval.scoring import ChoiceModel, PromptItem, Skip, score_units, units_for
-from llava_ablate.eval.store import PredictionStore, _read, read_skips
+from llava_ablate.eval.store import PredictionStore
 from llava_ablate.eval_config import EvalCfg, EvaluateConfig, model_tag, validate_evaluate
 from llava_ablate.model.card import INFO as CARD_INFO
 from llava_ablate.model.card import evaluations_in, record_evaluations
 from llava_ablate.run_environment import current_environment
+from llava_ablate.tracking import Tracker
 
 log = logging.getLogger("llava_ablate.eval")
 
@@ -132,8 +133,9 @@ def evaluate_dataset(
         scored = {u.question.qid for u in units if u.key in done}
         unscored = {q.qid for q in qset.questions} - scored
         skipped = store.merge_skips(unscored)
-        result = dataset_metrics(qset, preds, ecfg, scorers, dataset, out_dir, model_name,
-                                 skipped, image_aspect)  # fmt: skip
+        result = write_results(out_dir, dataset, qset, preds, ecfg, scorers, model=model_name,
+                               skipped=skipped, image_aspect=image_aspect,
+                               compare_to=ecfg.stats.compare_to).metrics  # fmt: skip
     world.barrier()
     return result
 
@@ -143,83 +145,6 @@ def log_skips(dataset: str, skips: list[Skip]) -> None:
         log.warning(
             "%s: question %s skipped (%s): %s [%s]", dataset, s.qid, s.reason, s.image, s.detail
         )
-
-
-def dataset_metrics(
-    qset,
-    preds,
-    ecfg: EvalCfg,
-    scorers,
-    dataset,
-    out_dir: Path,
-    model_name,
-    skipped: list[Skip] | None = None,
-    image_aspect: str | None = None,
-):
-    """metrics.json of one dataset: every number over the scored questions of the frozen set,
-    the skipped ones (unreadable images) counted per reason and named, and how the images
-    reached the model (`image_aspect`: pad | native | processor)."""
-    n_boot, seed = ecfg.stats.bootstrap, ecfg.stats.seed
-    skipped = skipped or []
-    frozen, qset = qset, scored_subset(qset, skipped)
-    selector = HardClassSelector(ecfg.hard)
-    hard = selector.select(dataset.classnames, dataset.name)
-    metrics: dict = {
-        "model": model_name,
-        "dataset": dataset.name,
-        "n_questions": len(frozen.questions),
-        "n_scored": len(qset.questions),
-        "skipped": skip_summary(skipped),
-        "num_options": qset.num_options,
-        "image_aspect": image_aspect,
-        "question_set": {
-            "fingerprint": frozen.fingerprint(),
-            "distractors": qset.strategy,
-            "encoder": qset.encoder,
-            "seed": qset.seed,
-            "subsample": qset.subsample,
-        },
-        "hard_classes": {"rule": selector.describe(), "n": len(hard)},
-        "scorers": {s: scorer_metrics(qset, preds, s, hard, n_boot, seed) for s in scorers},
-        "environment": current_environment(),  # what produced these numbers (run_environment.py)
-    }
-    for s in scorers:  # the skip count next to every accuracy
-        metrics["scorers"][s]["n_skipped"] = len(skipped)
-    if dataset.extra_classes:  # e.g. ImageNet wnids beyond the 1000: options too
-        metrics["extra_classes"] = {
-            "count": len(dataset.extra_classes),
-            "num_classes": len(dataset.classnames),
-            "classes": dataset.extra_classes,
-        }
-    if "likelihood" in scorers and "generate" in scorers:
-        metrics["agreement"] = agreement(preds, "likelihood", "generate")
-    if ecfg.stats.compare_to:
-        other_dir = Path(ecfg.stats.compare_to) / dataset.name
-        other, other_skipped = _read(other_dir / "predictions.jsonl"), read_skips(other_dir)
-        metrics["compare_to"] = {
-            "run": str(ecfg.stats.compare_to),
-            **{
-                s: compare_runs(frozen, preds, other, s, n_boot, seed, other_skipped)
-                for s in scorers
-            },
-        }
-    write_per_class(
-        out_dir / "per_class.csv", per_class_rows(qset, preds, scorers, hard, n_boot, seed)
-    )
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    head = metrics["scorers"][scorers[0]]["accuracy"]
-    log.info(
-        "%s: %s accuracy %.4f [%.4f, %.4f] on %d questions (%d skipped%s)",
-        dataset.name,
-        scorers[0],
-        head["value"],
-        head["ci_low"],
-        head["ci_high"],
-        head["n"],
-        len(skipped),
-        f": {metrics['skipped']['by_reason']}" if skipped else "",
-    )
-    return metrics
 
 
 def load_model(cfg: EvaluateConfig, world: DistInfo):
@@ -249,7 +174,7 @@ def load_model(cfg: EvaluateConfig, world: DistInfo):
     return choice, choice.processor.image_processor
 
 
-def image_aspect_of(cfg: EvaluateConfig, image_processor) -> str:
+def image_aspect_of(cfg: EvaluateConfig, image_processor) -> ImageAspect:
     """How the images reach the model: `pad` (LLaVA-1.5's pad-to-square), `native` (as its
     processor takes them) or `processor` (a CLIP/SigLIP baseline's own resize and crop).
     `model.image_aspect=auto` follows the family's makers (its adapter's `image_aspect`); an
@@ -265,10 +190,10 @@ def image_aspect_of(cfg: EvaluateConfig, image_processor) -> str:
         family = family_for(AutoConfig.from_pretrained(cfg.model.path).model_type)
         aspect = family.image_aspect
         log.info("model.image_aspect=auto: %s, as the %s family is evaluated", aspect, family.name)
-    if aspect == "pad" and getattr(image_processor, "image_grid_pinpoints", None):
+    anyres = is_anyres(image_processor)
+    if aspect == "pad" and anyres:
         log.info("anyres image processor: images keep their aspect ratio (no pad-to-square)")
-        return "native"
-    return aspect
+    return image_aspect(aspect, anyres=anyres)
 
 
 def run_evaluation(cfg: EvaluateConfig) -> dict:
@@ -309,7 +234,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     else:  # a finished run again, or the merge after the shards: the files hold everything
         log.info("every question is predicted: metrics only, the model is not loaded")
         model, image_processor = None, None
-    wandb_run = _wandb_init(cfg, model_name) if world.rank == 0 else None
+    tracker = _tracker(cfg, model_name) if world.rank == 0 else None
     summary: dict = {}
     aspect = image_aspect_of(cfg, image_processor)
     for name, dataset, qset in prepared:
@@ -330,19 +255,14 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
             image_aspect=aspect,
         )
         if metrics is not None:
-            summary[name] = {s: metrics["scorers"][s]["accuracy"] for s in scorers}
-            for s in scorers:
-                if "hard_accuracy" in metrics["scorers"][s]:
-                    summary[name][f"{s}_hard"] = metrics["scorers"][s]["hard_accuracy"]
-            summary[name]["skipped"] = metrics["skipped"]["by_reason"]
-            if "extra_classes" in metrics:
-                summary[name]["extra_classes"] = metrics["extra_classes"]["count"]
-            _wandb_log(wandb_run, name, metrics)
+            summary[name] = summary_entry(metrics)
+            if tracker is not None:
+                tracker.log(tracked_metrics(metrics))
     if world.rank == 0:
         write_summary(out, model_name, summary)
         _update_model_card(cfg, out)
-        if wandb_run is not None:
-            wandb_run.finish()
+        if tracker is not None:
+            tracker.finish()
     if joined:
         shutdown_distributed()
     return summary
@@ -370,17 +290,6 @@ def _pending(directory: Path, qset: QuestionSet, ecfg: EvalCfg, scorers, shard) 
     return any(u.key not in done for u in units)
 
 
-def write_summary(out: Path, model_name: str, summary: dict) -> None:
-    """`<out>/metrics.json`: this run's datasets merged into those already there -- the jobs of
-    an evaluation grid score one dataset each into the same model's results directory."""
-    path = out / "metrics.json"
-    with file_lock(out / ".metrics.lock"):
-        merged = json.loads(path.read_text()) if path.exists() else {}
-        merged.update({"model": model_name, **summary, "environment": current_environment()})
-        with atomic_write(path) as tmp:
-            tmp.write_text(json.dumps(merged, indent=2))
-
-
 def _claim_out_dir(out: Path, cfg: EvaluateConfig, world: DistInfo) -> None:
     """Refuse to resume another model's predictions into this results directory."""
     marker = out / "run.json"
@@ -400,33 +309,18 @@ def _claim_out_dir(out: Path, cfg: EvaluateConfig, world: DistInfo) -> None:
     world.barrier()
 
 
-def _wandb_init(cfg: EvaluateConfig, model_name: str):
-    """A W&B run when eval.wandb is set; any failure is logged and evaluation goes on."""
-    if not cfg.eval.wandb:
-        return None
-    try:
-        import wandb
-
-        return wandb.init(
-            project=cfg.eval.wandb_project,
-            name=f"eval-{model_name}",
-            job_type="eval",
-            config={"model": cfg.model.path, "environment": current_environment()},
-        )
-    except Exception as e:  # noqa: BLE001 - W&B must never fail an evaluation
-        log.warning("W&B unavailable (%s): metrics stay in %s only", e, cfg.out_dir)
-        return None
-
-
-def _wandb_log(run, dataset: str, metrics: dict) -> None:
-    if run is None:
-        return
-    try:
-        flat = {f"{dataset}/skipped": metrics["skipped"]["total"]}
-        for scorer, m in metrics["scorers"].items():
-            for key in ("accuracy", "hard_accuracy"):
-                if key in m:
-                    flat[f"{dataset}/{scorer}/{key}"] = m[key]["value"]
-        run.log(flat)
-    except Exception as e:  # noqa: BLE001
-        log.warning("W&B logging failed (%s); continuing", e)
+def _tracker(cfg: EvaluateConfig, model_name: str) -> Tracker:
+    """W&B as training has it (tracking.py): offline without credentials, never failing the
+    evaluation; a run of its own per invocation (an evaluation grid's jobs share `out_dir`)."""
+    return Tracker(
+        enabled=cfg.eval.wandb,
+        project=cfg.eval.wandb_project,
+        entity=None,
+        group=None,
+        name=f"eval-{model_name}",
+        run_dir=Path(cfg.out_dir),
+        config=OmegaConf.to_container(OmegaConf.structured(cfg)),  # type: ignore[arg-type]
+        run_id=f"eval-{uuid.uuid4().hex[:12]}",
+        job_type="eval",
+        environment=current_environment(),
+    )

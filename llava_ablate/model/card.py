@@ -51,8 +51,8 @@ class CardEvaluation:
 
 
 def evaluations_in(results_dir: Path, source: str) -> list[CardEvaluation]:
-    """Every (dataset, scorer) of `<results_dir>/<dataset>/metrics.json`: the layout both the
-    training hook (eval/hook.py, `<run>/eval/step_N/`) and evaluate.py (eval/run.py) write."""
+    """Every (dataset, scorer) of `<results_dir>/<dataset>/metrics.json`: the one schema
+    (eval/results.py) the training hook (`<run>/eval/step_N/`) and evaluate.py write."""
     found = []
     for metrics_file in sorted(Path(results_dir).glob("*/metrics.json")):
         m = json.loads(metrics_file.read_text())
@@ -67,10 +67,7 @@ def evaluations_in(results_dir: Path, source: str) -> list[CardEvaluation]:
                     ci_high=acc["ci_high"],
                     n=acc["n"],
                     num_options=int(m.get("num_options") or 0),  # 0: not recorded
-                    # evaluate.py records it with the question set, the hook at the top level
-                    fingerprint=str(
-                        (m.get("question_set") or {}).get("fingerprint") or m.get("fingerprint")
-                    ),
+                    fingerprint=str(m["question_set"]["fingerprint"]),  # eval/results.py
                     source=source,
                     hard=scored.get("hard_accuracy"),
                 )

@@ -13,9 +13,12 @@ import logging
 
 import torch
 
+from llava_ablate.base.config import choices_of
+from llava_ablate.config import RecipeCfg
+
 log = logging.getLogger("llava_ablate.model")
 
-KERNELS = ("none", "liger")
+KERNELS = choices_of(RecipeCfg, "kernels")
 INSTALL = "pip install 'llava-ablate[liger]' (liger-kernel; it needs triton, a CUDA build)"
 
 

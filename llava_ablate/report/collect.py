@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
+from llava_ablate.eval.results import METRICS, ResultsError, read_results
 from llava_ablate.eval.stats import Estimate
 from llava_ablate.report.environment import read_environment
 from llava_ablate.run_identity import AXES, RECORD, axes_of, config_hash, flatten, result_config
@@ -34,10 +35,6 @@ EVAL_MARKER = "run.json"  # evaluate.py's results directory (one model), llava_a
 # (eval/baselines.py calls that scorer `likelihood`): its row when another scorer is compared.
 ZERO_SHOT_SCORER = "likelihood"
 AXIS_JOIN = " × "
-
-
-class ResultsError(ValueError):
-    """A run or results directory is missing a file or holds an unexpected format."""
 
 
 @dataclass
@@ -101,18 +98,11 @@ def _for_scorer(row: dict, scorer: str) -> dict:
 
 
 def read_dataset(directory: Path, scorer: str) -> DatasetResult:
-    """One dataset's results (hook layout or evaluate.py layout)."""
-    metrics_file = directory / "metrics.json"
-    if not metrics_file.exists():
-        raise ResultsError(f"{metrics_file} is missing")
-    m = json.loads(metrics_file.read_text())
-    if not isinstance(m.get("scorers"), dict):
-        raise ResultsError(
-            f"{metrics_file} has no `scorers` mapping (the layout evaluate.py and the training "
-            "hook write); re-run the evaluation with this version"
-        )
+    """One dataset's results (eval/results.py: the training hook's, evaluate.py's, the
+    lmms-eval bridge's)."""
+    metrics_file = directory / METRICS
+    m = read_results(directory)
     scored = m["scorers"].get(scorer)
-    fingerprint = (m.get("question_set") or {}).get("fingerprint") or m.get("fingerprint")
     if scored is None:
         raise ResultsError(f"{metrics_file} has no results for scorer {scorer!r}")
     correct: dict[str, bool] = {}
@@ -137,7 +127,7 @@ def read_dataset(directory: Path, scorer: str) -> DatasetResult:
         scorer=scorer,
         accuracy=_accuracy(scored["accuracy"], metrics_file),
         hard=_accuracy(hard, metrics_file) if hard else None,
-        fingerprint=fingerprint,
+        fingerprint=m["question_set"].get("fingerprint"),
         correct=correct,
         per_class=per_class,
         source=directory,
@@ -210,11 +200,7 @@ def _zero_shot(run: Path) -> tuple[str | None, str]:
 
 def _scorer_of(directory: Path, scorer: str) -> str:
     """The compared scorer where the zero-shot results hold it, else its option choice."""
-    try:
-        scored = json.loads((directory / "metrics.json").read_text()).get("scorers") or {}
-    except json.JSONDecodeError as e:
-        raise ResultsError(f"{directory / 'metrics.json'} is not JSON: {e}") from e
-    return scorer if scorer in scored else ZERO_SHOT_SCORER
+    return scorer if scorer in read_results(directory)["scorers"] else ZERO_SHOT_SCORER
 
 
 def discover_runs(paths: list[Path]) -> list[Path]:

@@ -3,7 +3,7 @@ one small function that is the only place that needs a logged-in W&B server.
 
 Panels read what the runs log: `train/*` curves and the training hook's `eval/<dataset>/*`
 metrics; runs are selected by the grid's W&B group and grouped by each ablation axis (logged as
-top-level config keys by llava_ablate/train/tracking.py)."""
+top-level config keys by llava_ablate/tracking.py)."""
 
 from __future__ import annotations
 

@@ -65,6 +65,7 @@ from llava_ablate.run_identity import (
     check_run_identity,
     record_run_identity,
 )
+from llava_ablate.tracking import Tracker
 from llava_ablate.train import checkpoint
 from llava_ablate.train.ds_config import (
     BatchPlan,
@@ -83,7 +84,6 @@ from llava_ablate.train.loop import (
 from llava_ablate.train.metrics import MetricsLogger
 from llava_ablate.train.preemption import StopFlag, ignore_stop_signals
 from llava_ablate.train.run_log import log_failure, log_start, setup_run_logging
-from llava_ablate.train.tracking import Tracker
 
 log = logging.getLogger("llava_ablate.train")
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
 
+from llava_ablate.data.images import image_aspect
+
 
 @dataclass(frozen=True)
 class ProcessorParts:
@@ -50,8 +52,9 @@ class TrainingArch:
         raise NotImplementedError
 
     def pads_to_square(self, vision) -> bool:
-        """Whether training (and the eval hook) pads images to a square first."""
-        return vision.image_aspect == "pad"
+        """Whether training (and the eval hook) pads images to a square first: as asked
+        (`vision.image_aspect`), unless the arch tiles at the image's aspect ratio."""
+        return image_aspect(vision.image_aspect, anyres=self.anyres) == "pad"
 
     def tile_grid(self, arch, side: int) -> list[list[int]] | None:
         """The grid an image may be tiled onto, in pixels (None: one view per image)."""

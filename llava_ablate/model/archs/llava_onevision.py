@@ -91,9 +91,6 @@ class LlavaOnevision(TrainingArch):
         )
         return processor
 
-    def pads_to_square(self, vision) -> bool:
-        return False  # tiles keep the aspect ratio
-
     def tile_grid(self, arch, side: int) -> list[list[int]]:
         return anyres_pinpoints(arch, side)
 

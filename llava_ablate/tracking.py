@@ -1,8 +1,10 @@
-"""Weights & Biases logging that can never fail a run.
+"""Weights & Biases logging that can never fail a run: a training run's (train/run.py) and an
+evaluation's (eval/run.py; the training hook's numbers go through the training run's).
 
 Offline mode is the default when no credentials are configured (and in tests); any W&B error
-disables tracking with a warning. The run's own `metrics.jsonl` stays the source of truth for
-reports, since W&B has no offline reader for its `.wandb` files.
+disables tracking with a warning. The files on disk stay the source of truth for reports
+(`metrics.jsonl`, each evaluation's `metrics.json`), since W&B has no offline reader for its
+`.wandb` files.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Tracker:
         run_id: str | None = None,  # stable per run directory (run_identity.RunIdentity)
         run_hash: str | None = None,  # the run's config hash: a top-level key to filter on
         environment: dict | None = None,  # the software it started on (run_environment.py)
+        job_type: str | None = None,  # W&B's job type: "eval" for an evaluation
     ):
         self.run = None
         self._service = False  # wandb's service process was started: close it in finish()
@@ -64,6 +67,7 @@ class Tracker:
                     "environment": environment or {},
                 },
                 mode=mode,
+                job_type=job_type,
                 id=run_id or _stable_id(run_dir),
                 resume="allow",  # a resumed run continues its W&B run
                 settings=wandb.Settings(silent=True),
@@ -72,7 +76,8 @@ class Tracker:
             log.warning("W&B disabled: %s", e)
             self.run = None
 
-    def log(self, metrics: dict[str, Any], step: int) -> None:
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """`step` None: W&B's own counter (an evaluation's datasets, one after another)."""
         self._safe(lambda: self.run.log(metrics, step=step))
 
     def log_table(self, key: str, rows: list[dict], step: int) -> None:
