@@ -46,8 +46,8 @@ KNOWN_FAMILIES = {
 
 def test_paper_models_is_composed_and_planned_without_downloads(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a download attempt would fail the plan
-    from llava_ablate.launch.evalgrid import make_eval_units
     from llava_ablate.launch.plan_any import plan_any
+    from llava_ablate.launch.units import make_eval_units
 
     grid, _, evals, text = plan_any(_plan_args("paper_models", tmp_path))
     assert grid.baseline == "clip_l14_336"
@@ -131,9 +131,9 @@ def test_plan_counts_dynamic_image_tokens_at_the_datasets_image_sizes(tmp_path):
 @pytest.mark.parametrize("grid_name,stage2", [("llm_x_data", "finetune"),
                                               ("vision_x_recipe", "finetune")])  # fmt: skip
 def test_training_grids_end_with_their_evaluation(grid_name, stage2, tmp_path):
-    from llava_ablate.launch.evalgrid import expand_eval_stages, make_eval_units
+    from llava_ablate.launch.evalgrid import expand_eval_stages
     from llava_ablate.launch.grid import expand, load_grid, quote
-    from llava_ablate.launch.submit import make_units
+    from llava_ablate.launch.units import make_eval_units, make_units
 
     grid = load_grid(grid_name, runs_root=str(tmp_path))
     jobs = expand(grid)

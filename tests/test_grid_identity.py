@@ -13,7 +13,8 @@ import pytest
 
 from llava_ablate.launch.__main__ import main as launch_main
 from llava_ablate.launch.grid import expand, load_grid
-from llava_ablate.launch.submit import make_units, submit_grid
+from llava_ablate.launch.submit import submit_grid
+from llava_ablate.launch.units import make_units
 from llava_ablate.run_identity import RunConfigMismatch, check_run_identity, record_run_identity
 
 from conftest import compose_config

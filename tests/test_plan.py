@@ -14,7 +14,7 @@ from llava_ablate.launch.__main__ import main as launch_main
 from llava_ablate.launch.estimate import GIB, train_flops
 from llava_ablate.launch.grid import expand, load_grid
 from llava_ablate.launch.plan import check_identities, compose_job, format_plan, plan_grid
-from llava_ablate.launch.submit import make_units, unit_overrides
+from llava_ablate.launch.units import make_units, unit_overrides
 
 from conftest import ROOT, build_tiny
 

@@ -21,7 +21,8 @@ from llava_ablate.launch.requests import (
     sized_minutes,
     training_request,
 )
-from llava_ablate.launch.submit import EVAL_APP, SLURM_LAUNCHER, SLURM_TARGET
+from llava_ablate.launch.submit import SLURM_LAUNCHER, SLURM_TARGET
+from llava_ablate.launch.units import EVAL_APP
 
 from conftest import ROOT
 

@@ -13,10 +13,9 @@ import sys
 
 from llava_ablate.config import ConfigError
 from llava_ablate.launch.estimate import EstimateError
-from llava_ablate.launch.evalgrid import EvalGridSpec
 from llava_ablate.launch.plan import add_plan_arguments
 from llava_ablate.launch.plan_any import plan_any
-from llava_ablate.launch.submit import submit_eval_grid, submit_grid
+from llava_ablate.launch.submit import submit_grid
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,10 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return 0
         print(flush=True)
-        if isinstance(grid, EvalGridSpec):  # plan_any read the grid once; not again
-            failed = submit_eval_grid(grid, evals, args.overrides, wait=not args.detach)
-        else:
-            failed = submit_grid(grid, jobs, args.overrides, wait=not args.detach, evals=evals)
+        failed = submit_grid(grid, jobs, args.overrides, wait=not args.detach, evals=evals)
     except (ConfigError, EstimateError) as e:  # a changed grid's refusal included
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -385,11 +385,17 @@ def supervised_per_sample(size: ModelSize, data: DataSize, seq_len: int) -> floa
 
 
 def config_memory(
-    cfg: Config, size: ModelSize, data: DataSize, world: int, precision: str, gpu: bool
+    cfg: Config,
+    size: ModelSize,
+    data: DataSize,
+    world: int,
+    precision: str,
+    gpu: bool,
+    seq_len: int | None = None,
 ) -> Memory:
-    """`memory_per_rank` for a composed config at its longest batch, with the arguments
-    `llava-ablate plan` passes for a job (launch/plan.py `plan_job`)."""
-    seq_len = data.longest or cfg.recipe.max_length
+    """`memory_per_rank` for a composed config at `seq_len` tokens a sample (None: its longest
+    batch), as `llava-ablate plan` estimates a job (launch/plan.py `plan_job`)."""
+    seq_len = seq_len or data.longest or cfg.recipe.max_length
     return memory_per_rank(
         size,
         zero_stage=cfg.deepspeed.zero_stage,

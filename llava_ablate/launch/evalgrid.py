@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from omegaconf import DictConfig
 
@@ -31,12 +32,12 @@ from llava_ablate.launch.grid import (
     Job,
     dataset_names,
     distractor_names,
+    grid_settings,
     quote,
     read_grid,
     shard_count,
-    string_list,
 )
-from llava_ablate.launch.requests import Request, unit_request
+from llava_ablate.launch.requests import Request
 
 EVAL_KIND = "evaluate"
 _MODEL_KEYS = set(ModelCfg.__dataclass_fields__) - {"name"}
@@ -65,6 +66,7 @@ class EvalModel:
 
 @dataclass(frozen=True)
 class EvalGridSpec:
+    kind: ClassVar[str] = EVAL_KIND  # launch/kinds.py KINDS
     name: str
     models: tuple[EvalModel, ...]
     stage: EvalStageSpec
@@ -107,6 +109,14 @@ class EvalJob:
     def finished(self) -> bool:
         return (self.out_dir / self.dataset / "metrics.json").exists()
 
+    def progress(self) -> str | None:
+        """`resume (<n> predicted)` when an unfinished job has predictions; None: none."""
+        directory = self.out_dir / self.dataset
+        done = sum(
+            len(f.read_text().splitlines()) for f in directory.glob("predictions*.jsonl")
+        ) if directory.is_dir() else 0  # fmt: skip
+        return f"resume ({done} predicted)" if done else None
+
     def base_overrides(self) -> list[str]:
         """Everything but the dataset: what one Slurm array of this model shares."""
         return [
@@ -141,15 +151,14 @@ _GRID_KEYS = {"name", "kind", "description", "models", "datasets", "distractors"
               "launcher", "gpu", "mfu", "baseline", "shards"}  # fmt: skip
 
 
-def is_eval_grid(name: str, overrides: list[str] | None = None) -> bool:
-    raw, _ = read_grid(name, list(overrides or []))
-    return isinstance(raw, DictConfig) and raw.get("kind") == EVAL_KIND
-
-
 def load_eval_grid(
     name: str, runs_root: str | None = None, overrides: list[str] | None = None
 ) -> EvalGridSpec:
-    raw, path = read_grid(name, list(overrides or []))
+    return evaluation_grid(*read_grid(name, list(overrides or [])), runs_root)
+
+
+def evaluation_grid(raw: DictConfig, path: Path, runs_root: str | None = None) -> EvalGridSpec:
+    """An evaluation grid (`kind: evaluate`) from its YAML (read_grid's)."""
     unknown = set(raw.keys()) - _GRID_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; allowed {sorted(_GRID_KEYS)}")
@@ -157,13 +166,11 @@ def load_eval_grid(
     if not isinstance(models_node, DictConfig) or not models_node:
         raise ConfigError(f"{path}: `models` must map row names to {{path: ..., type: ...}}")
     models = tuple(_model(str(k), v, f"{path}: models") for k, v in models_node.items())
-    grid_name = str(raw.get("name") or path.stem)
     baseline = raw.get("baseline")
     if baseline is not None and baseline not in [m.name for m in models]:
         raise ConfigError(f"{path}: baseline={baseline!r} is not one of the models "
                           f"{[m.name for m in models]}")  # fmt: skip
     return EvalGridSpec(
-        name=grid_name,
         models=models,
         stage=EvalStageSpec(
             name=EVAL_KIND,
@@ -171,13 +178,8 @@ def load_eval_grid(
             distractors=distractor_names(raw.get("distractors"), f"{path}: distractors"),
             shards=shard_count(raw.get("shards"), f"{path}: shards"),
         ),
-        common=string_list(raw.get("common"), f"{path}: common"),
-        launcher=string_list(raw.get("launcher"), f"{path}: launcher"),
-        description=str(raw.get("description") or ""),
-        gpu=str(raw.get("gpu") or EvalGridSpec.gpu),
-        mfu=float(raw.get("mfu") or EvalGridSpec.mfu),
-        runs_root=runs_root or EvalGridSpec.runs_root,
         baseline=None if baseline is None else str(baseline),
+        **grid_settings(raw, path, runs_root),
     )
 
 
@@ -213,72 +215,6 @@ def expand_eval_stages(grid: GridSpec, jobs: list[Job]) -> list[EvalJob]:
                         parent.children.append(job)
                     out.append(job)
     return out
-
-
-@dataclass
-class EvalUnit:
-    """Jobs submitted by one `evaluate.py -m` (one Slurm array): one model and distractor
-    strategy, its unfinished datasets swept -- and, when sharded, `shard.index` too (then a
-    merge unit with `shard.count=1` follows, after the shards' array)."""
-
-    stage: str
-    jobs: list[EvalJob]
-    parent: Job | EvalJob | None  # what the array waits for (afterok)
-    shards: int = 1  # >1: every dataset split into this many array tasks
-    merge: bool = False  # the job after the shards: merges their predictions, writes metrics
-
-    @property
-    def label(self) -> str:
-        first = self.jobs[0]
-        what = f"{first.model}/{first.distractors}: {', '.join(j.dataset for j in self.jobs)}"
-        if self.shards > 1:
-            return f"{what} x {self.shards} shards"
-        return f"{what} (merge)" if self.merge else what
-
-    @property
-    def request(self) -> Request | None:
-        """The array's Slurm request: the longest of its jobs', per array task."""
-        share = 0.0 if self.merge else 1.0 / self.shards
-        return unit_request([j.request for j in self.jobs], share)
-
-    def overrides(self, launcher: list[str], sweep_dir: Path) -> list[str]:
-        """evaluate.py's multirun: the jobs' overrides, the grid's launcher, then the request
-        sized from the plan (the command line's, appended by the caller, win over it)."""
-        datasets = [j.dataset for j in self.jobs]
-        request = self.request
-        sweep = ",".join(datasets) if len(datasets) > 1 else f"[{datasets[0]}]"
-        shards = []
-        if self.shards > 1:
-            shards = [f"shard.index={','.join(map(str, range(self.shards)))}",
-                      f"shard.count={self.shards}"]  # fmt: skip
-        return [
-            *self.jobs[0].base_overrides(),
-            f"eval/datasets={sweep}",
-            *shards,
-            *launcher,
-            *(request.overrides() if request else []),
-            f"hydra.sweep.dir={quote(str(sweep_dir))}",
-            "hydra.sweep.subdir=${hydra.job.num}",
-        ]
-
-
-def make_eval_units(jobs: list[EvalJob]) -> list[EvalUnit]:
-    """Unfinished jobs grouped per (stage, model, distractors, training parent); a sharded
-    group is two units: the shards' array, then the merge after it."""
-    groups: dict[tuple, list[EvalJob]] = {}
-    for job in jobs:
-        if not job.finished:
-            key = (job.stage, job.model, job.distractors, id(job.parent), job.shards)
-            groups.setdefault(key, []).append(job)
-    units = []
-    for members in groups.values():
-        first = members[0]
-        if first.shards > 1:
-            units.append(EvalUnit(first.stage, members, first.parent, shards=first.shards))
-            units.append(EvalUnit(first.stage, members, first, merge=True))
-        else:
-            units.append(EvalUnit(first.stage, members, first.parent))
-    return units
 
 
 _TRAIN_ONLY = {"llm", "vision", "projector", "data", "recipe", "deepspeed", "train", "wandb",

@@ -16,14 +16,20 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
-from llava_ablate.config import ConfigError, compose_config
 from llava_ablate.eval_config import validate_evaluate
 from llava_ablate.launch.estimate import fmt_count, gpu_spec
-from llava_ablate.launch.evalgrid import EvalJob, make_eval_units
-from llava_ablate.launch.plan import Resources, _resources, _table, request_line
-from llava_ablate.launch.requests import Request, evaluation_request
+from llava_ablate.launch.evalgrid import EvalJob
+from llava_ablate.launch.planning import (
+    Resources,
+    compose_with_launcher,
+    job_status,
+    resources,
+    text_table,
+)
+from llava_ablate.launch.requests import Request, evaluation_request, request_line
+from llava_ablate.launch.units import make_eval_units
 
 CHARS_PER_TOKEN = 4
 DEFAULT_NAME_CHARS = 12  # an unknown dataset's mean class-name length
@@ -209,16 +215,6 @@ def tokens_per_unit(cfg, scale: ModelScale, name_chars: float, model_type: str) 
     return float(sum(per_scorer[s] for s in sc.scorers))
 
 
-def _status(job: EvalJob) -> str:
-    if job.finished:
-        return "finished"
-    directory = job.out_dir / job.dataset
-    done = sum(
-        len(f.read_text().splitlines()) for f in directory.glob("predictions*.jsonl")
-    ) if directory.is_dir() else 0  # fmt: skip
-    return f"resume ({done} predicted)" if done else "new"
-
-
 def plan_eval_jobs(
     jobs: list[EvalJob],
     launcher: list[str],
@@ -240,14 +236,8 @@ def plan_eval_jobs(
             ]
             overrides = [*job.base_overrides(), f"eval/datasets=[{','.join(same)}]", *launcher,
                          *extra]  # fmt: skip
-            try:
-                dcfg = compose_config(overrides, "evaluate", return_hydra_config=True)
-            except Exception as e:  # Hydra's own errors name the bad override
-                raise ConfigError(f"evaluation {job.stage}/{job.model}: {e}") from e
-            node = OmegaConf.create(OmegaConf.to_container(dcfg.hydra.launcher, resolve=False))
-            node.choice = dcfg.hydra.runtime.choices.get("hydra/launcher")
-            with open_dict(dcfg):
-                del dcfg["hydra"]
+            where = f"evaluation {job.stage}/{job.model}"
+            dcfg, launcher_node = compose_with_launcher(overrides, "evaluate", where)
             validate_evaluate(dcfg)  # a bad key or value fails the plan, naming it
             cfg = OmegaConf.to_object(dcfg)
             m = cfg.model
@@ -255,7 +245,7 @@ def plan_eval_jobs(
                 scale = (parent_scale or {}).get(id(job.parent)) or ModelScale(None, None, "?")
             else:
                 scale = model_scale(m.path, m.type)
-            composed[key] = (cfg, _resources(node), scale, [*launcher, *extra])
+            composed[key] = (cfg, resources(launcher_node), scale, [*launcher, *extra])
         cfg, res, scale, explicit = composed[key]
         units, chars = _count_units(job, cfg)
         known = units is not None
@@ -278,7 +268,7 @@ def plan_eval_jobs(
             hours, scale.params, gpu_mem, launcher_gpus, res.timeout_min, explicit
         )
         rows.append(
-            EvalPlanRow(job, _status(job), res, units, known, tokens, scale, hours, job.request)
+            EvalPlanRow(job, job_status(job), res, units, known, tokens, scale, hours, job.request)
         )
     return rows
 
@@ -314,7 +304,7 @@ def format_eval_plan(title: str, rows: list[EvalPlanRow], gpu: str, mfu: float) 
             "?" if r.scale.params is None else fmt_count(r.scale.params),
             "-" if r.gpu_hours is None else f"{r.gpu_hours:,.2f}",
         ])  # fmt: skip
-    out.append(_table(["#", "stage", "model", "dataset", "distractors", "status", "after",
+    out.append(text_table(["#", "stage", "model", "dataset", "distractors", "status", "after",
                        "nodes x tasks", "time", "questions", "tokens", "params", "GPU-h"],
                       table))  # fmt: skip
     out.append(request_line(gpu) + "; an evaluation gets one GPU when its model fits one "

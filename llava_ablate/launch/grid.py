@@ -23,6 +23,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -59,6 +60,7 @@ class EvalStageSpec:
 
 @dataclass(frozen=True)
 class GridSpec:
+    kind: ClassVar[str] = "train"  # launch/kinds.py KINDS
     name: str
     axes: dict[str, tuple[str, ...]]  # axis -> values, in the order given
     stages: tuple[StageSpec, ...]
@@ -108,6 +110,13 @@ class Job:
                 "job's; call llava_ablate.launch.plan.check_identities(grid, jobs, extra) first"
             )
         return True
+
+    def progress(self) -> str | None:
+        """An unfinished run's latest complete checkpoint, `resume@<step>`; None: none."""
+        from llava_ablate.train.checkpoint import latest_complete
+
+        latest = latest_complete(self.run_dir / "checkpoints")
+        return f"resume@{int(latest.name.split('_')[1])}" if latest else None
 
     def wandb_name(self, single_stage: bool) -> str:
         return self.name if single_stage else f"{self.stage}/{self.name}"
@@ -220,9 +229,27 @@ _GRID_KEYS = {"name", "description", "axes", "stages", "common", "launcher", "gp
 _STAGE_KEYS = {"name", "overrides", "vary", "after"}  # a training stage
 
 
+def grid_settings(raw: DictConfig, path: Path, runs_root: str | None) -> dict[str, Any]:
+    """What every kind of grid declares the same way: its name, the overrides every job gets,
+    the launcher's, and what the plan assumes (GPU, MFU); and where its runs go."""
+    return dict(
+        name=str(raw.get("name") or path.stem),
+        common=string_list(raw.get("common"), f"{path}: common"),
+        launcher=string_list(raw.get("launcher"), f"{path}: launcher"),
+        description=str(raw.get("description") or ""),
+        gpu=str(raw.get("gpu") or GridSpec.gpu),
+        mfu=float(raw.get("mfu") or GridSpec.mfu),
+        runs_root=runs_root or GridSpec.runs_root,
+    )
+
+
 def load_grid(name: str, runs_root: str | None = None, overrides: Sequence[str] = ()) -> GridSpec:
     """`overrides`: the command line's, for the `hydra.searchpath` that finds a user's grid."""
-    raw, path = read_grid(name, overrides)
+    return training_grid(*read_grid(name, overrides), runs_root)
+
+
+def training_grid(raw, path: Path, runs_root: str | None = None) -> GridSpec:
+    """A training grid from its YAML (read_grid's)."""
     if not isinstance(raw, DictConfig):
         raise ConfigError(f"{path}: a grid is a mapping with axes and stages")
     unknown = set(raw.keys()) - _GRID_KEYS
@@ -263,16 +290,10 @@ def load_grid(name: str, runs_root: str | None = None, overrides: Sequence[str] 
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: stage names must be unique, got {names}")
     return GridSpec(
-        name=str(raw.get("name") or path.stem),
         axes=axes,
         stages=tuple(stages),
-        common=string_list(raw.get("common"), f"{path}: common"),
-        launcher=string_list(raw.get("launcher"), f"{path}: launcher"),
-        description=str(raw.get("description") or ""),
-        gpu=str(raw.get("gpu") or GridSpec.gpu),
-        mfu=float(raw.get("mfu") or GridSpec.mfu),
-        runs_root=runs_root or GridSpec.runs_root,
         eval_stages=tuple(eval_stages),
+        **grid_settings(raw, path, runs_root),
     )
 
 

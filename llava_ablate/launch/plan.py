@@ -6,46 +6,32 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
-from llava_ablate.config import Config, ConfigError, compose_config, to_object
+from llava_ablate.config import Config, ConfigError, to_object
 from llava_ablate.launch.buildtime import BuildEstimate, build_estimate, build_lines
 from llava_ablate.launch.estimate import (
     DataSize,
     Memory,
     ModelSize,
+    config_memory,
     data_size,
     fmt_bytes,
     fmt_count,
     gpu_spec,
-    memory_per_rank,
     model_size,
-    supervised_per_sample,
     train_flops,
 )
 from llava_ablate.launch.grid import GridSpec, Job, expand
-from llava_ablate.launch.requests import TIME_FLOOR_MIN, TIME_SAFETY, Request, training_request
+from llava_ablate.launch.planning import (
+    Resources,
+    compose_with_launcher,
+    job_status,
+    resources,
+    text_table,
+)
+from llava_ablate.launch.requests import Request, request_line, training_request
 from llava_ablate.run_identity import RunConfigMismatch, check_run_identity
-
-
-@dataclass
-class Resources:
-    launcher: str  # the hydra/launcher choice
-    nodes: int
-    tasks_per_node: int
-    gpus_per_node: int | None
-    timeout_min: int
-    partition: str | None
-    account: str | None
-    qos: str | None
-
-    @property
-    def world(self) -> int:
-        return self.nodes * self.tasks_per_node
-
-    @property
-    def gpus(self) -> int:
-        return self.nodes * (self.gpus_per_node or 0)
 
 
 @dataclass
@@ -94,17 +80,9 @@ def compose_job(job: Job, grid: GridSpec, extra: list[str]) -> tuple[Config, Dic
 def _compose(job: Job, grid: GridSpec, extra: list[str]) -> tuple[DictConfig, DictConfig]:
     """compose_job's config as the DictConfig train.py hashes (run_identity.result_config)."""
     overrides = [*job.all_overrides(len(grid.stages) == 1), *grid.launcher, *extra]
-    try:
-        dcfg = compose_config(overrides, return_hydra_config=True)
-    except Exception as e:  # Hydra's own errors name the bad override
-        raise ConfigError(f"grid {grid.name}, job {job.stage}/{job.name}: {e}") from e
-    launcher = dcfg.hydra.launcher
-    choice = dcfg.hydra.runtime.choices.get("hydra/launcher")
-    with open_dict(dcfg):
-        del dcfg["hydra"]
-    launcher = OmegaConf.create(OmegaConf.to_container(launcher, resolve=False))
-    launcher.choice = choice
-    return dcfg, launcher
+    return compose_with_launcher(
+        overrides, "config", f"grid {grid.name}, job {job.stage}/{job.name}"
+    )
 
 
 def check_identities(grid: GridSpec, jobs: list[Job], extra: list[str]) -> None:
@@ -120,7 +98,7 @@ def check_identities(grid: GridSpec, jobs: list[Job], extra: list[str]) -> None:
         dcfg, launcher = _compose(job, grid, extra)
         try:
             job.identity = check_run_identity(
-                dcfg, job.run_dir, world_size=_resources(launcher).world
+                dcfg, job.run_dir, world_size=resources(launcher).world
             )
         except RunConfigMismatch as e:
             refused.append((job, e))
@@ -138,34 +116,11 @@ def check_identities(grid: GridSpec, jobs: list[Job], extra: list[str]) -> None:
     )
 
 
-def _resources(launcher: DictConfig) -> Resources:
-    get = launcher.get
-    return Resources(
-        launcher=str(get("choice")),
-        nodes=int(get("nodes", 1) or 1),
-        tasks_per_node=int(get("tasks_per_node", 1) or 1),
-        gpus_per_node=get("gpus_per_node"),
-        timeout_min=int(get("timeout_min", 0) or 0),
-        partition=get("partition"),
-        account=get("account"),
-        qos=get("qos"),
-    )
-
-
-def _status(job: Job) -> str:
-    from llava_ablate.train.checkpoint import latest_complete
-
-    if job.finished:
-        return "finished"
-    latest = latest_complete(job.run_dir / "checkpoints")
-    return f"resume@{int(latest.name.split('_')[1])}" if latest else "new"
-
-
 def plan_job(job: Job, grid: GridSpec, extra: list[str]) -> PlanRow:
     from llava_ablate.train.ds_config import plan_batches, total_steps
 
     cfg, launcher = compose_job(job, grid, extra)
-    res = _resources(launcher)
+    res = resources(launcher)
     peak_flops, gpu_mem = gpu_spec(grid.gpu)
     on_gpu = grid.gpu != "cpu"
     try:
@@ -187,19 +142,7 @@ def plan_job(job: Job, grid: GridSpec, extra: list[str]) -> PlanRow:
         precision = "bf16" if on_gpu else "fp32"
 
     def memory_at(seq_len: int) -> Memory:
-        return memory_per_rank(
-            size,
-            zero_stage=cfg.deepspeed.zero_stage,
-            world=res.world,
-            precision=precision,
-            micro_batch=cfg.recipe.micro_batch_size,
-            seq_len=seq_len,
-            gradient_checkpointing=cfg.train.gradient_checkpointing,
-            offload_optimizer=cfg.deepspeed.offload_optimizer,
-            offload_param=cfg.deepspeed.offload_param,
-            gpu=on_gpu,
-            supervised=supervised_per_sample(size, data, seq_len),
-        )
+        return config_memory(cfg, size, data, res.world, precision, on_gpu, seq_len)
 
     max_len = data.longest or cfg.recipe.max_length
     # Batches group samples of similar length (data.batching), so most micro-batches are near
@@ -223,7 +166,7 @@ def plan_job(job: Job, grid: GridSpec, extra: list[str]) -> PlanRow:
     job.request = training_request(gpu_hours, res.gpus, res.timeout_min, explicit)
     return PlanRow(
         job,
-        _status(job),
+        job_status(job),
         res,
         steps,
         batches.micro_batch,
@@ -246,12 +189,6 @@ def plan_grid(grid: GridSpec, extra: list[str] | None = None) -> list[PlanRow]:
     jobs = expand(grid)
     check_identities(grid, jobs, list(extra or []))  # a changed grid is refused, not planned
     return [plan_job(job, grid, list(extra or [])) for job in jobs]
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
 def format_plan(grid: GridSpec, rows: list[PlanRow]) -> str:
@@ -290,7 +227,7 @@ def format_plan(grid: GridSpec, rows: list[PlanRow]) -> str:
             ]
         )
     out.append(
-        _table(
+        text_table(
             [
                 "#",
                 "stage",
@@ -344,18 +281,6 @@ def format_plan(grid: GridSpec, rows: list[PlanRow]) -> str:
         res = first_rows[0].resources
         out.append(f"partition={res.partition} account={res.account} qos={res.qos}")
     return "\n".join(out)
-
-
-def request_line(gpu: str) -> str:
-    """How the `time` column's Slurm request follows from the estimate."""
-    if gpu == "cpu":
-        return "time: the launcher's timeout_min (no GPU assumed, nothing to size it from)"
-    return (
-        f"time: the Slurm time limit requested (est: the wall-clock estimate on the job's "
-        f"GPUs) = est x {TIME_SAFETY:g}, at least {TIME_FLOOR_MIN} min, at most the "
-        "launcher's timeout_min (a longer job checkpoints and requeues itself there); a "
-        "hydra.launcher.timeout_min you set is used as written"
-    )
 
 
 def _memory_cell(r: PlanRow) -> str:

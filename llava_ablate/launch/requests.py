@@ -140,3 +140,15 @@ def unit_request(requests: Sequence[Request | None], share: float = 1.0) -> Requ
     hours = longest.hours * share
     minutes = sized_minutes(hours, longest.limit_min)
     return Request(minutes, hours, longest.gpus, True, longest.note, longest.limit_min)
+
+
+def request_line(gpu: str) -> str:
+    """How the plan's `time` column (Request.cell) follows from the estimate."""
+    if gpu == "cpu":
+        return "time: the launcher's timeout_min (no GPU assumed, nothing to size it from)"
+    return (
+        f"time: the Slurm time limit requested (est: the wall-clock estimate on the job's "
+        f"GPUs) = est x {TIME_SAFETY:g}, at least {TIME_FLOOR_MIN} min, at most the "
+        "launcher's timeout_min (a longer job checkpoints and requeues itself there); a "
+        "hydra.launcher.timeout_min you set is used as written"
+    )

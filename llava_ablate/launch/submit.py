@@ -12,7 +12,6 @@ or submitit_local launchers) the units run one after the other instead.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import subprocess
@@ -21,105 +20,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llava_ablate.config import CONF_DIR
-from llava_ablate.launch.evalgrid import (
-    EvalGridSpec,
-    EvalJob,
-    EvalUnit,
-    evaluation_overrides,
-    make_eval_units,
-)
-from llava_ablate.launch.grid import GridSpec, Job, quote
-from llava_ablate.launch.requests import unit_request
+from llava_ablate.launch.evalgrid import EvalGridSpec, EvalJob
+from llava_ablate.launch.grid import GridSpec, Job
+from llava_ablate.launch.kinds import kind_of
 from llava_ablate.launch.slurm import JOB_IDS_FILE
+from llava_ablate.launch.units import EvalUnit, Launch, Unit
 
 log = logging.getLogger("llava_ablate.launch")
 
 # Hydra's submitit Slurm launcher, recording the job ids it submitted (JOB_IDS_FILE).
 SLURM_LAUNCHER = "hydra_plugins.llava_ablate_launcher.slurm_array.SlurmArrayLauncher"
 SLURM_TARGET = f"hydra.launcher._target_={SLURM_LAUNCHER}"
-# train.py, as a module of the installed package: runs from any directory (relative paths in a
-# grid, --runs-root and hydra.searchpath mean the same to the jobs as to this process).
-TRAIN_APP = "llava_ablate.launch.train_app"
-EVAL_APP = "llava_ablate.launch.evaluate_app"
-
-
-@dataclass
-class Unit:
-    """Jobs submitted by one `train.py -m` (one Slurm array)."""
-
-    stage: str
-    jobs: list[Job]
-    parent: Job | None  # the job all of these start from (same for every job of the unit)
-
-    @property
-    def label(self) -> str:
-        return self.jobs[0].name if len(self.jobs) == 1 else f"{len(self.jobs)} jobs"
-
-
-def _is_group(axis: str) -> bool:
-    return (CONF_DIR / axis).is_dir()
-
-
-def _sweepable(jobs: list[Job]) -> bool:
-    """Jobs form a full product over config-group axes (so run dirs can be interpolated)."""
-    axes = list(jobs[0].axes)
-    if not all(_is_group(a) for a in axes):
-        return False
-    values = {a: sorted({j.axes[a] for j in jobs}) for a in axes}
-    return len(jobs) == len(list(itertools.product(*values.values())))
-
-
-def make_units(jobs: list[Job]) -> list[Unit]:
-    """Unfinished jobs, parents first; a job others start from is a unit of its own."""
-    todo = [j for j in jobs if not j.finished]
-    units: list[Unit] = []
-    groups: dict[tuple[str, int], list[Job]] = {}
-    for job in todo:
-        if any(not c.finished for c in job.children):
-            units.append(Unit(job.stage, [job], job.parent))
-        else:
-            groups.setdefault((job.stage, id(job.parent)), []).append(job)
-    for members in groups.values():
-        if _sweepable(members):
-            units.append(Unit(members[0].stage, members, members[0].parent))
-        else:
-            units += [Unit(j.stage, [j], j.parent) for j in members]
-    stage_order = {j.stage: i for i, j in enumerate(jobs)}
-    return sorted(units, key=lambda u: stage_order[u.stage])
-
-
-def _axis_ref(axis: str) -> str:
-    return f"${{hydra:runtime.choices.{axis}}}"
-
-
-def unit_overrides(unit: Unit, grid: GridSpec, sweep_dir: Path) -> list[str]:
-    single = len(grid.stages) == 1
-    first = unit.jobs[0]
-    if len(unit.jobs) == 1:
-        per_job = first.all_overrides(single)
-    else:  # sweep the axes; run dir and W&B name are rebuilt per job from Hydra's choices
-        axes = list(first.axes)
-        sweeps = [f"{a}={','.join(sorted({j.axes[a] for j in unit.jobs}))}" for a in axes]
-        name = ",".join(f"{a}={_axis_ref(a)}" for a in axes)
-        run_dir = str(first.run_dir.parent / name)
-        wandb_name = name if single else f"{unit.stage}/{name}"
-        per_job = [
-            *first.common,
-            *sweeps,
-            *first.stage_overrides,
-            f"train.run_dir={quote(run_dir)}",
-            f"wandb.group={quote(grid.name)}",
-            f"wandb.name={quote(wandb_name)}",
-        ]
-    request = unit_request([j.request for j in unit.jobs])  # sized by the plan, if it ran
-    return [
-        *per_job,
-        *grid.launcher,
-        *(request.overrides() if request else []),  # the command line's (after) win
-        f"hydra.sweep.dir={quote(str(sweep_dir))}",
-        "hydra.sweep.subdir=${hydra.job.num}",
-    ]
 
 
 def launcher_choice(overrides: list[str]) -> str:
@@ -163,18 +74,25 @@ def _wait_for_array_id(sub: Submitted, sweep_dir: Path, timeout_s: float) -> str
     )
 
 
-@dataclass
-class Launch:
-    """One `python -m <app> -m` multirun to start: a training unit or an evaluation unit."""
+def launch_root(grid: GridSpec | EvalGridSpec) -> Path:
+    """Where a grid's multiruns keep their commands, logs and submitit files."""
+    return Path(grid.runs_root) / grid.name / ".launch"
 
-    unit: Unit | EvalUnit
-    app: str  # TRAIN_APP | EVAL_APP
-    overrides: list[str]  # without the dependency
-    sweep_dir: Path
+
+def grid_launches(
+    grid: GridSpec | EvalGridSpec,
+    jobs: list[Job],
+    extra: list[str],
+    evals: list[EvalJob] | None = None,
+) -> list[Launch]:
+    """The multiruns that submit a grid's unfinished jobs (a training grid's, then its
+    evaluations), each with the overrides it is started with (the plan's Slurm request
+    included)."""
+    return kind_of(grid).launches(grid, jobs, evals or [], extra, launch_root(grid))
 
 
 def submit_grid(
-    grid: GridSpec,
+    grid: GridSpec | EvalGridSpec,
     jobs: list[Job],
     extra: list[str],
     *,
@@ -182,70 +100,16 @@ def submit_grid(
     submit_timeout_s: float = 300,
     evals: list[EvalJob] | None = None,
 ) -> int:
-    """Submit every unfinished job, then every unfinished evaluation of the grid's evaluation
-    stages (each after its own training job); returns the number of units that failed (0 when
-    waiting is off and everything was submitted). RunConfigMismatch, before anything is
-    submitted, when a job's run directory holds a run of another config
+    """Submit every unfinished job of either kind of grid -- a training grid's, then its
+    evaluation stages' (each after its own training job); an evaluation grid's, one Slurm
+    array per model and distractor strategy. Returns the number of units that failed (0 when
+    waiting is off and everything was submitted). A training grid: RunConfigMismatch, before
+    anything is submitted, when a job's run directory holds a run of another config
     (launch/plan.py check_identities)."""
-    from llava_ablate.launch.plan import check_identities
-
-    check_identities(grid, jobs, extra)  # "finished" only for a run of the config composed now
-    root = Path(grid.runs_root) / grid.name / ".launch"
-    launches = grid_launches(grid, jobs, extra, evals or [])
-    return run_launches(grid.name, launches, [*grid.launcher, *extra], root, wait,
+    kind_of(grid).check(grid, jobs, extra)  # "finished" only for a run of the config composed now
+    launches = grid_launches(grid, jobs, extra, evals)
+    return run_launches(grid.name, launches, [*grid.launcher, *extra], launch_root(grid), wait,
                         submit_timeout_s)  # fmt: skip
-
-
-def grid_launches(
-    grid: GridSpec, jobs: list[Job], extra: list[str], evals: list[EvalJob]
-) -> list[Launch]:
-    """The multiruns that submit a training grid's unfinished jobs, then its evaluations:
-    each with the overrides it is started with (the plan's Slurm request included)."""
-    root = Path(grid.runs_root) / grid.name / ".launch"
-    launches = []
-    for unit in make_units(jobs):
-        sweep_dir = root / f"{len(launches):02d}-{unit.stage}"
-        overrides = unit_overrides(unit, grid, sweep_dir) + list(extra)
-        launches.append(Launch(unit, TRAIN_APP, overrides, sweep_dir))
-    for unit in make_eval_units(evals):
-        sweep_dir = root / f"{len(launches):02d}-{unit.stage}-{_slug(unit.jobs[0])}"
-        overrides = unit.overrides(list(grid.launcher), sweep_dir)
-        launches.append(Launch(unit, EVAL_APP, overrides + evaluation_overrides(extra),
-                               sweep_dir))  # fmt: skip
-    return launches
-
-
-def submit_eval_grid(
-    grid: EvalGridSpec,
-    jobs: list[EvalJob],
-    extra: list[str],
-    *,
-    wait: bool = True,
-    submit_timeout_s: float = 300,
-) -> int:
-    """Submit every unfinished evaluation of a `kind: evaluate` grid: one Slurm array per model
-    and distractor strategy, its unfinished datasets swept."""
-    root = Path(grid.runs_root) / grid.name / ".launch"
-    launches = eval_grid_launches(grid, jobs, extra)
-    return run_launches(grid.name, launches, [*grid.launcher, *extra], root, wait,
-                        submit_timeout_s)  # fmt: skip
-
-
-def eval_grid_launches(grid: EvalGridSpec, jobs: list[EvalJob], extra: list[str]) -> list[Launch]:
-    """An evaluation grid's multiruns, each with the overrides it is started with."""
-    root = Path(grid.runs_root) / grid.name / ".launch"
-    launches = []
-    for unit in make_eval_units(jobs):
-        sweep_dir = root / f"{len(launches):02d}-{_slug(unit.jobs[0])}"
-        overrides = unit.overrides(list(grid.launcher), sweep_dir) + list(extra)
-        launches.append(Launch(unit, EVAL_APP, overrides, sweep_dir))
-    return launches
-
-
-def _slug(job: EvalJob) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in job.model) + (
-        f"-{job.distractors}"
-    )
 
 
 def run_launches(
