@@ -102,6 +102,21 @@ class ModelSize:
         return sum(self.trainable.values())
 
 
+def _local_config(group: str, name: str, pretrained: str, table: str):
+    """`pretrained`'s config.json from this machine (a directory or the hub cache): a plan never
+    downloads; the message says how to make it known."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(pretrained, local_files_only=True)
+    except OSError as e:
+        raise EstimateError(
+            f"{group}={name}: no config.json for {group}.pretrained={pretrained!r} on this "
+            "machine; download it once (it is small) or add its architecture to "
+            f"llava_ablate/launch/estimate.py {table}"
+        ) from e
+
+
 def _text_config(llm: LLMCfg, cache_dir: str):
     from transformers import AutoConfig
 
@@ -113,19 +128,12 @@ def _text_config(llm: LLMCfg, cache_dir: str):
     if llm.pretrained in KNOWN_TEXT:
         known = dict(KNOWN_TEXT[llm.pretrained])
         return AutoConfig.for_model(known.pop("model_type"), **{**known, **llm.config})
-    try:
-        config = AutoConfig.from_pretrained(llm.pretrained, local_files_only=True)
-    except OSError as e:
-        raise EstimateError(
-            f"llm={llm.name}: no config.json for llm.pretrained={llm.pretrained!r} on this "
-            "machine; download it once (it is small) or add its architecture to "
-            "llava_ablate/launch/estimate.py KNOWN_TEXT"
-        ) from e
+    config = _local_config("llm", llm.name, llm.pretrained, "KNOWN_TEXT")
     return getattr(config, "text_config", config)
 
 
 def _vision_config(vision: VisionCfg):
-    from transformers import AutoConfig, CLIPVisionConfig, SiglipVisionConfig
+    from transformers import CLIPVisionConfig, SiglipVisionConfig
 
     cls = CLIPVisionConfig if vision.arch == "clip" else SiglipVisionConfig
     extra = {"vision_use_head": False} if vision.arch == "siglip" else {}  # as build.py
@@ -133,13 +141,7 @@ def _vision_config(vision: VisionCfg):
         return cls(**{**vision.config, **extra})
     if vision.pretrained in KNOWN_VISION:
         return cls(**{**KNOWN_VISION[vision.pretrained], **vision.config, **extra})
-    try:
-        config = AutoConfig.from_pretrained(vision.pretrained, local_files_only=True)
-    except OSError as e:
-        raise EstimateError(
-            f"vision={vision.name}: no config.json for vision.pretrained={vision.pretrained!r} "
-            "on this machine; download it or add it to KNOWN_VISION"
-        ) from e
+    config = _local_config("vision", vision.name, vision.pretrained, "KNOWN_VISION")
     config = getattr(config, "vision_config", config)
     return cls(**{**config.to_dict(), **extra})
 
