@@ -150,9 +150,11 @@ def main(argv=None) -> dict:
     from bench.common import tiny_variant
 
     variant = tiny_variant(image_size=336, patch=14)
-    full = SampleEncoder(  # the LLaVA loaders' way: every image decoded at full size
+    # The LLaVA loaders' way: every image decoded at full size, the processor's own float steps.
+    baseline = {"draft_decode": False, "fused_pixels": False}
+    full = SampleEncoder(
         variant.processor,
-        EncodeOptions("chat", variant.num_image_tokens, 4096, "truncate", True, draft_decode=False),
+        EncodeOptions("chat", variant.num_image_tokens, 4096, "truncate", True, **baseline),
     )
     fast = SampleEncoder(
         variant.processor, EncodeOptions("chat", variant.num_image_tokens, 4096, "truncate", True)
