@@ -136,8 +136,8 @@ class SampleEncoder:
         """Decode and preprocess the images (LLaVA pad-to-square when configured)."""
         out: dict = {
             "id": tok.id,
-            "input_ids": torch.tensor(tok.input_ids),
-            "labels": torch.tensor(tok.labels),
+            "input_ids": long_tensor(tok.input_ids),
+            "labels": long_tensor(tok.labels),
         }
         if tok.dropped_tokens:
             out["truncated"] = (tok.source, tok.dropped_tokens)
@@ -273,6 +273,12 @@ class Collator:
                 [len(x.get("image_sizes", ())) for row in good for x in row]
             )
         return batch
+
+
+def long_tensor(values: list[int]) -> torch.Tensor:
+    """An int64 tensor of a list: through numpy, ~8x less CPU than torch.tensor(list), which
+    converts element by element (a sample holds ~1,000 ids with 576 image tokens)."""
+    return torch.from_numpy(np.array(values, dtype=np.int64))
 
 
 def truncation_counts(items) -> dict[str, list[int]]:
