@@ -184,7 +184,8 @@ def _chat_text_and_spans(
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt, upto = render(messages[:i], True), render(messages[: i + 1])
+        prompt = render(messages[:i], True)
+        upto = full if i == len(messages) - 1 else render(messages[: i + 1])  # the same render
         if not (full.startswith(prompt) and full.startswith(upto)):
             raise TokenizationMismatch(
                 f"sample {sample_id}: the chat template is not prefix-stable at turn {i}: "
