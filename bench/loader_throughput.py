@@ -4,12 +4,13 @@ Same samples (JPEG photos-sized images, LLaVA-like conversations), same tokenisa
 processor, same DataLoader workers. Three loaders side by side: the LLaVA-style lazy loader
 (full decode of each original file), our shards as built before the fast image path (original
 bytes, full decode, torch's default prefetch) and the fast path (images stored at the tower's
-336 px by `data.max_image_side=auto`, JPEG draft decoding, prefetch 4). Reports samples/s
+336 px by `data.max_image_side=auto`, JPEG draft decoding, pixel values by data/pixels.py's
+lookup table, prefetch 4). Reports the loading's CPU time per sample in-process, samples/s
 delivered to a trainer loop, the fraction of the trainer's time spent waiting for data when
 each step also computes for `--step-ms` milliseconds, and how close the fast path's processor
 output is to the full decode of the originals (PSNR, the test suite's bound: >= 30 dB).
 
-    python -m bench.loader_throughput [--samples 600] [--workers 2]
+    python -m bench.loader_throughput [--samples 600] [--workers 2] [--torch-threads 1]
 """
 
 from __future__ import annotations
@@ -146,13 +147,26 @@ def main(argv=None) -> dict:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--micro", type=int, default=8)
     parser.add_argument("--step-ms", type=float, default=50.0)
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch's intra-op threads in this process, e.g. 1 as in a DataLoader worker "
+        "(default: torch's own)",
+    )
     args = parser.parse_args(argv)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     from bench.common import tiny_variant
 
     variant = tiny_variant(image_size=336, patch=14)
-    full = SampleEncoder(  # the LLaVA loaders' way: every image decoded at full size
+    # The LLaVA loaders' way: every image decoded at full size, the processor's own float steps.
+    baseline = {"draft_decode": False, "fused_pixels": False}
+    full = SampleEncoder(
         variant.processor,
-        EncodeOptions("chat", variant.num_image_tokens, 4096, "truncate", True, draft_decode=False),
+        EncodeOptions("chat", variant.num_image_tokens, 4096, "truncate", True, **baseline),
     )
     fast = SampleEncoder(
         variant.processor, EncodeOptions("chat", variant.num_image_tokens, 4096, "truncate", True)

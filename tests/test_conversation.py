@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import string
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -308,11 +309,13 @@ def test_tokenizer_without_image_token_raises(vicuna):
 
 
 class _PrefixSkewed:
-    """A tokenizer whose batched (prefix) calls disagree with the full tokenisation, as a
-    context-dependent tokenizer's would."""
+    """A tokenizer whose prefix tokenisations (batched calls, through transformers or straight
+    through its Rust backend) disagree with the full tokenisation, as a context-dependent
+    tokenizer's would; `backend=False`: a tokenizer without a Rust backend."""
 
-    def __init__(self, tok):
+    def __init__(self, tok, backend: bool = True):
         self._tok = tok
+        self.backend_tokenizer = _SkewedBackend(tok.backend_tokenizer) if backend else None
 
     def __getattr__(self, name):
         return getattr(self._tok, name)
@@ -324,9 +327,20 @@ class _PrefixSkewed:
         return out
 
 
-def test_prefix_tokenisation_disagreement_raises(qwen2):
+class _SkewedBackend:
+    def __init__(self, backend):
+        self._backend = backend
+
+    def encode_batch_fast(self, texts, **kw):
+        return [
+            SimpleNamespace(ids=e.ids[:-1]) for e in self._backend.encode_batch_fast(texts, **kw)
+        ]
+
+
+@pytest.mark.parametrize("backend", [True, False])
+def test_prefix_tokenisation_disagreement_raises(qwen2, backend):
     with pytest.raises(TokenizationMismatch, match=r"sample-7.*prefix"):
-        tok_conv(_PrefixSkewed(qwen2), turns("Hi", "Hello."))
+        tok_conv(_PrefixSkewed(qwen2, backend), turns("Hi", "Hello."))
 
 
 @pytest.mark.parametrize(

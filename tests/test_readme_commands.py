@@ -213,6 +213,7 @@ EXERCISES: dict[str, Compose | Real | Parse | Make | Covered] = {
     "python -m bench.loader_throughput [--samples 600] [--workers 2] [--step-ms 50]": Parse(
         ["--samples", "600", "--workers", "2", "--step-ms", "50"]
     ),
+    "python -m bench.loader_throughput --torch-threads 1": Parse(),
     "python bench/name_scoring.py": Parse(),
     "python bench/name_scoring.py --llm tiny_llama --questions 32": Real(
         subprocess=True, slow=True

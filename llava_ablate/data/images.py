@@ -114,7 +114,9 @@ def decode_rgb(data: bytes, min_side: int | None = None) -> Image.Image:
             if scale <= 0.5:  # floor: a side like 427/2 must still allow the 1/2 scale
                 im.draft("RGB", (math.floor(w * scale), math.floor(h * scale)))
         im.load()  # decode now so a truncated file fails here, not in the processor
-        return im.convert("RGB")
+        # An RGB decode is returned as it is (convert() would copy it; the data outlives the
+        # `with`, which only lets go of the bytes).
+        return im if im.mode == "RGB" else im.convert("RGB")
 
 
 def shrink_encoded(data: bytes, max_side: int) -> tuple[bytes, str, tuple[int, int]] | None:
