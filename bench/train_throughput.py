@@ -45,13 +45,19 @@ MODELS = {
     "tiny": ["vision=tiny_clip", "llm=tiny_llama", "llm.config.max_position_embeddings=1024"],
     "smollm2": ["vision=tiny_clip", "llm=smollm2_135m"],
 }
-TRAINERS = ("ours-group", "ours-pack", "trl", "llamafactory")
+TRAINERS = ("ours-group", "ours-pack", "trl", "llamafactory", "llamafactory-noaudio")
 # Where each peer runs (Makefile `peers`), overridable for a venv built elsewhere.
 PEER_PYTHONS = {
     "trl": ("LLAVA_PEERS_PYTHON", ROOT / ".venv-peers" / "bin" / "python"),
     "llamafactory": ("LLAVA_LLAMAFACTORY_PYTHON", ROOT / ".venv-llamafactory" / "bin" / "python"),
 }
-PEER_SCRIPTS = {"trl": PEERS_DIR / "trl_sft.py", "llamafactory": PEERS_DIR / "llamafactory_sft.py"}
+PEER_PYTHONS["llamafactory-noaudio"] = PEER_PYTHONS["llamafactory"]
+PEER_SCRIPTS = {
+    "trl": PEERS_DIR / "trl_sft.py",
+    "llamafactory": PEERS_DIR / "llamafactory_sft.py",
+    # the same, with an empty module for torchaudio (bench/peers/llamafactory_sft.py says why)
+    "llamafactory-noaudio": PEERS_DIR / "llamafactory_sft.py",
+}
 
 
 @dataclass(frozen=True)
@@ -226,7 +232,8 @@ def run_trainer(trainer: str, model: str, setup: Setup, work: Path, data: Path, 
         if python is None:
             return {"reason": why}
         job = {**asdict(setup), "model_dir": str(export), "rows": str(data / "rows.json"),
-               "image_root": str(data), "micro_batch": setup.micro_batch, "out_dir": str(out)}  # fmt: skip
+               "image_root": str(data), "out_dir": str(out),
+               "stub_torchaudio": trainer == "llamafactory-noaudio"}  # fmt: skip
         (out / "job.json").write_text(json.dumps(job))
         cmd = [python, str(PEER_SCRIPTS[trainer]), str(out / "job.json")]
     launcher = [python, "-m", "torch.distributed.run", f"--nproc_per_node={setup.nproc}",
@@ -240,11 +247,12 @@ def run_trainer(trainer: str, model: str, setup: Setup, work: Path, data: Path, 
     if proc.returncode != 0:
         return {"reason": f"failed (exit {proc.returncode}): {first_error(proc.stderr)}",
                 "log": str(out / "stderr.log"), "wall_s": wall}  # fmt: skip
-    figures = (
-        ours_figures(out / "run", setup)
-        if trainer.startswith("ours-")
-        else peer_figures(out, setup)
-    )
+    shutil.rmtree(out / "run" / "checkpoints", ignore_errors=True)  # ours' final one: unused
+    read = ours_figures if trainer.startswith("ours-") else peer_figures
+    try:
+        figures = read(out / "run" if trainer.startswith("ours-") else out, setup)
+    except (OSError, ValueError, KeyError, RuntimeError, ZeroDivisionError) as e:
+        return {"reason": f"ran, but left no figures: {type(e).__name__}: {e}", "wall_s": wall}
     rss = [json.loads(p.read_text()) for p in sorted((out / "rss").glob("rank*.json"))]
     figures["peak_rss_mib_per_rank"] = [r["peak_rss_kib"] / 1024 for r in rss]
     figures["peak_rss_mib"] = max(figures["peak_rss_mib_per_rank"])

@@ -4,7 +4,11 @@ dataset registered in `dataset_info.json`, `template: llava`, `finetuning_type: 
 
     torchrun --nproc_per_node=2 bench/peers/llamafactory_sft.py JOB.json  # in .venv-llamafactory
 
-JOB.json: as for trl_sft.py. Set against LLaMA-Factory's defaults: fp32 (`bf16: false`), no
+JOB.json: as for trl_sft.py, plus `stub_torchaudio`: LLaMA-Factory imports torchaudio at the top
+of its multimodal plugin (llamafactory/data/mm_plugin.py) but uses it for audio only; no
+torchaudio release loads beside torch 2.13 (the newest, 2.11.1, fails to load its library), so
+with this set an empty module stands in for it (the `llamafactory-noaudio` row of the bench:
+LLaMA-Factory's own code otherwise unchanged). Set against LLaMA-Factory's defaults: fp32 (`bf16: false`), no
 gradient checkpointing (`disable_gradient_checkpointing: true`; it turns it on by default),
 a constant lr, gloo on CPU. `freeze_vision_tower` is its default (true), as in ours.
 """
@@ -14,9 +18,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import types
 from pathlib import Path
 
-from llamafactory.train.tuner import run_exp
 from step_clock import StepClock
 
 
@@ -64,6 +68,10 @@ def deepspeed_file(stage: int | None, out: Path) -> str | None:
 
 def main(job_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
+    if job.get("stub_torchaudio"):
+        sys.modules["torchaudio"] = types.ModuleType("torchaudio")
+    from llamafactory.train.tuner import run_exp
+
     out = Path(job["out_dir"])
     data_dir = out / "data"
     args = {
