@@ -74,6 +74,9 @@ class Setup:
     zero_stage: int = 2
     max_length: int = 1024
     seed: int = 0
+    # Off for every trainer: all three turn it on by default (ours train.gradient_checkpointing,
+    # TRL's SFTConfig, LLaMA-Factory), trading speed for activation memory; --recompute: all on.
+    gradient_checkpointing: bool = False
 
 
 SMOKE = Setup(samples=64, micro_batch=2, steps=6, log_every=2)
@@ -131,6 +134,7 @@ def ours_command(mode: str, model: str, setup: Setup, data: Path, export: Path, 
         f"recipe.init_from={export}",
         "recipe.init_parts=[all]",
         "train.precision=fp32",
+        f"train.gradient_checkpointing={str(setup.gradient_checkpointing).lower()}",
         f"train.seed={setup.seed}",
         f"train.log_every={setup.log_every}",
         "train.save_every=0",
@@ -205,7 +209,7 @@ def run_trainer(trainer: str, model: str, setup: Setup, work: Path, data: Path, 
 
 
 def run_env(trainer: str, out: Path) -> dict:
-    venv = "ours" if trainer.startswith("ours-") else trainer
+    venv = "ours" if trainer.startswith("ours-") else Path(peer_python(trainer)[0]).parents[1].name
     cache = Path(os.environ.get("LLAVA_CACHE_DIR", ROOT / ".cache" / "llava_ablate")).resolve()
     return {
         **os.environ,
@@ -311,19 +315,20 @@ def print_table(results: dict) -> None:
     print(f"\nmachine: {m['cpu']}, nproc {m['nproc']}; {m['uptime']}")
     s = results["setup"]
     print(f"setup: {s['nproc']} CPU ranks, micro-batch {s['micro_batch']}, fp32, ZeRO-{s['zero_stage']}, "
-          f"{s['steps']} steps (first {s['log_every']} not timed), {s['samples']} samples\n")  # fmt: skip
-    head = f"{'model':<8} {'trainer':<13} {'samples/s':>10} {'sup tok/s':>10} {'tok/s':>9} "
+          f"{s['steps']} steps (first {s['log_every']} not timed), {s['samples']} samples, "
+          f"gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'}\n")  # fmt: skip
+    head = f"{'model':<8} {'trainer':<21} {'samples/s':>10} {'sup tok/s':>10} {'tok/s':>9} "
     print(head + f"{'peak RSS MiB/rank':>18}  loss (first -> last)")
     for model, rows in results["models"].items():
         for trainer, r in rows.items():
             if "reason" in r:
-                print(f"{model:<8} {trainer:<13} not run: {r['reason']}")
+                print(f"{model:<8} {trainer:<21} not run: {r['reason']}")
                 continue
             rss = "/".join(f"{x:.0f}" for x in r["peak_rss_mib_per_rank"])
             loss = (
                 f"{r['loss'][0]['loss']:.3f} -> {r['loss'][-1]['loss']:.3f}" if r["loss"] else "-"
             )
-            print(f"{model:<8} {trainer:<13} {r['samples_per_s']:>10.2f} "
+            print(f"{model:<8} {trainer:<21} {r['samples_per_s']:>10.2f} "
                   f"{r['supervised_tokens_per_s']:>10.0f} {r['tokens_per_s']:>9.0f} {rss:>18}  {loss}")  # fmt: skip
         best = best_peer(rows)
         if best:
@@ -355,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--micro-batch", type=int, default=None)
     p.add_argument("--nproc", type=int, default=None)
+    p.add_argument(
+        "--recompute", action="store_true", help="gradient checkpointing on, in every trainer"
+    )
     p.add_argument("--work-dir", default=str(ROOT / "runs" / "bench_train"))
     p.add_argument("--out", default=None, help="JSON results (default: <work-dir>/results.json)")
     return p
@@ -366,6 +374,7 @@ def main(argv: list[str] | None = None) -> dict:
     for key in ("steps", "micro_batch", "nproc"):
         if getattr(args, key):
             setup = replace(setup, **{key: getattr(args, key)})
+    setup = replace(setup, gradient_checkpointing=args.recompute)
     models = args.models or (["tiny"] if args.smoke else list(MODELS))
     work = Path(args.work_dir).resolve()
     results = {"machine": machine(), "setup": asdict(setup), "smoke": args.smoke,

@@ -8,8 +8,8 @@ JOB.json: as for trl_sft.py, plus `stub_torchaudio`: LLaMA-Factory imports torch
 of its multimodal plugin (llamafactory/data/mm_plugin.py) but uses it for audio only; no
 torchaudio release loads beside torch 2.13 (the newest, 2.11.1, fails to load its library), so
 with this set an empty module stands in for it (the `llamafactory-noaudio` row of the bench:
-LLaMA-Factory's own code otherwise unchanged). Set against LLaMA-Factory's defaults: fp32 (`bf16: false`), no
-gradient checkpointing (`disable_gradient_checkpointing: true`; it turns it on by default),
+LLaMA-Factory's own code otherwise unchanged). Set against LLaMA-Factory's defaults: fp32 (`bf16: false`), gradient
+checkpointing as the job says (`disable_gradient_checkpointing`; it turns it on by default),
 a constant lr, gloo on CPU. `freeze_vision_tower` is its default (true), as in ours.
 """
 
@@ -98,7 +98,7 @@ def main(job_path: str) -> None:
         "save_strategy": "no",
         "report_to": "none",
         "bf16": False,
-        "disable_gradient_checkpointing": True,
+        "disable_gradient_checkpointing": not job["gradient_checkpointing"],
         "use_cpu": True,  # else accelerate sees no accelerator and runs as one process
         "ddp_backend": "gloo",
         "deepspeed": deepspeed_file(job["zero_stage"], out),

@@ -7,7 +7,8 @@
 JOB.json (written by bench/train_throughput.py): model_dir, rows (LLaVA-format JSON), image_root,
 steps, micro_batch, lr, log_every, zero_stage (null: DDP), seed, out_dir.
 Set against the defaults of SFTConfig: fp32 (`bf16=False`; bf16 autocast is ~25x slower on
-CPU), no gradient checkpointing (ours recomputes nothing either), the vision tower frozen and a
+CPU), gradient checkpointing as the job says (off
+by default in the bench, for every trainer), the vision tower frozen and a
 constant lr (our finetune recipe's setting in the bench), gloo on CPU (`use_cpu`).
 """
 
@@ -71,7 +72,7 @@ def main(job_path: str) -> None:
         save_strategy="no",
         report_to="none",
         bf16=False,
-        gradient_checkpointing=False,
+        gradient_checkpointing=job["gradient_checkpointing"],
         max_length=None,  # the bench's samples all fit; no truncation (ours truncates none)
         use_cpu=True,  # else accelerate sees no accelerator and runs as one process
         ddp_backend="gloo",
