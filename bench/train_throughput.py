@@ -80,6 +80,9 @@ class Setup:
 
 
 SMOKE = Setup(samples=64, micro_batch=2, steps=6, log_every=2)
+# SmolLM2-135M in fp32 on one thread per rank is compute-bound (~17 s a step on a loaded 2-core
+# CPU at micro-batch 4): fewer steps, the same samples and micro-batch.
+STEPS = {"smollm2": dict(steps=16, log_every=4)}
 
 
 # --- the model every trainer starts from -------------------------------------------------------
@@ -315,7 +318,7 @@ def print_table(results: dict) -> None:
     print(f"\nmachine: {m['cpu']}, nproc {m['nproc']}; {m['uptime']}")
     s = results["setup"]
     print(f"setup: {s['nproc']} CPU ranks, micro-batch {s['micro_batch']}, fp32, ZeRO-{s['zero_stage']}, "
-          f"{s['steps']} steps (first {s['log_every']} not timed), {s['samples']} samples, "
+          f"steps (first ones not timed) {results['steps']}, {s['samples']} samples, "
           f"gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'}\n")  # fmt: skip
     head = f"{'model':<8} {'trainer':<21} {'samples/s':>10} {'sup tok/s':>10} {'tok/s':>9} "
     print(head + f"{'peak RSS MiB/rank':>18}  loss (first -> last)")
@@ -350,6 +353,11 @@ def best_peer(rows: dict) -> tuple[str, float] | None:
     return name, max(ours) / peers[name]
 
 
+def write_results(results: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.train_throughput", description=__doc__.splitlines()[0]
@@ -380,19 +388,21 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"machine": machine(), "setup": asdict(setup), "smoke": args.smoke,
                "versions": {t: versions(t) for t in args.trainers}, "models": {}}  # fmt: skip
     print(f"machine: {results['machine']['uptime']}; nproc {results['machine']['nproc']}")
+    out = Path(args.out) if args.out else work / "results.json"
     data = make_rows(work / f"data-{setup.samples}", setup.samples, setup.seed).parent
     for model in models:
         export = export_model(model, work / "models" / model)
         rows = results["models"][model] = {}
+        model_setup = setup if args.smoke or args.steps else replace(setup, **STEPS.get(model, {}))
+        results.setdefault("steps", {})[model] = [model_setup.steps, model_setup.log_every]
         for trainer in args.trainers:
-            rows[trainer] = run_trainer(trainer, model, setup, work, data, export)
+            rows[trainer] = run_trainer(trainer, model, model_setup, work, data, export)
+            write_results(results, out)  # as it goes: an interrupted run keeps what it measured
             r = rows[trainer]
             shown = r.get("reason") or f"{r['samples_per_s']:.2f} samples/s ({r['wall_s']:.0f} s)"
             print(f"  {model} {trainer}: {shown}", flush=True)
     results["machine_after"] = machine()["uptime"]
-    out = Path(args.out) if args.out else work / "results.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    write_results(results, out)
     print_table(results)
     print(f"load after: {results['machine_after']}\nresults: {out}")
     summary = {}
