@@ -152,6 +152,8 @@ def build_shards(overrides: list[str], env: dict) -> None:
     """`llava-ablate data build` for our runs (the peers read the JSON rows): once, not timed."""
     cmd = [sys.executable, "-m", "llava_ablate.cli", "data", "build", *overrides]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0 and "StaleShards" in proc.stderr:  # the rows were regenerated
+        proc = subprocess.run([*cmd, "--force"], cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"building the bench's shards failed: {proc.stderr[-3000:]}")
 
@@ -177,7 +179,10 @@ def run_trainer(trainer: str, model: str, setup: Setup, work: Path, data: Path, 
             ours_command(trainer[5:], model, setup, data, export, out / "run"),
         )
         shutil.rmtree(out / "run", ignore_errors=True)
-        build_shards(cmd[2:], run_env(trainer, out))
+        try:
+            build_shards(cmd[2:], run_env(trainer, out))
+        except RuntimeError as e:
+            return {"reason": str(e)[:2000]}
     else:
         python, why = peer_python(trainer)
         if python is None:
