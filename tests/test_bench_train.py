@@ -26,7 +26,7 @@ def _missing_peers() -> list[str]:
     return [t for t in PEER_PYTHONS if peer_python(t)[0] is None]
 
 
-@pytest.mark.slow  # 2-core CPU, load ~4: ~2 min with the peers' DeepSpeed ops built once
+@pytest.mark.slow  # 2-core CPU, load ~3: 64 s with DeepSpeed's ops cached per venv (~+30 s each, once)
 def test_train_bench_smoke_gives_every_trainer_figures_or_a_reason(cache_dir, tmp_path):
     missing = _missing_peers()
     if missing and not os.environ.get("LLAVA_ALLOW_NO_PEERS"):
