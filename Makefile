@@ -30,7 +30,7 @@ DEPS_INSTALL = { $(BIN)/python -c 'import sys; sys.exit(sys.version[:len("$(LOCK
 	  && $(BIN)/pip install -q --no-deps -e .
 endif
 
-.PHONY: install lock lmms browser demo test test-slow lint bench
+.PHONY: install lock lmms peers browser demo test test-slow lint bench
 install: $(VENV)/.installed
 
 # All or nothing: a failed step removes the venv, so no half-installed $(VENV) is ever used.
@@ -81,6 +81,40 @@ $(LMMS_VENV)/.installed: $(VENV)/.installed
 	$(LMMS_VENV)/bin/pip install -q -e ".[lmms]"
 	touch $@
 
+# The trainers users pick instead of ours, for bench/train_throughput.py; each in its own venv,
+# so their pins never touch $(VENV):
+# - $(PEERS_VENV): TRL's SFTTrainer, layered over $(VENV) like .venv-lmms (the same torch
+#   2.13.0, transformers, deepspeed and accelerate; trl 1.16 accepts them), plus datasets >= 4.7
+#   (trl needs it), pandas and the like, shadowing nothing of ours.
+# - $(LLAMAFACTORY_VENV): LLaMA-Factory, standalone with its own pins: llamafactory 0.9.5 needs
+#   transformers <= 5.6.0, peft <= 0.18.1, trl <= 0.24, datasets <= 4.0, accelerate <= 1.11
+#   (ours: transformers 5.2x, peft 0.21). torch is $(TORCH) (the local CPU wheel), deepspeed ours.
+#   torchvision, which pip brings along (0.28.0, a CUDA build), is removed: it fails to load
+#   beside the CPU torch and would break transformers' image processors. Its torchaudio (a hard
+#   requirement; no release for torch 2.13) fails to load too: bench/README.md says what follows.
+PEERS_VENV        ?= .venv-peers
+TRL               ?= trl==1.16.0
+LLAMAFACTORY_VENV ?= .venv-llamafactory
+LLAMAFACTORY      ?= llamafactory==0.9.5
+peers: $(PEERS_VENV)/.installed $(LLAMAFACTORY_VENV)/.installed
+
+$(PEERS_VENV)/.installed: $(VENV)/.installed
+	{ $(PY) -m venv $(PEERS_VENV) \
+	  && $(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
+	    > "$$($(PEERS_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_project_venv.pth" \
+	  && $(PEERS_VENV)/bin/pip install -q "$(TRL)" "datasets>=4.7"; \
+	} || { rm -rf $(PEERS_VENV); echo "make peers: $(PEERS_VENV) failed, removed" >&2; exit 1; }
+	touch $@
+
+$(LLAMAFACTORY_VENV)/.installed:
+	{ $(PY) -m venv $(LLAMAFACTORY_VENV) \
+	  && $(LLAMAFACTORY_VENV)/bin/pip install -q --upgrade pip \
+	  && $(LLAMAFACTORY_VENV)/bin/pip install -q "$(TORCH)" \
+	  && $(LLAMAFACTORY_VENV)/bin/pip install -q "$(LLAMAFACTORY)" "$(TORCH)" deepspeed==0.19.8 \
+	  && $(LLAMAFACTORY_VENV)/bin/pip uninstall -q -y torchvision; \
+	} || { rm -rf $(LLAMAFACTORY_VENV); echo "make peers: $(LLAMAFACTORY_VENV) failed, removed" >&2; exit 1; }
+	touch $@
+
 # The paper in miniature (llava_ablate/demo): mini-classify + a mini-CLIP tower built offline,
 # a 2x2 grid (random-init vs text-pretrained small LLM, the same samples x base vs +extra data),
 # both LLaVA stages with DeepSpeed on $(NPROC) CPU ranks, the 26-option evaluation and an HTML
@@ -107,13 +141,13 @@ REQUIRE := LLAVA_REQUIRE_BROWSER=1 LLAVA_REQUIRE_LMMS=1
 test: install lmms browser
 	$(REQUIRE) $(BIN)/python -m pytest tests -q -m "not slow"
 
-test-slow: install lmms browser
+test-slow: install lmms browser peers
 	$(REQUIRE) $(BIN)/python -m pytest tests -q -m slow
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-bench: install
+bench: install peers
 	$(BIN)/python -m bench
 
 # The GPU kit (bench/gpu_kit.py): what a lent GPU machine's image lacks (wheels for CPython 3.12,

@@ -21,6 +21,7 @@ BENCHES = [
     "name_scoring",
     "parquet_build",
     "logits_memory",
+    "train_throughput",  # needs the peers' venvs (make peers); a missing one is reported
 ]
 
 

@@ -224,6 +224,13 @@ EXERCISES: dict[str, Compose | Real | Parse | Make | Covered] = {
         "tests/test_bench_gpu.py::test_gpu_bench_smoke_reports_every_figure", "the smoke run"
     ),
     "make bench": Make("bench"),
+    "make peers": Make("peers"),
+    "python -m bench.train_throughput": Parse(),
+    "python -m bench.train_throughput --smoke": Covered(
+        "tests/test_bench_train.py::test_train_bench_smoke_gives_every_trainer_figures_or_a_reason",
+        "the smoke run, every trainer (the peers' venvs from `make peers`); slow",
+    ),
+    "python -m bench.train_throughput --models tiny --trainers ours-group trl": Parse(),
     "make gpu-kit": Make("gpu-kit"),
     "python bench/gpu_kit.py verify .gpu-kit": Parse(),
     "bash bench/gpu_run.sh --smoke": Covered(

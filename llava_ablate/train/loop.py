@@ -231,6 +231,7 @@ def log_window(
             **lrs,
             "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
             "tokens_per_s": tokens / elapsed,
+            "supervised_tokens_per_s": targets / elapsed,  # what the loss is computed on
             "samples_per_s": samples / elapsed,
             "data_wait_frac": wait / world / elapsed,
             "peak_mem_gb": peak_memory_gb(),
