@@ -180,6 +180,20 @@ def test_report_refuses_different_question_sets(two_runs):
         build(_args([str(grid)], baseline="llm=nope"))
 
 
+def test_training_hook_results_of_earlier_versions_are_still_read(two_runs):
+    """A finished run cannot re-run its hook's evaluation in place: the hook's earlier shape
+    (the fingerprint at the top, no schema, no question_set) is read as schema 1."""
+    grid, _, (var_dir, _) = two_runs
+    m_file = var_dir / "eval/step_20/digits/metrics.json"
+    m = json.loads(m_file.read_text())
+    for key in ("schema", "model", "image_aspect"):
+        m.pop(key)
+    m["fingerprint"] = m.pop("question_set")["fingerprint"]
+    m_file.write_text(json.dumps(m))
+    runs, _, items = build(_args([str(grid)]))
+    assert items and {r.datasets["digits"].fingerprint for r in runs} == {"fp-digits"}
+
+
 def test_legacy_metrics_layout_is_refused_naming_the_file(two_runs):
     grid, _, (var_dir, _) = two_runs
     m_file = var_dir / "eval/step_20/digits/metrics.json"

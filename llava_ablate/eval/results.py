@@ -183,6 +183,10 @@ def read_results(directory: Path) -> dict:
         raise ResultsError(f"{path} is not JSON: {e}") from e
     if m.get("schema", SCHEMA) > SCHEMA:  # before the field: evaluate.py's shape, schema 1
         raise ResultsError(f"{path} has schema {m['schema']}; this version reads {SCHEMA}")
+    if "question_set" not in m and isinstance(m.get("fingerprint"), str):
+        # The training hook's results from before this schema: a finished run cannot re-run its
+        # evaluation in place, so its top-level fingerprint is read as the question set's.
+        m["question_set"] = {"fingerprint": m.pop("fingerprint")}
     if not isinstance(m.get("scorers"), dict) or not isinstance(m.get("question_set"), dict):
         raise ResultsError(
             f"{path} has no `scorers` or `question_set` mapping (schema {SCHEMA}, which "
