@@ -279,7 +279,10 @@ def _export_generates_and_evaluates(export, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "no pad-to-square" in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    # model.image_aspect=auto: OneVision's own tiling at the image's aspect ratio, no padding.
+    assert "image_aspect=auto: native" in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval/image_folder/metrics.json").read_text())
+    assert metrics["image_aspect"] == "native"
     preds = [json.loads(x) for x in
              (tmp_path / "eval/image_folder/predictions.jsonl").read_text().splitlines()]  # fmt: skip
     assert sorted({p["scorer"] for p in preds}) == ["generate", "likelihood"]
