@@ -8,18 +8,18 @@
 #   bash bench/gpu_run.sh --quick   # ~5 min: group batching only, fewer steps, CUDA tests
 #   bash bench/gpu_run.sh --smoke   # the CPU rehearsal (tests/test_gpu_kit.py): bench gpu --smoke
 #
-# GPU_RUN_PYTHON (default python3: the image's), GPU_KIT (default .gpu-kit), GPU_RUN_VENV
-# (default /tmp/llava-gpu-venv) and GPU_RUN_WORK (the bench's runs, default /tmp/bench_gpu) name
-# what it uses; OUT defaults to runs/gpu_run.
+# GPU_RUN_PYTHON (default python3: the image's), GPU_KIT (default .gpu-kit), GPU_RUN_VENV,
+# GPU_RUN_WORK (the bench's runs) and LLAVA_CACHE_DIR name what it uses; OUT defaults to
+# runs/gpu_run, and the others to folders beside it under runs/ (ignored by git, not brought back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:---full}
 case $MODE in --full | --quick | --smoke) ;; *) echo "usage: $0 [--quick|--smoke]" >&2; exit 2 ;; esac
 PY=${GPU_RUN_PYTHON:-python3}
 KIT=${GPU_KIT:-.gpu-kit}
-VENV=${GPU_RUN_VENV:-/tmp/llava-gpu-venv}
-WORK=${GPU_RUN_WORK:-/tmp/bench_gpu}
 OUT=${OUT:-runs/gpu_run}
+VENV=${GPU_RUN_VENV:-$PWD/runs/gpu_run_venv}
+WORK=${GPU_RUN_WORK:-$PWD/runs/gpu_run_work}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_run.log") 2>&1
 t0=$SECONDS
@@ -59,7 +59,7 @@ json.dump(v, open(sys.argv[1], "w"), indent=2)
 print(json.dumps(v, indent=2))
 EOF
 
-export LLAVA_CACHE_DIR=${LLAVA_CACHE_DIR:-/tmp/llava-cache}
+export LLAVA_CACHE_DIR=${LLAVA_CACHE_DIR:-$PWD/runs/gpu_run_cache}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 # mini-classify generated here (its Fashion-MNIST source files are not on the device).
