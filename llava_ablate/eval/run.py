@@ -174,7 +174,7 @@ def load_model(cfg: EvaluateConfig, world: DistInfo):
     return choice, choice.processor.image_processor
 
 
-def image_aspect_of(cfg: EvaluateConfig, image_processor) -> ImageAspect:
+def image_aspect_of(cfg: EvaluateConfig, image_processor, family=None) -> ImageAspect:
     """How the images reach the model: `pad` (LLaVA-1.5's pad-to-square), `native` (as its
     processor takes them) or `processor` (a CLIP/SigLIP baseline's own resize and crop).
     `model.image_aspect=auto` follows the family's makers (its adapter's `image_aspect`); an
@@ -183,11 +183,12 @@ def image_aspect_of(cfg: EvaluateConfig, image_processor) -> ImageAspect:
         return "processor"
     aspect = cfg.model.image_aspect
     if aspect == "auto":
-        from transformers import AutoConfig
+        if family is None:  # the model is not loaded (metrics only): its config says which
+            from transformers import AutoConfig
 
-        from llava_ablate.eval.families import family_for
+            from llava_ablate.eval.families import family_for
 
-        family = family_for(AutoConfig.from_pretrained(cfg.model.path).model_type)
+            family = family_for(AutoConfig.from_pretrained(cfg.model.path).model_type)
         aspect = family.image_aspect
         log.info("model.image_aspect=auto: %s, as the %s family is evaluated", aspect, family.name)
     anyres = is_anyres(image_processor)
@@ -236,7 +237,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
         model, image_processor = None, None
     tracker = _tracker(cfg, model_name) if world.rank == 0 else None
     summary: dict = {}
-    aspect = image_aspect_of(cfg, image_processor)
+    aspect = image_aspect_of(cfg, image_processor, getattr(model, "family", None))
     for name, dataset, qset in prepared:
         if hasattr(model, "with_classes"):
             model.with_classes(dataset.classnames)

@@ -23,7 +23,7 @@ it) costs 1x for its weights and 2x for attention; a frozen part with nothing tr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -230,8 +230,6 @@ def _sequence_lengths(mask: torch.Tensor, position_ids: torch.Tensor | None) -> 
 
 def step_flops(fm: FlopModel, shape: BatchShape) -> tuple[float, float]:
     """(model FLOPs, hardware FLOPs) of one micro-batch."""
-    from dataclasses import replace
-
     model = replace(fm, recompute=False).step(shape.views, shape.tokens, shape.attention,
                                               shape.supervised)  # fmt: skip
     attention = shape.attention if fm.varlen_attention else shape.attention_padded
