@@ -70,3 +70,36 @@ def test_the_encoder_uses_the_fused_path_with_the_processors_values(tiny_variant
         data.append(buf.getvalue())
     tok = Tokenized("x", [1, 2], [-100, 2], data)
     assert torch.equal(fused.finish(tok)["pixel_values"], plain.finish(tok)["pixel_values"])
+
+
+def test_a_micro_batch_shares_one_pixel_buffer_and_collates_without_a_copy(tiny_variant):
+    from llava_ablate.data.encode import Collator, Skip
+
+    options = EncodeOptions("chat", tiny_variant.num_image_tokens, 512, "skip", True)
+    encoder = SampleEncoder(tiny_variant.processor, options)
+    jpegs = []
+    for image in _images([(48, 36), (20, 32), (32, 32), (40, 30)]):
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=90)
+        jpegs.append(buf.getvalue())
+    corrupt = jpegs[1][:40]
+    toks = [
+        Tokenized("a", [1, 2], [-100, 2], [jpegs[0]]),
+        Skip("s", "too_long"),
+        Tokenized("bad", [1, 2], [-100, 2], [corrupt]),  # a counted skip, takes no slot
+        Tokenized("b", [1, 2, 3], [-100, 2, 3], [jpegs[2], jpegs[3]]),
+    ]
+    done = encoder.finish_all(toks)
+    assert [type(x).__name__ for x in done] == ["dict", "Skip", "Skip", "dict"]
+    assert done[2].reason == "corrupt_image"
+    collate = Collator(tiny_variant.tokenizer.pad_token_id)
+    batch = collate(done)
+    # the same values as each sample finished alone and stacked by copy
+    alone = torch.cat([encoder.finish(t)["pixel_values"] for t in (toks[0], toks[3])])
+    assert torch.equal(batch["pixel_values"], alone)
+    # and no copy: the batch's pixel values are the buffer the samples were written into
+    assert batch["pixel_values"].data_ptr() == done[0]["pixel_values"].data_ptr()
+    # a batch whose views are not consecutive in one buffer is stacked by copy, same values
+    reordered = collate([done[3], done[0]])
+    assert torch.equal(reordered["pixel_values"], torch.cat([alone[1:], alone[:1]]))
+    assert reordered["pixel_values"].data_ptr() != done[0]["pixel_values"].data_ptr()

@@ -26,7 +26,7 @@ from llava_ablate.data.conversation import (
     tokenize_conversation,
 )
 from llava_ablate.data.images import decode_rgb, mean_colour, pad_to_square, tower_side
-from llava_ablate.data.pixels import SquarePixels
+from llava_ablate.data.pixels import BatchPixels, SquarePixels, stacked
 
 
 @dataclass
@@ -132,8 +132,18 @@ class SampleEncoder:
         source = Path(str(sample.get("__url__", ""))).parent.name
         return Tokenized(sample_id, t.input_ids, t.labels, images, source, t.dropped_tokens)
 
-    def finish(self, tok: Tokenized) -> dict | Skip:
-        """Decode and preprocess the images (LLaVA pad-to-square when configured)."""
+    def finish_all(self, toks: list[Tokenized | Skip]) -> list[dict | Skip]:
+        """`finish` of a micro-batch's samples (Skips passed through); on the fused path their
+        pixel values share one buffer, so collating them copies nothing."""
+        buffer = None
+        if self._square is not None:
+            n = sum(len(t.images) for t in toks if not isinstance(t, Skip))
+            buffer = BatchPixels(n, self._square.side) if n else None
+        return [t if isinstance(t, Skip) else self.finish(t, buffer) for t in toks]
+
+    def finish(self, tok: Tokenized, buffer: BatchPixels | None = None) -> dict | Skip:
+        """Decode and preprocess the images (LLaVA pad-to-square when configured); on the fused
+        path into `buffer`'s next slice when given."""
         out: dict = {
             "id": tok.id,
             "input_ids": long_tensor(tok.input_ids),
@@ -148,7 +158,11 @@ class SampleEncoder:
                     decoded.append(decode_rgb(data, self._min_side))
                 except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
                     return Skip(tok.id, "corrupt_image", str(e))
-            if self._square is not None:
+            if self._square is not None and buffer is not None:
+                array, view = buffer.take(len(decoded))
+                self._square(decoded, out=array)
+                out["pixel_values"] = view
+            elif self._square is not None:
                 out["pixel_values"] = self._square(decoded)
             else:
                 if self.options.pad_to_square:
@@ -297,6 +311,9 @@ def _stack_images(pixels: list[torch.Tensor]) -> torch.Tensor:
     """All images of a micro-batch in one tensor; anyres views ([n, views, C, H, W]) are padded
     with zeros to the most views (the model reads each image's own count from its size)."""
     if pixels[0].dim() == 4:
+        joined = stacked(pixels)
+        if joined is not None:
+            return joined
         # numpy, not torch.cat: a copy this size runs on torch's intra-op threads, which cost
         # ~10x the CPU of one thread's copy when the cores are shared (in-process loading).
         return torch.from_numpy(np.concatenate([p.numpy() for p in pixels]))

@@ -58,9 +58,11 @@ class SquarePixels:
             return None
         return fused
 
-    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
-        """pixel_values [n, 3, S, S] of n RGB images."""
-        out = np.empty((len(images), 3, self.side, self.side), np.float32)
+    def __call__(self, images: list[Image.Image], out: np.ndarray | None = None) -> torch.Tensor:
+        """pixel_values [n, 3, S, S] of n RGB images, written into `out` when given (a slice of a
+        micro-batch's buffer: see `BatchPixels`)."""
+        if out is None:
+            out = np.empty((len(images), 3, self.side, self.side), np.float32)
         for k, image in enumerate(images):
             w, h = image.size
             if max(w, h) == self.side:  # no resize: the margins take the pad colour's values
@@ -93,6 +95,43 @@ class SquarePixels:
             if not torch.equal(ref["pixel_values"], self([image])):
                 return False
         return True
+
+
+class BatchPixels:
+    """One float32 buffer for all the images of a micro-batch, handed out in order as slices.
+
+    Each sample's pixel_values is a view into it, so the collator's stack of views that follow
+    one another in the buffer is the buffer itself (`stacked`), not a copy: that copy (1.35 MB
+    per 336 px image) was a tenth of a sample's loading CPU.
+    """
+
+    def __init__(self, n_images: int, side: int):
+        self.array = np.empty((n_images, 3, side, side), np.float32)
+        self.tensor = torch.from_numpy(self.array)
+        self._next = 0
+
+    def take(self, n: int) -> tuple[np.ndarray, torch.Tensor]:
+        """The next n images' slice, as (array to fill, tensor view of it)."""
+        k, self._next = self._next, self._next + n
+        return self.array[k : k + n], self.tensor[k : k + n]
+
+
+def stacked(pixels: list[torch.Tensor]) -> torch.Tensor | None:
+    """The views `pixels` joined without a copy, when they are consecutive slices of one buffer
+    (`BatchPixels`, no sample skipped between them); else None."""
+    base = pixels[0]._base
+    if base is None or base.dim() != 4:
+        return None
+    per_image = base[0].numel()
+    start = pixels[0].storage_offset()
+    if start % per_image:
+        return None
+    at = start
+    for p in pixels:
+        if p._base is not base or p.storage_offset() != at or not p.is_contiguous():
+            return None
+        at += p.numel()
+    return base[start // per_image : at // per_image]
 
 
 def _square_side(image_processor) -> int | None:

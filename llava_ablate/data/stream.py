@@ -292,10 +292,8 @@ class ShardStream(IterableDataset):
         for k, batch in enumerate(micro_batches(tokens, self.batching, rng)):
             if k < skip:
                 continue
-            rows = [
-                [x if isinstance(x, Skip) else self.encoder.finish(x) for x in r] for r in batch
-            ]
-            yield self.collate.rows(rows)
+            done = iter(self.encoder.finish_all([x for r in batch for x in r]))
+            yield self.collate.rows([[next(done) for _ in r] for r in batch])
 
 
 class SampleLoadError(RuntimeError):
