@@ -405,3 +405,55 @@ def test_label_properties(named_tok, conv):
     before, after = REPLY_WRAP[name]
     assert spans == [f"{before}{reply}{after}" for reply in replies]
     assert sample.input_ids.count(tok.image_token_id) == 4 * sample.num_images
+
+
+class _CountingBackend:
+    """The Rust backend, counting the encode calls of the prefix check."""
+
+    def __init__(self, backend):
+        self._backend, self.calls = backend, 0
+
+    def encode_batch_fast(self, texts, **kw):
+        self.calls += 1
+        return self._backend.encode_batch_fast(texts, **kw)
+
+
+# Contents with their own leading/trailing whitespace and newlines: where a tokenizer's split
+# at a reply's edge can depend on the text around it.
+_RAW = st.text(_ALPHABET, min_size=1, max_size=40).filter(str.strip)
+
+
+@settings(max_examples=60, deadline=None)
+@given(pairs=st.lists(st.tuples(_RAW, _RAW), min_size=1, max_size=3), system=st.booleans())
+def test_prefix_check_on_tails_agrees_with_whole_prefixes(named_tok, pairs, system):
+    from llava_ablate.data.conversation import _chat_text_and_spans, _check_prefixes
+
+    _, tok = named_tok
+    conv = [{"from": s, "value": v} for q, a in pairs for s, v in (("human", q), ("gpt", a))]
+    if system:
+        conv.insert(0, {"from": "system", "value": "Be brief. "})
+    try:
+        text, spans = _chat_text_and_spans("s", llava_to_messages(conv), tok)
+    except (MalformedConversation, TokenizationMismatch):
+        return  # not a sample the check is reached for
+    enc = tok(text, return_offsets_mapping=True, add_special_tokens=False)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    starts, ends = [s for s, _ in offsets], [e for _, e in offsets]
+    cuts = sorted({edge for span in spans for edge in span if 0 < edge < len(text)})
+    whole = all(
+        tok(text[:cut], add_special_tokens=False)["input_ids"]
+        == ids[: sum(s < cut for s in starts)]
+        for cut in cuts
+    )
+    counting = _CountingBackend(tok.backend_tokenizer)
+    proxy = SimpleNamespace(
+        backend_tokenizer=counting, added_tokens_decoder=tok.added_tokens_decoder
+    )
+    try:
+        _check_prefixes("s", proxy, text, ids, (starts, ends), spans)
+        passed = True
+    except TokenizationMismatch:
+        passed = False
+    assert passed == whole
+    if whole and cuts:  # and the tails alone settled it: no second, whole-prefix encode
+        assert counting.calls == 1
