@@ -418,7 +418,7 @@ def tokenize_conversation(
         ids, labels = ids[:max_length], labels[:max_length]
     else:
         dropped = 0
-    if all(label == IGNORE_INDEX for label in labels):
+    if labels.count(IGNORE_INDEX) == len(labels):  # C speed: ~1,000 labels a sample
         raise EmptySupervision(f"sample {sample_id}: no reply token within {max_length}")
     return TokenizedSample(
         input_ids=ids, labels=labels, num_images=num_images, dropped_tokens=dropped
