@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -182,3 +183,13 @@ def test_auto_side_of_a_onevision_run_is_its_largest_grid():
     assert shard_image_side(tower, "auto") == 96
     assert shard_image_side(tower, "auto", ov) == 144  # 3 crops of 48 px per side
     assert shard_image_side(tower, 1152, ov) == 1152
+
+
+def test_the_loader_turns_the_tokenizers_thread_pool_off_unless_told(tiny_variant, monkeypatch):
+    options = EncodeOptions("chat", tiny_variant.num_image_tokens, 512, "skip", True)
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    SampleEncoder(tiny_variant.processor, options)
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")  # the user's choice stands
+    SampleEncoder(tiny_variant.processor, options)
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
