@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
 from pathlib import Path
 
 from llava_ablate.config import compose_config, to_object
@@ -46,3 +49,12 @@ def digits_dataset(root: Path, n: int):
         Image.fromarray(arr).convert("RGB").resize((64, 64)).save(path)
         samples.append(Sample(str(i), int(d.target[i]), str(path)))
     return ClassificationDataset("digits", names, samples)
+
+
+def machine() -> dict:
+    """The CPU, its count and the load, printed with every timing (figures depend on both)."""
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())  # fmt: skip
+    return {"nproc": os.cpu_count(), "uptime": uptime, "load_1_5_15": os.getloadavg(), "cpu": cpu,
+            "python": platform.python_version()}  # fmt: skip

@@ -159,7 +159,9 @@ def main(argv=None) -> dict:
         import torch
 
         torch.set_num_threads(args.torch_threads)
-    from bench.common import tiny_variant
+    from bench.common import machine, tiny_variant
+
+    before = machine()
 
     variant = tiny_variant(image_size=336, patch=14)
     # The LLaVA loaders' way: every image decoded at full size, the processor's own float steps.
@@ -223,6 +225,9 @@ def main(argv=None) -> dict:
             o = consume(_stream_loader(old, full, collate, args, 2), n_batches, step_ms)
             f = consume(_stream_loader(new, fast, collate, args, 4), n_batches, step_ms)
             results[step_ms] = (b, o, f)
+    after = machine()
+    print(f"machine: {after['cpu']}, nproc {after['nproc']}; load average (1 min) "
+          f"{before['load_1_5_15'][0]:.2f} before, {after['load_1_5_15'][0]:.2f} after")  # fmt: skip
     print(
         f"loader throughput ({args.samples} samples, {args.workers} workers, micro {args.micro};"
         f" shard build {build_old_s:.1f} s originals, {build_fast_s:.1f} s at {side} px;"
@@ -237,7 +242,8 @@ def main(argv=None) -> dict:
         f" {cpu[0] / cpu[2]:>9.2f}x {cpu[1] / cpu[2]:>8.2f}x   (in-process, CPU time: hardly"
         " load-dependent)"
     )
-    out = {"fast_psnr_db": psnr, "cpu_ratio_lazy_over_fast": cpu[0] / cpu[2]}
+    out = {"fast_psnr_db": psnr, "cpu_ratio_lazy_over_fast": cpu[0] / cpu[2], "machine": after}
+    out.update(cpu_ms_lazy=cpu[0], cpu_ms_old=cpu[1], cpu_ms_fast=cpu[2])
     for step_ms, (b, o, f) in results.items():
         # With no step the trainer does nothing but wait: its wait fraction says nothing.
         waits = [f"{w:.1%}" if step_ms else "-" for w in (b[1], o[1], f[1])]

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import socket
@@ -289,14 +288,6 @@ def peer_figures(out: Path, setup: Setup) -> dict:
 # --- the bench -------------------------------------------------------------------------------
 
 
-def machine() -> dict:
-    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())  # fmt: skip
-    return {"nproc": os.cpu_count(), "uptime": uptime, "load_1_5_15": os.getloadavg(), "cpu": cpu,
-            "python": platform.python_version()}  # fmt: skip
-
-
 VERSIONS_CODE = """import importlib.metadata as m, json
 out = {{}}
 for n in {names!r}:
@@ -382,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from bench.common import machine
+
     args = build_parser().parse_args(argv)
     setup = SMOKE if args.smoke else Setup()
     for key in ("steps", "micro_batch", "nproc"):
