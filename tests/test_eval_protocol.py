@@ -228,3 +228,63 @@ def test_protocol_config_fails_before_any_work():
         validate_eval(EvalCfg(protocol=ProtocolCfg(num_options=[1, 4])))
     with pytest.raises(ConfigError, match="eval.protocol.difficulties"):
         validate_eval(EvalCfg(protocol=ProtocolCfg(difficulties=["easy"])))
+
+
+def test_one_command_writes_the_card_for_a_tiny_qwen2_vl(cache_dir, tmp_path):
+    """`evaluate.py model.path=<Qwen2-VL> eval=protocol ...` as composed from the command line:
+    every axis on the card, the invariance measured on this model, the summary's line; and
+    `all_classes` is the likeliest class name by a stock forward per class."""
+    import family_models as fm
+    from test_eval_families import _stock
+    from test_eval_models import _tiny_clip
+
+    from llava_ablate.base.chat_templates import processor_messages, render
+    from llava_ablate.config import compose_config
+    from llava_ablate.eval.models import MLLMChoiceModel
+    from llava_ablate.eval.run import run_evaluation
+    from llava_ablate.eval_config import validate_evaluate
+
+    model, processor = fm.qwen2_vl(cache_dir)
+    model.save_pretrained(tmp_path / "qwen")
+    processor.save_pretrained(tmp_path / "qwen")
+    clip, clip_processor = _tiny_clip(cache_dir)
+    clip_processor.tokenizer.add_eos_token = True
+    clip.save_pretrained(tmp_path / "clip")
+    clip_processor.save_pretrained(tmp_path / "clip")
+    digits = fx.digits_folder(tmp_path / "digits", per_class=1)
+    overrides = [
+        f"model.path={tmp_path / 'qwen'}", "model.dtype=fp32", "eval=protocol",
+        "eval/datasets=[image_folder]", f"eval.datasets.image_folder.root={digits}",
+        f"eval.questions.image_encoder=clip:{tmp_path / 'clip'}",
+        "eval.protocol.rotations=3", "eval.scoring.max_new_tokens=4", "eval.stats.bootstrap=200",
+        f"eval.questions.dir={tmp_path / 'q'}", f"out_dir={tmp_path / 'out'}",
+    ]  # fmt: skip
+    with pytest.raises(Exception, match="num_option"):  # a typo fails before any work
+        validate_evaluate(compose_config([*overrides, "eval.protocol.num_option=[2]"], "evaluate"))
+    from omegaconf import OmegaConf
+
+    summary = run_evaluation(OmegaConf.to_object(compose_config(overrides, "evaluate")))
+    card = json.loads((tmp_path / "out" / "image_folder" / "metrics.json").read_text())["protocol"]
+    assert [r["k"] for r in card["options"]] == ["2", "4", "10", "all"]  # 10 classes: k <= 10
+    assert [r["distractors"] for r in card["difficulty"]] == ["random", "hard", "image"]
+    assert card["difficulty"][2]["encoder"] == f"clip:{tmp_path / 'clip'}"
+    assert len(card["wording"]["phrasings"]) == 3 and card["order"]["rotations"] == 3
+    assert card["open"]["prompt"] and "nearest" in card["open"]
+    measured = card["invariance"]["measured"]
+    assert measured["dtype"] == "float32" and measured["max_abs_diff"] < 1e-4
+    assert set(summary["image_folder"]["protocol"]) >= {"k2", "kall", "wording_range", "open"}
+    # all_classes: the argmax of each class name's summed log-probability after the open
+    # prompt, each by one stock forward of its own.
+    preds = [json.loads(x) for x in (tmp_path / "out" / "image_folder" / "protocol" /
+             "options-all" / "predictions.jsonl").read_text().splitlines()]  # fmt: skip
+    cm = MLLMChoiceModel(model, processor)
+    prompt = render(processor, processor_messages(cm.open_prompt), True)
+    ds = load_dataset("digits", DatasetCfg(kind="image_folder", root=str(digits)))
+    for p in preds[:2]:
+        image = ds.load_image(ds.by_id()[p["qid"].split("/", 1)[1]])
+        totals = []
+        for name in ds.classnames:
+            ids = cm.answer_ids(name)
+            logp = _stock(model, processor, cm, image, prompt, ids)
+            totals.append(sum(float(logp[j, t]) for j, t in enumerate(ids)))
+        assert p["pred_class"] == ds.classnames[int(np.argmax(totals))]
