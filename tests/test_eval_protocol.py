@@ -165,8 +165,14 @@ def test_each_axis_of_the_card_on_a_scripted_model(folder30, tmp_path):
     ecfg = EvalCfg(
         questions=QuestionsCfg(dir=str(tmp_path / "q")),
         scoring=ScoringCfg(batch_size=7),
-        protocol=ProtocolCfg(enabled=True, num_options=[2, 4, 26], difficulties=["random", "hard"],
-                             wordings=wordings, rotations=4, max_questions=80),  # fmt: skip
+        protocol=ProtocolCfg(
+            enabled=True,
+            num_options=[2, 4, 26],
+            difficulties=["random", "hard"],
+            wordings=wordings,
+            rotations=4,
+            max_questions=80,
+        ),  # fmt: skip
     )
     validate_eval(ecfg)
     model = ScriptedModel().with_classes(folder30.classnames)
@@ -288,3 +294,18 @@ def test_one_command_writes_the_card_for_a_tiny_qwen2_vl(cache_dir, tmp_path):
             logp = _stock(model, processor, cm, image, prompt, ids)
             totals.append(sum(float(logp[j, t]) for j, t in enumerate(ids)))
         assert p["pred_class"] == ds.classnames[int(np.argmax(totals))]
+    # The report shows the card: its table, one chart per axis, the numbers in report-data.
+    from llava_ablate.cli import main as cli
+
+    cli(["report", str(tmp_path / "out"), "--out", str(tmp_path / "r.html"),
+         "--cards", str(tmp_path / "out"), "--bootstrap", "100"])  # fmt: skip
+    page = (tmp_path / "r.html").read_text()
+    section = page[page.index("<h2>Protocol cards</h2>") :]
+    for axis in ("options per question", "distractor difficulty", "wording", "option order",
+                 "open answer vs multiple choice"):  # fmt: skip
+        assert f"image_folder: accuracy by {axis}" in section
+    assert section.count('<table class="card">') == 2  # the run's own, and once by --cards
+    k2 = card["options"][0]["accuracy"]["value"]
+    assert f'data-value="{k2!r}"' in section and "Measured on this model (float32" in section
+    data = json.loads(page[page.index('id="report-data">') + 17 : page.rindex("</script>")])
+    assert data["protocol_cards"][0]["card"]["options"] == card["options"]
