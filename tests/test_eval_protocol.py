@@ -18,6 +18,7 @@ from llava_ablate.base.config import ConfigError
 from llava_ablate.base.distributed import DistInfo
 from llava_ablate.eval.layouts import load_dataset
 from llava_ablate.eval.open_answer import OpenAnswerMatcher, nearest_classes, normalise
+from llava_ablate.eval.protocol import planned_arms
 from llava_ablate.eval.protocol_run import protocol_sweep, sweep_arms
 from llava_ablate.eval.questions import (
     LETTERS,
@@ -223,6 +224,9 @@ def test_each_axis_of_the_card_on_a_scripted_model(folder30, tmp_path):
     assert card["invariance"]["measured"]["max_abs_diff"] == 0.0
     # Arms that score the same thing share one directory (k=26, random, the first wording).
     assert card["arms"]["options-26"] == card["arms"]["difficulty-random"]
+    # The plan (launch/evalplan.py) counts the same scoring units before any question exists.
+    planned = planned_arms(ecfg, len(folder30.samples), 30, model.scorers)
+    assert sum(n for _, n in planned) == card["units"] == 80 * (3 + 1 + 1 + 2 + 4 + 1)
     metrics = json.loads((tmp_path / "out" / "protocol" / "options-2" / "metrics.json").read_text())
     assert metrics["num_options"] == 2  # every arm is an evaluation of its own (eval/results.py)
 

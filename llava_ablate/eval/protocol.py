@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llava_ablate.eval.questions import QuestionSet, nested_question_set
+from llava_ablate.eval.questions import Question, QuestionSet, nested_question_set
 from llava_ablate.eval_config import EvalCfg, WordingCfg
 
 AXES = ("options", "difficulty", "wording", "order", "open")
@@ -106,3 +106,23 @@ def arm_dirs(arms: list[Arm], root: Path) -> dict[str, Path]:
 def arm_units(arm: Arm) -> int:
     """Scoring units (forwards' worth of work, as the plan counts them) of an arm."""
     return len(arm.qset.questions) * max(1, arm.ecfg.scoring.cyclic_permutations)
+
+
+def planned_arms(
+    ecfg: EvalCfg, n_questions: int, n_classes: int, model_scorers
+) -> list[tuple[Arm, int]]:
+    """The sweep's distinct arms (one per results directory) and each one's scoring units,
+    before any question set exists (launch/evalplan.py): the arms protocol_arms builds on a
+    one-question stand-in of each set, scaled to the questions the sweep will ask."""
+    k = min(ecfg.questions.num_options, n_classes)
+
+    def stand_in(strategy: str) -> QuestionSet:
+        options = ["true class", *(f"{strategy} {i}" for i in range(k - 1))]
+        question = Question("plan/0", "0", options[0], options, "A")
+        return QuestionSet("plan", strategy, ecfg.questions.seed, k, questions=[question])
+
+    base = stand_in(ecfg.questions.distractors)
+    sets = {d: base if d == base.strategy else stand_in(d) for d in ecfg.protocol.difficulties}
+    n = min(n_questions, ecfg.protocol.max_questions or n_questions)
+    distinct = {a.key: a for a in protocol_arms(base, sets, ecfg, model_scorers)}
+    return [(a, arm_units(a) * n) for a in distinct.values()]
