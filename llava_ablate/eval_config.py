@@ -274,12 +274,11 @@ def validate_eval(cfg: EvalCfg) -> None:
     q = cfg.questions
     if not 2 <= q.num_options <= 26:
         raise ConfigError(f"eval.questions.num_options={q.num_options}: must be in 2..26 (A-Z)")
-    if q.distractors == "file" and not q.options_file:
+    # What the protocol sweep's difficulty axis builds counts as asked for, too.
+    strategies = {q.distractors, *(cfg.protocol.difficulties if cfg.protocol.enabled else ())}
+    if "file" in strategies and not q.options_file:
         raise ConfigError("eval.questions.distractors=file needs eval.questions.options_file")
-    image_wanted = q.distractors == "image" or (
-        cfg.protocol.enabled and "image" in cfg.protocol.difficulties
-    )
-    if image_wanted and not q.image_encoder:
+    if "image" in strategies and not q.image_encoder:
         raise ConfigError(
             "image distractors need eval.questions.image_encoder (clip:<hub id|dir> or "
             "siglip:<hub id|dir>)"

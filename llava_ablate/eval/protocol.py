@@ -77,9 +77,7 @@ def protocol_arms(
     questions) and the difficulty axis's sets (restricted alike); arms whose scorer the model
     lacks (a CLIP baseline writes no open answer) are left out."""
     p = ecfg.protocol
-    plain = replace(
-        _rotated(ecfg, 0), stats=replace(ecfg.stats, compare_to=None), protocol=replace(p)
-    )
+    plain = replace(_rotated(ecfg, 0), stats=replace(ecfg.stats, compare_to=None))
     scorer = [p.scorer if p.scorer in model_scorers else "likelihood"]
     arms = []
     for k in sorted({min(k, base.num_options) for k in p.num_options}):

@@ -26,6 +26,17 @@ from llava_ablate.eval_config import EvalCfg
 log = logging.getLogger("llava_ablate.eval")
 
 
+def model_scorers(model_type: str) -> tuple[str, ...]:
+    """The scorers a `model.type` offers, before it is loaded: which arms it can answer."""
+    if model_type == "mllm":
+        from llava_ablate.eval.models import MLLMChoiceModel
+
+        return MLLMChoiceModel.scorers
+    from llava_ablate.eval.baselines import ZeroShotChoiceModel
+
+    return ZeroShotChoiceModel.scorers
+
+
 def difficulty_sets(
     dataset: ClassificationDataset,
     base: QuestionSet,

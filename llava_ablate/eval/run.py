@@ -295,13 +295,10 @@ def _protocol_arms(cfg: EvaluateConfig, dataset, qset: QuestionSet, qdir, sub, w
     frozen now, before the model loads; [] when the sweep is off."""
     if not cfg.eval.protocol.enabled:
         return []
-    from llava_ablate.eval.protocol_run import difficulty_sets, sweep_arms
+    from llava_ablate.eval.protocol_run import difficulty_sets, model_scorers, sweep_arms
 
-    supported = {"mllm": ("likelihood", "name_likelihood", "all_classes", "open")}.get(
-        cfg.model.type, ("likelihood", "all_classes")
-    )
     sets = difficulty_sets(dataset, qset, cfg.eval, qdir, sub, world)
-    return sweep_arms(qset, sets, cfg.eval, supported)
+    return sweep_arms(qset, sets, cfg.eval, model_scorers(cfg.model.type))
 
 
 def _arm_dirs(out: Path, arms: list) -> list:

@@ -245,11 +245,10 @@ def protocol_cost(
     """(scoring units, tokens) of the protocol sweep over `questions` questions: each distinct
     arm's units times its own prompt's tokens (eval/protocol.py planned_arms)."""
     from llava_ablate.eval.protocol import planned_arms
+    from llava_ablate.eval.protocol_run import model_scorers
 
     mllm = cfg.model.type == "mllm"
-    scorers = ("likelihood", "name_likelihood", "all_classes", "open") if mllm else (
-        "likelihood", "all_classes")  # fmt: skip
-    arms = planned_arms(cfg.eval, questions, classes, scorers)
+    arms = planned_arms(cfg.eval, questions, classes, model_scorers(cfg.model.type))
     units = sum(n for _, n in arms)
     if scale.image_tokens is None:
         return units, None
