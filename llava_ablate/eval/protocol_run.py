@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from llava_ablate.base.distributed import DistInfo
-from llava_ablate.base.files import file_lock
 from llava_ablate.eval.card import protocol_card
 from llava_ablate.eval.datasets import ClassificationDataset
 from llava_ablate.eval.invariance import batch_deviation
@@ -19,7 +19,7 @@ from llava_ablate.eval.protocol import (
     restricted,
     sample_qids,
 )
-from llava_ablate.eval.questions import Question, QuestionSet, frozen_question_set
+from llava_ablate.eval.questions import Question, QuestionSet
 from llava_ablate.eval.scoring import PromptItem
 from llava_ablate.eval_config import EvalCfg
 
@@ -47,19 +47,13 @@ def difficulty_sets(
 ) -> dict[str, QuestionSet]:
     """The difficulty axis's frozen sets (the base's own strategy is the base): built once by
     rank 0, before the model loads, and shared by every model like the base set."""
-    from dataclasses import replace
+    from llava_ablate.eval.run import shared_question_set  # run.py calls this module lazily
 
     out = {}
     for strategy in ecfg.protocol.difficulties:
-        if strategy == base.strategy:
-            out[strategy] = base
-            continue
         qcfg = replace(ecfg.questions, distractors=strategy)
-        if world.rank == 0:
-            with file_lock(qdir / f".{dataset.name}.lock"):
-                frozen_question_set(dataset, qcfg, qdir, sub)
-        world.barrier()
-        out[strategy] = frozen_question_set(dataset, qcfg, qdir, sub)
+        same = strategy == base.strategy
+        out[strategy] = base if same else shared_question_set(dataset, qcfg, qdir, sub, world)
     return out
 
 

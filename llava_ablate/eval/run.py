@@ -220,12 +220,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     for name, dcfg in cfg.eval.datasets.items():
         dataset = load_dataset(name, dcfg, cfg.eval.questions.seed)
         sub = {"per_class": dcfg.per_class, "total": dcfg.total}
-        if world.rank == 0:  # one rank builds (and freezes) the questions; the others read them
-            # Jobs of an evaluation grid (other models, same dataset) share the directory.
-            with file_lock(qdir / f".{name}.lock"):
-                frozen_question_set(dataset, cfg.eval.questions, qdir, sub)
-        world.barrier()
-        qset = frozen_question_set(dataset, cfg.eval.questions, qdir, sub)
+        qset = shared_question_set(dataset, cfg.eval.questions, qdir, sub, world)
         arms = _protocol_arms(cfg, dataset, qset, qdir, sub, world)
         prepared.append((name, dataset, qset, arms))
         # A missing exposure table or reference run fails now, not after the scoring.
@@ -288,6 +283,16 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     if joined:
         shutdown_distributed()
     return summary
+
+
+def shared_question_set(dataset, qcfg, qdir: Path, sub: dict, world: DistInfo) -> QuestionSet:
+    """The frozen set of `qcfg`: rank 0 builds (and freezes) it, the others read it."""
+    if world.rank == 0:
+        # Jobs of an evaluation grid (other models, same dataset) share the directory.
+        with file_lock(qdir / f".{dataset.name}.lock"):
+            frozen_question_set(dataset, qcfg, qdir, sub)
+    world.barrier()
+    return frozen_question_set(dataset, qcfg, qdir, sub)
 
 
 def _protocol_arms(cfg: EvaluateConfig, dataset, qset: QuestionSet, qdir, sub, world) -> list:
