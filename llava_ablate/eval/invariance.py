@@ -14,9 +14,11 @@ from llava_ablate.eval.scoring import PromptItem, likelihoods
 
 TOLERANCE = 1e-4  # fp32
 GUARANTEE = (
-    "Scores do not depend on the batch size, on which questions share a batch, or on the "
-    "order of the questions (within 1e-4 in fp32): verified for every supported model family "
-    "by tests/test_eval_invariance.py, where a deliberately batch-dependent control scorer fails."
+    "Likelihood scores (letters, class names) do not depend on the batch size, on which "
+    "questions share a batch, or on the order of the questions (within 1e-4 in fp32): verified "
+    "for every supported model family by tests/test_eval_invariance.py, where a deliberately "
+    "batch-dependent control scorer fails; all-classes scores are computed one image at a time, "
+    "and batched greedy answers equal each prompt's own (tests/test_eval_families.py)."
 )
 
 
