@@ -99,6 +99,7 @@ def _protocol_arm_is_planned(text: str, evals) -> None:
     rows = {x.split()[4]: x for x in text.splitlines()
             if " llava15_7b " in x and " imagenet " in x}  # fmt: skip
     assert "~72,000" in rows["protocol"]  # the questions (scoring units) column
+    assert "protocol rows: every arm of the sweep" in text and "GPU-hours" in text
     tokens = [float(r.split()[-3].rstrip("BM")) * (1e9 if r.split()[-3].endswith("B") else 1e6)
               for r in (rows["random"], rows["protocol"])]  # fmt: skip
     assert tokens[1] > 36 * 2000 / 50_000 * tokens[0]  # longer prompts for all classes

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from llava_ablate.eval_config import validate_evaluate
 from llava_ablate.launch.estimate import fmt_count, gpu_spec
 from llava_ablate.launch.evalgrid import EvalJob
+from llava_ablate.launch.grid import PROTOCOL_ARM
 from llava_ablate.launch.planning import (
     Resources,
     compose_with_launcher,
@@ -371,6 +372,12 @@ def format_eval_plan(title: str, rows: list[EvalPlanRow], gpu: str, mfu: float) 
                "(ranks split the questions; more only to end inside the launcher's limit), "
                "unless you set gpus_per_node/tasks_per_node; the jobs of one Slurm array share "
                "its longest request")  # fmt: skip
+    sweeps = [r for r in rows if r.job.distractors == PROTOCOL_ARM and r.questions is not None]
+    if sweeps:
+        out.append(f"protocol rows: every arm of the sweep (eval/protocol.py), "
+                   f"{sum(r.questions for r in sweeps):,} scoring units (forwards) in all"
+                   + (f", {sum(r.gpu_hours or 0 for r in sweeps):,.1f} GPU-hours"
+                      if gpu != "cpu" else ""))  # fmt: skip
     if any(r.questions is not None and not r.questions_known for r in rows):
         out.append("~: the split's published size (the data is not on this machine)")
     unknown = sorted({r.job.dataset for r in rows if r.questions is None})
