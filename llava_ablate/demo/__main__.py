@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> Path | None:
 
 # The protocol card of each first-seed stage-2 model: evaluate.py eval=protocol_demo (every
 # axis, on 30 questions and 4 rotations), image-level distractors by the mini-CLIP tower.
-CARD_S = 75.0  # expected seconds per model on 2 idle cores
+CARD_S = 40.0  # seconds per model (38-44 s measured on 2 busy cores: CPU 34-37 s)
 
 
 def card_steps(steps: list[Step], runs_root: Path, cache_dir: Path) -> list[Step]:

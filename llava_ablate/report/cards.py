@@ -5,7 +5,9 @@ with its interval, and per dataset one chart per axis with every model side by s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from llava_ablate.eval.results import METRICS, ResultsError, read_results
 from llava_ablate.report.svg import colour, dodged_points_chart
 
 
@@ -28,6 +30,21 @@ def cards_of(runs) -> list[CardView]:
     """Every (run, dataset) with a card, in the runs' order."""
     return [CardView(r.label or r.model_name or r.path.name, d, ds.protocol)
             for r in runs for d, ds in sorted(r.datasets.items()) if ds.protocol]  # fmt: skip
+
+
+def read_cards(path: Path) -> list[CardView]:
+    """The cards of an evaluate.py results directory (report --cards), whatever its scorers."""
+    from llava_ablate.report.collect import find_eval_dir
+
+    root = find_eval_dir(Path(path)) if Path(path).is_dir() else None
+    if root is None:
+        raise ResultsError(f"{path} holds no evaluation results (<dataset>/metrics.json)")
+    views = []
+    for d in sorted(p for p in root.iterdir() if (p / METRICS).exists()):
+        m = read_results(d)
+        if m.get("protocol"):
+            views.append(CardView(m.get("model") or Path(path).name, m["dataset"], m["protocol"]))
+    return views
 
 
 def _pct(x: float) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from llava_ablate.report.cards import cards_of
+from llava_ablate.report.cards import read_cards
 from llava_ablate.report.collect import (
     ResultsError,
     discover_runs,
@@ -52,7 +52,7 @@ def report_command(args: argparse.Namespace) -> None:
     table = build_table(runs, base, items, scorer=args.scorer, n_boot=args.bootstrap,
                         seed=args.seed)  # fmt: skip
     try:  # evaluate.py results shown only by their protocol cards, not as table rows
-        cards = [c for p in args.cards for c in cards_of([read_run(Path(p), args.scorer)])]
+        cards = [c for p in args.cards for c in read_cards(Path(p))]
     except (ResultsError, ValueError, OSError) as e:
         raise SystemExit(f"report failed: {e}") from e
     html = render_html(runs, base, items, title=title, exposure=exposure,
