@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> Path | None:
 
 
 # The protocol card of each first-seed stage-2 model: evaluate.py eval=protocol_demo (every
-# axis, on 30 questions and 4 rotations), image-level distractors by the mini-CLIP tower.
+# axis, on 30 questions and 4 rotations), hard and image-level distractors by the mini-CLIP.
 CARD_S = 40.0  # seconds per model (38-44 s measured on 2 busy cores: CPU 34-37 s)
 
 
@@ -248,6 +248,7 @@ def card_steps(steps: list[Step], runs_root: Path, cache_dir: Path) -> list[Step
         overrides = [f"model.path={s.done}", f"model.name={s.llm}_x_{s.data}", "eval=protocol_demo",
                      "eval/datasets=[mini_classify]",
                      f"eval.questions.image_encoder=clip:{cache_dir / 'mini_clip'}",
+                     f"eval.questions.hard_encoder_path={cache_dir / 'mini_clip'}",
                      *same_questions, f"out_dir={card_dir}"]  # fmt: skip
         out.append(Step(f"card     llm={s.llm} data={s.data}", "evaluate.py", overrides,
                         card_dir / "metrics.json", expected_s=CARD_S))  # fmt: skip
