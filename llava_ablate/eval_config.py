@@ -40,8 +40,12 @@ DatasetKind = Literal[
     "jsonl",
     "parquet",
 ]
-# all_classes: zero-shot baselines only; name_likelihood, generate: MLLMs only
-Scorer = Literal["likelihood", "name_likelihood", "generate", "all_classes"]
+# name_likelihood, generate, open: MLLMs only; all_classes: both (an MLLM's is the likeliest class
+# name over every class, a zero-shot baseline's the most similar class)
+Scorer = Literal["likelihood", "name_likelihood", "generate", "all_classes", "open"]
+# random: drawn uniformly; hard: the most similar names by a text tower; image: the classes an
+# image tower ranks highest for that very image (FOCI's image-level confusions); file: given.
+Distractors = Literal["random", "hard", "image", "file"]
 HOOK_SCORERS = ("likelihood", "name_likelihood")  # fixed forwards per question: ZeRO-3 safe
 
 
@@ -65,12 +69,15 @@ class DatasetCfg:
 @dataclass
 class QuestionsCfg:
     num_options: int = 26  # A-Z; fewer when a dataset has fewer classes
-    distractors: Annotated[str, Literal["random", "hard", "file"]] = "random"
+    distractors: Annotated[str, Distractors] = "random"
     # Text encoder for `hard`: "auto" (CLIP text tower from `hard_encoder_path` if set, else the
     # labelled lexical fallback), "clip:<hub id or dir>", "siglip:<hub id or dir>", "tfidf".
     encoder: str = "auto"
     hard_encoder_path: str | None = None
     hard_pool: int = 0  # >0: draw the distractors from the N most similar names, not the top k-1
+    # `image`: the CLIP/SigLIP model whose image embedding ranks the classes for each image,
+    # "clip:<hub id or dir>" or "siglip:<hub id or dir>".
+    image_encoder: str | None = None
     options_file: str | None = None  # `file`: JSON {class: [distractors]} or JSONL per sample
     seed: int = 1234  # VLMClassifier's data seed
     dir: str | None = None  # frozen question sets live here (None: <out_dir>/questions)
@@ -92,6 +99,52 @@ class ScoringCfg:
     names_prompt: str | None = None
     names_answer: str = "{option}"  # may use {option} and {letter}
     cyclic_permutations: int = 0  # >1: also score k rotated option orders; report consistency
+    # open: the question a free answer (no options) replies to, matched to every class's name
+    # and synonyms; all_classes (MLLMs): the prompt every class name is scored after.
+    open_prompt: str = "What is the main object in this image? Answer with its name only."
+    synonyms: str | None = None  # open: JSON {class name: [synonyms]}
+
+
+@dataclass
+class WordingCfg:
+    question: str = MISSING
+    instruction: str = MISSING
+
+
+def _wordings() -> list[WordingCfg]:
+    return [
+        WordingCfg(QuestionsCfg.question, QuestionsCfg.instruction),
+        WordingCfg("Which of these is shown in the image?", "Reply with the letter only."),
+        WordingCfg("Classify this image.", "Answer with the letter of the correct class."),
+    ]
+
+
+@dataclass
+class ProtocolCfg:
+    """The protocol sweep (`eval=protocol`): the same frozen questions under other protocols,
+    so a model's number comes with how much it depends on them (eval/protocol.py)."""
+
+    enabled: bool = False
+    # Options per question, nested in the frozen set's: true class + its first k-1 distractors.
+    num_options: list[int] = field(default_factory=lambda: [2, 4, 10, 26])
+    all_classes: bool = True  # likelihood over every class name (scorer all_classes)
+    # Distractor difficulty, each a question set of the frozen set's size and k.
+    difficulties: list[Annotated[str, Distractors]] = field(
+        default_factory=lambda: ["random", "hard", "image"]
+    )
+    wordings: list[WordingCfg] = field(default_factory=_wordings)
+    rotations: int = 0  # cyclic rotations of the options: 0 = all k, else that many
+    open_answer: bool = True  # free generation matched to the class names (scorer open)
+    # open: also the class whose name is nearest the answer by this text encoder (labelled;
+    # `auto`, `tfidf`, `clip:<id|dir>`, `siglip:<id|dir>`; null: not reported).
+    open_encoder: str | None = "tfidf"
+    # The scorer of every sweep (the k, difficulty, wording and order axes).
+    scorer: Annotated[str, Literal["likelihood", "name_likelihood"]] = "likelihood"
+    # At most this many of the frozen set's questions (its first ones; null: all).
+    max_questions: int | None = None
+    # Questions re-scored one at a time in reverse order, to record on the card the largest
+    # score difference to the batched run (0: none).
+    invariance_check: int = 4
 
 
 @dataclass
@@ -125,6 +178,7 @@ class EvalCfg:
     scoring: ScoringCfg = field(default_factory=ScoringCfg)
     hard: HardCfg = field(default_factory=HardCfg)
     stats: StatsCfg = field(default_factory=StatsCfg)
+    protocol: ProtocolCfg = field(default_factory=ProtocolCfg)
     hook: HookCfg = field(default_factory=HookCfg)
     wandb: bool = False  # log metrics to W&B (never fails the run when unavailable)
     wandb_project: str = "llava-ablate-eval"
@@ -201,6 +255,9 @@ _EVAL_RANGES: dict[str, Range] = {
     "stats.seed": Range(low=0),  # numpy's generators take no negative seed
     "hook.every_steps": Range(low=0),  # 0: never during training
     "hook.max_questions": Range(low=1, nullable=True),  # null: every question
+    "protocol.rotations": Range(low=0),  # 0: all k
+    "protocol.max_questions": Range(low=1, nullable=True),
+    "protocol.invariance_check": Range(low=0),
 }
 _SUBSAMPLE = Range(low=1, nullable=True)
 
@@ -217,8 +274,20 @@ def validate_eval(cfg: EvalCfg) -> None:
     q = cfg.questions
     if not 2 <= q.num_options <= 26:
         raise ConfigError(f"eval.questions.num_options={q.num_options}: must be in 2..26 (A-Z)")
-    if q.distractors == "file" and not q.options_file:
+    # What the protocol sweep's difficulty axis builds counts as asked for, too.
+    strategies = {q.distractors, *(cfg.protocol.difficulties if cfg.protocol.enabled else ())}
+    if "file" in strategies and not q.options_file:
         raise ConfigError("eval.questions.distractors=file needs eval.questions.options_file")
+    if "image" in strategies and not q.image_encoder:
+        raise ConfigError(
+            "image distractors need eval.questions.image_encoder (clip:<hub id|dir> or "
+            "siglip:<hub id|dir>)"
+        )
+    bad_k = [k for k in cfg.protocol.num_options if not 2 <= k <= 26]
+    if bad_k:
+        raise ConfigError(f"eval.protocol.num_options={bad_k}: each must be in 2..26 (A-Z)")
+    if cfg.protocol.enabled and not cfg.protocol.wordings:
+        raise ConfigError("eval.protocol.wordings is empty: give at least one phrasing")
     if not cfg.scoring.scorers:
         raise ConfigError(f"eval.scoring.scorers is empty; choose from {list(SCORERS)}")
     answer = cfg.scoring.names_answer
@@ -252,8 +321,9 @@ def validate_evaluate(cfg: EvaluateConfig) -> None:
             f"model.type={cfg.model.type} is a zero-shot baseline: it has no `name_likelihood` "
             "scorer (its `likelihood` already matches the image against each option's name)"
         )
-    if cfg.model.type == "mllm" and "all_classes" in scorers:
-        raise ConfigError("eval.scoring.scorers=all_classes is for model.type=clip|siglip only")
+    if cfg.model.type != "mllm" and "open" in scorers:
+        raise ConfigError(f"model.type={cfg.model.type} is a zero-shot baseline: it has no "
+                          "`open` scorer (it cannot write an answer)")  # fmt: skip
     if not cfg.eval.datasets:
         raise ConfigError("no dataset selected: e.g. eval/datasets=[imagenet,cub200]")
     Range(low=1).check("shard.count", cfg.shard.count)

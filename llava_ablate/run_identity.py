@@ -68,6 +68,11 @@ EXCLUDED: dict[str, str] = {
     "eval.questions.dir": "where frozen question sets are stored",
     "eval.wandb": "experiment tracking",
     "eval.wandb_project": "experiment tracking",
+    # The training hook scores only HOOK_SCORERS (eval_config.py): evaluate.py's own settings
+    # cannot change what it reports.
+    "eval.protocol": "evaluate.py's protocol sweep, never run by the training hook",
+    "eval.scoring.open_prompt": "the open and all-classes scorers', not the training hook's",
+    "eval.scoring.synonyms": "the open scorer's, not the training hook's",
 }
 # Roots a path value is hashed relative to, longest match first.
 ROOTS = ("paths.data_root", "paths.shards_root", "paths.cache_dir", "train.runs_root")
@@ -159,15 +164,27 @@ def _without_default_arch(part: dict[str, Any]) -> dict[str, Any]:
 ADDED_LATER = {
     ("recipe", "kernels"): "none",  # fused kernels (liger) are hashed
     ("llm", "builtin_recipe"): {},  # a built-in LLM's pre-training recipe (the demo's mini-LM)
+    ("eval", "questions", "image_encoder"): None,  # image-level distractors' image tower
 }
 
 
 def _without_added_defaults(part: dict[str, Any]) -> dict[str, Any]:
-    for (group, key), default in ADDED_LATER.items():
-        node = part.get(group)
-        if isinstance(node, dict) and key in node and node[key] == default:
-            part = {**part, group: {k: v for k, v in node.items() if k != key}}
+    for path, default in ADDED_LATER.items():
+        part = _without_default(part, path, default)
     return part
+
+
+def _without_default(node: dict[str, Any], path: tuple[str, ...], default: Any) -> dict[str, Any]:
+    """`node` without the key at `path` (nested dicts) when it holds `default`."""
+    head, rest = path[0], path[1:]
+    if head not in node:
+        return node
+    if not rest:
+        return {k: v for k, v in node.items() if k != head} if node[head] == default else node
+    child = node[head]
+    return (
+        {**node, head: _without_default(child, rest, default)} if isinstance(child, dict) else node
+    )
 
 
 def _child(node: DictConfig | ListConfig, k: Any, key: str) -> Any:

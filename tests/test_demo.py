@@ -55,11 +55,22 @@ def test_demo_quick_grid_is_above_chance_and_reported(cache_dir, tmp_path, capsy
     assert clip.accuracy.ci_low > 1 / 26
     hard = json.loads((runs / "mini_clip-zero_shot" / "mini_classify" / "metrics.json").read_text())
     assert hard["hard_classes"]["n"] == 10
+    # A protocol card per stage-2 model, on the same frozen questions, shown in the report.
+    for run in stage2:
+        card_dir = runs / "cards" / run.name / "mini_classify"
+        metrics = json.loads((card_dir / "metrics.json").read_text())
+        assert metrics["question_set"]["fingerprint"] in fingerprints
+        card = metrics["protocol"]
+        assert [r["k"] for r in card["options"]] == ["2", "4", "10", "26", "all"]
+        assert card["n_questions"] == 30 and card["order"]["rotations"] == 4
+        assert card["difficulty"][2]["encoder"].startswith("clip:")  # the mini-CLIP ranks
+    assert html.count('<table class="card">') == 4
+    assert "mini_classify: accuracy by options per question" in html
 
     # Re-running reuses every finished step.
     main(args)
-    # mini-LM, 2 x (stage 1, 2 x stage 2), baseline
-    assert capsys.readouterr().out.count("done before") == 8
+    # mini-LM, 2 x (stage 1, 2 x stage 2), baseline, 4 cards
+    assert capsys.readouterr().out.count("done before") == 12
 
 
 def _accuracy_figure(html: str) -> str:

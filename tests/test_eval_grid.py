@@ -69,14 +69,15 @@ def test_paper_models_is_composed_and_planned_without_downloads(tmp_path, monkey
             assert KNOWN_FAMILIES[m.path] in supported(), m.path
     # Every (model, dataset, strategy) once; one Slurm array per model and strategy.
     keys = {(j.model, j.dataset, j.distractors) for j in evals}
-    assert len(evals) == len(keys) == 9 * 10 * 2
+    assert len(evals) == len(keys) == 9 * 10 * 3
     assert {j.dataset for j in evals} == set(PAPER_DATASETS)
-    assert {j.distractors for j in evals} == {"random", "hard"}
-    assert len(make_eval_units(evals)) == 18
-    assert "180 evaluation jobs, 180 to run in 18 Slurm arrays" in text
+    assert {j.distractors for j in evals} == {"random", "hard", "protocol"}
+    assert len(make_eval_units(evals)) == 27
+    assert "270 evaluation jobs, 270 to run in 27 Slurm arrays" in text
     # Questions from the splits' published sizes (no data here), tokens and GPU-hours.
     line = next(x for x in text.splitlines() if " llava15_7b " in x and " imagenet " in x)
     assert "~50,000" in line and "7.06B" in line
+    _protocol_arm_is_planned(text, evals)
     assert "GPU-hours to run: " in text and "GPU-hours: unknown" not in text
     report = f"llava-ablate report {tmp_path / 'paper_models' / 'random'} --baseline clip_l14_336"
     assert report in text
@@ -84,6 +85,25 @@ def test_paper_models_is_composed_and_planned_without_downloads(tmp_path, monkey
     assert one.out_dir == tmp_path / "paper_models" / "random" / "llava15_7b"
     assert "model.path=llava-hf/llava-1.5-7b-hf" in one.overrides
     assert not (tmp_path / "paper_models").exists()  # planning writes nothing
+
+
+def _protocol_arm_is_planned(text: str, evals) -> None:
+    """The protocol arm runs eval=protocol and is counted arm by arm: on ImageNet, 2000 sampled
+    questions x (k = 2, 4, 10, 26 -- the last also the random distractors and the first
+    wording --; all classes; hard and image distractors; 2 more wordings; 26 rotations; open
+    answers) = 2000 x 36 scoring units, its all-classes arm scoring 1000 class names each."""
+    from llava_ablate.launch.evalplan import KNOWN_CLASS_COUNTS
+
+    job = next(j for j in evals if j.distractors == "protocol" and j.model == "llava15_7b")
+    assert "eval=protocol" in job.overrides and job.out_dir.parent.name == "protocol"
+    rows = {x.split()[4]: x for x in text.splitlines()
+            if " llava15_7b " in x and " imagenet " in x}  # fmt: skip
+    assert "~72,000" in rows["protocol"]  # the questions (scoring units) column
+    assert "protocol rows: every arm of the sweep" in text and "GPU-hours" in text
+    tokens = [float(r.split()[-3].rstrip("BM")) * (1e9 if r.split()[-3].endswith("B") else 1e6)
+              for r in (rows["random"], rows["protocol"])]  # fmt: skip
+    assert tokens[1] > 36 * 2000 / 50_000 * tokens[0]  # longer prompts for all classes
+    assert KNOWN_CLASS_COUNTS["imagenet"] == 1000
 
 
 def test_plan_counts_dynamic_image_tokens_at_the_datasets_image_sizes(tmp_path):

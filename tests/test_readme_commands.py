@@ -153,6 +153,13 @@ EXERCISES: dict[str, Compose | Real | Parse | Make | Covered] = {
     "python evaluate.py model.path=... eval.stats.compare_to=results/llava15-7b/random": (
         Compose("evaluate")
     ),
+    # --- docs/evaluation.md: the protocol card (a tiny Qwen2-VL runs it for real:
+    # tests/test_eval_protocol.py)
+    "python evaluate.py model.path=Qwen/Qwen2-VL-7B-Instruct eval=protocol "
+    "eval.questions.image_encoder=clip:openai/clip-vit-large-patch14 eval/datasets=[imagenet]": (
+        Compose("evaluate")
+    ),
+    "llava-ablate report results/Qwen2-VL-7B-Instruct/random --out card.html": Parse(),
     # --- docs/evaluation.md: the lmms-eval bridge
     "make lmms": Make("lmms"),
     "llava-ablate lmms export-task --out lmms_tasks eval/datasets=[imagenet] [--pad-fill-from "
@@ -192,6 +199,8 @@ EXERCISES: dict[str, Compose | Real | Parse | Make | Covered] = {
     "tables/paper_random.html": Parse(),
     "llava-ablate report runs/paper_models/hard --baseline clip_l14_336 --out "
     "tables/paper_hard.html": Parse(),
+    "llava-ablate report runs/paper_models/protocol --baseline clip_l14_336 --out "
+    "tables/paper_protocol.html": Parse(),
     "python -m llava_ablate.launch llm_x_data hydra.launcher.partition=gpu "
     "hydra.launcher.account=me": Real(append=["--dry-run"], why="planned: needs Slurm"),
     "llava-ablate report runs/llm_x_data/eval/random --baseline llm=vicuna7b,data=llava665k "

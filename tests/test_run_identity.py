@@ -63,6 +63,8 @@ def test_excluded_keys_do_not_change_the_hash_and_included_ones_do():
         ("wandb.name", "other"),
         ("eval.hook.every_steps", 5),
         ("eval.scoring.batch_size", 1),
+        ("eval.protocol.rotations", 3),  # evaluate.py's sweep: the hook never runs it
+        ("eval.scoring.open_prompt", "Name it."),
         ("paths.data_root", "/elsewhere"),  # moves the sources too: hashed relative to it
         ("train.allow_config_change", ["recipe.max_steps"]),
     ]:
@@ -71,7 +73,8 @@ def test_excluded_keys_do_not_change_the_hash_and_included_ones_do():
     assert run_dir("train.runs_root", "/scratch/runs") == Path("/scratch/runs") / base.name
     for key, value in [("data.num_workers", 4), ("recipe.max_steps", 5),
                        ("train.attn_implementation", "eager"), ("recipe.lr.llm", 1e-4),
-                       ("eval.questions.num_options", 4)]:  # fmt: skip
+                       ("eval.questions.num_options", 4),
+                       ("eval.questions.image_encoder", "clip:x")]:  # fmt: skip
         assert run_dir(key, value).name != base.name, key
     zero3 = compose_config(["+experiment=tiny_align", "deepspeed=zero3"])
     assert Path(zero3.train.run_dir).name != base.name  # a group option is an axis too

@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     exposure = exposure_table(runs_root, cache_dir)
     budget = QUICK if args.quick else FULL
     steps = plan(runs_root, cache_dir, exposure, budget, args.llms, tuple(args.seeds))
+    steps += card_steps(steps, runs_root, cache_dir)
     if args.dry_run:
         for step in steps:
             todo = "finished" if step.finished() else shlex.join(command(step, args.nproc))
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> Path | None:
                    f"CPU {took.cpu:.0f} s)")  # fmt: skip
     bar.close()
     stage2 = [s for s in steps if s.label.startswith("stage 2")]
-    baseline = steps[-1].done.parent  # the tower's zero-shot results
+    baseline = next(s for s in steps if s.label.startswith("baseline")).done.parent  # zero-shot
     report = runs_root / "report.html"
     from llava_ablate.cli import main as cli
 
@@ -221,6 +222,7 @@ def main(argv: list[str] | None = None) -> Path | None:
             str(exposure),
             "--title",
             "llava-ablate demo: LLM x data, in miniature",
+            *card_args(steps),
         ]
     )
     print("\n" + summary(stage2, baseline, time.perf_counter() - started))
@@ -229,6 +231,33 @@ def main(argv: list[str] | None = None) -> Path | None:
     print(f"wall time {wall / 60:.1f} min; CPU time {cpu / 60:.1f} min (this process and the "
           f"steps it ran, on {os.cpu_count()} CPUs)")  # fmt: skip
     return report
+
+
+# The protocol card of each first-seed stage-2 model: evaluate.py eval=protocol_demo (every
+# axis, on 30 questions and 4 rotations), hard and image-level distractors by the mini-CLIP.
+CARD_S = 40.0  # seconds per model (38-44 s measured on 2 busy cores: CPU 34-37 s)
+
+
+def card_steps(steps: list[Step], runs_root: Path, cache_dir: Path) -> list[Step]:
+    stage2 = [s for s in steps if s.label.startswith("stage 2")]
+    first = stage2[0].seed if stage2 else None
+    out = []
+    for s in (s for s in stage2 if s.seed == first):
+        card_dir = runs_root / "cards" / s.done.parent.name  # the run's name: its config hash
+        same_questions = [o for o in s.overrides if o.startswith(("eval.", "paths."))]
+        overrides = [f"model.path={s.done}", f"model.name={s.llm}_x_{s.data}", "eval=protocol_demo",
+                     "eval/datasets=[mini_classify]",
+                     f"eval.questions.image_encoder=clip:{cache_dir / 'mini_clip'}",
+                     f"eval.questions.hard_encoder_path={cache_dir / 'mini_clip'}",
+                     *same_questions, f"out_dir={card_dir}"]  # fmt: skip
+        out.append(Step(f"card     llm={s.llm} data={s.data}", "evaluate.py", overrides,
+                        card_dir / "metrics.json", expected_s=CARD_S))  # fmt: skip
+    return out
+
+
+def card_args(steps: list[Step]) -> list[str]:
+    cards = [str(s.done.parent) for s in steps if s.label.startswith("card")]
+    return ["--cards", *cards] if cards else []
 
 
 def report_inputs(stage2: list[Step], baseline: Path) -> list[str]:

@@ -71,9 +71,14 @@ class ZeroShotChoiceModel:
 
     @torch.no_grad()
     def _image_features(self, items: list[PromptItem]) -> torch.Tensor:
-        pixels = self.processor.image_processor(
-            images=[it.image for it in items], return_tensors="pt"
-        )["pixel_values"].to(self.device, next(self.model.parameters()).dtype)
+        return self.image_features([it.image for it in items])
+
+    @torch.no_grad()
+    def image_features(self, images: list) -> torch.Tensor:
+        """L2-normalised float image embeddings, one row per PIL image."""
+        pixels = self.processor.image_processor(images=images, return_tensors="pt")[
+            "pixel_values"
+        ].to(self.device, next(self.model.parameters()).dtype)
         out = pooled(self.model.get_image_features(pixel_values=pixels))
         return torch.nn.functional.normalize(out.float(), dim=-1)
 
@@ -97,8 +102,15 @@ class ZeroShotChoiceModel:
     def classify_all(self, items: list[PromptItem]) -> list[str]:
         if self._class_matrix is None:
             raise RuntimeError("call with_classes(classnames) before classify_all")
-        sims = self._image_features(items) @ self._class_matrix.T
+        sims = self.class_similarities([it.image for it in items])
         return [self.classnames[i] for i in sims.argmax(dim=1).tolist()]
+
+    @torch.no_grad()
+    def class_similarities(self, images: list) -> torch.Tensor:
+        """[len(images), classes] cosine similarity of each image to each class's text."""
+        if self._class_matrix is None:
+            raise RuntimeError("call with_classes(classnames) before class_similarities")
+        return self.image_features(images) @ self._class_matrix.T
 
     def generate(self, items: list[PromptItem]) -> list[str]:
         raise NotImplementedError("zero-shot baselines have no generate scorer")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from llava_ablate.base.chat_templates import processor_messages, render
 from llava_ablate.base.mcq import LETTERS
 from llava_ablate.base.video_processors import allow_video_processors
 from llava_ablate.eval.families import family_for
+from llava_ablate.eval.open_answer import OpenAnswerMatcher
 from llava_ablate.eval.scoring import PromptItem
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,7 @@ def letter_token_ids(processor, n: int = 26) -> tuple[list[int], str]:
 class MLLMChoiceModel:
     """Any image-text-to-text model + processor (Llava, LLaVA-OneVision, Qwen2-VL, ...)."""
 
-    scorers = ("likelihood", "name_likelihood", "generate")
+    scorers = ("likelihood", "name_likelihood", "generate", "all_classes", "open")
 
     def __init__(
         self,
@@ -76,8 +78,13 @@ class MLLMChoiceModel:
         max_new_tokens: int = 16,
         names_prompt: str | None = None,
         names_answer: str = "{option}",
+        open_prompt: str = "What is the main object in this image? Answer with its name only.",
+        synonyms: dict[str, list[str]] | None = None,
     ):
         self.model, self.processor = model, processor
+        self.open_prompt, self.synonyms = open_prompt, synonyms or {}
+        self.classnames: list[str] = []
+        self.matcher = OpenAnswerMatcher([])
         self.family = family_for(model.config.model_type)
         self.max_new_tokens = max_new_tokens
         self.names_prompt, self.names_answer = names_prompt, names_answer
@@ -182,10 +189,41 @@ class MLLMChoiceModel:
                         out[scorer][r] = logp[self.letter_ids].cpu().numpy()
                     else:  # the last user of the cache may consume it; the others copy it
                         own = cache if r == names[-1] else copy.deepcopy(cache)
-                        out[scorer][r] = self._answers_on(
-                            logp, own, length, offset, items[r].question
-                        )
+                        answers = [self.names_answer.format(option=o, letter=LETTERS[i])
+                                   for i, o in enumerate(items[r].question.options)]  # fmt: skip
+                        out[scorer][r] = self._answers_on(logp, own, length, offset, answers)
         return out
+
+    def with_classes(self, classnames: list[str]) -> MLLMChoiceModel:
+        """The dataset's classes, for `all_classes` and `open` (which see no options)."""
+        self.classnames = list(classnames)
+        self.matcher = OpenAnswerMatcher(self.classnames, self.synonyms)
+        return self
+
+    @torch.no_grad()
+    def classify_all(self, items: list[PromptItem]) -> list[str]:
+        """The likeliest class name over every class as the answer to `open_prompt`
+        (VLMClassifier's probabilistic inference without options): one prefill per image,
+        then the names 26 at a time on copies of its KV cache; ties go to the first class."""
+        if not self.classnames:
+            raise RuntimeError("call with_classes(classnames) before classify_all")
+        prompt = render(self.processor, processor_messages(self.open_prompt), True)
+        out = []
+        for it in items:
+            ((last, cache, length, offset),) = self._prefills(it.image, [prompt])
+            logp = torch.log_softmax(last.float(), dim=-1)
+            scores = []
+            for start in range(0, len(self.classnames), 26):
+                chunk = self.classnames[start : start + 26]
+                own = cache if start + 26 >= len(self.classnames) else copy.deepcopy(cache)
+                scores.extend(self._answers_on(logp, own, length, offset, chunk)[: len(chunk)])
+            out.append(self.classnames[int(np.argmax(scores))])
+        return out
+
+    def open_answers(self, items: list[PromptItem]) -> list[tuple[str, str | None]]:
+        """(the greedy answer to `open_prompt`, the class it names or None) per item."""
+        texts = self.generate([replace(it, text=self.open_prompt) for it in items])
+        return [(t, self.matcher.match(t)) for t in texts]
 
     def _prefills(self, image, texts: list[str]):
         """Yield (logits after the last token, KV cache, length, position offset) of each
@@ -252,14 +290,11 @@ class MLLMChoiceModel:
         return logits, getattr(out, "cache", None) or out.past_key_values
 
     def _answers_on(
-        self, first: torch.Tensor, cache, length: int, offset: int, question
+        self, first: torch.Tensor, cache, length: int, offset: int, texts: list[str]
     ) -> np.ndarray:
-        """Summed log P(each option's answer | prompt) from the prompt's next-token log-probs
-        and its KV cache (consumed): all options at once on copies of the cache."""
-        answers = [
-            self.answer_ids(self.names_answer.format(option=o, letter=LETTERS[i]))
-            for i, o in enumerate(question.options)
-        ]
+        """Summed log P(each answer text | prompt) from the prompt's next-token log-probs and
+        its KV cache (consumed): all (at most 26) answers at once on copies of the cache."""
+        answers = [self.answer_ids(t) for t in texts]
         width = max(len(a) for a in answers)
         pad = self.processor.tokenizer.pad_token_id or 0
         ids = torch.tensor([a + [pad] * (width - len(a)) for a in answers], device=self.device)

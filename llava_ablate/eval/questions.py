@@ -52,13 +52,14 @@ class Question:
 @dataclass
 class QuestionSet:
     dataset: str
-    strategy: str  # random | hard | file
+    strategy: str  # random | hard | image | file
     seed: int
     num_options: int
-    encoder: str | None = None  # hard: which text encoder ranked the names
+    encoder: str | None = None  # hard / image: which encoder ranked the names
     subsample: dict = field(default_factory=dict)
     questions: list[Question] = field(default_factory=list)
     version: int = FORMAT_VERSION
+    nested_in: str | None = None  # the fingerprint of the set whose options this one keeps
 
     def fingerprint(self) -> str:
         """A content hash: two runs are comparable (paired) only on equal fingerprints."""
@@ -134,6 +135,23 @@ def hard_distractors(classnames: list[str], embeddings: np.ndarray, pool: int) -
     return pick
 
 
+def image_distractors(classnames: list[str], ranked: dict[str, np.ndarray | None]) -> DistractorFn:
+    """The m classes an image tower finds most similar to this very image (FOCI's image-level
+    confusions), in a random order; an image it could not read gets random distractors (its
+    question is skipped when scored)."""
+    fallback = random_distractors(classnames)
+
+    def pick(label: int, sample_id: str, m: int, rng: np.random.Generator) -> list[str]:
+        order = ranked.get(sample_id)
+        if order is None:
+            return fallback(label, sample_id, m, rng)
+        chosen = [int(i) for i in order if i != label][:m]
+        rng.shuffle(chosen)  # the order must not reveal the similarity rank
+        return [classnames[i] for i in chosen]
+
+    return pick
+
+
 def file_distractors(path: str, classnames: list[str]) -> DistractorFn:
     """JSON `{class name: [distractors]}`, or JSONL lines `{"sample_id", "options"}`."""
     text = Path(path).read_text("utf-8")
@@ -185,10 +203,19 @@ def build_question_set(
         pick = hard_distractors(
             dataset.classnames, encoder.embed(dataset.classnames), qcfg.hard_pool
         )
+    elif qcfg.distractors == "image":
+        from llava_ablate.eval.image_confusions import image_rankings
+
+        encoder_name = qcfg.image_encoder
+        pick = image_distractors(
+            dataset.classnames, image_rankings(dataset, str(qcfg.image_encoder))
+        )
     elif qcfg.distractors == "file":
         pick = file_distractors(qcfg.options_file, dataset.classnames)
     else:
-        raise ValueError(f"eval.questions.distractors={qcfg.distractors!r}: random | hard | file")
+        raise ValueError(
+            f"eval.questions.distractors={qcfg.distractors!r}: random | hard | image | file"
+        )
     positions = balanced_positions(len(dataset.samples), k, rng)
     questions = []
     for sample, pos in zip(dataset.samples, positions, strict=True):
@@ -213,11 +240,30 @@ def build_question_set(
     )
 
 
+def nested_question_set(frozen: QuestionSet, k: int) -> QuestionSet:
+    """The k-option version of `frozen`: each question keeps its true class and its first k-1
+    distractors (in option order), so accuracies at different k are paired question by
+    question; the true letter is balanced over the k positions again (seeded by k)."""
+    if k >= frozen.num_options:
+        return frozen
+    rng = np.random.default_rng([frozen.seed, zlib.crc32(frozen.dataset.encode()), k])
+    positions = balanced_positions(len(frozen.questions), k, rng)
+    questions = []
+    for q, pos in zip(frozen.questions, positions, strict=True):
+        distractors = [o for o in q.options if o != q.label][: k - 1]
+        pos = min(int(pos), len(distractors))
+        options = distractors[:pos] + [q.label] + distractors[pos:]
+        questions.append(Question(q.qid, q.sample_id, q.label, options, LETTERS[pos]))
+    return QuestionSet(frozen.dataset, frozen.strategy, frozen.seed, k, frozen.encoder,
+                       frozen.subsample, questions, nested_in=frozen.fingerprint())  # fmt: skip
+
+
 def question_set_path(directory: Path, dataset: str, qcfg: QuestionsCfg, subsample: dict) -> Path:
     tag = "-".join(f"{k}{v}" for k, v in sorted(subsample.items()) if v is not None) or "all"
     # Whatever else decides the options goes into the name too, hashed.
     source = {
         "hard": f"{qcfg.encoder}|{qcfg.hard_encoder_path}|{qcfg.hard_pool}",
+        "image": str(qcfg.image_encoder),
         "file": str(qcfg.options_file),
     }.get(qcfg.distractors)
     if source:

@@ -13,6 +13,9 @@ or the lmms-eval bridge (eval/lmms_bridge.py).
     hard_classes    rule, n
     scorers         scorer -> accuracy, hard_accuracy, positions, ... (eval/metrics.py)
     extra_classes, agreement, compare_to, lmms_eval   where they apply
+    protocol        the protocol card (eval/card.py), where eval.protocol.enabled: options,
+                    difficulty, wording, order, open, invariance (an optional block: schema 1
+                    readers that do not know it read the rest unchanged)
     environment     what produced the numbers (run_environment.py)
 <dataset dir>/per_class.csv  class_name,n,hard,accuracy,ci_low,ci_high[,<scorer>_...]
 <out>/metrics.json           evaluate.py's and the bridge's summary of every dataset:
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llava_ablate.base.files import atomic_write, file_lock
+from llava_ablate.eval.card import card_summary
 from llava_ablate.eval.datasets import ClassificationDataset
 from llava_ablate.eval.hard import HardClassSelector
 from llava_ablate.eval.metrics import (
@@ -203,6 +207,8 @@ def summary_entry(metrics: dict) -> dict:
         if "hard_accuracy" in m:
             entry[f"{s}_hard"] = m["hard_accuracy"]
     entry["skipped"] = metrics["skipped"]["by_reason"]
+    if metrics.get("protocol"):
+        entry["protocol"] = card_summary(metrics["protocol"])
     if "extra_classes" in metrics:
         entry["extra_classes"] = metrics["extra_classes"]["count"]
     return entry

@@ -19,6 +19,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -87,12 +88,13 @@ def evaluate_dataset(
     model_name: str = "model",
     shard: tuple[int, int] = (0, 1),
     image_aspect: str | None = None,
+    extra: dict | None = None,
 ) -> dict | None:
     """Score `qset` (skipping finished units when resuming); metrics on rank 0, None elsewhere.
 
     `shard=(i, k)`, k > 1: score only units i, i+k, ... into files of this shard's own and
     return None; a later run with k = 1 finds them all predicted, merges and scores exactly as
-    one job would have."""
+    one job would have. `extra`: blocks metrics.json gets besides (the protocol card)."""
     world = world or DistInfo()
     scorers = scorers or list(ecfg.scoring.scorers)
     index, count = shard
@@ -135,7 +137,7 @@ def evaluate_dataset(
         skipped = store.merge_skips(unscored)
         result = write_results(out_dir, dataset, qset, preds, ecfg, scorers, model=model_name,
                                skipped=skipped, image_aspect=image_aspect,
-                               compare_to=ecfg.stats.compare_to).metrics  # fmt: skip
+                               compare_to=ecfg.stats.compare_to, extra=extra).metrics  # fmt: skip
     world.barrier()
     return result
 
@@ -157,6 +159,7 @@ def load_model(cfg: EvaluateConfig, world: DistInfo):
     m = cfg.model
     if m.type == "mllm":
         from llava_ablate.eval.models import MLLMChoiceModel, load_mllm
+        from llava_ablate.eval.open_answer import load_synonyms
 
         model, processor = load_mllm(m.path, dtype_for(m.dtype), device, m.attn_implementation)
         sc = cfg.eval.scoring
@@ -166,6 +169,8 @@ def load_model(cfg: EvaluateConfig, world: DistInfo):
             max_new_tokens=sc.max_new_tokens,
             names_prompt=sc.names_prompt,
             names_answer=sc.names_answer,
+            open_prompt=sc.open_prompt,
+            synonyms=load_synonyms(sc.synonyms),
         )
         return choice, getattr(processor, "image_processor", None)
     from llava_ablate.eval.baselines import load_templates, load_zero_shot
@@ -215,21 +220,22 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     for name, dcfg in cfg.eval.datasets.items():
         dataset = load_dataset(name, dcfg, cfg.eval.questions.seed)
         sub = {"per_class": dcfg.per_class, "total": dcfg.total}
-        if world.rank == 0:  # one rank builds (and freezes) the questions; the others read them
-            # Jobs of an evaluation grid (other models, same dataset) share the directory.
-            with file_lock(qdir / f".{name}.lock"):
-                frozen_question_set(dataset, cfg.eval.questions, qdir, sub)
-        world.barrier()
-        prepared.append(
-            (name, dataset, frozen_question_set(dataset, cfg.eval.questions, qdir, sub))
-        )
+        qset = shared_question_set(dataset, cfg.eval.questions, qdir, sub, world)
+        arms = _protocol_arms(cfg, dataset, qset, qdir, sub, world)
+        prepared.append((name, dataset, qset, arms))
         # A missing exposure table or reference run fails now, not after the scoring.
         HardClassSelector(cfg.eval.hard).select(dataset.classnames, dataset.name)
     scorers = list(cfg.eval.scoring.scorers)
     if cfg.model.type != "mllm" and "all_classes" not in scorers:
         scorers.append("all_classes")  # the classic zero-shot number comes for free
     shard = (cfg.shard.index, cfg.shard.count)
-    pending = (_pending(out / name, qset, cfg.eval, scorers, shard) for name, _, qset in prepared)
+    pending = (
+        _pending(out / name, qset, cfg.eval, scorers, shard)
+        or any(
+            _pending(d, a.qset, a.ecfg, a.scorers, shard) for a, d in _arm_dirs(out / name, arms)
+        )
+        for name, _, qset, arms in prepared
+    )
     if not cfg.resume or any(pending):
         model, image_processor = load_model(cfg, world)
     else:  # a finished run again, or the merge after the shards: the files hold everything
@@ -238,9 +244,22 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     tracker = _tracker(cfg, model_name) if world.rank == 0 else None
     summary: dict = {}
     aspect = image_aspect_of(cfg, image_processor, getattr(model, "family", None))
-    for name, dataset, qset in prepared:
+    for name, dataset, qset, arms in prepared:
         if hasattr(model, "with_classes"):
             model.with_classes(dataset.classnames)
+        common = dict(world=world, resume=cfg.resume, model_name=model_name, shard=shard,
+                      image_aspect=aspect)  # fmt: skip
+        card = None
+        if arms:
+            from llava_ablate.eval.protocol_run import protocol_sweep  # it calls back in here
+
+            card = protocol_sweep(
+                model, dataset, arms, cfg.eval, out / name,
+                evaluate=partial(evaluate_dataset, **common),
+                make_item_for=partial(item_maker, dataset, image_processor=image_processor,
+                                      pad=aspect == "pad"),
+                world=world, finished=model is None,
+            )  # fmt: skip
         metrics = evaluate_dataset(
             model,
             dataset,
@@ -249,11 +268,8 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
             out / name,
             make_item=item_maker(dataset, cfg.eval, image_processor, aspect == "pad"),
             scorers=scorers,
-            world=world,
-            resume=cfg.resume,
-            model_name=model_name,
-            shard=shard,
-            image_aspect=aspect,
+            extra={"protocol": card} if card else None,
+            **common,
         )
         if metrics is not None:
             summary[name] = summary_entry(metrics)
@@ -267,6 +283,34 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     if joined:
         shutdown_distributed()
     return summary
+
+
+def shared_question_set(dataset, qcfg, qdir: Path, sub: dict, world: DistInfo) -> QuestionSet:
+    """The frozen set of `qcfg`: rank 0 builds (and freezes) it, the others read it."""
+    if world.rank == 0:
+        # Jobs of an evaluation grid (other models, same dataset) share the directory.
+        with file_lock(qdir / f".{dataset.name}.lock"):
+            frozen_question_set(dataset, qcfg, qdir, sub)
+    world.barrier()
+    return frozen_question_set(dataset, qcfg, qdir, sub)
+
+
+def _protocol_arms(cfg: EvaluateConfig, dataset, qset: QuestionSet, qdir, sub, world) -> list:
+    """The protocol sweep's arms of a dataset (`eval.protocol.enabled`), its question sets
+    frozen now, before the model loads; [] when the sweep is off."""
+    if not cfg.eval.protocol.enabled:
+        return []
+    from llava_ablate.eval.protocol_run import difficulty_sets, model_scorers, sweep_arms
+
+    sets = difficulty_sets(dataset, qset, cfg.eval, qdir, sub, world)
+    return sweep_arms(qset, sets, cfg.eval, model_scorers(cfg.model.type))
+
+
+def _arm_dirs(out: Path, arms: list) -> list:
+    from llava_ablate.eval.protocol import arm_dirs
+
+    dirs = arm_dirs(arms, out / "protocol")
+    return [(a, dirs[a.name]) for a in arms]
 
 
 def _update_model_card(cfg: EvaluateConfig, out: Path) -> None:
@@ -284,7 +328,7 @@ def _update_model_card(cfg: EvaluateConfig, out: Path) -> None:
 
 def _pending(directory: Path, qset: QuestionSet, ecfg: EvalCfg, scorers, shard) -> bool:
     """Whether this run (this shard) has a unit of `qset` left to score."""
-    if not directory.exists():
+    if not Path(directory).exists():
         return True
     units = units_for(qset.questions, ecfg.scoring.cyclic_permutations)[shard[0] :: shard[1]]
     done = PredictionStore(directory).done(scorers)

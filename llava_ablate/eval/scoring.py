@@ -53,7 +53,9 @@ class ChoiceModel(Protocol):
 
     def generate(self, items: list[PromptItem]) -> list[str]: ...
 
-    # Zero-shot baselines also implement `classify_all(items) -> list[str]` (scorer all_classes).
+    # Also, where supported: `classify_all(items) -> list[str]` (scorer all_classes: the best
+    # class over every class) and `open_answers(items) -> [(text, class or None)]` (scorer
+    # open: a free answer and the class it names), after `with_classes(classnames)`.
 
 
 @dataclass(frozen=True)
@@ -71,14 +73,14 @@ class Unit:
 @dataclass
 class Prediction:
     qid: str
-    scorer: str  # likelihood | name_likelihood | generate | all_classes
+    scorer: str  # likelihood | name_likelihood | generate | all_classes | open
     shift: int  # cyclic rotation of the options (0 = as frozen)
     label: str
     answer: str  # the true letter in this rotation
     pred: str | None  # the chosen letter; None = generated text named no option
     pred_class: str | None
     correct: bool
-    raw: str | None = None  # generate: the text; likelihoods: None
+    raw: str | None = None  # generate, open: the text; likelihoods: None
     p_pred: float | None = None  # likelihoods: softmax over the k options of the chosen one
 
     @property
@@ -147,16 +149,23 @@ def predictions_from_text(units: list[Unit], texts: list[str]) -> list[Predictio
     return out
 
 
-def predictions_from_classes(units: list[Unit], classes: list[str]) -> list[Prediction]:
-    """Open choice over every class of the dataset (no options): right iff the class matches."""
+def predictions_from_classes(
+    units: list[Unit],
+    classes: list[str | None],
+    scorer: str = "all_classes",
+    texts: list[str] | None = None,
+) -> list[Prediction]:
+    """Open choice over every class of the dataset (no options): right iff the class matches.
+    `open`: the class a free answer named (None: none), the answer kept in `raw`."""
     out = []
-    for unit, name in zip(units, classes, strict=True):
+    for i, (unit, name) in enumerate(zip(units, classes, strict=True)):
         q = unit.question.rotated(unit.shift)
         letter = q.answer if name == q.label else None
+        raw = texts[i] if texts is not None else None
         out.append(
             Prediction(
-                q.qid, "all_classes", unit.shift, q.label, q.answer, letter, name, name == q.label
-            )
+                q.qid, scorer, unit.shift, q.label, q.answer, letter, name, name == q.label, raw
+            )  # fmt: skip
         )
     return out
 
@@ -222,6 +231,9 @@ def score_units(
             preds += predictions_from_text(batch, model.generate(items))
         if "all_classes" in scorers:
             preds += predictions_from_classes(batch, model.classify_all(items))
+        if "open" in scorers:
+            texts, named = zip(*model.open_answers(items), strict=True)
+            preds += predictions_from_classes(batch, list(named), "open", list(texts))
         if skipped:
             preds = [p for p in preds if p.key not in skipped]
             skips.extend(skipped.values())  # type: ignore[union-attr]

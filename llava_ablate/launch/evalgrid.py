@@ -3,7 +3,7 @@
 Two places declare them:
 - a grid file of `kind: evaluate` (`launch/paper_models.yaml`): named `models` (hub ids,
   directories, our exports, `type: clip|siglip` baselines), `datasets` (conf/eval/datasets
-  options) and `distractors`;
+  options) and `distractors` (strategies, and the `protocol` arm: the protocol card's sweep);
 - an evaluation stage of a training grid (`launch/llm_x_data.yaml`): a stage with `datasets`
   and `after: <training stage>` scores each of that stage's exports, each job waiting for its
   own training job (afterok).
@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from llava_ablate.config import ConfigError
 from llava_ablate.eval_config import MODEL_TYPES, ModelCfg
 from llava_ablate.launch.grid import (
+    PROTOCOL_ARM,
     EvalStageSpec,
     GridSpec,
     Job,
@@ -119,10 +120,15 @@ class EvalJob:
 
     def base_overrides(self) -> list[str]:
         """Everything but the dataset: what one Slurm array of this model shares."""
+        arm = (
+            ["eval=protocol"]  # the sweep over the frozen random questions (eval/protocol.py)
+            if self.distractors == PROTOCOL_ARM
+            else [f"eval.questions.distractors={self.distractors}"]
+        )
         return [
             *self.common,
             *self.model_overrides,
-            f"eval.questions.distractors={self.distractors}",
+            *arm,
             f"eval.questions.dir={quote(str(self.questions_dir))}",
             f"out_dir={quote(str(self.out_dir))}",
         ]

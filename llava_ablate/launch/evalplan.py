@@ -7,6 +7,9 @@ per job its status, resources, questions, tokens and GPU-hours.
   token: the question, 26 lettered options with the dataset's class names, the instruction),
   once per scorer (`name_likelihood` adds every option name, `generate` its new tokens).
   CLIP/SigLIP: the image's patches only (each class's text embedding is computed once).
+- The protocol arm (eval=protocol): every distinct arm of the sweep (eval/protocol.py) on at
+  most `eval.protocol.max_questions` questions, each with its own prompt: k options, all
+  classes (every class name after the open prompt), rotations, open answers (new tokens).
 - GPU-hours: 2 x parameters FLOPs per token (a forward pass) at the grid's assumed MFU.
 It is an estimate of scale ("an hour or a week"), not a measurement.
 """
@@ -21,6 +24,7 @@ from omegaconf import OmegaConf
 from llava_ablate.eval_config import validate_evaluate
 from llava_ablate.launch.estimate import fmt_count, gpu_spec
 from llava_ablate.launch.evalgrid import EvalJob
+from llava_ablate.launch.grid import PROTOCOL_ARM
 from llava_ablate.launch.planning import (
     Resources,
     compose_with_launcher,
@@ -96,6 +100,14 @@ SIZE_SAMPLE = 64  # images whose sizes a plan reads when the dataset is here
 KNOWN_SPLIT_SIZES: dict[str, int] = {
     "imagenet": 50_000, "imagenetv2": 10_000, "objectnet": 50_000, "caltech101": 8_677,
     "cub200": 5_794, "food101": 25_250, "flowers102": 6_149, "stanford_cars": 8_041,
+}  # fmt: skip
+
+
+# Classes per dataset (the protocol's all-classes arm scores every class name), for a plan made
+# where the data is not.
+KNOWN_CLASS_COUNTS: dict[str, int] = {
+    "imagenet": 1000, "imagenetv2": 1000, "objectnet": 113, "caltech101": 101, "cub200": 200,
+    "food101": 101, "flowers102": 102, "stanford_cars": 196, "flickr_sportlogos10": 10,
 }  # fmt: skip
 
 
@@ -215,6 +227,51 @@ def tokens_per_unit(cfg, scale: ModelScale, name_chars: float, model_type: str) 
     return float(sum(per_scorer[s] for s in sc.scorers))
 
 
+def _class_count(job: EvalJob, cfg) -> int:
+    """Classes of the job's dataset: on disk, else KNOWN_CLASS_COUNTS, else the option count."""
+    from llava_ablate.eval.layouts import load_dataset
+
+    dcfg = cfg.eval.datasets[job.dataset]
+    if Path(dcfg.root).exists() and not dcfg.builtin:
+        try:
+            return len(load_dataset(job.dataset, dcfg, cfg.eval.questions.seed).classnames)
+        except (ValueError, OSError):  # a layout error: evaluate.py will name it
+            pass
+    return KNOWN_CLASS_COUNTS.get(job.dataset, cfg.eval.questions.num_options)
+
+
+def protocol_cost(
+    cfg, questions: int, classes: int, scale: ModelScale, name_chars: float
+) -> tuple[int, float | None]:
+    """(scoring units, tokens) of the protocol sweep over `questions` questions: each distinct
+    arm's units times its own prompt's tokens (eval/protocol.py planned_arms)."""
+    from llava_ablate.eval.protocol import planned_arms
+    from llava_ablate.eval.protocol_run import model_scorers
+
+    mllm = cfg.model.type == "mllm"
+    arms = planned_arms(cfg.eval, questions, classes, model_scorers(cfg.model.type))
+    units = sum(n for _, n in arms)
+    if scale.image_tokens is None:
+        return units, None
+    sc = cfg.eval.scoring
+    open_prompt = scale.image_tokens + len(sc.open_prompt) / CHARS_PER_TOKEN if mllm else 0
+    tokens = 0.0
+    for arm, n in arms:
+        if not mllm:
+            per = float(scale.image_tokens)
+        elif arm.scorers == ["all_classes"]:  # every class name on the prompt's cache
+            per = open_prompt + classes * name_chars / CHARS_PER_TOKEN
+        elif arm.scorers == ["open"]:
+            per = open_prompt + sc.max_new_tokens
+        else:
+            asked = replace(cfg.eval, questions=replace(arm.ecfg.questions,
+                                                        num_options=arm.qset.num_options),
+                            scoring=replace(sc, scorers=arm.scorers))  # fmt: skip
+            per = tokens_per_unit(replace(cfg, eval=asked), scale, name_chars, "mllm")
+        tokens += n * per
+    return units, tokens
+
+
 def plan_eval_jobs(
     jobs: list[EvalJob],
     launcher: list[str],
@@ -260,6 +317,10 @@ def plan_eval_jobs(
             scale = replace(scale, image_tokens=image_tokens_at(scale, _image_sizes(job, cfg)))
         per = tokens_per_unit(cfg, scale, chars, cfg.model.type)
         tokens = units * per if units is not None and per is not None else None
+        if cfg.eval.protocol.enabled and units is not None:
+            rotations = max(1, cfg.eval.scoring.cyclic_permutations)
+            units, tokens = protocol_cost(cfg, units // rotations, _class_count(job, cfg),
+                                          scale, chars)  # fmt: skip
         hours = None
         if gpu != "cpu" and tokens is not None and scale.params:
             hours = tokens * 2 * scale.params / (peak * mfu) / 3600
@@ -311,6 +372,12 @@ def format_eval_plan(title: str, rows: list[EvalPlanRow], gpu: str, mfu: float) 
                "(ranks split the questions; more only to end inside the launcher's limit), "
                "unless you set gpus_per_node/tasks_per_node; the jobs of one Slurm array share "
                "its longest request")  # fmt: skip
+    sweeps = [r for r in rows if r.job.distractors == PROTOCOL_ARM and r.questions is not None]
+    if sweeps:
+        out.append(f"protocol rows: every arm of the sweep (eval/protocol.py), "
+                   f"{sum(r.questions for r in sweeps):,} scoring units (forwards) in all"
+                   + (f", {sum(r.gpu_hours or 0 for r in sweeps):,.1f} GPU-hours"
+                      if gpu != "cpu" else ""))  # fmt: skip
     if any(r.questions is not None and not r.questions_known for r in rows):
         out.append("~: the split's published size (the data is not on this machine)")
     unknown = sorted({r.job.dataset for r in rows if r.questions is None})

@@ -187,11 +187,17 @@ def dataset_names(node, where: str) -> tuple[str, ...]:
     return names
 
 
+# An arm beside the distractor strategies: the protocol sweep (evaluate.py eval=protocol).
+PROTOCOL_ARM = "protocol"
+
+
 def distractor_names(node, where: str) -> tuple[str, ...]:
     values = string_list(node, where) or ("random",)
+    allowed = [*DISTRACTORS, PROTOCOL_ARM]
     for v in values:
-        if v not in DISTRACTORS:
-            raise ConfigError(f"{where}: {v!r} is not a distractor strategy; {list(DISTRACTORS)}")
+        if v not in allowed:
+            raise ConfigError(f"{where}: {v!r} is neither a distractor strategy nor the "
+                              f"protocol arm; {allowed}")  # fmt: skip
     return values
 
 

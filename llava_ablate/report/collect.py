@@ -50,6 +50,7 @@ class DatasetResult:
     labels: dict[str, str] = field(default_factory=dict)  # question id -> true class
     hard_classes: frozenset[str] = frozenset()  # per_class.csv's `hard` column
     image_aspect: str | None = None  # pad | native | processor (metrics.json); None: not recorded
+    protocol: dict | None = None  # the protocol card (eval=protocol; eval/card.py)
 
     def hard_only(self) -> DatasetResult:
         """The same results restricted to the questions whose true class is hard."""
@@ -134,6 +135,7 @@ def read_dataset(directory: Path, scorer: str) -> DatasetResult:
         labels=labels,
         hard_classes=frozenset(r["class_name"] for r in per_class if _true(r.get("hard"))),
         image_aspect=m.get("image_aspect"),
+        protocol=m.get("protocol"),
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from llava_ablate.report.cards import read_cards
 from llava_ablate.report.collect import (
     ResultsError,
     discover_runs,
@@ -50,8 +51,13 @@ def report_command(args: argparse.Namespace) -> None:
     # One table for the page and the files: the same rows, aggregation and intervals.
     table = build_table(runs, base, items, scorer=args.scorer, n_boot=args.bootstrap,
                         seed=args.seed)  # fmt: skip
+    try:  # evaluate.py results shown only by their protocol cards, not as table rows
+        cards = [c for p in args.cards for c in read_cards(Path(p))]
+    except (ResultsError, ValueError, OSError) as e:
+        raise SystemExit(f"report failed: {e}") from e
     html = render_html(runs, base, items, title=title, exposure=exposure,
-                       n_boot=args.bootstrap, seed=args.seed, table=table)  # fmt: skip
+                       n_boot=args.bootstrap, seed=args.seed, table=table,
+                       cards=cards)  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
@@ -83,6 +89,9 @@ def add_report_command(subparsers) -> None:
                         "zero-shot row if any, else the first row)")  # fmt: skip
     p.add_argument("--scorer", default="likelihood", help="which scorer's results to compare")
     p.add_argument("--exposure", default=None, help="class_name,exposure CSV (data exposure)")
+    p.add_argument("--cards", nargs="+", default=[],
+                   help="evaluate.py results directories (eval=protocol) whose protocol cards "
+                        "the page shows besides the table's runs' own")  # fmt: skip
     p.add_argument("--strict-env", action="store_true",
                    help="fail when the rows ran on different software (package versions, "
                         "commit) or a row has no recorded environment")  # fmt: skip

@@ -21,6 +21,7 @@ from functools import cache
 import jinja2
 from markupsafe import Markup, escape
 
+from llava_ablate.report.cards import CardView, card_charts, card_rows, cards_of
 from llava_ablate.report.collect import RunResult
 from llava_ablate.report.compare import Delta, Variant, group_variants, hard_gaps, seed_spreads
 from llava_ablate.report.exposure import binned_accuracy, exposure_bins
@@ -213,9 +214,11 @@ def render_html(
     n_boot: int,
     seed: int,
     table: PaperTable | None = None,
+    cards: list[CardView] | None = None,
 ) -> str:
     """The page for `runs` (in the rows' order, collect.grid_order) against `base`; `table`
-    defaults to tables.build_table of the same inputs (the scorer read from the results)."""
+    defaults to tables.build_table of the same inputs (the scorer read from the results).
+    `cards`: protocol cards besides those of `runs` (report --cards)."""
     if table is None:
         scorer = next((ds.scorer for r in runs if not r.zero_shot for ds in r.datasets.values()),
                       "likelihood")  # fmt: skip
@@ -234,8 +237,11 @@ def render_html(
     charts.append(_loss(runs))
     if exposure:
         charts += [_exposure(d, variants, exposure) for d in table.datasets]
+    cards = cards_of(runs) + list(cards or [])
     env = environment()
     context = {
+        "cards": [{"view": c, "rows": card_rows(c.card)} for c in cards],
+        "card_charts": card_charts(cards) if cards else [],
         "m": env.get_template("macros.html.j2").module,
         "title": title,
         "n_runs": len(runs),
@@ -266,6 +272,13 @@ def render_html(
         "spreads": seed_spreads(variants),
         "charts": charts,
         "runs": runs,
-        "data_json": json.dumps(_data(runs, table, delta_items, variants)).replace("</", "<\\/"),
+        "data_json": json.dumps(
+            _data(runs, table, delta_items, variants)
+            | {
+                "protocol_cards": [
+                    {"label": c.label, "dataset": c.dataset, "card": c.card} for c in cards
+                ]
+            }  # fmt: skip
+        ).replace("</", "<\\/"),
     }
     return env.get_template("page.html.j2").render(context)
