@@ -159,6 +159,7 @@ def _without_default_arch(part: dict[str, Any]) -> dict[str, Any]:
 ADDED_LATER = {
     ("recipe", "kernels"): "none",  # fused kernels (liger) are hashed
     ("llm", "builtin_recipe"): {},  # a built-in LLM's pre-training recipe (the demo's mini-LM)
+    ("vision", "builtin_recipe"): {},  # a built-in tower's design (the demo's mini-CLIP)
 }
 
 

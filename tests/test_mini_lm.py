@@ -96,3 +96,21 @@ def test_an_unknown_recipe_key_fails_before_any_work(tmp_path):
         generate_builtin_llm("mini_lm", tmp_path / "mini_lm", tok, {},
                              steps=1, batch=1, length=8, lr=1e-3)  # fmt: skip
     assert not (tmp_path / "mini_lm").exists() and not (tmp_path / "mini_classify").exists()
+
+
+def test_lettered_questions_use_the_evaluators_format_and_fit_a_window(tmp_path):
+    """The `mcq_share` documents: the evaluator's `A. name` lines and instruction, the answer
+    the letter of the described class; windows start at a document so none is cut."""
+    from llava_ablate.base.mcq import LETTERS
+    from llava_ablate.eval_config import QuestionsCfg
+    from llava_ablate.model.mini_lm import LOOKS, mcq_document
+
+    tok = build_tiny_tokenizer(tmp_path / "tok", "qwen2")
+    names = [c.name for c in classes()]
+    assert QuestionsCfg().instruction in mcq_document(names[0], names, tok, random.Random(0))
+    for seed in range(20):
+        name = names[seed % len(names)]
+        doc = mcq_document(name, names, tok, random.Random(seed))
+        answer = doc.split("<|im_start|>assistant\n")[1].split("<|im_end|>")[0]
+        assert answer in LETTERS and f"\n{answer}. {name}\n" in doc
+        assert LOOKS[name] in doc or f"the {name}?" in doc
