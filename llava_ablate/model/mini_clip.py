@@ -25,9 +25,8 @@ import hashlib
 import json
 import logging
 import random
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
