@@ -114,3 +114,14 @@ def test_lettered_questions_use_the_evaluators_format_and_fit_a_window(tmp_path)
         answer = doc.split("<|im_start|>assistant\n")[1].split("<|im_end|>")[0]
         assert answer in LETTERS and f"\n{answer}. {name}\n" in doc
         assert LOOKS[name] in doc or f"the {name}?" in doc
+
+
+def test_without_lettered_questions_the_corpus_is_the_one_before_them(tmp_path):
+    """`mcq_share` absent or 0 draws nothing more: the default recipe's corpus (hence its
+    fingerprint's meaning and its weights) is the one built before the option existed."""
+    import hashlib
+
+    tok = build_tiny_tokenizer(tmp_path / "tok", "qwen2")
+    docs = corpus([(c.name, c.group) for c in classes()], tok, random.Random(0), 200)
+    digest = hashlib.sha256("\n".join(docs).encode()).hexdigest()
+    assert digest == "fb6607db0b3b67dbed539668ae236316064280a6a9c7f302033d9b7023dc7d02"

@@ -120,7 +120,7 @@ def corpus(
     docs = []
     for _ in range(n):
         name = rng.choice(names)
-        if rng.random() < mcq_share:
+        if mcq_share and rng.random() < mcq_share:  # no draw without: the same corpus as before
             docs.append(mcq_document(name, names, tokenizer, rng))
             continue
         group, looks = GROUPS[group_of[name]], LOOKS[name]
