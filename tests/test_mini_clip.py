@@ -93,3 +93,16 @@ def test_an_unknown_tower_design_fails_with_its_allowed_values(tmp_path):
 
     with pytest.raises(ValueError, match="classes='some'.*base"):
         generate_builtin_tower("mini_clip", tmp_path / "mini_clip", classes="some")
+
+
+def test_the_tower_design_is_in_the_run_identity(tmp_path):
+    """Another mini-CLIP design names new runs; the default ({}: base classes, no concept
+    space) keeps the names runs had before the key existed."""
+    from llava_ablate.config import compose_config
+    from llava_ablate.demo.plan import run_dir_of
+    from llava_ablate.run_identity import result_config
+
+    common = ["+experiment=demo_stage1", "llm=small_qwen2", f"train.runs_root={tmp_path}"]
+    default = run_dir_of(common)
+    assert run_dir_of([*common, "+vision.builtin_recipe.classes=all"]) != default
+    assert "builtin_recipe" not in result_config(compose_config(common))["vision"]
