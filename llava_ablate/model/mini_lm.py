@@ -315,15 +315,20 @@ def name_vectors(cache_dir: Path) -> tuple[list[str], torch.Tensor, str]:
     are tied to the output head) from the `llm=mini_lm` build under `cache_dir`, built first if
     needed: the text side of a tower that shares the LLM's concept space (mini-CLIP's
     `concept: mini_lm`). Returns (names, vectors, the build's fingerprint)."""
+    from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM
 
-    from llava_ablate.config import compose_config, to_object
+    from llava_ablate.config import CONF_DIR, LLMCfg
     from llava_ablate.model.build import build_tokenizer  # imports this module: not at the top
 
-    cfg = to_object(compose_config(["llm=mini_lm", f"paths.cache_dir={cache_dir}"]))
-    tokenizer = build_tokenizer(cfg.llm, cache_dir)
-    out = generate_builtin_llm(cfg.llm.builtin, Path(cfg.llm.pretrained), tokenizer,
-                               cfg.llm.config, **cfg.llm.builtin_recipe)  # fmt: skip
+    # The shipped llm=mini_lm node read alone: this runs inside train.py's Hydra app, where
+    # composing a second config is refused.
+    node = OmegaConf.load(CONF_DIR / "llm" / "mini_lm.yaml")
+    node.pretrained = str(Path(cache_dir) / "mini_lm")
+    llm = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LLMCfg), node))
+    tokenizer = build_tokenizer(llm, cache_dir)
+    out = generate_builtin_llm(llm.builtin, Path(llm.pretrained), tokenizer, llm.config,
+                               **llm.builtin_recipe)  # fmt: skip
     names = [name for name, _ in class_names(out.parent / "mini_classify")]
     embed = AutoModelForCausalLM.from_pretrained(out).get_input_embeddings().weight.detach()
     ids = tokenizer(names, add_special_tokens=False).input_ids
