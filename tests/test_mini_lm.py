@@ -125,3 +125,30 @@ def test_without_lettered_questions_the_corpus_is_the_one_before_them(tmp_path):
     docs = corpus([(c.name, c.group) for c in classes()], tok, random.Random(0), 200)
     digest = hashlib.sha256("\n".join(docs).encode()).hexdigest()
     assert digest == "fb6607db0b3b67dbed539668ae236316064280a6a9c7f302033d9b7023dc7d02"
+
+
+def test_name_vectors_work_inside_a_running_hydra_app(tmp_path, monkeypatch):
+    """mini-CLIP's `concept: mini_lm` reads the mini-LM's name vectors from inside train.py's
+    Hydra app (where a second compose is refused): one vector per class, from the cached build."""
+    from hydra import initialize_config_module
+    from transformers import AutoConfig
+
+    from llava_ablate.config import CONF_MODULE
+    from llava_ablate.model import mini_lm
+
+    tok = build_tiny_tokenizer(tmp_path / "tokenizers" / "tiny-qwen2", "qwen2")
+    (tmp_path / "mini_classify").mkdir()
+    (tmp_path / "mini_classify" / "classes.csv").write_text(
+        "".join(f"{c.key},{c.name},{c.group}\n" for c in classes())
+    )
+    built = tmp_path / "mini_lm"
+    config = AutoConfig.for_model("qwen2", vocab_size=len(tok), hidden_size=32,
+                                  intermediate_size=64, num_hidden_layers=1,
+                                  num_attention_heads=2, num_key_value_heads=1)  # fmt: skip
+    AutoModelForCausalLM.from_config(config).save_pretrained(built)
+    (built / "build.json").write_text(json.dumps({"fingerprint": "f"}))
+    monkeypatch.setattr(mini_lm, "generate_builtin_llm", lambda *a, **k: built)
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
+        names, vectors, fingerprint = mini_lm.name_vectors(tmp_path)
+    assert names == [c.name for c in classes()] and vectors.shape == (30, 32)
+    assert fingerprint == "f" and len({tuple(v.tolist()) for v in vectors}) == 30
