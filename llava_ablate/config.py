@@ -82,6 +82,8 @@ class VisionCfg:
     # (arch=llava_onevision) keeps the aspect ratio by tiling instead.
     image_aspect: Annotated[str, Literal["pad", "resize"]] = "pad"
     builtin: str | None = None  # a tower the project trains offline into `pretrained` (demo)
+    # its pre-training design (mini_clip: classes, concept), in the run identity
+    builtin_recipe: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -165,6 +165,7 @@ ADDED_LATER = {
     ("recipe", "kernels"): "none",  # fused kernels (liger) are hashed
     ("llm", "builtin_recipe"): {},  # a built-in LLM's pre-training recipe (the demo's mini-LM)
     ("eval", "questions", "image_encoder"): None,  # image-level distractors' image tower
+    ("vision", "builtin_recipe"): {},  # a built-in tower's design (the demo's mini-CLIP)
 }
 
 

@@ -58,3 +58,51 @@ def test_mini_clip_trains_and_loads_both_ways(tmp_path):
 
     assert build_mini_clip(out, data, steps=60) == out  # same recipe: re-used, not retrained
     assert (out / "training.json").read_text() == json.dumps(log, indent=2)
+
+
+def test_the_tower_can_see_every_class_and_share_an_llms_concept_space(tmp_path):
+    """`classes: all` pre-trains on all 30 classes; `concept` also pulls the features LLaVA
+    reads onto an LLM's name vectors (the loss of that alignment falls), and names a new build."""
+    from llava_ablate.model.mini_clip import SPLITS, ConceptTargets
+
+    torch.set_num_threads(1)
+    data = build_mini_classify(tmp_path / "mini_classify", train_per_class=4, test_per_class=1)
+    with (data / "classes.csv").open(newline="") as fh:
+        names = [name for _key, name, _group in csv.reader(fh)]
+    targets = ConceptTargets(
+        names, torch.randn(len(names), 16, generator=torch.Generator().manual_seed(0)), "f"
+    )
+    plain = build_mini_clip(tmp_path / "plain", data, splits=SPLITS["all"], steps=40)
+    aligned = build_mini_clip(tmp_path / "aligned", data, splits=SPLITS["all"], steps=40,
+                              concept=targets)  # fmt: skip
+    log = json.loads((aligned / "training.json").read_text())
+    assert (
+        log["classes"] == 30 and json.loads((plain / "training.json").read_text())["classes"] == 30
+    )
+    assert log["concept_loss_last"] < 0.8 * log["concept_loss_first"], log
+    fingerprints = {
+        json.loads((p / "build.json").read_text())["fingerprint"] for p in (plain, aligned)
+    }
+    assert len(fingerprints) == 2
+
+
+def test_an_unknown_tower_design_fails_with_its_allowed_values(tmp_path):
+    import pytest
+
+    from llava_ablate.model.mini_clip import generate_builtin_tower
+
+    with pytest.raises(ValueError, match="classes='some'.*base"):
+        generate_builtin_tower("mini_clip", tmp_path / "mini_clip", classes="some")
+
+
+def test_the_tower_design_is_in_the_run_identity(tmp_path):
+    """Another mini-CLIP design names new runs; the default ({}: base classes, no concept
+    space) keeps the names runs had before the key existed."""
+    from llava_ablate.config import compose_config
+    from llava_ablate.demo.plan import run_dir_of
+    from llava_ablate.run_identity import result_config
+
+    common = ["+experiment=demo_stage1", "llm=small_qwen2", f"train.runs_root={tmp_path}"]
+    default = run_dir_of(common)
+    assert run_dir_of([*common, "+vision.builtin_recipe.classes=all"]) != default
+    assert "builtin_recipe" not in result_config(compose_config(common))["vision"]

@@ -96,3 +96,59 @@ def test_an_unknown_recipe_key_fails_before_any_work(tmp_path):
         generate_builtin_llm("mini_lm", tmp_path / "mini_lm", tok, {},
                              steps=1, batch=1, length=8, lr=1e-3)  # fmt: skip
     assert not (tmp_path / "mini_lm").exists() and not (tmp_path / "mini_classify").exists()
+
+
+def test_lettered_questions_use_the_evaluators_format_and_fit_a_window(tmp_path):
+    """The `mcq_share` documents: the evaluator's `A. name` lines and instruction, the answer
+    the letter of the described class; windows start at a document so none is cut."""
+    from llava_ablate.base.mcq import LETTERS
+    from llava_ablate.eval_config import QuestionsCfg
+    from llava_ablate.model.mini_lm import LOOKS, mcq_document
+
+    tok = build_tiny_tokenizer(tmp_path / "tok", "qwen2")
+    names = [c.name for c in classes()]
+    assert QuestionsCfg().instruction in mcq_document(names[0], names, tok, random.Random(0))
+    for seed in range(20):
+        name = names[seed % len(names)]
+        doc = mcq_document(name, names, tok, random.Random(seed))
+        answer = doc.split("<|im_start|>assistant\n")[1].split("<|im_end|>")[0]
+        assert answer in LETTERS and f"\n{answer}. {name}\n" in doc
+        assert LOOKS[name] in doc or f"the {name}?" in doc
+
+
+def test_without_lettered_questions_the_corpus_is_the_one_before_them(tmp_path):
+    """`mcq_share` absent or 0 draws nothing more: the default recipe's corpus (hence its
+    fingerprint's meaning and its weights) is the one built before the option existed."""
+    import hashlib
+
+    tok = build_tiny_tokenizer(tmp_path / "tok", "qwen2")
+    docs = corpus([(c.name, c.group) for c in classes()], tok, random.Random(0), 200)
+    digest = hashlib.sha256("\n".join(docs).encode()).hexdigest()
+    assert digest == "fb6607db0b3b67dbed539668ae236316064280a6a9c7f302033d9b7023dc7d02"
+
+
+def test_name_vectors_work_inside_a_running_hydra_app(tmp_path, monkeypatch):
+    """mini-CLIP's `concept: mini_lm` reads the mini-LM's name vectors from inside train.py's
+    Hydra app (where a second compose is refused): one vector per class, from the cached build."""
+    from hydra import initialize_config_module
+    from transformers import AutoConfig
+
+    from llava_ablate.config import CONF_MODULE
+    from llava_ablate.model import mini_lm
+
+    tok = build_tiny_tokenizer(tmp_path / "tokenizers" / "tiny-qwen2", "qwen2")
+    (tmp_path / "mini_classify").mkdir()
+    (tmp_path / "mini_classify" / "classes.csv").write_text(
+        "".join(f"{c.key},{c.name},{c.group}\n" for c in classes())
+    )
+    built = tmp_path / "mini_lm"
+    config = AutoConfig.for_model("qwen2", vocab_size=len(tok), hidden_size=32,
+                                  intermediate_size=64, num_hidden_layers=1,
+                                  num_attention_heads=2, num_key_value_heads=1)  # fmt: skip
+    AutoModelForCausalLM.from_config(config).save_pretrained(built)
+    (built / "build.json").write_text(json.dumps({"fingerprint": "f"}))
+    monkeypatch.setattr(mini_lm, "generate_builtin_llm", lambda *a, **k: built)
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
+        names, vectors, fingerprint = mini_lm.name_vectors(tmp_path)
+    assert names == [c.name for c in classes()] and vectors.shape == (30, 32)
+    assert fingerprint == "f" and len({tuple(v.tolist()) for v in vectors}) == 30

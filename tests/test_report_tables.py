@@ -269,15 +269,20 @@ def test_demo_summary_ends_with_the_wall_time_and_the_two_findings(tmp_path):
                         llms=("small_qwen2", "mini_lm"), data=("demo_base", "demo_extra"),
                         wall_s=754.2, n_boot=2000, seed=0)  # fmt: skip
     lines = text.splitlines()
-    assert lines[-3] == "Wall time: 12 min 34 s."
-    llm_line, data_line = lines[-2:]
-    assert llm_line.startswith("LLM axis, mini_lm - small_qwen2 (same stage-2 samples")
+    assert lines[-4] == "Wall time: 12 min 34 s."
+    llm_line, data_line, letter_line = lines[-3:]
+    assert llm_line.startswith("LLM axis, mini_lm - small_qwen2 (same stage-2 samples, "
+                               "mini_classify, name_likelihood)")  # fmt: skip
     assert data_line.startswith("DATA axis, demo_extra - demo_base (same LLM")
+    # The letter answer's LLM axis too (the same answers here: the same deltas).
+    assert letter_line.startswith("LLM axis, mini_lm - small_qwen2 (same stage-2 samples, "
+                                  "mini_classify, likelihood)")  # fmt: skip
 
     def pp(a, b, mask) -> str:
         c = paired_comparison(a[mask], b[mask], 2000, 0)
+        holds = "excludes" if c.delta_ci_low > 0 or c.delta_ci_high < 0 else "includes"
         return (f"{100 * c.delta:+.1f} pp [{100 * c.delta_ci_low:+.1f}, "
-                f"{100 * c.delta_ci_high:+.1f}] (single seed)")  # fmt: skip
+                f"{100 * c.delta_ci_high:+.1f}] (single seed; {holds} 0)")  # fmt: skip
 
     everything = np.ones(400, bool)
     for data in ("demo_base", "demo_extra"):
@@ -300,7 +305,7 @@ def test_demo_summary_ends_with_the_wall_time_and_the_two_findings(tmp_path):
     printed = summary(steps, clip, 754.2)
     # The demo's own per-seed LLM-axis lines, then the report's table, the wall time and the
     # two findings, exactly as above.
-    assert printed.splitlines()[-3:] == lines[-3:]
+    assert printed.splitlines()[-4:] == lines[-4:]
     assert "mini_clip zero-shot (baseline)" in printed
     assert printed.splitlines()[1].startswith("LLM axis, mini_lm - small_qwen2 (same samples)")
 

@@ -122,7 +122,7 @@ def build_image_processor(cfg: VisionCfg):
     if cfg.builtin:  # trained offline on first use (the demo's mini-CLIP)
         from llava_ablate.model.mini_clip import generate_builtin_tower
 
-        generate_builtin_tower(cfg.builtin, Path(cfg.pretrained or ""))
+        generate_builtin_tower(cfg.builtin, Path(cfg.pretrained or ""), **cfg.builtin_recipe)
     if cfg.pretrained:
         return processor_cls.from_pretrained(resolve_package_dir(cfg.pretrained))
     size = config_cls(**cfg.config).image_size

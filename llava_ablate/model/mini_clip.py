@@ -25,10 +25,12 @@ import hashlib
 import json
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_model
 from tokenizers.processors import TemplateProcessing
@@ -118,8 +120,11 @@ def build_mini_clip(
     steps: int = 600,
     lr: float = 1e-3,
     seed: int = 0,
+    concept: ConceptTargets | None = None,
 ) -> Path:
-    """Train the mini-CLIP into `out` unless the same recipe is there already; returns `out`."""
+    """Train the mini-CLIP into `out` unless the same recipe is there already; returns `out`.
+    With `concept`, the features LLaVA reads are also pulled onto an LLM's vectors of the class
+    names (`concept_loss`)."""
     from transformers import (
         CLIPConfig,
         CLIPImageProcessorPil,
@@ -129,7 +134,10 @@ def build_mini_clip(
     )
 
     out = Path(out)
-    fingerprint = recipe_fingerprint(data_root, splits=list(splits), steps=steps, lr=lr, seed=seed)
+    extra = {"concept": concept.fingerprint} if concept else {}  # absent: earlier builds hold
+    fingerprint = recipe_fingerprint(
+        data_root, splits=list(splits), steps=steps, lr=lr, seed=seed, **extra
+    )
     if _is_current(out, fingerprint):
         return out
     if (out / "config.json").is_file():
@@ -157,19 +165,27 @@ def build_mini_clip(
         ).pixel_values
         for k, paths in images.items()
     }
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    head = ConceptHead(TOWER["hidden_size"], concept, [names[k] for k in keys]) if concept else None
+    params = [*model.parameters(), *(head.parameters() if head else [])]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
-    losses = []
+    losses, concept_losses = [], []
     for step in range(steps):
         picked = list(range(len(keys)))  # every class once, a random image of each
         batch = torch.stack([pixels[keys[i]][rng.randrange(len(pixels[keys[i]]))] for i in picked])
-        loss = model(
+        output = model(
             input_ids=text.input_ids,
             attention_mask=text.attention_mask,
             pixel_values=batch,
             return_loss=True,
-        ).loss
+            output_hidden_states=head is not None,
+        )
+        loss = output.loss
+        if head is not None:
+            aligned = head.loss(output.vision_model_output.hidden_states)
+            concept_losses.append(aligned.item())
+            loss = loss + aligned
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -186,6 +202,9 @@ def build_mini_clip(
         "loss_first": float(np.mean(losses[:window])),
         "loss_last": float(np.mean(losses[-window:])),
     }
+    if concept_losses:  # the alignment to the LLM's name vectors alone
+        training["concept_loss_first"] = float(np.mean(concept_losses[:window]))
+        training["concept_loss_last"] = float(np.mean(concept_losses[-window:]))
     with atomic_write(out) as tmp:  # a changed recipe replaces the old tower in one step
         tmp.mkdir(parents=True)
         # Not `save_pretrained`: under torch.distributed it writes weights on rank 0 only, and
@@ -197,6 +216,34 @@ def build_mini_clip(
         (tmp / "training.json").write_text(json.dumps(training, indent=2))
         (tmp / "build.json").write_text(json.dumps({"fingerprint": fingerprint}))
     return out
+
+
+@dataclass(frozen=True)
+class ConceptTargets:
+    """An LLM's vector for each class name (rows: `names`), which the tower's features are
+    pulled onto, and what identifies them (the LLM's build) for the tower's fingerprint."""
+
+    names: list[str]
+    vectors: torch.Tensor
+    fingerprint: str
+
+
+class ConceptHead(torch.nn.Module):
+    """LiT-style alignment to a locked text side: a linear map from the mean patch feature of
+    LLaVA's layer (-2; CLS dropped, as `select_strategy: default`) onto the LLM's name vectors,
+    trained with the contrastive loss over a batch's classes (one image each)."""
+
+    def __init__(self, width: int, concept: ConceptTargets, batch_names: list[str]):
+        super().__init__()
+        rows = [concept.names.index(n) for n in batch_names]
+        self.register_buffer("targets", F.normalize(concept.vectors[rows].float(), dim=-1))
+        self.proj = torch.nn.Linear(width, self.targets.shape[1])
+        self.log_scale = torch.nn.Parameter(torch.tensor(2.3))  # ~ temperature 0.1
+
+    def loss(self, hidden_states) -> torch.Tensor:
+        feats = F.normalize(self.proj(hidden_states[-2][:, 1:].mean(1)), dim=-1)
+        logits = self.log_scale.exp() * feats @ self.targets.T
+        return F.cross_entropy(logits, torch.arange(len(logits)))
 
 
 def _add_text_positions(model, positions: int) -> None:
@@ -215,15 +262,32 @@ def _add_text_positions(model, positions: int) -> None:
     model.text_model.config.max_position_embeddings = positions
 
 
-def generate_builtin_tower(name: str, out: Path) -> Path:
+# The tower's designs (vision.builtin_recipe): which classes it is pre-trained on, and whether
+# its features are also aligned to the demo's mini-LM (a shared concept space).
+SPLITS = {"base": ("train_common", "train_rare"), "all": ("train_common", "train_extra")}
+CONCEPTS = ("none", "mini_lm")
+
+
+def generate_builtin_tower(
+    name: str, out: Path, classes: str = "base", concept: str = "none"
+) -> Path:
     """Train built-in tower `name` into `out` once; mini-classify (its data) lives next to it and
-    is generated first if needed. Concurrent ranks wait for the one that trains."""
+    is generated first if needed, as is the mini-LM with `concept=mini_lm`. Concurrent ranks
+    wait for the one that trains."""
     from llava_ablate.data.builtin import generate_builtin
 
     if name != "mini_clip":
         raise ValueError(f"vision.builtin={name!r}; known: ['mini_clip']")
+    if classes not in SPLITS or concept not in CONCEPTS:
+        raise ValueError(f"vision.builtin_recipe: classes={classes!r} (one of {list(SPLITS)}), "
+                         f"concept={concept!r} (one of {list(CONCEPTS)})")  # fmt: skip
     if not str(out) or str(out) == ".":
         raise ValueError("vision.builtin=mini_clip needs vision.pretrained: where to write it")
     data = generate_builtin("mini_classify", out.parent / "mini_classify")
+    targets = None
+    if concept == "mini_lm":
+        from llava_ablate.model.mini_lm import name_vectors
+
+        targets = ConceptTargets(*name_vectors(out.parent))
     with file_lock(out.with_suffix(".lock")):
-        return build_mini_clip(out, data)
+        return build_mini_clip(out, data, splits=SPLITS[classes], concept=targets)

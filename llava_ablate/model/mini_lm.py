@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import save_model
 
 from llava_ablate.base.files import atomic_write, file_lock
+from llava_ablate.base.mcq import LETTERS, lettered_options
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +94,24 @@ QUESTIONS = [  # asked about a description; the answer is the class name
 ]
 
 
+# Lettered multiple choice (recipe `mcq_share`): a description asks for the class; the
+# instruction is the evaluator's (eval.questions.instruction), so the skill meets its format.
+MCQ_QUESTIONS = ["Which object is {looks}?", "Which one is the {name}?"]
+MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+
+
 def class_names(data_root: Path) -> list[tuple[str, str]]:
     """(name, group) of every mini-classify class, from its classes.csv."""
     with (Path(data_root) / "classes.csv").open(newline="") as fh:
         return [(name, group) for _key, name, group in csv.reader(fh)]
 
 
-def corpus(classes: list[tuple[str, str]], tokenizer, rng: random.Random, n: int) -> list[str]:
+def corpus(
+    classes: list[tuple[str, str]], tokenizer, rng: random.Random, n: int, mcq_share: float = 0.0
+) -> list[str]:
     """`n` short documents about the classes: plain sentences (the stage-1 caption form among
-    them) and chat turns rendered with the tokenizer's own chat template."""
+    them) and chat turns rendered with the tokenizer's own chat template; a `mcq_share` of them
+    lettered multiple-choice questions (`mcq_document`)."""
     unknown = sorted({name for name, _ in classes} - set(LOOKS))
     if unknown:
         raise ValueError(f"mini-LM: no description for classes {unknown} (add them to LOOKS)")
@@ -110,6 +120,9 @@ def corpus(classes: list[tuple[str, str]], tokenizer, rng: random.Random, n: int
     docs = []
     for _ in range(n):
         name = rng.choice(names)
+        if mcq_share and rng.random() < mcq_share:  # no draw without: the same corpus as before
+            docs.append(mcq_document(name, names, tokenizer, rng))
+            continue
         group, looks = GROUPS[group_of[name]], LOOKS[name]
         alike = [b if a == name else a for a, b in CONFUSED if name in (a, b)]
         kind = rng.randrange(6)
@@ -135,6 +148,24 @@ def corpus(classes: list[tuple[str, str]], tokenizer, rng: random.Random, n: int
                 ]
             docs.append(tokenizer.apply_chat_template(messages, tokenize=False))
     return docs
+
+
+def mcq_document(name: str, names: list[str], tokenizer, rng: random.Random) -> str:
+    """A lettered multiple-choice chat turn about `name`, in the evaluator's format (question,
+    `A. name` lines, its instruction; the answer is the letter): LLMs learn this format from
+    text before they see an image. The number of options varies (2 to all) so the binding of
+    a letter to its line is learned on easy cases too; the answer's letter is uniform."""
+    k = rng.choice([rng.randint(2, len(names)), len(names)])  # half of them the full 26+
+    k = min(k, len(LETTERS))
+    options = [name, *rng.sample([m for m in names if m != name], k - 1)]
+    rng.shuffle(options)
+    question = rng.choice(MCQ_QUESTIONS).format(looks=LOOKS[name], name=name)
+    lines = [question, *lettered_options(options), MCQ_INSTRUCTION]
+    messages = [
+        {"role": "user", "content": "\n".join(lines)},
+        {"role": "assistant", "content": LETTERS[options.index(name)]},
+    ]
+    return tokenizer.apply_chat_template(messages, tokenize=False)
 
 
 def recipe_fingerprint(classes, config: dict, tokenizer, **recipe) -> str:
@@ -170,6 +201,7 @@ def build_mini_lm(
     length: int,
     lr: float,
     seed: int,
+    mcq_share: float = 0.0,
 ) -> Path:
     """Causal-LM train a Qwen2 of `config` (llm.config) on the class texts into `out`, unless the
     same recipe is there already; returns `out`. The recipe has no defaults here: its one source
@@ -177,6 +209,8 @@ def build_mini_lm(
     out = Path(out)
     classes = class_names(data_root)
     recipe = dict(steps=steps, batch=batch, length=length, lr=lr, seed=seed, threads=THREADS)
+    if mcq_share:  # absent from the fingerprint when unused: earlier builds stay current
+        recipe["mcq_share"] = mcq_share
     fingerprint = recipe_fingerprint(classes, config, tokenizer, **recipe)
     if _is_current(out, fingerprint):
         return out
@@ -188,17 +222,22 @@ def build_mini_lm(
         torch.set_num_threads(threads)
 
 
-def _train(out, classes, tokenizer, config, fingerprint, *, steps, batch, length, lr, seed, **_):
+def _train(out, classes, tokenizer, config, fingerprint, *, steps, batch, length, lr, seed,
+           mcq_share=0.0, **_):  # fmt: skip
     from transformers import AutoConfig, AutoModelForCausalLM
 
     log.info("mini-lm: pre-training on class texts for %d steps (once; cached in %s)", steps, out)
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    docs = corpus(classes, tokenizer, rng, n=20000)
-    ids = []  # one stream, documents separated by eos: windows cross their borders
+    docs = corpus(classes, tokenizer, rng, n=20000, mcq_share=mcq_share)
+    ids, doc_starts = [], []  # one stream, documents separated by eos: windows cross borders
     for doc in tokenizer(docs, add_special_tokens=False).input_ids:
+        doc_starts.append(len(ids))
         ids += [*doc, tokenizer.eos_token_id]
     stream = torch.tensor(ids)
+    # A lettered question is only learned whole (its answer needs its options): with them,
+    # windows start at a document's start; without, anywhere (the recipe before them).
+    doc_starts = torch.tensor([s for s in doc_starts if s < len(stream) - length - 1])
     model_config = AutoConfig.for_model("qwen2", vocab_size=len(tokenizer), **config)
     model = AutoModelForCausalLM.from_config(model_config, attn_implementation="sdpa")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -211,7 +250,10 @@ def _train(out, classes, tokenizer, config, fingerprint, *, steps, batch, length
     model.train()
     losses = []
     for step in range(steps):
-        starts = torch.randint(0, len(stream) - length - 1, (batch,), generator=gen)
+        if mcq_share:
+            starts = doc_starts[torch.randint(0, len(doc_starts), (batch,), generator=gen)]
+        else:
+            starts = torch.randint(0, len(stream) - length - 1, (batch,), generator=gen)
         x = torch.stack([stream[s : s + length] for s in starts])
         loss = model(input_ids=x, labels=x).loss
         opt.zero_grad()
@@ -256,7 +298,8 @@ def generate_builtin_llm(name: str, out: Path, tokenizer, config: dict, **recipe
         raise ValueError(f"llm.builtin={name!r}; known: ['mini_lm']")
     params = inspect.signature(build_mini_lm).parameters.values()
     known = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
-    unknown, missing = sorted(set(recipe) - set(known)), [k for k in known if k not in recipe]
+    required = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    unknown, missing = sorted(set(recipe) - set(known)), [k for k in required if k not in recipe]
     if unknown or missing:
         raise ValueError(f"llm.builtin_recipe: unknown key(s) {unknown}, missing {missing}; "
                          f"it takes {known}")  # fmt: skip
@@ -265,3 +308,29 @@ def generate_builtin_llm(name: str, out: Path, tokenizer, config: dict, **recipe
     data = generate_builtin("mini_classify", out.parent / "mini_classify")
     with file_lock(out.with_suffix(".lock")):
         return build_mini_lm(out, data, tokenizer, config, **recipe)
+
+
+def name_vectors(cache_dir: Path) -> tuple[list[str], torch.Tensor, str]:
+    """The mini-LM's vector of each class name (the mean of its tokens' input embeddings, which
+    are tied to the output head) from the `llm=mini_lm` build under `cache_dir`, built first if
+    needed: the text side of a tower that shares the LLM's concept space (mini-CLIP's
+    `concept: mini_lm`). Returns (names, vectors, the build's fingerprint)."""
+    from omegaconf import OmegaConf
+    from transformers import AutoModelForCausalLM
+
+    from llava_ablate.config import CONF_DIR, LLMCfg
+    from llava_ablate.model.build import build_tokenizer  # imports this module: not at the top
+
+    # The shipped llm=mini_lm node read alone: this runs inside train.py's Hydra app, where
+    # composing a second config is refused.
+    node = OmegaConf.load(CONF_DIR / "llm" / "mini_lm.yaml")
+    node.pretrained = str(Path(cache_dir) / "mini_lm")
+    llm = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LLMCfg), node))
+    tokenizer = build_tokenizer(llm, cache_dir)
+    out = generate_builtin_llm(llm.builtin, Path(llm.pretrained), tokenizer, llm.config,
+                               **llm.builtin_recipe)  # fmt: skip
+    names = [name for name, _ in class_names(out.parent / "mini_classify")]
+    embed = AutoModelForCausalLM.from_pretrained(out).get_input_embeddings().weight.detach()
+    ids = tokenizer(names, add_special_tokens=False).input_ids
+    vectors = torch.stack([embed[i].mean(0) for i in ids])
+    return names, vectors, json.loads((out / "build.json").read_text())["fingerprint"]

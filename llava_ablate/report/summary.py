@@ -61,13 +61,16 @@ def paired_delta(a: Variant, b: Variant, dataset: str, hard: bool, n_boot: int, 
 
 
 def _pp(d: Delta) -> str:
+    """The delta, its 95% interval, what it pools, and whether the interval excludes zero (the
+    finding holds) or includes it (it does not, at this sample size)."""
     c = d.comparison
+    holds = c.delta_ci_low > 0 or c.delta_ci_high < 0
     return (f"{100 * c.delta:+.1f} pp [{100 * c.delta_ci_low:+.1f}, {100 * c.delta_ci_high:+.1f}]"
-            f" ({d.seeds})")  # fmt: skip
+            f" ({d.seeds}; {'excludes' if holds else 'includes'} 0)")  # fmt: skip
 
 
 def finding(variants: list[Variant], axis: str, pair: tuple[str, str], across: tuple[str, ...],
-            dataset: str, n_boot: int, seed: int) -> str:  # fmt: skip
+            dataset: str, n_boot: int, seed: int, scorer: str = "") -> str:  # fmt: skip
     """One sentence: pair[1] - pair[0] on `axis`, the other axis held at each of `across`, on
     the hard classes and on all questions."""
     other = DATA if axis == LLM else LLM
@@ -82,7 +85,8 @@ def finding(variants: list[Variant], axis: str, pair: tuple[str, str], across: t
         hard = f"none ({gap})" if gap else _pp(paired_delta(a, b, dataset, True, n_boot, seed))
         parts.append(f"{other}={option}: hard classes {hard}, all questions {overall}")
     what = "same stage-2 samples" if axis == LLM else "same LLM"
-    return f"{axis.upper()} axis, {pair[1]} - {pair[0]} ({what}, {dataset}): " + "; ".join(
+    on = f"{dataset}, {scorer}" if scorer else dataset
+    return f"{axis.upper()} axis, {pair[1]} - {pair[0]} ({what}, {on}): " + "; ".join(
         parts) + "."  # fmt: skip
 
 
@@ -98,7 +102,8 @@ def grid_summary(
 ) -> str:
     """The summary of the runs below `paths` (trained runs and the zero-shot results): a table
     per scorer, the wall time, then the LLM-axis finding (llms[1] - llms[0], each data arm) and
-    the data-axis finding (data[1] - data[0], each LLM), on `scorers[0]`. 95% intervals."""
+    the data-axis finding (data[1] - data[0], each LLM) on `scorers[0]`, and the LLM-axis
+    finding on each other scorer. 95% intervals, each saying whether it excludes 0."""
     lines: list[str] = []
     findings: list[str] = []
     for i, scorer in enumerate(scorers):
@@ -107,11 +112,14 @@ def grid_summary(
         runs, base, items = build(args)
         table = build_table(runs, base, items, scorer=scorer, n_boot=n_boot, seed=seed)
         lines += [*table_lines(table), ""]
-        if i == 0 and table.datasets:
-            variants = group_variants(runs)
-            dataset = table.datasets[0]
-            findings = [finding(variants, LLM, llms, data, dataset, n_boot, seed),
-                        finding(variants, DATA, data, llms, dataset, n_boot, seed)]  # fmt: skip
+        if not table.datasets:
+            continue
+        variants, dataset = group_variants(runs), table.datasets[0]
+        if i == 0:
+            findings = [finding(variants, LLM, llms, data, dataset, n_boot, seed, scorer),
+                        finding(variants, DATA, data, llms, dataset, n_boot, seed, scorer)]  # fmt: skip
+        else:  # the LLM axis on the other answer formats too (the demo: the A-Z letter)
+            findings.append(finding(variants, LLM, llms, data, dataset, n_boot, seed, scorer))
     lines.append("Intervals: Wilson for one run's accuracy, the percentile bootstrap over "
                  f"questions and seeds ({n_boot} resamples, seed {seed}) for a mean over seeds "
                  "and for every delta (paired on the same questions).")  # fmt: skip
