@@ -81,9 +81,9 @@ class SampleEncoder:
             )
         self.processor = processor
         self.options = options
-        # One sample's text at a time: the Rust tokenizer's thread pool has nothing to share
-        # out, and its idle threads spin on cores the trainer and the other loader workers need
-        # (their CPU time is the loader's: 40% more than the tokenising thread's own, measured).
+        # One sample's text at a time: the Rust tokenizer's thread pool has little to share out
+        # (a few short prefixes), and its threads would compete for the cores the trainer and
+        # the other loader workers need; off, the loader's CPU is the tokenising thread's own.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self._fill = mean_colour(processor.image_processor)
         self._min_side = None  # None: every image decoded at full size
