@@ -38,6 +38,11 @@ def test_demo_quick_grid_is_above_chance_and_reported(cache_dir, tmp_path, capsy
                           (".tex", r"mini\_clip zero-shot")):  # fmt: skip
         assert label in report.with_suffix(suffix).read_text(), suffix
     assert "against mini_clip zero-shot" in out  # the paired tests are against it
+    # The letter answer's report: the same runs and axes, scored by the option letter.
+    letter = report.with_name("report_letter.html").read_text()
+    assert "mini_clip zero-shot" in _accuracy_figure(letter)
+    table = report.with_name("report_letter.md").read_text()
+    assert "of the likelihood scorer" in table and "name_likelihood" not in table
     assert "(expected ~" in captured.err  # the bar shows each step's expected time
     stage2 = sorted(runs.glob("*-mini_clip-mlp2x_gelu-demo_*-demo_finetune-*"))
     assert [p.name.split("-")[0] for p in stage2] == ["mini_lm"] * 2 + ["small_qwen2"] * 2

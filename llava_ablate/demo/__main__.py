@@ -54,7 +54,7 @@ from llava_ablate.demo.plan import (
     command,
     plan,
 )
-from llava_ablate.demo.summary import SCORER, summary
+from llava_ablate.demo.summary import LETTER_SCORER, SCORER, summary
 
 # Steps done, the elapsed total, and the running step with its expected time from the plan.
 BAR = "{desc} {n_fmt}/{total_fmt} steps |{bar:20}| {elapsed} elapsed{postfix}"
@@ -206,27 +206,35 @@ def main(argv: list[str] | None = None) -> Path | None:
     stage2 = [s for s in steps if s.label.startswith("stage 2")]
     baseline = next(s for s in steps if s.label.startswith("baseline")).done.parent  # zero-shot
     report = runs_root / "report.html"
+    letter = runs_root / "report_letter.html"
     from llava_ablate.cli import main as cli
 
-    cli(
-        [
-            "report",
-            # Every seed (the report aggregates them) and the zero-shot row, which the report
-            # takes as its baseline: every table and plot carries it, with the paired tests.
-            *report_inputs(stage2, baseline),
-            "--scorer",
-            SCORER,
-            "--out",
-            str(report),
-            "--exposure",
-            str(exposure),
-            "--title",
-            "llava-ablate demo: LLM x data, in miniature",
-            *card_args(steps),
-        ]
-    )
+    # The headline (class names, with the protocol cards) and the paper's A-Z answer, each with
+    # its axes' pooled deltas and paired tests.
+    for scorer, out, title, extra in (
+        (SCORER, report, "LLM x data, in miniature", card_args(steps)),
+        (LETTER_SCORER, letter, "LLM x data, the A-Z letter answer", []),
+    ):
+        cli(
+            [
+                "report",
+                # Every seed (the report aggregates them) and the zero-shot row, which the report
+                # takes as its baseline: every table and plot carries it, with the paired tests.
+                *report_inputs(stage2, baseline),
+                "--scorer",
+                scorer,
+                "--out",
+                str(out),
+                "--exposure",
+                str(exposure),
+                "--title",
+                f"llava-ablate demo: {title}",
+                *extra,
+            ]
+        )
     print("\n" + summary(stage2, baseline, time.perf_counter() - started))
-    print(f"\nchance = 1/26 = {1 / 26:.3f}; logs: {log_dir}\nreport: {report}")
+    print(f"\nchance = 1/26 = {1 / 26:.3f}; logs: {log_dir}\nreport: {report} (class names); "
+          f"{letter} (the letter answer)")  # fmt: skip
     wall, cpu = time.perf_counter() - started, _total_cpu() - cpu0
     print(f"wall time {wall / 60:.1f} min; CPU time {cpu / 60:.1f} min (this process and the "
           f"steps it ran, on {os.cpu_count()} CPUs)")  # fmt: skip

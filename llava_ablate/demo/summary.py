@@ -9,6 +9,7 @@ from pathlib import Path
 from llava_ablate.demo.plan import DATA, LLMS, Step
 
 SCORER = "name_likelihood"  # the headline (first) scorer of demo_stage2
+LETTER_SCORER = "likelihood"  # the option letter, the paper's A-Z answer
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,6 @@ def summary(stage2: list[Step], baseline: Path, wall_s: float | None = None) -> 
         scores.append(ArmScore(step.llm, step.data, step.seed, ds.accuracy.value, hard))
     per_seed = llm_axis_lines(scores) + seed_spread_lines(scores)
     paths = [*dict.fromkeys(s.done.parent for s in stage2), baseline]
-    table = grid_summary(paths, scorers=[SCORER, "likelihood"], llms=(LLMS[0], LLMS[1]),
+    table = grid_summary(paths, scorers=[SCORER, LETTER_SCORER], llms=(LLMS[0], LLMS[1]),
                          data=DATA, wall_s=wall_s)  # fmt: skip
     return "\n".join([*per_seed, "", table] if per_seed else [table])
