@@ -100,11 +100,16 @@ def two_runs(tmp_path):
 
 
 def _args(paths, **kw):
+    """`llava-ablate report <paths>`'s arguments, as its own parser gives them, then `kw`."""
     import argparse
 
-    defaults = dict(paths=paths, scorer="likelihood", baseline="tiny_llama",
-                    bootstrap=2000, seed=0)  # fmt: skip
-    return argparse.Namespace(**{**defaults, **kw})
+    from llava_ablate.report.command import add_report_command
+
+    parser = argparse.ArgumentParser()
+    add_report_command(parser.add_subparsers())
+    parsed = vars(parser.parse_args(["report", *map(str, paths)]))
+    parsed.update(paths=paths, baseline="tiny_llama")  # the paths as given (not str'd)
+    return argparse.Namespace(**{**parsed, **kw})
 
 
 def _report_data(html: str) -> dict:

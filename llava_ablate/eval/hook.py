@@ -25,6 +25,7 @@ from llava_ablate.base.config import ConfigError
 from llava_ablate.base.distributed import DistInfo, current_world
 from llava_ablate.base.faults import EvaluationFailed, agree
 from llava_ablate.eval.datasets import ClassificationDataset
+from llava_ablate.eval.image_confusions import image_rankings
 from llava_ablate.eval.layouts import load_dataset
 from llava_ablate.eval.metrics import scored_subset
 from llava_ablate.eval.models import MLLMChoiceModel
@@ -114,8 +115,10 @@ class TrainingEvalHook:
                 sub = {"hook": self.cfg.hook.max_questions}
                 # Rank 0 writes the frozen set, then all read it; `_agreed` doubles as the barrier.
                 write = frozen_question_set if world.rank == 0 else None
-                _agreed(f"questions of {ds.name}", write, ds, q, qdir, sub)
-                qs = _agreed(f"reading {ds.name}", frozen_question_set, ds, q, qdir, sub)
+                _agreed(f"questions of {ds.name}", write, ds, q, qdir, sub, image_rankings)
+                qs = _agreed(
+                    f"reading {ds.name}", frozen_question_set, ds, q, qdir, sub, image_rankings
+                )
                 prepared.append((ds, self._subset(qs)))
             self._prepared = prepared
         return self._prepared

@@ -29,6 +29,7 @@ def _eval_cfg(overrides: list[str]) -> EvalCfg:
 
 
 def export_command(args: argparse.Namespace) -> None:
+    from llava_ablate.eval.image_confusions import image_rankings
     from llava_ablate.eval.layouts import load_dataset
     from llava_ablate.eval.lmms_bridge import export_task, load_image_fill
     from llava_ablate.eval.questions import frozen_question_set
@@ -45,7 +46,7 @@ def export_command(args: argparse.Namespace) -> None:
         dataset = load_dataset(name, dcfg, ecfg.questions.seed)
         sub = {"per_class": dcfg.per_class, "total": dcfg.total}
         # The same frozen file evaluate.py reads (built and frozen here if it is the first).
-        qset = frozen_question_set(dataset, ecfg.questions, qdir, sub)
+        qset = frozen_question_set(dataset, ecfg.questions, qdir, sub, image_rankings)
         task = export_task(qset, dataset, ecfg.questions, Path(args.out),
                            max_new_tokens=ecfg.scoring.max_new_tokens, pad_fill=fill)  # fmt: skip
         print(f"{task.directory}: {task.n_questions} questions (question set {task.fingerprint}, "

@@ -19,6 +19,7 @@ from llava_ablate.eval.protocol import (
     restricted,
     sample_qids,
 )
+from llava_ablate.eval.question_sets import shared_question_set
 from llava_ablate.eval.questions import Question, QuestionSet
 from llava_ablate.eval.scoring import PromptItem
 from llava_ablate.eval_config import EvalCfg
@@ -47,8 +48,6 @@ def difficulty_sets(
 ) -> dict[str, QuestionSet]:
     """The difficulty axis's frozen sets (the base's own strategy is the base): built once by
     rank 0, before the model loads, and shared by every model like the base set."""
-    from llava_ablate.eval.run import shared_question_set  # run.py calls this module lazily
-
     out = {}
     for strategy in ecfg.protocol.difficulties:
         qcfg = replace(ecfg.questions, distractors=strategy)

@@ -186,6 +186,7 @@ def build_question_set(
     qcfg: QuestionsCfg,
     encoder=None,  # TextEncoder, for `hard`
     subsample: dict | None = None,
+    rank_images=None,  # for `image`: eval/image_confusions.image_rankings (passed in: it loads a tower)
 ) -> QuestionSet:
     k = min(qcfg.num_options, len(dataset.classnames))
     if k < 2:
@@ -204,12 +205,13 @@ def build_question_set(
             dataset.classnames, encoder.embed(dataset.classnames), qcfg.hard_pool
         )
     elif qcfg.distractors == "image":
-        from llava_ablate.eval.image_confusions import image_rankings
-
+        if rank_images is None:
+            raise ValueError(
+                "eval.questions.distractors=image: the caller passes the image ranker "
+                "(llava_ablate.eval.image_confusions.image_rankings)"
+            )
         encoder_name = qcfg.image_encoder
-        pick = image_distractors(
-            dataset.classnames, image_rankings(dataset, str(qcfg.image_encoder))
-        )
+        pick = image_distractors(dataset.classnames, rank_images(dataset, str(qcfg.image_encoder)))
     elif qcfg.distractors == "file":
         pick = file_distractors(qcfg.options_file, dataset.classnames)
     else:
@@ -273,7 +275,11 @@ def question_set_path(directory: Path, dataset: str, qcfg: QuestionsCfg, subsamp
 
 
 def frozen_question_set(
-    dataset: ClassificationDataset, qcfg: QuestionsCfg, directory: Path, subsample: dict
+    dataset: ClassificationDataset,
+    qcfg: QuestionsCfg,
+    directory: Path,
+    subsample: dict,
+    rank_images=None,  # see build_question_set
 ) -> QuestionSet:
     """Load the frozen set for this configuration, or build and freeze it."""
     path = question_set_path(directory, dataset.name, qcfg, subsample)
@@ -288,7 +294,7 @@ def frozen_question_set(
             )
         log.info("%s: using the frozen question set %s (%s)", dataset.name, path, qs.fingerprint())
         return qs
-    qs = build_question_set(dataset, qcfg, subsample=subsample)
+    qs = build_question_set(dataset, qcfg, subsample=subsample, rank_images=rank_images)
     qs.save(path)
     log.info("%s: froze the question set to %s (%s)", dataset.name, path, qs.fingerprint())
     return qs

@@ -40,7 +40,14 @@ from llava_ablate.data.images import (
 from llava_ablate.eval.datasets import ClassificationDataset, UnreadableImage
 from llava_ablate.eval.hard import HardClassSelector
 from llava_ablate.eval.layouts import load_dataset
-from llava_ablate.eval.questions import Question, QuestionSet, frozen_question_set, mcq_prompt
+from llava_ablate.eval.protocol_run import (
+    difficulty_sets,
+    model_scorers,
+    protocol_sweep,
+    sweep_arms,
+)
+from llava_ablate.eval.question_sets import shared_question_set
+from llava_ablate.eval.questions import Question, QuestionSet, mcq_prompt
 from llava_ablate.eval.results import summary_entry, tracked_metrics, write_results, write_summary
 from llava_ablate.eval.scoring import ChoiceModel, PromptItem, Skip, score_units, units_for
 from llava_ablate.eval.store import PredictionStore
@@ -251,8 +258,6 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
                       image_aspect=aspect)  # fmt: skip
         card = None
         if arms:
-            from llava_ablate.eval.protocol_run import protocol_sweep  # it calls back in here
-
             card = protocol_sweep(
                 model, dataset, arms, cfg.eval, out / name,
                 evaluate=partial(evaluate_dataset, **common),
@@ -285,23 +290,11 @@ def run_evaluation(cfg: EvaluateConfig) -> dict:
     return summary
 
 
-def shared_question_set(dataset, qcfg, qdir: Path, sub: dict, world: DistInfo) -> QuestionSet:
-    """The frozen set of `qcfg`: rank 0 builds (and freezes) it, the others read it."""
-    if world.rank == 0:
-        # Jobs of an evaluation grid (other models, same dataset) share the directory.
-        with file_lock(qdir / f".{dataset.name}.lock"):
-            frozen_question_set(dataset, qcfg, qdir, sub)
-    world.barrier()
-    return frozen_question_set(dataset, qcfg, qdir, sub)
-
-
 def _protocol_arms(cfg: EvaluateConfig, dataset, qset: QuestionSet, qdir, sub, world) -> list:
     """The protocol sweep's arms of a dataset (`eval.protocol.enabled`), its question sets
     frozen now, before the model loads; [] when the sweep is off."""
     if not cfg.eval.protocol.enabled:
         return []
-    from llava_ablate.eval.protocol_run import difficulty_sets, model_scorers, sweep_arms
-
     sets = difficulty_sets(dataset, qset, cfg.eval, qdir, sub, world)
     return sweep_arms(qset, sets, cfg.eval, model_scorers(cfg.model.type))
 

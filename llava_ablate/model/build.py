@@ -20,7 +20,6 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
-    AutoTokenizer,
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     CLIPVisionModel,
@@ -33,16 +32,15 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from llava_ablate.base.chat_templates import ensure_chat_template, multimodal_chat_template
+from llava_ablate.base.chat_templates import multimodal_chat_template
 from llava_ablate.config import ArchCfg, LLMCfg, ProjectorCfg, VisionCfg
 from llava_ablate.data.images import resolve_max_image_side, tower_side
 from llava_ablate.model.archs import ProcessorParts, arch_for
 from llava_ablate.model.sources import resolve_llm_source, resolve_package_dir
-from llava_ablate.model.tiny_tokenizer import build_tiny_tokenizer
+from llava_ablate.model.tokenizer import IMAGE_TOKEN, build_tokenizer  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-IMAGE_TOKEN = "<image>"
 # The PIL image processors: the torchvision-backed ones would need torchvision, which this
 # project does not install (it breaks beside the CPU torch build).
 _VISION = {
@@ -74,29 +72,6 @@ def check_attn_implementation(name: str) -> None:
             "installed: `pip install flash-attn --no-build-isolation` on a CUDA machine, or use "
             "train.attn_implementation=sdpa"
         )
-
-
-def build_tokenizer(llm: LLMCfg, cache_dir: str | Path) -> PreTrainedTokenizerBase:
-    if llm.tokenizer == "tiny":
-        if llm.chat_template is None:
-            raise ValueError("llm.tokenizer=tiny needs llm.chat_template (e.g. vicuna_v1, qwen2)")
-        out = Path(cache_dir) / "tokenizers" / f"tiny-{llm.chat_template}"
-        tok = build_tiny_tokenizer(out, llm.chat_template)
-    else:
-        src = llm.tokenizer or llm.pretrained
-        if src is None:
-            raise ValueError(f"llm={llm.name}: set llm.tokenizer (a path, hub id, or 'tiny')")
-        # transformers 5 adds the token to the vocabulary and sets `tokenizer.image_token`.
-        tok = AutoTokenizer.from_pretrained(
-            resolve_llm_source(src, llm.gguf_file, cache_dir),
-            extra_special_tokens={"image_token": IMAGE_TOKEN},
-        )
-    ensure_chat_template(tok, llm.chat_template, force=llm.force_chat_template)
-    if IMAGE_TOKEN not in tok.get_vocab():
-        raise RuntimeError(f"could not add {IMAGE_TOKEN} to the tokenizer of llm={llm.name}")
-    if tok.pad_token is None:  # Llama/Vicuna ship none; LLaVA pads with unk
-        tok.pad_token = tok.unk_token or tok.eos_token
-    return tok
 
 
 def build_vision_tower(cfg: VisionCfg, attn: str, dtype: torch.dtype):

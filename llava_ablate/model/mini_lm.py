@@ -319,7 +319,7 @@ def name_vectors(cache_dir: Path) -> tuple[list[str], torch.Tensor, str]:
     from transformers import AutoModelForCausalLM
 
     from llava_ablate.config import CONF_DIR, LLMCfg
-    from llava_ablate.model.build import build_tokenizer  # imports this module: not at the top
+    from llava_ablate.model.tokenizer import build_tokenizer
 
     # The shipped llm=mini_lm node read alone: this runs inside train.py's Hydra app, where
     # composing a second config is refused.
