@@ -70,6 +70,8 @@ def test_nested_option_counts_keep_the_true_class_and_the_first_distractors(fold
 def test_image_distractors_are_the_classes_the_image_tower_ranks_first(cache_dir, tmp_path):
     from test_eval_models import _tiny_clip
 
+    from llava_ablate.eval.image_confusions import image_rankings
+
     model, processor = _tiny_clip(cache_dir)
     # CLIP's tokenizer ends every text with its end token, where the text tower pools.
     processor.tokenizer.add_eos_token = True
@@ -80,7 +82,7 @@ def test_image_distractors_are_the_classes_the_image_tower_ranks_first(cache_dir
         DatasetCfg(kind="image_folder", root=str(fx.digits_folder(tmp_path / "d", per_class=2))),
     )
     qcfg = QuestionsCfg(num_options=4, distractors="image", image_encoder=f"clip:{tmp_path}/clip")
-    qs = build_question_set(digits, qcfg)
+    qs = build_question_set(digits, qcfg, rank_images=image_rankings)
     assert qs.strategy == "image" and qs.encoder == qcfg.image_encoder
     # Independently: CLIPModel's own features, "a photo of a {}." per class.
     with torch.no_grad():
