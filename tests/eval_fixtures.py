@@ -18,6 +18,14 @@ def img(path: Path, seed: int, size=(12, 12)) -> Path:
     return path
 
 
+def class_folders(root: Path, classes: int, per: int) -> Path:
+    """`classes` x `per` solid-colour images in `root/class NN/`, an image_folder dataset."""
+    for c in range(classes):
+        for i in range(per):
+            img(root / f"class {c:02d}" / f"{i}.png", c * 100 + i, size=(6, 6))
+    return root
+
+
 def imagenet_folders(root: Path, wnids=("n01440764", "n01443537", "n01484850"), per=2) -> Path:
     for c, w in enumerate(wnids):
         for i in range(per):

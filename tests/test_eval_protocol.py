@@ -44,10 +44,7 @@ KNOWN = 15  # the scripted model knows classes 00..14 of 30
 @pytest.fixture(scope="module")
 def folder30(tmp_path_factory):
     """30 classes x 4 real image files, read through the image_folder reader."""
-    root = tmp_path_factory.mktemp("folder30")
-    for c in range(30):
-        for i in range(4):
-            fx.img(root / f"class {c:02d}" / f"{i}.png", c * 100 + i, size=(6, 6))
+    root = fx.class_folders(tmp_path_factory.mktemp("folder30"), 30, 4)
     return load_dataset("folder30", DatasetCfg(kind="image_folder", root=str(root)))
 
 

@@ -82,10 +82,7 @@ class CrashingModel(OracleModel):
 @pytest.fixture(scope="module")
 def many_classes(tmp_path_factory):
     """30 classes x 20 real image files (solid colours), read through the image_folder reader."""
-    root = tmp_path_factory.mktemp("folder30")
-    for c in range(30):
-        for i in range(20):
-            fx.img(root / f"class {c:02d}" / f"{i}.png", c * 100 + i, size=(6, 6))
+    root = fx.class_folders(tmp_path_factory.mktemp("folder30"), 30, 20)
     return load_dataset("folder30", DatasetCfg(kind="image_folder", root=str(root)))
 
 
